@@ -1,0 +1,68 @@
+"""Start-up and graceful shutdown: ``python -m leaderboard_bot`` or ``leaderboard-bot``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from dotenv import load_dotenv
+from loguru import logger
+
+from .config import ConfigError, Settings, load_settings
+from .logs import complete_logging, setup_logging
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+async def run(settings: Settings) -> int:
+    import disnake
+
+    from .bot import LeaderboardBot
+    from .db import Storage
+
+    bot = LeaderboardBot(settings, Storage(settings.database_url))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: _request_close(bot, s))
+    try:
+        await bot.prepare()
+        await bot.start(settings.bot_token)
+    except disnake.LoginFailure:
+        logger.error("Discord rejected BOT_TOKEN: check the token in .env (Developer Portal > Bot > Token)")
+        return EXIT_FAILURE
+    except disnake.PrivilegedIntentsRequired as error:
+        logger.error("Discord refused the gateway intents: {}", error)
+        return EXIT_FAILURE
+    except Exception:
+        logger.exception("the bot stopped because of an unexpected error")
+        return EXIT_FAILURE
+    finally:
+        await bot.close()
+        await complete_logging()
+    return EXIT_OK
+
+
+def _request_close(bot: object, sig: signal.Signals) -> None:
+    logger.info("received {}, shutting down", sig.name)
+    asyncio.ensure_future(bot.close())  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    load_dotenv(".env", override=False)  # real environment variables win over .env
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"leaderboard-bot: configuration error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token])
+    logger.info(
+        "starting leaderboard-bot for guild {} (database {})", settings.guild_id, settings.database_url
+    )
+    sys.exit(asyncio.run(run(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Settings read from the environment and validated once, at startup.
+
+Everything downstream receives a frozen :class:`Settings`, so a bad value fails
+fast with one readable line instead of surfacing later as a strange runtime error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "SpamLimit",
+    "load_settings",
+    "parse_bool",
+    "parse_duration",
+    "parse_spam_limit",
+    "sqlite_path",
+]
+
+
+class ConfigError(Exception):
+    """One invalid or missing setting; ``str(err)`` is ``"VARIABLE: problem"``."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class SpamLimit:
+    """Token bucket: ``burst`` tokens, refilled completely every ``per_seconds``."""
+
+    burst: int
+    per_seconds: float
+
+    @property
+    def refill_rate(self) -> float:
+        """Tokens added back per second."""
+        return self.burst / self.per_seconds
+
+
+@dataclass(frozen=True)
+class Settings:
+    # repr=False keeps the token out of logs and tracebacks that print the settings.
+    bot_token: str = field(repr=False)
+    guild_id: int
+    chat_lb_channel_id: int
+    vc_lb_channel_id: int
+    database_url: str
+    flush_interval: float
+    update_interval: float
+    reset_period: float
+    spam_limit: SpamLimit | None
+    voice_count_deafened: bool
+    voice_count_alone: bool
+    log_level: str
+    log_format: str
+    arrow_emoji: str
+    leaderboard_size: int
+    cache_ttl: float
+
+
+# --------------------------------------------------------------------------- parsers
+
+_DURATION_UNITS: dict[str, float] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Explicit grammar instead of float(): float() would also accept "nan", "inf", "1e3" and "1_0".
+_DURATION_RE = re.compile(r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[a-z]*)")
+_DURATION_HINT = "like 5s, 15m, 2h or 30d"
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+_SPAM_RE = re.compile(r"(?P<count>[^/]*)/(?P<duration>.*)")
+_SPAM_HINT = "use N/duration like 5/5s (N messages per duration), or off"
+
+_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+_LOG_FORMATS = ("json", "text", "auto")
+
+_SQLITE_PREFIX = "sqlite:///"
+_SQLITE_HINT = "use sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:///:memory:"
+
+# Snowflakes are unsigned 64-bit integers.
+_MAX_SNOWFLAKE = 2**64 - 1
+_LEADERBOARD_MIN = 1
+_LEADERBOARD_MAX = 25  # Discord caps an embed at 25 fields.
+
+
+def _show(text: str) -> str:
+    """Quote a user value for an error message; JSON escaping keeps it on one line.
+
+    Deliberately not truncated: a cut-off value could defeat token redaction in load_settings.
+    """
+    return json.dumps(text, ensure_ascii=False)
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``90s``, ``15m``, ``1.5h``, ``30d`` or plain seconds (``60``) into positive seconds."""
+    cleaned = text.strip().lower()
+    if not cleaned:
+        raise ValueError(f"empty value is not a valid duration: use a positive number, {_DURATION_HINT}")
+    match = _DURATION_RE.fullmatch(cleaned)
+    if match is None:
+        raise ValueError(
+            f"{_show(text)} is not a valid duration: use a number with an optional "
+            f"s, m, h or d suffix, {_DURATION_HINT}"
+        )
+    unit = match["unit"]
+    if unit not in _DURATION_UNITS:
+        raise ValueError(
+            f"{_show(text)} is not a valid duration: unknown unit {_show(unit)}, "
+            f"use s, m, h or d, {_DURATION_HINT}"
+        )
+    seconds = float(match["number"]) * _DURATION_UNITS[unit]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{_show(text)} is not a valid duration: it is too large, {_DURATION_HINT}")
+    if seconds <= 0:
+        raise ValueError(f"{_show(text)} is not a valid duration: it must be positive, {_DURATION_HINT}")
+    return seconds
+
+
+def parse_bool(text: str) -> bool:
+    """Parse true/false, yes/no, on/off or 1/0, case-insensitively."""
+    cleaned = text.strip().lower()
+    if cleaned in _TRUE_WORDS:
+        return True
+    if cleaned in _FALSE_WORDS:
+        return False
+    raise ValueError(f"{_show(text)} is not a valid boolean: use true/false, yes/no, on/off or 1/0")
+
+
+def parse_spam_limit(text: str) -> SpamLimit | None:
+    """Parse ``N/duration`` (``5/5s``, ``10/1m``) into a :class:`SpamLimit`; ``off`` means no limit."""
+    cleaned = text.strip()
+    if cleaned.lower() == "off":
+        return None
+    match = _SPAM_RE.fullmatch(cleaned)
+    if match is None:
+        raise ValueError(f"{_show(text)} is not a valid spam limit: {_SPAM_HINT}")
+    count_text = match["count"].strip()
+    # isdecimal() rather than int(): int() also takes "+5", "5_0" and non-ASCII digits.
+    if not (count_text.isascii() and count_text.isdecimal()):
+        raise ValueError(f"{_show(text)} is not a valid spam limit: N must be a whole number, {_SPAM_HINT}")
+    burst = int(count_text)
+    if burst < 1:
+        raise ValueError(f"{_show(text)} is not a valid spam limit: N must be at least 1, {_SPAM_HINT}")
+    try:
+        per_seconds = parse_duration(match["duration"])
+    except ValueError as exc:
+        raise ValueError(f"{_show(text)} is not a valid spam limit: {exc}") from None
+    return SpamLimit(burst=burst, per_seconds=per_seconds)
+
+
+def sqlite_path(database_url: str) -> str:
+    """Return the file path (or ``:memory:``) of a ``sqlite:///`` URL; other URLs raise ValueError."""
+    scheme, sep, _ = database_url.partition("://")
+    if not sep:
+        problem = f"{_show(database_url)} is not a database URL"
+    elif scheme.lower() != "sqlite":
+        # Show only the scheme: other URLs often carry a password.
+        problem = f"{_show(scheme + '://...')} is not supported (only SQLite is)"
+    elif not database_url.lower().startswith(_SQLITE_PREFIX):
+        problem = f"{_show(database_url)} needs three slashes after the colon"
+    elif not database_url[len(_SQLITE_PREFIX) :]:
+        problem = f"{_show(database_url)} has no database path"
+    else:
+        return database_url[len(_SQLITE_PREFIX) :]
+    raise ValueError(f"{problem}: {_SQLITE_HINT}")
+
+
+def _parse_snowflake(text: str) -> int:
+    cleaned = text.strip()
+    if not (cleaned.isascii() and cleaned.isdecimal()) or not 0 < int(cleaned) <= _MAX_SNOWFLAKE:
+        raise ValueError(
+            f"{_show(text)} is not a valid Discord ID: it must be a positive whole number "
+            "(copy it with Developer Mode > Copy ID)"
+        )
+    return int(cleaned)
+
+
+def _parse_database_url(text: str) -> str:
+    cleaned = text.strip()
+    sqlite_path(cleaned)  # validation only; the URL itself is what the rest of the bot stores
+    return cleaned
+
+
+def _parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"{_show(text)} is not a log level: use one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _parse_log_format(text: str) -> str:
+    log_format = text.strip().lower()
+    if log_format not in _LOG_FORMATS:
+        raise ValueError(f"{_show(text)} is not a log format: use json, text or auto")
+    return log_format
+
+
+def _parse_emoji(text: str) -> str:
+    emoji = text.strip()
+    if not emoji:
+        raise ValueError("must not be empty: use an emoji like <a:name:123> or a unicode emoji")
+    return emoji
+
+
+def _parse_leaderboard_size(text: str) -> int:
+    cleaned = text.strip()
+    if not (cleaned.isascii() and cleaned.isdecimal()) or not (
+        _LEADERBOARD_MIN <= int(cleaned) <= _LEADERBOARD_MAX
+    ):
+        raise ValueError(
+            f"{_show(text)} is not a valid size: it must be a whole number from "
+            f"{_LEADERBOARD_MIN} to {_LEADERBOARD_MAX}"
+        )
+    return int(cleaned)
+
+
+# (variable, Settings field, default, parser) in validation order; the first failure is reported.
+_VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("GUILD_ID", "guild_id", "1315029949211738222", _parse_snowflake),
+    ("CHAT_LB_CHANNEL_ID", "chat_lb_channel_id", "1404855785183252572", _parse_snowflake),
+    ("VC_LB_CHANNEL_ID", "vc_lb_channel_id", "1404855743596728374", _parse_snowflake),
+    ("DATABASE_URL", "database_url", "sqlite:///leaderboard.db", _parse_database_url),
+    ("FLUSH_INTERVAL", "flush_interval", "5s", parse_duration),
+    ("UPDATE_INTERVAL", "update_interval", "60s", parse_duration),
+    ("RESET_PERIOD", "reset_period", "30d", parse_duration),
+    ("SPAM_LIMIT", "spam_limit", "5/5s", parse_spam_limit),
+    ("VOICE_COUNT_DEAFENED", "voice_count_deafened", "false", parse_bool),
+    ("VOICE_COUNT_ALONE", "voice_count_alone", "true", parse_bool),
+    ("LOG_LEVEL", "log_level", "INFO", _parse_log_level),
+    ("LOG_FORMAT", "log_format", "auto", _parse_log_format),
+    ("ARROW_EMOJI", "arrow_emoji", "<a:purp_arrow:1403295268505522187>", _parse_emoji),
+    ("LEADERBOARD_SIZE", "leaderboard_size", "10", _parse_leaderboard_size),
+    ("CACHE_TTL", "cache_ttl", "30s", parse_duration),
+)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``); raise :class:`ConfigError`."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+
+    token = env.get("BOT_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("BOT_TOKEN", "is required: put your bot token in .env or the environment")
+
+    values: dict[str, Any] = {"bot_token": token}
+    for variable, name, default, parser in _VARIABLES:
+        raw = env.get(variable, "")
+        # Blank counts as unset so a `KEY=` line in .env falls back to the default.
+        if not raw.strip():
+            raw = default
+        try:
+            values[name] = parser(raw)
+        except ValueError as exc:
+            # The token may have been pasted into the wrong variable; never echo it.
+            raise ConfigError(variable, str(exc).replace(token, "[REDACTED]")) from None
+    return Settings(**values)

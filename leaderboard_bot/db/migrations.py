@@ -1,0 +1,84 @@
+"""Forward-only schema migrations with a stored version.
+
+Each migration is frozen DDL, never derived from the current models, so that an old database
+upgrades through exactly the steps a new one went through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from loguru import logger
+from peewee import Database
+
+Migration = Callable[[Database], None]
+
+
+def _v1_core(db: Database) -> None:
+    for sql in (
+        'CREATE TABLE IF NOT EXISTS "setting" ("guild_id" INTEGER NOT NULL, "key" VARCHAR(255) NOT NULL, '
+        '"value" TEXT NOT NULL, PRIMARY KEY ("guild_id", "key"))',
+        'CREATE TABLE IF NOT EXISTS "member_stats" ("guild_id" INTEGER NOT NULL, "season" INTEGER NOT NULL, '
+        '"user_id" INTEGER NOT NULL, "messages" INTEGER NOT NULL DEFAULT 0, '
+        '"voice_seconds" REAL NOT NULL DEFAULT 0, PRIMARY KEY ("guild_id", "season", "user_id"))',
+        'CREATE TABLE IF NOT EXISTS "daily_activity" ("guild_id" INTEGER NOT NULL, "day" VARCHAR(10) NOT NULL, '
+        '"user_id" INTEGER NOT NULL, "messages" INTEGER NOT NULL DEFAULT 0, '
+        '"voice_seconds" REAL NOT NULL DEFAULT 0, PRIMARY KEY ("guild_id", "day", "user_id"))',
+        'CREATE TABLE IF NOT EXISTS "voice_session" ("id" INTEGER NOT NULL PRIMARY KEY, '
+        '"key" VARCHAR(255) NOT NULL, "guild_id" INTEGER NOT NULL, "user_id" INTEGER NOT NULL, '
+        '"channel_id" INTEGER NOT NULL, "started_at" REAL NOT NULL, "last_seen_at" REAL NOT NULL, '
+        '"ended_at" REAL)',
+        'CREATE UNIQUE INDEX IF NOT EXISTS "voice_session_key" ON "voice_session" ("key")',
+        'CREATE INDEX IF NOT EXISTS "voice_session_open" ON "voice_session" ("guild_id", "ended_at")',
+        'CREATE TABLE IF NOT EXISTS "member_name" ("guild_id" INTEGER NOT NULL, "user_id" INTEGER NOT NULL, '
+        '"display_name" VARCHAR(255) NOT NULL, "username" VARCHAR(255), "updated_at" REAL NOT NULL, '
+        'PRIMARY KEY ("guild_id", "user_id"))',
+    ):
+        db.execute_sql(sql)
+
+
+def _v2_seasons_and_ranking(db: Database) -> None:
+    for sql in (
+        'CREATE TABLE IF NOT EXISTS "season" ("id" INTEGER NOT NULL PRIMARY KEY, "guild_id" INTEGER NOT NULL, '
+        '"number" INTEGER NOT NULL, "started_at" REAL NOT NULL, "ends_at" REAL NOT NULL, "ended_at" REAL)',
+        'CREATE UNIQUE INDEX IF NOT EXISTS "season_guild_id_number" ON "season" ("guild_id", "number")',
+        # Leaderboard queries rank one season of one guild by one column.
+        'CREATE INDEX IF NOT EXISTS "member_stats_rank_messages" '
+        'ON "member_stats" ("guild_id", "season", "messages")',
+        'CREATE INDEX IF NOT EXISTS "member_stats_rank_voice" '
+        'ON "member_stats" ("guild_id", "season", "voice_seconds")',
+    ):
+        db.execute_sql(sql)
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_core, _v2_seasons_and_ranking)
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def current_version(db: Database) -> int:
+    db.execute_sql(
+        'CREATE TABLE IF NOT EXISTS "schema_version" ("id" INTEGER NOT NULL PRIMARY KEY, "version" INTEGER NOT NULL)'
+    )
+    row = db.execute_sql('SELECT "version" FROM "schema_version" WHERE "id" = 1').fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(db: Database, *, target: int = LATEST_VERSION, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply every migration above the stored version, each in its own transaction. Returns the version."""
+    version = current_version(db)
+    if version > len(migrations):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this bot knows ({len(migrations)}): upgrade the bot"
+        )
+    while version < target:
+        step = migrations[version]
+        with db.atomic():
+            step(db)
+            version += 1
+            db.execute_sql(
+                'INSERT INTO "schema_version" ("id", "version") VALUES (1, ?) '
+                'ON CONFLICT ("id") DO UPDATE SET "version" = excluded."version"',
+                (version,),
+            )
+        logger.info("database migrated to schema version {}", version)
+    return version

@@ -1,0 +1,131 @@
+"""Counting: message and voice listeners, reconciliation after reconnects, and the flush loop."""
+
+from __future__ import annotations
+
+import time
+
+import disnake
+from disnake.ext import commands, tasks
+from loguru import logger
+
+from ..bot import LeaderboardBot
+from ..services.voice import VoicePresence
+
+COUNTED_MESSAGE_TYPES = (disnake.MessageType.default, disnake.MessageType.reply)
+TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
+
+
+def voice_presence(
+    guild: disnake.Guild, state: disnake.VoiceState, *, is_bot: bool
+) -> VoicePresence | None:
+    """Where a voice state counts, or None when it is out of a tracked channel. Stage audience
+    time counts like speaking time: listening to a stage is taking part."""
+    channel = state.channel
+    if channel is None or not isinstance(channel, TRACKED_CHANNEL_TYPES):
+        return None
+    # VoiceState.afk comes from `suppress`, not from the AFK channel: compare channels instead.
+    if guild.afk_channel is not None and channel.id == guild.afk_channel.id:
+        return None
+    return VoicePresence(channel.id, deafened=bool(state.deaf or state.self_deaf), is_bot=is_bot)
+
+
+class Tracking(commands.Cog):
+    def __init__(self, bot: LeaderboardBot) -> None:
+        self.bot = bot
+        self.tracker = bot.tracker
+        self.guild_id = bot.settings.guild_id
+        self._lost_contact_at: float | None = None
+        self.flush_loop.change_interval(seconds=bot.settings.flush_interval)
+        self.flush_loop.start()
+
+    def cog_unload(self) -> None:
+        self.flush_loop.cancel()
+
+    @tasks.loop(seconds=5)
+    async def flush_loop(self) -> None:
+        # flush() keeps data on failure; this guard keeps the schedule alive on anything else.
+        try:
+            await self.tracker.flush()
+        except Exception:
+            logger.exception("flush failed unexpectedly; will retry on the next interval")
+
+    # ------------------------------------------------------------------ messages
+
+    @commands.Cog.listener()
+    async def on_message(self, message: disnake.Message) -> None:
+        if message.guild is None or message.guild.id != self.guild_id:
+            return
+        author = message.author
+        if author.bot or message.webhook_id is not None or message.type not in COUNTED_MESSAGE_TYPES:
+            return
+        if self.tracker.record_message(author.id):
+            self.tracker.remember_name(author.id, author.display_name, author.name)
+
+    # ------------------------------------------------------------------ voice
+
+    @commands.Cog.listener()
+    async def on_voice_state_update(
+        self, member: disnake.Member, before: disnake.VoiceState, after: disnake.VoiceState
+    ) -> None:
+        if member.guild.id != self.guild_id:
+            return
+        if not member.bot:
+            self.tracker.remember_name(member.id, member.display_name, member.name)
+        self.tracker.record_voice(member.id, voice_presence(member.guild, after, is_bot=member.bot))
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        self.reconcile("ready")
+
+    @commands.Cog.listener()
+    async def on_resumed(self) -> None:
+        self.reconcile("resumed")
+
+    @commands.Cog.listener()
+    async def on_guild_available(self, guild: disnake.Guild) -> None:
+        if guild.id == self.guild_id:
+            self.reconcile("guild available")
+
+    @commands.Cog.listener()
+    async def on_guild_update(self, before: disnake.Guild, after: disnake.Guild) -> None:
+        if after.id == self.guild_id and before.afk_channel != after.afk_channel:
+            self.reconcile("AFK channel changed")
+
+    @commands.Cog.listener()
+    async def on_disconnect(self) -> None:
+        if self._lost_contact_at is None:
+            self._lost_contact_at = time.time()
+
+    @commands.Cog.listener()
+    async def on_guild_unavailable(self, guild: disnake.Guild) -> None:
+        if guild.id == self.guild_id and self._lost_contact_at is None:
+            self._lost_contact_at = time.time()
+
+    def reconcile(self, reason: str) -> None:
+        """Align voice tracking with the guild's real voice states: events may have been missed."""
+        guild = self.bot.get_guild(self.guild_id)
+        if guild is None:
+            logger.warning("guild {} is not visible to the bot; is it invited there?", self.guild_id)
+            return
+        actual: dict[int, VoicePresence] = {}
+        for channel in (*guild.voice_channels, *guild.stage_channels):
+            # channel.voice_states works without the member cache.
+            for user_id, state in channel.voice_states.items():
+                member = guild.get_member(user_id)
+                presence = voice_presence(guild, state, is_bot=bool(member and member.bot))
+                if presence is None:
+                    continue
+                actual[user_id] = presence
+                if member is not None and not member.bot:
+                    self.tracker.remember_name(member.id, member.display_name, member.name)
+        before = self.tracker.voice.counting_users()
+        self.tracker.reconcile_voice(actual, gone_at=self._lost_contact_at)
+        self._lost_contact_at = None
+        logger.info(
+            "voice reconciled ({}): {} in tracked channels, {} counting (was {})",
+            reason, len(actual), len(self.tracker.voice.counting_users()), len(before),
+        )
+
+
+def setup(bot: LeaderboardBot) -> None:
+    bot.add_cog(Tracking(bot))

@@ -1,0 +1,209 @@
+"""Loguru setup: one sink, JSON or text, with secrets redacted, and stdlib logging routed in.
+
+The sink formats each record itself (instead of loguru's templates) so that the very
+last string written, exception text included, can be scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from loguru import logger
+
+__all__ = ["InterceptHandler", "complete_logging", "redact", "setup_logging"]
+
+REDACTED = "[REDACTED]"
+
+# Id of the sink added by setup_logging, so a second call replaces it instead of duplicating output.
+_handler_id: int | None = None
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each non-empty secret in ``text`` with ``[REDACTED]``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """Redact strings, recursing into plain containers.
+
+    Other objects are left as they are; the sink redacts them once it has turned them into text.
+    """
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {key: _redact_value(item, secrets) for key, item in value.items()}
+    # Exact types only: rebuilding a namedtuple or list subclass this way could break it.
+    if type(value) is list:
+        return [_redact_value(item, secrets) for item in value]
+    if type(value) is tuple:
+        return tuple(_redact_value(item, secrets) for item in value)
+    return value
+
+
+class _RedactingPatcher:
+    """Scrubs message and extra on every record, so sinks added by other code get clean records too."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+
+    def __call__(self, record: Any) -> None:
+        if not self.secrets:
+            return
+        record["message"] = redact(record["message"], self.secrets)
+        # extra is a fresh dict per record, so replacing its values never touches bound objects.
+        for key, value in record["extra"].items():
+            record["extra"][key] = _redact_value(value, self.secrets)
+
+
+def _exception_text(record: Any) -> str:
+    exception = record["exception"]
+    if exception is None or exception.type is None:
+        return ""
+    # Plain traceback: file/line/code only, never local variable values.
+    return "".join(traceback.format_exception(exception.type, exception.value, exception.traceback))
+
+
+def _json_default(value: Any) -> str:
+    # Arbitrary objects in extra become their str(); the final redact pass covers what that reveals.
+    return str(value)
+
+
+class _StreamSink:
+    """Loguru sink that renders a record as JSON or text, redacts it and writes it to a stream."""
+
+    def __init__(self, stream: TextIO, secrets: tuple[str, ...], as_json: bool) -> None:
+        self.stream = stream
+        self.secrets = secrets
+        self.as_json = as_json
+        # JSON escaping could hide a secret containing quotes or backslashes from the final pass.
+        self._all_forms = secrets + tuple(json.dumps(s, ensure_ascii=False)[1:-1] for s in secrets)
+
+    def __call__(self, message: Any) -> None:
+        record = message.record
+        line = self._render_json(record) if self.as_json else self._render_text(record)
+        self.stream.write(redact(line, self._all_forms) + "\n")
+        self.stream.flush()
+
+    def _render_json(self, record: Any) -> str:
+        payload: dict[str, Any] = {
+            "time": record["time"].isoformat(),
+            "level": record["level"].name,
+            "message": redact(record["message"], self.secrets),
+            "name": record["name"],
+            "function": record["function"],
+            "line": record["line"],
+            "extra": _redact_value(dict(record["extra"]), self.secrets),
+        }
+        exception = _exception_text(record)
+        if exception:
+            payload["exception"] = redact(exception, self.secrets)
+        return json.dumps(payload, ensure_ascii=False, default=_json_default)
+
+    def _render_text(self, record: Any) -> str:
+        when = record["time"]
+        stamp = when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+        where = f"{record['name']}:{record['line']}"
+        line = f"{stamp} | {record['level'].name: <8} | {where} | {record['message']}"
+        if record["extra"]:
+            line += " | " + " ".join(f"{key}={value}" for key, value in record["extra"].items())
+        exception = _exception_text(record)
+        if exception:
+            line += "\n" + exception.rstrip("\n")
+        return line
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or file-like objects without isatty
+        return False
+
+
+def _no_template(record: Any) -> str:
+    # The sink renders from message.record; an empty template stops loguru formatting twice.
+    return ""
+
+
+class InterceptHandler(logging.Handler):
+    """Loguru's documented recipe: forward stdlib log records (disnake, peewee) to loguru."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Use the matching loguru level name when there is one, else the numeric level.
+        level: str | int
+        try:
+            level = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+
+        # Walk past logging's own frames so loguru reports the real caller's module and line.
+        frame, depth = inspect.currentframe(), 0
+        while frame:
+            filename = frame.f_code.co_filename
+            is_logging = filename == logging.__file__
+            is_frozen = "importlib" in filename and "_bootstrap" in filename
+            if depth > 0 and not (is_logging or is_frozen):
+                break
+            frame = frame.f_back
+            depth += 1
+
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def setup_logging(
+    level: str,
+    log_format: str,
+    *,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Send all logs (loguru and stdlib) to one redacting sink on ``stream`` (default stderr)."""
+    global _handler_id
+
+    level = level.upper()
+    log_format = log_format.lower()
+    if log_format not in ("json", "text", "auto"):
+        raise ValueError(f"unknown log format {log_format!r}: use json, text or auto")
+    level_no = logger.level(level).no  # raises ValueError for unknown levels
+    # Resolved now, not at import, so redirected/captured stderr is honoured.
+    target = sys.stderr if stream is None else stream
+    as_json = log_format == "json" or (log_format == "auto" and not _is_tty(target))
+    secret_tuple = tuple(secret for secret in secrets if secret)
+
+    # Drop loguru's default stderr handler (id 0) and our previous sink; leave other sinks alone.
+    for handler_id in (0, _handler_id):
+        if handler_id is None:
+            continue
+        with contextlib.suppress(ValueError):  # already removed, e.g. by a test's logger.remove()
+            logger.remove(handler_id)
+
+    logger.configure(patcher=_RedactingPatcher(secret_tuple))
+    _handler_id = logger.add(
+        _StreamSink(target, secret_tuple, as_json),
+        level=level,
+        format=_no_template,
+        # Variable values in tracebacks could include the token; keep them out.
+        diagnose=False,
+        backtrace=False,
+        enqueue=False,
+    )
+
+    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    # disnake's DEBUG output (every gateway payload) is too chatty to ever be useful here.
+    logging.getLogger("disnake").setLevel(max(logging.INFO, level_no))
+    # peewee logs every SQL query at DEBUG; only show that when debugging.
+    logging.getLogger("peewee").setLevel(logging.DEBUG if level_no <= logging.DEBUG else logging.WARNING)
+
+
+async def complete_logging() -> None:
+    """Wait for loguru to finish pending work; call at shutdown."""
+    await logger.complete()

@@ -1,0 +1,162 @@
+"""Activity tracking: buffers message counts and voice time in memory and writes them in batches.
+
+Everything here runs on the event loop (no locks needed for the in-memory state); the only
+blocking work, the batch write, goes through ``Storage.run`` to the database thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from loguru import logger
+
+from ..db import ActivityBatch, Storage, repository
+from .voice import VoiceDrain, VoicePresence, VoiceTracker, split_by_day, utc_day
+
+Clock = Callable[[], float]
+FlushListener = Callable[[ActivityBatch], Awaitable[None] | None]
+
+
+class MessageGuard(Protocol):
+    def allow(self, member_id: int) -> bool: ...
+
+
+class ActivityService:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        guild_id: int,
+        voice: VoiceTracker,
+        guard: MessageGuard,
+        clock: Clock = time.time,
+    ) -> None:
+        self.storage = storage
+        self.guild_id = guild_id
+        self.voice = voice
+        self.guard = guard
+        self.clock = clock
+        self.season = 1
+        self._messages: Counter[tuple[str, int]] = Counter()
+        self._names: dict[int, tuple[str, str | None]] = {}
+        self._known_names: dict[int, tuple[str, str | None]] = {}
+        self._flush_lock = asyncio.Lock()
+        self._listeners: list[FlushListener] = []
+        self.flush_failures = 0
+        self.messages_counted = 0
+        self.last_flush_at: float | None = None
+
+    # ------------------------------------------------------------------ recording
+
+    def record_message(self, user_id: int, now: float | None = None) -> bool:
+        """Count one message if the member's anti-spam bucket allows it."""
+        if not self.guard.allow(user_id):
+            return False
+        now = self.clock() if now is None else now
+        self._messages[(utc_day(now), user_id)] += 1
+        self.messages_counted += 1
+        return True
+
+    def record_voice(self, user_id: int, presence: VoicePresence | None, now: float | None = None) -> None:
+        self.voice.update(user_id, presence, self.clock() if now is None else now)
+
+    def reconcile_voice(self, actual: dict[int, VoicePresence], gone_at: float | None = None) -> None:
+        self.voice.reconcile(actual, self.clock(), gone_at)
+
+    def remember_name(self, user_id: int, display_name: str, username: str | None) -> None:
+        """Keep the latest name, written with the next flush only when it changed."""
+        entry = (display_name, username)
+        if self._known_names.get(user_id) != entry:
+            self._known_names[user_id] = entry
+            self._names[user_id] = entry
+
+    def known_name(self, user_id: int) -> str | None:
+        entry = self._known_names.get(user_id)
+        return entry[0] if entry else None
+
+    def pending_messages(self, user_id: int) -> int:
+        return sum(n for (_, user), n in self._messages.items() if user == user_id)
+
+    def unflushed_voice_seconds(self, user_id: int) -> float:
+        return self.voice.unflushed_seconds(user_id, self.clock())
+
+    def add_flush_listener(self, listener: FlushListener) -> None:
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> int:
+        """Close sessions a crash left open (at their heartbeat, so downtime is never credited)."""
+        closed = await self.storage.run(repository.close_orphan_sessions, self.guild_id)
+        if closed:
+            logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
+        return closed
+
+    async def flush(self, now: float | None = None) -> bool:
+        """Write everything buffered in one transaction. On failure the data goes back into the
+        buffers and the next flush retries it: nothing counted is dropped."""
+        async with self._flush_lock:
+            now = self.clock() if now is None else now
+            messages, self._messages = self._messages, Counter()
+            names, self._names = self._names, {}
+            drained = self.voice.checkpoint(now)
+            batch = self._batch(now, messages, drained, names)
+            try:
+                await self.storage.run(repository.apply_batch, batch)
+            except Exception as error:
+                self._messages.update(messages)
+                self._names = {**names, **self._names}
+                self.voice.restore(drained)
+                self.flush_failures += 1
+                logger.warning(
+                    "could not write activity ({}: {}); keeping {} buffered message(s) and retrying next flush",
+                    type(error).__name__, error, sum(messages.values()),
+                )
+                return False
+            self.last_flush_at = now
+        for listener in self._listeners:
+            try:
+                result = listener(batch)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logger.exception("flush listener failed")
+        return True
+
+    async def shutdown(self, *, attempts: int = 5, retry_delay: float = 0.5) -> bool:
+        """Close voice sessions at shutdown time and flush, retrying a transient failure a few times."""
+        now = self.clock()
+        self.voice.stop_all(now)
+        for attempt in range(1, attempts + 1):
+            if await self.flush(now):
+                return True
+            if attempt < attempts:
+                await asyncio.sleep(retry_delay)
+        logger.error("could not write buffered activity at shutdown after {} attempts", attempts)
+        return False
+
+    def _batch(
+        self,
+        now: float,
+        messages: Counter[tuple[str, int]],
+        drained: VoiceDrain,
+        names: dict[int, tuple[str, str | None]],
+    ) -> ActivityBatch:
+        voice: dict[tuple[str, int], float] = {}
+        for interval in drained.intervals:
+            for day, seconds in split_by_day(interval.start, interval.end):
+                voice[(day, interval.user_id)] = voice.get((day, interval.user_id), 0.0) + seconds
+        return ActivityBatch(
+            guild_id=self.guild_id,
+            season=self.season,
+            heartbeat_at=now,
+            messages=dict(messages),
+            voice=voice,
+            opened=list(drained.opened),
+            closed=list(drained.closed),
+            names=dict(names),
+        )

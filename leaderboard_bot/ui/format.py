@@ -1,0 +1,106 @@
+"""Pure text helpers shared by the embed builders (no disnake imports on purpose)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+# Discord's own limit for usernames / nicknames.
+NAME_MAX_LEN = 32
+UNKNOWN_MEMBER = "Unknown member"
+TIMESTAMP_STYLES = frozenset("tTdDfFR")
+
+log = logging.getLogger(__name__)
+
+_ZWSP = "\u200b"
+
+# Line breaks and other control characters would break the one-line-per-member layout.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Characters that render as nothing; a name made only of these (e.g. the Hangul filler
+# trick) is as good as blank for readers.
+_INVISIBLE = "\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff"
+# Inline markdown: bold/italic, underline, strike, code, spoiler, masked link, and the
+# backslash itself so a trailing "\" cannot escape whatever the embed puts after the name.
+_INLINE_MD_RE = re.compile(r"([\\*_~`|\[\]])")
+# Block markdown only counts at line start; names never contain newlines after cleanup,
+# so line start is the start of the name (quote, heading / subtext, list).
+_BLOCK_MD_RE = re.compile(r"^([>#-])")
+# Mention-like syntax: "<@id>", "<#id>", "</cmd:id>", "<:emoji:id>", "<t:ts>" would
+# render as something the member is not; "@" also covers @everyone / @here.
+_ANGLE_RE = re.compile(r"<(?=[#/:]|a:|t:)")
+
+
+def format_duration(seconds: float) -> str:
+    """Voice time such as ``42s``, ``4m 05s`` or ``123h 05m`` (floored, hours never roll into days)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "0s"
+    total = math.floor(seconds)
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if total < 3600:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def format_count(n: int) -> str:
+    """Thousands separators: 1234567 -> ``1,234,567``."""
+    return f"{n:,}"
+
+
+def ordinal_rank(rank: int) -> str:
+    """Leaderboard position as shown in lines: ``#1``."""
+    return f"#{rank}"
+
+
+def _clean(name: str | None) -> str | None:
+    """Single-line, stripped name, or None if nothing visible is left."""
+    if name is None:
+        return None
+    text = _CONTROL_RE.sub(" ", name).strip()
+    if all(ch.isspace() or ch in _INVISIBLE for ch in text):
+        return None
+    return text
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= NAME_MAX_LEN:
+        return text
+    return text[: NAME_MAX_LEN - 1].rstrip() + "…"
+
+
+def _escape(text: str) -> str:
+    text = _INLINE_MD_RE.sub(r"\\\1", text)
+    text = _BLOCK_MD_RE.sub(r"\\\1", text)
+    text = text.replace("@", "@" + _ZWSP)
+    return _ANGLE_RE.sub("<" + _ZWSP, text)
+
+
+def display_name(*, nick: str | None, global_name: str | None, username: str | None, user_id: int) -> str:
+    """Best name for a member, safe to drop into embed markdown.
+
+    Falls back nick -> global name -> username -> ``Unknown member``. ``user_id`` only
+    goes to the debug log when no name is usable; it is never shown.
+    """
+    for candidate in (nick, global_name, username):
+        cleaned = _clean(candidate)
+        if cleaned is not None:
+            # Truncate before escaping so the limit counts visible characters and an
+            # escape sequence is never cut in half.
+            return _escape(_truncate(cleaned))
+    # A raw ID means nothing to readers, so it only goes to the log.
+    log.debug("no usable name for member %s", user_id)
+    return UNKNOWN_MEMBER
+
+
+def discord_timestamp(ts: float, style: str = "R") -> str:
+    """Discord timestamp markup, e.g. ``<t:1700000000:R>``; each client renders it in its own timezone."""
+    if style not in TIMESTAMP_STYLES:
+        raise ValueError(
+            f"unknown timestamp style {style!r}; expected one of {''.join(sorted(TIMESTAMP_STYLES))}"
+        )
+    if not math.isfinite(ts):
+        raise ValueError(f"timestamp must be finite, got {ts!r}")
+    return f"<t:{math.floor(ts)}:{style}>"

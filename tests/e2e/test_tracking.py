@@ -1,0 +1,207 @@
+"""Issue 3 end to end: the real bot counts messages and voice time against fakecord."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from .harness import GUILD_MESSAGES_INTENT, GUILD_VOICE_STATES_INTENT, GUILDS_INTENT, World, make_world
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = await make_world(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.stop_all()
+        for i, bot in enumerate(w.bots):
+            print(f"---- bot {i} output (tail) ----\n{bot.output()[-3000:]}")
+        await w.fc.stop()
+
+
+async def test_starts_with_only_the_intents_it_uses_and_never_logs_the_token(world: World) -> None:
+    bot = await world.start_bot()
+    identify = next(e for e in world.fc.gateway_log if e["kind"] == "op" and e["op"] == 2)
+    assert identify["d"]["intents"] == GUILDS_INTENT | GUILD_MESSAGES_INTENT | GUILD_VOICE_STATES_INTENT
+    assert world.query("SELECT version FROM schema_version") == [(2,)]
+    assert world.query("PRAGMA journal_mode") == [("wal",)]
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 0
+    assert "e2e-secret-token" not in bot.output()
+    records = world.log_records(bot)
+    assert records and all("record" in r or "message" in r or "text" in r for r in records)
+
+
+async def test_counts_messages_exactly_and_ignores_bots_dms_and_other_guilds(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot()
+    for i in range(4):
+        await fc.send_message(w.guild, w.general, w.alice, f"hi {i}")
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.bob, f"yo {i}", reply_to=None)
+    first = await fc.send_message(w.guild, w.general, w.carol, "question")
+    await fc.send_message(w.guild, w.general, w.alice, "answer", reply_to=int(first["id"]))
+    await fc.send_message(w.guild, w.general, w.robot, "beep")  # a bot: ignored
+    await fc.send_message(w.other_guild, w.other_general, w.alice, "elsewhere")  # other guild: ignored
+    await fc.send_message(None, fc.dm_channel(w.alice), w.alice, "dm")  # DM: ignored
+    await w.wait_db(lambda: w.messages_of(w.alice) == 5 and w.messages_of(w.bob) == 3
+                    and w.messages_of(w.carol) == 1, "message counts")
+    await asyncio.sleep(1.2)  # two more flushes: nothing else may arrive
+    assert (w.messages_of(w.alice), w.messages_of(w.bob), w.messages_of(w.carol)) == (5, 3, 1)
+    assert w.messages_of(w.robot) == 0
+    assert w.query("SELECT COUNT(*) FROM member_stats WHERE guild_id != ?", w.guild) == [(0,)]
+    day_total = w.query("SELECT SUM(messages) FROM daily_activity WHERE guild_id = ?", w.guild)
+    assert day_total == [(9,)]
+    names = dict(w.query("SELECT user_id, display_name FROM member_name WHERE guild_id = ?", w.guild))
+    assert names[w.alice] == "Ali" and names[w.bob] == "Bobby" and names[w.carol] == "carol"
+
+
+async def test_spam_beyond_the_token_bucket_is_not_counted(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(SPAM_LIMIT="3/60s")
+    for i in range(10):
+        await fc.send_message(w.guild, w.general, w.bob, f"spam {i}")
+    await fc.send_message(w.guild, w.general, w.alice, "calm")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 1, "alice's message")
+    await asyncio.sleep(1.2)
+    assert w.messages_of(w.bob) == 3
+
+
+async def test_voice_time_counts_across_join_move_afk_and_leave(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot()
+    t0 = time.monotonic()
+    await fc.voice_join(w.alice, w.lounge)
+    await asyncio.sleep(1.0)
+    await fc.voice_move(w.alice, w.lounge2)
+    await asyncio.sleep(1.0)
+    t_afk = time.monotonic()
+    await fc.voice_afk(w.alice, w.guild)
+    await asyncio.sleep(1.5)  # AFK: not counted
+    t_back = time.monotonic()
+    await fc.voice_move(w.alice, w.lounge)
+    await asyncio.sleep(0.5)
+    t_leave = time.monotonic()
+    await fc.voice_leave(w.alice, w.guild)
+    expected = (t_afk - t0) + (t_leave - t_back)
+    await w.wait_db(
+        lambda: len(w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.alice)) == 3,
+        "three closed sessions",
+    )
+    await asyncio.sleep(0.7)
+    counted = w.voice_of(w.alice)
+    assert abs(counted - expected) < 0.6, (counted, expected)
+    channels = [r[0] for r in w.query("SELECT channel_id FROM voice_session WHERE user_id = ? ORDER BY started_at",
+                                      w.alice)]
+    assert channels == [w.lounge, w.lounge2, w.lounge]
+    sessions = w.query("SELECT SUM(ended_at - started_at) FROM voice_session WHERE user_id = ?", w.alice)
+    assert abs(sessions[0][0] - counted) < 0.01
+    await asyncio.sleep(1.0)
+    assert w.voice_of(w.alice) == counted  # nothing accrues after leaving
+
+
+async def test_deafened_time_does_not_count_by_default(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot()
+    await fc.voice_join(w.bob, w.lounge, self_deaf=True)
+    await asyncio.sleep(1.2)
+    await fc.voice_update(w.bob, w.guild, self_deaf=False)
+    await asyncio.sleep(1.0)
+    await fc.voice_leave(w.bob, w.guild)
+    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.bob),
+                    "bob's session")
+    await asyncio.sleep(0.7)
+    assert 0.6 < w.voice_of(w.bob) < 1.6
+
+
+async def test_sigterm_keeps_every_count_and_a_restart_continues(world: World) -> None:
+    fc, w = world.fc, world
+    # A long flush interval: only the shutdown flush can save these counts.
+    bot = await w.start_bot(FLUSH_INTERVAL="1h", SPAM_LIMIT="off")
+    for i in range(7):
+        await fc.send_message(w.guild, w.general, w.alice, f"m{i}")
+    await fc.voice_join(w.bob, w.lounge)
+    await fc.flush()
+    await asyncio.sleep(1.5)
+    assert w.messages_of(w.alice) == 0  # still buffered
+    stop_at = time.time()
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 0
+    assert w.messages_of(w.alice) == 7
+    (ended_at,) = w.query("SELECT ended_at FROM voice_session WHERE user_id = ?", w.bob)[0]
+    assert ended_at is not None and abs(ended_at - stop_at) < 1.0
+    assert 1.0 < w.voice_of(w.bob) < 3.0
+    # Restart on the same database: counting continues from the stored totals.
+    await fc.voice_leave(w.bob, w.guild)
+    await w.start_bot()
+    for i in range(2):
+        await fc.send_message(w.guild, w.general, w.alice, f"again {i}")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 9, "counts after restart")
+
+
+async def test_kill_9_loses_at_most_a_flush_and_never_invents_voice_time(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(FLUSH_INTERVAL="0.5s")
+    await fc.voice_join(w.carol, w.lounge)
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.carol, f"m{i}")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 3, "messages flushed")
+    await asyncio.sleep(1.0)
+    bot.proc.send_signal(signal.SIGKILL)
+    await bot.proc.wait()
+    killed_at = time.time()
+    ((last_seen, ended),) = w.query("SELECT last_seen_at, ended_at FROM voice_session WHERE user_id = ?", w.carol)
+    assert ended is None and last_seen <= killed_at
+    credited_before = w.voice_of(w.carol)
+    await asyncio.sleep(2.0)  # downtime: must never be credited
+    await fc.voice_leave(w.carol, w.guild)  # carol leaves while the bot is down
+    await w.start_bot()
+    await w.wait_db(lambda: w.query("SELECT ended_at FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
+                                    w.carol), "orphan session closed")
+    ((ended_at, last_seen_after),) = w.query(
+        "SELECT ended_at, last_seen_at FROM voice_session WHERE user_id = ?", w.carol)
+    assert ended_at == last_seen_after == last_seen  # closed at the heartbeat, not at restart
+    await asyncio.sleep(1.0)
+    assert w.voice_of(w.carol) == pytest.approx(credited_before)
+    assert w.messages_of(w.carol) == 3
+
+
+async def test_members_already_in_voice_at_start_are_counted_from_then(world: World) -> None:
+    fc, w = world.fc, world
+    await fc.voice_join(w.alice, w.lounge)  # before the bot exists
+    await asyncio.sleep(1.0)
+    started = time.time()
+    await w.start_bot()
+    await asyncio.sleep(1.5)
+    await fc.voice_leave(w.alice, w.guild)
+    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
+                                    w.alice), "alice's session")
+    ((started_at,),) = w.query("SELECT started_at FROM voice_session WHERE user_id = ?", w.alice)
+    assert started_at >= started - 0.1
+    await asyncio.sleep(0.7)
+    assert 1.0 < w.voice_of(w.alice) < 2.5
+
+
+async def test_reconnect_reconciles_members_who_left_during_the_gap(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot()
+    await fc.voice_join(w.alice, w.lounge)
+    await fc.voice_join(w.bob, w.lounge2)
+    await w.wait_db(lambda: len(w.query("SELECT 1 FROM voice_session WHERE ended_at IS NULL")) == 2, "two sessions")
+    mark = len(fc.gateway_log)
+    await fc.drop_connection("invalidate")  # session lost: events in the gap are not replayed
+    await fc.voice_leave(w.alice, w.guild)
+    await fc.wait_for_gateway("op", since=mark, op=2, timeout=30)
+    await w.wait_log("voice reconciled", count=2)
+    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
+                                    w.alice), "alice closed after reconnect")
+    assert w.query("SELECT COUNT(*) FROM voice_session WHERE user_id = ? AND ended_at IS NULL", w.bob) == [(1,)]
+    frozen = w.voice_of(w.alice)
+    await asyncio.sleep(1.0)
+    assert w.voice_of(w.alice) == frozen

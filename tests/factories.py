@@ -1,0 +1,66 @@
+"""Small test helpers shared by the unit tests (no fixtures here: plain objects only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from leaderboard_bot.services.voice import CreditedInterval, VoicePresence
+
+# 2024-03-10 00:00:00 UTC: a round midnight to build day-crossing scenarios around.
+MIDNIGHT = datetime(2024, 3, 10, tzinfo=UTC).timestamp()
+DAY = 86_400.0
+
+
+class FakeClock:
+    """A clock that only moves when told to, so no test sleeps."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def set(self, now: float) -> float:
+        self.now = now
+        return now
+
+
+class AllowAllGuard:
+    """A message guard that counts every message and remembers who asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def allow(self, member_id: int) -> bool:
+        self.calls.append(member_id)
+        return True
+
+
+class DenyListGuard:
+    """A message guard that refuses the listed members."""
+
+    def __init__(self, denied: Iterable[int]) -> None:
+        self.denied = set(denied)
+
+    def allow(self, member_id: int) -> bool:
+        return member_id not in self.denied
+
+
+def here(channel_id: int, *, deafened: bool = False, is_bot: bool = False) -> VoicePresence:
+    return VoicePresence(channel_id=channel_id, deafened=deafened, is_bot=is_bot)
+
+
+def seconds_by_user(intervals: Iterable[CreditedInterval]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for interval in intervals:
+        out[interval.user_id] = out.get(interval.user_id, 0.0) + interval.seconds
+    return out
+
+
+def day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")

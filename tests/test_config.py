@@ -1,0 +1,487 @@
+"""Tests for leaderboard_bot.config: parsers, defaults, overrides and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from leaderboard_bot.config import (
+    ConfigError,
+    Settings,
+    SpamLimit,
+    load_settings,
+    parse_bool,
+    parse_duration,
+    parse_spam_limit,
+    sqlite_path,
+)
+
+# Looks like a real token so a leak would be obvious, but it is not one.
+TOKEN = "MTA0OTk5OTk5OTk5OTk5OTk5OQ.GhIjKl.fake_token_value-for-tests_only"
+
+
+def env(**overrides: str) -> dict[str, str]:
+    return {"BOT_TOKEN": TOKEN, **overrides}
+
+
+# --------------------------------------------------------------------------- parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("2h", 7200.0),
+        ("30d", 2_592_000.0),
+        ("1.5h", 5400.0),
+        ("0.5", 0.5),
+        ("60", 60.0),
+        (".5s", 0.5),
+        ("5.", 5.0),
+        ("  5s  ", 5.0),
+        ("5S", 5.0),
+        ("15M", 900.0),
+        ("1 h", 3600.0),
+        ("\t2D\n", 172_800.0),
+    ],
+)
+def test_parse_duration_accepts(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "abc", "-5s", "0", "0s", "5x", "nan", "inf", "-inf", "5ms", "s", "1e3", "5s5", "1" * 400],
+)
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a valid duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("-5s", "it must be positive"),
+        ("0", "it must be positive"),
+        ("5x", 'unknown unit "x"'),
+        ("abc", "use a number with an optional s, m, h or d suffix"),
+        ("", "empty value"),
+    ],
+)
+def test_parse_duration_messages_explain(text: str, reason: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration(text)
+    message = str(info.value)
+    assert reason in message
+    assert "like 5s, 15m, 2h or 30d" in message
+    assert "\n" not in message
+
+
+# --------------------------------------------------------------------------- parse_bool
+
+
+@pytest.mark.parametrize("text", ["true", "TRUE", "True", "yes", "YES", "on", "On", "1", " true "])
+def test_parse_bool_true(text: str) -> None:
+    assert parse_bool(text) is True
+
+
+@pytest.mark.parametrize("text", ["false", "FALSE", "no", "No", "off", "OFF", "0", " off\n"])
+def test_parse_bool_false(text: str) -> None:
+    assert parse_bool(text) is False
+
+
+@pytest.mark.parametrize("text", ["", "maybe", "2", "tru", "y", "n", "enabled"])
+def test_parse_bool_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="true/false, yes/no, on/off or 1/0"):
+        parse_bool(text)
+
+
+# --------------------------------------------------------------------------- parse_spam_limit
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5/5s", SpamLimit(burst=5, per_seconds=5.0)),
+        ("10/1m", SpamLimit(burst=10, per_seconds=60.0)),
+        ("1/0.5", SpamLimit(burst=1, per_seconds=0.5)),
+        (" 3 / 2h ", SpamLimit(burst=3, per_seconds=7200.0)),
+        ("off", None),
+        ("OFF", None),
+        (" Off ", None),
+    ],
+)
+def test_parse_spam_limit_accepts(text: str, expected: SpamLimit | None) -> None:
+    assert parse_spam_limit(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("5", "use N/duration"),
+        ("", "use N/duration"),
+        ("0/5s", "N must be at least 1"),
+        ("5/0s", "must be positive"),
+        ("5/-1s", "must be positive"),
+        ("a/5s", "N must be a whole number"),
+        ("1.5/5s", "N must be a whole number"),
+        ("-1/5s", "N must be a whole number"),
+        ("5/", "not a valid duration"),
+        ("5/abc", "not a valid duration"),
+        ("5/5s/5s", "not a valid duration"),
+    ],
+)
+def test_parse_spam_limit_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="not a valid spam limit") as info:
+        parse_spam_limit(text)
+    assert reason in str(info.value)
+
+
+def test_spam_limit_refill_rate() -> None:
+    assert SpamLimit(burst=5, per_seconds=5.0).refill_rate == 1.0
+    assert SpamLimit(burst=10, per_seconds=60.0).refill_rate == pytest.approx(1 / 6)
+
+
+def test_spam_limit_is_frozen() -> None:
+    limit = SpamLimit(burst=5, per_seconds=5.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        limit.burst = 6  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- sqlite_path
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///leaderboard.db", "leaderboard.db"),
+        ("sqlite:///data/lb.db", "data/lb.db"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
+)
+def test_sqlite_path(url: str, path: str) -> None:
+    assert sqlite_path(url) == path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://user:pw@localhost/db",
+        "mysql://x",
+        "garbage",
+        "",
+        "sqlite:///",
+        "sqlite://x.db",
+        "sqlite:x.db",
+    ],
+)
+def test_sqlite_path_rejects(url: str) -> None:
+    with pytest.raises(ValueError, match=r"sqlite:///:memory:"):
+        sqlite_path(url)
+
+
+def test_sqlite_path_does_not_echo_other_urls() -> None:
+    # Non-SQLite URLs usually embed a password; only the scheme may be shown.
+    with pytest.raises(ValueError) as info:
+        sqlite_path("postgres://user:hunter2@localhost/db")
+    assert "hunter2" not in str(info.value)
+    assert "postgres://" in str(info.value)
+
+
+# --------------------------------------------------------------------------- load_settings: defaults
+
+
+def test_defaults_with_only_token() -> None:
+    settings = load_settings(env())
+    assert settings == Settings(
+        bot_token=TOKEN,
+        guild_id=1315029949211738222,
+        chat_lb_channel_id=1404855785183252572,
+        vc_lb_channel_id=1404855743596728374,
+        database_url="sqlite:///leaderboard.db",
+        flush_interval=5.0,
+        update_interval=60.0,
+        reset_period=30 * 86400.0,
+        spam_limit=SpamLimit(burst=5, per_seconds=5.0),
+        voice_count_deafened=False,
+        voice_count_alone=True,
+        log_level="INFO",
+        log_format="auto",
+        arrow_emoji="<a:purp_arrow:1403295268505522187>",
+        leaderboard_size=10,
+        cache_ttl=30.0,
+    )
+    # Exact types matter to code doing arithmetic / Discord API calls with these.
+    assert type(settings.guild_id) is int
+    assert type(settings.leaderboard_size) is int
+    assert type(settings.flush_interval) is float
+
+
+def test_settings_is_frozen() -> None:
+    settings = load_settings(env())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.guild_id = 1  # type: ignore[misc]
+
+
+def test_every_variable_overridden() -> None:
+    settings = load_settings(
+        env(
+            GUILD_ID="111",
+            CHAT_LB_CHANNEL_ID="222",
+            VC_LB_CHANNEL_ID="333",
+            DATABASE_URL="sqlite:////var/lib/lb/data.db",
+            FLUSH_INTERVAL="2.5",
+            UPDATE_INTERVAL="2m",
+            RESET_PERIOD="7d",
+            SPAM_LIMIT="10/1m",
+            VOICE_COUNT_DEAFENED="yes",
+            VOICE_COUNT_ALONE="off",
+            LOG_LEVEL="debug",
+            LOG_FORMAT="JSON",
+            ARROW_EMOJI="➡️",
+            LEADERBOARD_SIZE="25",
+            CACHE_TTL="1h",
+        )
+    )
+    assert settings == Settings(
+        bot_token=TOKEN,
+        guild_id=111,
+        chat_lb_channel_id=222,
+        vc_lb_channel_id=333,
+        database_url="sqlite:////var/lib/lb/data.db",
+        flush_interval=2.5,
+        update_interval=120.0,
+        reset_period=7 * 86400.0,
+        spam_limit=SpamLimit(burst=10, per_seconds=60.0),
+        voice_count_deafened=True,
+        voice_count_alone=False,
+        log_level="DEBUG",
+        log_format="json",
+        arrow_emoji="➡️",
+        leaderboard_size=25,
+        cache_ttl=3600.0,
+    )
+
+
+def test_spam_limit_off() -> None:
+    assert load_settings(env(SPAM_LIMIT="OFF")).spam_limit is None
+
+
+@pytest.mark.parametrize("level", ["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
+def test_every_log_level(level: str) -> None:
+    assert load_settings(env(LOG_LEVEL=level.lower())).log_level == level
+
+
+@pytest.mark.parametrize("log_format", ["json", "text", "auto"])
+def test_every_log_format(log_format: str) -> None:
+    assert load_settings(env(LOG_FORMAT=log_format.upper())).log_format == log_format
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///leaderboard.db", "leaderboard.db"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
+)
+def test_database_url_forms(url: str, path: str) -> None:
+    settings = load_settings(env(DATABASE_URL=url))
+    assert settings.database_url == url
+    assert sqlite_path(settings.database_url) == path
+
+
+def test_leaderboard_size_bounds_accepted() -> None:
+    assert load_settings(env(LEADERBOARD_SIZE="1")).leaderboard_size == 1
+    assert load_settings(env(LEADERBOARD_SIZE="25")).leaderboard_size == 25
+
+
+def test_values_are_stripped() -> None:
+    settings = load_settings(env(GUILD_ID=" 42 ", ARROW_EMOJI="  :arrow:  ", BOT_TOKEN=f"  {TOKEN}\n"))
+    assert settings.guild_id == 42
+    assert settings.arrow_emoji == ":arrow:"
+    assert settings.bot_token == TOKEN
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "GUILD_ID",
+        "CHAT_LB_CHANNEL_ID",
+        "VC_LB_CHANNEL_ID",
+        "DATABASE_URL",
+        "FLUSH_INTERVAL",
+        "UPDATE_INTERVAL",
+        "RESET_PERIOD",
+        "SPAM_LIMIT",
+        "VOICE_COUNT_DEAFENED",
+        "VOICE_COUNT_ALONE",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "ARROW_EMOJI",
+        "LEADERBOARD_SIZE",
+        "CACHE_TTL",
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_empty_value_uses_default(variable: str, blank: str) -> None:
+    assert load_settings(env(**{variable: blank})) == load_settings(env())
+
+
+def test_os_environ_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("LEADERBOARD_SIZE", "7")
+    monkeypatch.delenv("GUILD_ID", raising=False)
+    settings = load_settings()
+    assert settings.leaderboard_size == 7
+    assert settings.bot_token == TOKEN
+
+
+# --------------------------------------------------------------------------- load_settings: errors
+
+
+@pytest.mark.parametrize("token_env", [{}, {"BOT_TOKEN": ""}, {"BOT_TOKEN": "   \t"}])
+def test_missing_token(token_env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(token_env)
+    assert info.value.variable == "BOT_TOKEN"
+    assert info.value.problem == "is required: put your bot token in .env or the environment"
+    assert str(info.value) == "BOT_TOKEN: is required: put your bot token in .env or the environment"
+
+
+def test_missing_token_reported_before_other_problems() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GUILD_ID": "nope"})
+    assert info.value.variable == "BOT_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GUILD_ID", "abc"),
+        ("GUILD_ID", "0"),
+        ("GUILD_ID", "-5"),
+        ("GUILD_ID", "1.5"),
+        ("GUILD_ID", str(2**64)),
+        ("CHAT_LB_CHANNEL_ID", "#general"),
+        ("VC_LB_CHANNEL_ID", "0"),
+        ("DATABASE_URL", "postgres://user:pw@localhost/db"),
+        ("DATABASE_URL", "garbage"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", "sqlite://x.db"),
+        ("FLUSH_INTERVAL", "-5s"),
+        ("FLUSH_INTERVAL", "0"),
+        ("UPDATE_INTERVAL", "abc"),
+        ("RESET_PERIOD", "5x"),
+        ("RESET_PERIOD", "inf"),
+        ("SPAM_LIMIT", "5"),
+        ("SPAM_LIMIT", "0/5s"),
+        ("SPAM_LIMIT", "5/0s"),
+        ("SPAM_LIMIT", "a/5s"),
+        ("VOICE_COUNT_DEAFENED", "maybe"),
+        ("VOICE_COUNT_ALONE", "2"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_FORMAT", "xml"),
+        ("LEADERBOARD_SIZE", "0"),
+        ("LEADERBOARD_SIZE", "26"),
+        ("LEADERBOARD_SIZE", "ten"),
+        ("LEADERBOARD_SIZE", "-1"),
+        ("CACHE_TTL", "nan"),
+    ],
+)
+def test_invalid_value_names_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(**{variable: value}))
+    error = info.value
+    assert error.variable == variable
+    assert str(error) == f"{variable}: {error.problem}"
+    assert "\n" not in str(error)
+    assert TOKEN not in str(error)
+
+
+def test_duration_error_message_is_exact() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(FLUSH_INTERVAL="-5s"))
+    assert str(info.value) == (
+        'FLUSH_INTERVAL: "-5s" is not a valid duration: it must be positive, like 5s, 15m, 2h or 30d'
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "hint"),
+    [
+        ("GUILD_ID", "abc", "positive whole number"),
+        ("DATABASE_URL", "postgres://u:p@h/db", "sqlite:///relative/path.db, sqlite:////absolute/path.db"),
+        ("SPAM_LIMIT", "5", "5/5s"),
+        ("VOICE_COUNT_ALONE", "maybe", "true/false"),
+        ("LOG_LEVEL", "verbose", "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"),
+        ("LOG_FORMAT", "xml", "json, text or auto"),
+        ("LEADERBOARD_SIZE", "26", "from 1 to 25"),
+    ],
+)
+def test_error_says_what_is_accepted(variable: str, value: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=variable) as info:
+        load_settings(env(**{variable: value}))
+    assert hint in info.value.problem
+
+
+def test_database_error_hides_credentials() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(DATABASE_URL="postgres://bot:hunter2@db.example/lb"))
+    assert "hunter2" not in str(info.value)
+
+
+def test_first_problem_in_table_order_wins() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(CACHE_TTL="bad", LEADERBOARD_SIZE="99", FLUSH_INTERVAL="bad", GUILD_ID="bad"))
+    assert info.value.variable == "GUILD_ID"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(CACHE_TTL="bad", LEADERBOARD_SIZE="99", FLUSH_INTERVAL="bad"))
+    assert info.value.variable == "FLUSH_INTERVAL"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(CACHE_TTL="bad", LEADERBOARD_SIZE="99"))
+    assert info.value.variable == "LEADERBOARD_SIZE"
+
+
+# --------------------------------------------------------------------------- token secrecy
+
+
+def test_token_not_in_repr_or_str() -> None:
+    settings = load_settings(env())
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings)
+    assert "bot_token" not in repr(settings)
+    assert settings.bot_token == TOKEN
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "GUILD_ID",
+        "DATABASE_URL",
+        "FLUSH_INTERVAL",
+        "SPAM_LIMIT",
+        "VOICE_COUNT_ALONE",
+        "LOG_LEVEL",
+        "LEADERBOARD_SIZE",
+        "CACHE_TTL",
+    ],
+)
+def test_token_pasted_into_wrong_variable_is_not_echoed(variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(**{variable: TOKEN}))
+    assert info.value.variable == variable
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(info.value)
+    assert TOKEN not in info.value.problem
+
+
+def test_config_error_attributes() -> None:
+    error = ConfigError("GUILD_ID", "is wrong")
+    assert error.variable == "GUILD_ID"
+    assert error.problem == "is wrong"
+    assert str(error) == "GUILD_ID: is wrong"
+    assert isinstance(error, Exception)

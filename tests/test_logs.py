@@ -1,0 +1,346 @@
+"""Tests for leaderboard_bot.logs: JSON/text output, redaction and stdlib routing."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from leaderboard_bot.logs import InterceptHandler, complete_logging, redact, setup_logging
+
+# Looks like a real token so a leak would be obvious, but it is not one.
+TOKEN = "MTA0OTk5OTk5OTk5OTk5OTk5OQ.GhIjKl.fake_token_value-for-tests_only"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo setup_logging's global changes so tests don't leak handlers into each other."""
+    root = logging.getLogger()
+    saved_handlers = root.handlers[:]
+    saved_level = root.level
+    saved_levels = {name: logging.getLogger(name).level for name in ("disnake", "peewee")}
+    yield
+    logger.remove()
+    logger.configure(patcher=lambda record: None)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    for name, level in saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+class TTYStream(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# {time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{line} | {message}[ | extras]
+TEXT_LINE = re.compile(
+    r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} \| (?P<level>.{8}) \| (?P<name>[\w.]+):\d+ \| (?P<rest>.*)"
+)
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+# --------------------------------------------------------------------------- redact
+
+
+def test_redact_replaces_every_secret() -> None:
+    redacted = redact("a SECRET b SECRET c OTHER", ["SECRET", "OTHER"])
+    assert redacted == "a [REDACTED] b [REDACTED] c [REDACTED]"
+
+
+def test_redact_ignores_empty_secrets() -> None:
+    assert redact("nothing to hide", ["", ""]) == "nothing to hide"
+    assert redact("nothing to hide", []) == "nothing to hide"
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_lines_have_message_level_and_extra() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    logger.bind(guild_id=42).info("flushed {count} rows", count=3)
+    logger.warning("careful")
+    first, second = json_lines(stream)
+    assert first["message"] == "flushed 3 rows"
+    assert first["level"] == "INFO"
+    assert first["extra"] == {"guild_id": 42, "count": 3}
+    assert first["name"] == __name__
+    assert isinstance(first["line"], int)
+    assert "time" in first
+    assert "exception" not in first
+    assert second["message"] == "careful"
+    assert second["level"] == "WARNING"
+    assert second["extra"] == {}
+
+
+def test_json_non_serialisable_extra_becomes_text() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    logger.info("obj", thing=object(), items=[1, "two"])
+    (line,) = json_lines(stream)
+    assert line["extra"]["thing"].startswith("<object object")
+    assert line["extra"]["items"] == [1, "two"]
+
+
+def test_level_filters_records() -> None:
+    stream = io.StringIO()
+    setup_logging("warning", "json", stream=stream)
+    logger.info("hidden")
+    logger.debug("hidden")
+    logger.error("shown")
+    assert [line["message"] for line in json_lines(stream)] == ["shown"]
+
+
+def test_auto_on_non_tty_is_json() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "auto", stream=stream)
+    logger.info("hello")
+    (line,) = json_lines(stream)
+    assert line["message"] == "hello"
+
+
+def test_auto_on_tty_is_text() -> None:
+    stream = TTYStream()
+    setup_logging("INFO", "auto", stream=stream)
+    logger.info("hello")
+    assert TEXT_LINE.fullmatch(stream.getvalue().rstrip("\n"))
+
+
+def test_default_stream_is_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("INFO", "json")
+    logger.info("to stderr")
+    captured = capsys.readouterr()
+    assert json.loads(captured.err.splitlines()[-1])["message"] == "to stderr"
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_format() -> None:
+    stream = io.StringIO()
+    setup_logging("DEBUG", "text", stream=stream)
+    logger.debug("plain")
+    logger.bind(user=7).info("with extra", channel="vc")
+    plain, extra = stream.getvalue().splitlines()
+    match = TEXT_LINE.fullmatch(plain)
+    assert match is not None
+    assert match["level"] == "DEBUG   "
+    assert match["name"] == __name__
+    assert match["rest"] == "plain"
+    match = TEXT_LINE.fullmatch(extra)
+    assert match is not None
+    assert match["level"] == "INFO    "
+    assert match["rest"] == "with extra | user=7 channel=vc"
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_token_redacted_from_message_and_extra(log_format: str) -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", log_format, secrets=[TOKEN], stream=stream)
+    logger.info(f"connecting with {TOKEN}")
+    logger.bind(token=TOKEN, nested={"deep": [TOKEN]}).info("bound")
+    logger.info("kwargs {value}", value=TOKEN, other=f"prefix-{TOKEN}-suffix")
+    output = stream.getvalue()
+    assert TOKEN not in output
+    assert output.count("[REDACTED]") == 6
+    if log_format == "json":
+        first, second, third = json_lines(stream)
+        assert first["message"] == "connecting with [REDACTED]"
+        assert second["extra"] == {"token": "[REDACTED]", "nested": {"deep": ["[REDACTED]"]}}
+        assert third["message"] == "kwargs [REDACTED]"
+        assert third["extra"] == {"value": "[REDACTED]", "other": "prefix-[REDACTED]-suffix"}
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_token_redacted_from_traceback(log_format: str) -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", log_format, secrets=[TOKEN], stream=stream)
+
+    def login(token: str) -> None:
+        raise RuntimeError(f"401 Unauthorized for token {token}")
+
+    try:
+        login(TOKEN)
+    except RuntimeError:
+        logger.exception("login failed")
+    output = stream.getvalue()
+    assert TOKEN not in output
+    assert "401 Unauthorized for token [REDACTED]" in output
+    assert "Traceback (most recent call last)" in output
+    if log_format == "json":
+        (line,) = json_lines(stream)
+        assert line["level"] == "ERROR"
+        assert line["message"] == "login failed"
+        assert "RuntimeError: 401 Unauthorized for token [REDACTED]" in line["exception"]
+
+
+def test_traceback_does_not_show_local_variables() -> None:
+    # diagnose=False: loguru must not print variable values, which could include the token.
+    stream = io.StringIO()
+    setup_logging("INFO", "text", stream=stream)
+    hidden_value = "local-variable-value-xyz"
+    try:
+        raise ValueError(len(hidden_value))
+    except ValueError:
+        logger.exception("failed")
+    assert "local-variable-value-xyz" not in stream.getvalue()
+
+
+def test_token_redacted_in_object_str_of_extra() -> None:
+    class Holder:
+        def __str__(self) -> str:
+            return f"Holder({TOKEN})"
+
+    stream = io.StringIO()
+    setup_logging("INFO", "json", secrets=[TOKEN], stream=stream)
+    logger.info("holder", holder=Holder())
+    assert TOKEN not in stream.getvalue()
+    assert json_lines(stream)[0]["extra"]["holder"] == "Holder([REDACTED])"
+
+
+def test_secret_needing_json_escaping_is_redacted() -> None:
+    secret = 'quote"back\\slash'
+    stream = io.StringIO()
+    setup_logging("INFO", "json", secrets=[secret], stream=stream)
+
+    class Holder:
+        def __str__(self) -> str:
+            return secret
+
+    logger.info("holder", holder=Holder())
+    assert json.dumps(secret)[1:-1] not in stream.getvalue()
+
+
+def test_stdlib_record_redacted() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", secrets=[TOKEN], stream=stream)
+    logging.getLogger("disnake.http").warning("bad header Authorization: Bot %s", TOKEN)
+    assert TOKEN not in stream.getvalue()
+    assert json_lines(stream)[0]["message"] == "bad header Authorization: Bot [REDACTED]"
+
+
+# --------------------------------------------------------------------------- stdlib routing
+
+
+def test_stdlib_logging_reaches_sink() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    logging.getLogger("disnake.gateway").info("Shard ID %s has connected to Gateway", None)
+    (line,) = json_lines(stream)
+    assert line["message"] == "Shard ID None has connected to Gateway"
+    assert line["level"] == "INFO"
+    # The recipe reports the real caller, not the logging module.
+    assert line["name"] == __name__
+
+
+def test_stdlib_exception_reaches_sink() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logging.getLogger("disnake.client").exception("Ignoring exception in on_message")
+    (line,) = json_lines(stream)
+    assert line["level"] == "ERROR"
+    assert "ZeroDivisionError" in line["exception"]
+
+
+def test_root_logger_uses_intercept_handler() -> None:
+    setup_logging("INFO", "json", stream=io.StringIO())
+    handlers = logging.getLogger().handlers
+    assert len(handlers) == 1
+    assert isinstance(handlers[0], InterceptHandler)
+
+
+def test_disnake_debug_is_muted_even_at_debug() -> None:
+    stream = io.StringIO()
+    setup_logging("DEBUG", "json", stream=stream)
+    logging.getLogger("disnake.gateway").debug("WebSocket Event: huge payload")
+    logging.getLogger("disnake.gateway").info("kept")
+    assert [line["message"] for line in json_lines(stream)] == ["kept"]
+    assert logging.getLogger("disnake").level == logging.INFO
+
+
+def test_disnake_follows_stricter_level() -> None:
+    setup_logging("ERROR", "json", stream=io.StringIO())
+    assert logging.getLogger("disnake").level == logging.ERROR
+
+
+@pytest.mark.parametrize(
+    ("level", "peewee_level"),
+    [
+        ("TRACE", logging.DEBUG),
+        ("DEBUG", logging.DEBUG),
+        ("INFO", logging.WARNING),
+        ("ERROR", logging.WARNING),
+    ],
+)
+def test_peewee_level(level: str, peewee_level: int) -> None:
+    setup_logging(level, "json", stream=io.StringIO())
+    assert logging.getLogger("peewee").level == peewee_level
+
+
+def test_peewee_queries_hidden_at_info() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    logging.getLogger("peewee").debug("('SELECT 1', [])")
+    assert stream.getvalue() == ""
+
+
+# --------------------------------------------------------------------------- setup twice / shutdown
+
+
+def test_setup_twice_does_not_duplicate() -> None:
+    first = io.StringIO()
+    second = io.StringIO()
+    setup_logging("INFO", "json", stream=first)
+    setup_logging("INFO", "json", stream=second)
+    logger.info("once")
+    logging.getLogger("disnake").info("stdlib once")
+    assert first.getvalue() == ""
+    assert [line["message"] for line in json_lines(second)] == ["once", "stdlib once"]
+
+
+def test_setup_twice_same_stream_does_not_duplicate() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    setup_logging("INFO", "text", stream=stream)
+    logger.info("once")
+    assert stream.getvalue().count("once") == 1
+
+
+def test_setup_keeps_other_sinks() -> None:
+    # Only the default handler and our own previous sink are replaced.
+    other = io.StringIO()
+    logger.add(other, format="{message}")
+    setup_logging("INFO", "json", stream=io.StringIO())
+    logger.info("both")
+    assert other.getvalue() == "both\n"
+
+
+def test_setup_rejects_unknown_values() -> None:
+    with pytest.raises(ValueError):
+        setup_logging("VERBOSE", "json", stream=io.StringIO())
+    with pytest.raises(ValueError):
+        setup_logging("INFO", "xml", stream=io.StringIO())
+
+
+async def test_complete_logging() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    logger.info("before shutdown")
+    await complete_logging()
+    assert json_lines(stream)[0]["message"] == "before shutdown"
