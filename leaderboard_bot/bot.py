@@ -9,12 +9,21 @@ from disnake.ext import commands
 from loguru import logger
 
 from .config import Settings
-from .db import Storage, repository
+from .db import Board, Storage, repository
 from .services.activity import ActivityService
+from .services.names import NameDirectory, NameInfo
+from .services.ranking import Rankings, TopCache
 from .services.ratelimit import NullGuard, SpamGuard
+from .services.seasons import SeasonService
 from .services.voice import VoiceTracker
+from .ui.embeds import BoardLine
 
-EXTENSIONS = ("leaderboard_bot.exts.tracking",)
+EXTENSIONS = (
+    "leaderboard_bot.exts.tracking",
+    "leaderboard_bot.exts.leaderboards",
+    "leaderboard_bot.exts.scheduler",
+    "leaderboard_bot.exts.seasons",
+)
 
 
 def bot_intents() -> disnake.Intents:
@@ -49,20 +58,58 @@ class LeaderboardBot(commands.InteractionBot):
             ),
             guard=build_guard(settings),
         )
+        self.cache = TopCache(settings.cache_ttl)
+        self.rankings = Rankings(storage, self.tracker, self.cache)
+        self.seasons = SeasonService(storage, self.tracker, period=settings.reset_period)
+        self.seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
+        self.names = NameDirectory(storage, self.tracker, live=self._live_name, fetch=self._fetch_name)
         self._shutdown: asyncio.Future[None] | None = None
         self._prepared = False
 
     async def prepare(self) -> None:
         """Open the database and restore state before connecting to Discord."""
         await self.storage.open()
-        season = await self.storage.run(
-            repository.ensure_season, self.settings.guild_id, self.tracker.clock(), self.settings.reset_period
-        )
-        self.tracker.season = season.number
+        await self.seasons.load()
         await self.tracker.start()
         self._prepared = True
         for extension in EXTENSIONS:
             self.load_extension(extension)
+
+    @property
+    def guild(self) -> disnake.Guild | None:
+        return self.get_guild(self.settings.guild_id)
+
+    def _live_name(self, user_id: int) -> NameInfo | None:
+        guild = self.guild
+        member = guild.get_member(user_id) if guild else None
+        return (member.display_name, member.name) if member else None
+
+    async def _fetch_name(self, user_id: int) -> NameInfo | None:
+        guild = self.guild
+        if guild is not None:
+            try:
+                member = await guild.fetch_member(user_id)
+                return member.display_name, member.name
+            except disnake.NotFound:
+                pass  # left the server: the account name is still better than an ID
+        try:
+            user = await self.fetch_user(user_id)
+        except disnake.NotFound:
+            return None
+        return user.global_name or user.name, user.name
+
+    async def board_lines(self, board: Board, *, season: int | None = None) -> list[BoardLine]:
+        """The top of a board with display names, for the current season or an archived one."""
+        size = self.settings.leaderboard_size
+        if season is None or season == self.tracker.season:
+            entries = await self.rankings.top(board, size)
+        else:
+            entries = await self.storage.run(repository.top, self.settings.guild_id, season, board, size)
+        names = await self.names.resolve(e.user_id for e in entries)
+        return [
+            BoardLine(rank=i, name=names[e.user_id], user_id=e.user_id, value=e.value)
+            for i, e in enumerate(entries, start=1)
+        ]
 
     async def close(self) -> None:
         # Idempotent: a signal, disnake itself and the runner may all ask to close.

@@ -40,7 +40,8 @@ def _v1_core(db: Database) -> None:
 def _v2_seasons_and_ranking(db: Database) -> None:
     for sql in (
         'CREATE TABLE IF NOT EXISTS "season" ("id" INTEGER NOT NULL PRIMARY KEY, "guild_id" INTEGER NOT NULL, '
-        '"number" INTEGER NOT NULL, "started_at" REAL NOT NULL, "ends_at" REAL NOT NULL, "ended_at" REAL)',
+        '"number" INTEGER NOT NULL, "started_at" REAL NOT NULL, "ends_at" REAL NOT NULL, "ended_at" REAL, '
+        '"announced_at" REAL)',
         'CREATE UNIQUE INDEX IF NOT EXISTS "season_guild_id_number" ON "season" ("guild_id", "number")',
         # Leaderboard queries rank one season of one guild by one column.
         'CREATE INDEX IF NOT EXISTS "member_stats_rank_messages" '

@@ -100,6 +100,7 @@ class Season(BaseModel):
     started_at = FloatField()
     ends_at = FloatField()
     ended_at = FloatField(null=True)
+    announced_at = FloatField(null=True)  # final standings posted
 
     class Meta:
         indexes = ((("guild_id", "number"), True),)

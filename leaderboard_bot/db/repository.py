@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -264,3 +265,25 @@ def roll_season(guild_id: int, number: int, ended_at: float, period: float) -> S
                 guild_id=guild_id, number=number + 1, started_at=ended_at, ends_at=ended_at + period
             )
         return nxt
+
+
+def set_season_end(guild_id: int, number: int, ends_at: float) -> None:
+    Season.update(ends_at=ends_at).where((Season.guild_id == guild_id) & (Season.number == number)).execute()
+
+
+def unannounced_seasons(guild_id: int) -> list[Season]:
+    return list(
+        Season.select()
+        .where((Season.guild_id == guild_id) & Season.ended_at.is_null(False) & Season.announced_at.is_null())
+        .order_by(Season.number)
+    )
+
+
+def mark_season_announced(guild_id: int, number: int, at: float | None = None) -> None:
+    Season.update(announced_at=time.time() if at is None else at).where(
+        (Season.guild_id == guild_id) & (Season.number == number)
+    ).execute()
+
+
+def season(guild_id: int, number: int) -> Season | None:
+    return Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number))

@@ -84,6 +84,9 @@ class ActivityService:
     def unflushed_voice_seconds(self, user_id: int) -> float:
         return self.voice.unflushed_seconds(user_id, self.clock())
 
+    def live_session_seconds(self, user_id: int) -> float | None:
+        return self.voice.session_seconds(user_id, self.clock())
+
     def add_flush_listener(self, listener: FlushListener) -> None:
         self._listeners.append(listener)
 
@@ -96,18 +99,18 @@ class ActivityService:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
         return closed
 
-    async def flush(self, now: float | None = None) -> bool:
+    async def flush(self, now: float | None = None, *, next_season: int | None = None) -> bool:
         """Write everything buffered in one transaction. On failure the data goes back into the
-        buffers and the next flush retries it: nothing counted is dropped."""
+        buffers and the next flush retries it: nothing counted is dropped. With ``next_season``,
+        later activity belongs to that season once this write has succeeded."""
         async with self._flush_lock:
             now = self.clock() if now is None else now
             messages, self._messages = self._messages, Counter()
             names, self._names = self._names, {}
             drained = self.voice.checkpoint(now)
             batch = self._batch(now, messages, drained, names)
-            try:
-                await self.storage.run(repository.apply_batch, batch)
-            except Exception as error:
+            error, cancelled = await self._write(batch)
+            if error is not None:
                 self._messages.update(messages)
                 self._names = {**names, **self._names}
                 self.voice.restore(drained)
@@ -116,8 +119,14 @@ class ActivityService:
                     "could not write activity ({}: {}); keeping {} buffered message(s) and retrying next flush",
                     type(error).__name__, error, sum(messages.values()),
                 )
+                if cancelled:
+                    raise asyncio.CancelledError
                 return False
             self.last_flush_at = now
+            if next_season is not None:
+                self.season = next_season  # no await since the write: nothing can slip between
+            if cancelled:
+                raise asyncio.CancelledError
         for listener in self._listeners:
             try:
                 result = listener(batch)
@@ -126,6 +135,22 @@ class ActivityService:
             except Exception:
                 logger.exception("flush listener failed")
         return True
+
+    async def _write(self, batch: ActivityBatch) -> tuple[BaseException | None, bool]:
+        """Run the batch write to its end even if the caller is cancelled meanwhile (a task loop
+        being stopped): the data is already out of the buffers, so the outcome must be known."""
+        write = asyncio.ensure_future(self.storage.run(repository.apply_batch, batch))
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:
+                break
+        if write.cancelled():
+            return asyncio.CancelledError("the database write was cancelled"), cancelled
+        return write.exception(), cancelled
 
     async def shutdown(self, *, attempts: int = 5, retry_delay: float = 0.5) -> bool:
         """Close voice sessions at shutdown time and flush, retrying a transient failure a few times."""

@@ -73,6 +73,11 @@ class VoiceTracker:
     def counting_users(self) -> set[int]:
         return set(self._open)
 
+    def session_seconds(self, user_id: int, now: float) -> float | None:
+        """Length of the member's current counted session, or None when not counting."""
+        session = self._open.get(user_id)
+        return None if session is None else max(0.0, now - session.started_at)
+
     def unflushed_seconds(self, user_id: int, now: float) -> float:
         """Time not yet written to the database: drained-but-pending intervals plus the live session."""
         pending = sum(i.seconds for i in self._pending.intervals if i.user_id == user_id)

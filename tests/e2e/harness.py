@@ -125,8 +125,8 @@ class World:
                 await bot.stop(timeout=15)
 
 
-async def make_world(tmp: Path) -> World:
-    fc = Fakecord(app_name="Leaderboard", bot_username="LeaderboardBot")
+async def make_world(tmp: Path, **fakecord_options: Any) -> World:
+    fc = Fakecord(app_name="Leaderboard", bot_username="LeaderboardBot", **fakecord_options)
     await fc.start()
     guild = fc.add_guild("Test Guild")
     general = fc.add_channel(guild, "general")

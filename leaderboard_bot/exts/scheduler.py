@@ -1,0 +1,259 @@
+"""The pinned leaderboards: one bot message per board channel, edited in place on a schedule.
+
+Edits happen only when the rendered embed changed (Discord throttles edits to hour-old messages,
+error 30046), a deleted message is re-posted and pinned, and no HTTP error ever ends the loop:
+forbidden channels and throttling back off and retry on later cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import disnake
+from disnake.ext import commands, tasks
+from loguru import logger
+
+from ..bot import LeaderboardBot
+from ..db import Board, repository
+from ..services.ranking import BOARDS
+from ..ui.embeds import board_title, format_value, leaderboard_embed
+
+EDIT_LIMIT_CODE = 30046  # "maximum edits to messages older than 1 hour reached"
+MISSING_ACCESS_CODES = {10003, 50001, 50013}  # unknown channel, missing access, missing permissions
+MAX_BACKOFF_SECONDS = 15 * 60
+
+
+@dataclass
+class BoardPost:
+    """What the bot knows about one pinned board; persisted so restarts reuse the message."""
+
+    board: Board
+    channel_id: int
+    message_id: int | None = None
+    standings_hash: str | None = None
+    changed_at: float | None = None
+    embed_hash: str | None = None
+
+    @property
+    def setting_key(self) -> str:
+        return f"board:{self.board}"
+
+    def to_setting(self) -> dict[str, object]:
+        data = asdict(self)
+        data.pop("board")
+        return data
+
+
+@dataclass
+class _Backoff:
+    until: float = 0.0
+    failures: int = 0
+    warned: bool = False
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Scheduler(commands.Cog):
+    def __init__(self, bot: LeaderboardBot) -> None:
+        self.bot = bot
+        settings = bot.settings
+        self.posts: dict[Board, BoardPost] = {
+            "messages": BoardPost("messages", settings.chat_lb_channel_id),
+            "voice": BoardPost("voice", settings.vc_lb_channel_id),
+        }
+        self._backoff: dict[Board, _Backoff] = {board: _Backoff() for board in BOARDS}
+        self._locks: dict[Board, asyncio.Lock] = {board: asyncio.Lock() for board in BOARDS}
+        self._loaded = False
+        self.refresh_loop.change_interval(seconds=settings.update_interval)
+        self.refresh_loop.start()
+
+    def cog_unload(self) -> None:
+        self.refresh_loop.cancel()
+
+    # ------------------------------------------------------------------ the loop
+
+    @tasks.loop(seconds=60)
+    async def refresh_loop(self) -> None:
+        await self.refresh_all()
+
+    @refresh_loop.before_loop
+    async def _before_refresh(self) -> None:
+        await self.bot.wait_until_ready()
+
+    async def refresh_all(self, *, force: bool = False) -> None:
+        for board in BOARDS:
+            # Each board is guarded on its own: one failing channel never stops the other or the loop.
+            try:
+                await self.refresh(board, force=force)
+            except Exception:
+                logger.exception("refreshing the {} leaderboard failed; will retry next cycle", board)
+
+    async def _load_state(self) -> None:
+        if self._loaded:
+            return
+        guild_id = self.bot.settings.guild_id
+        for post in self.posts.values():
+            stored = await self.bot.storage.run(repository.get_setting, guild_id, post.setting_key)
+            if isinstance(stored, dict) and stored.get("channel_id") == post.channel_id:
+                post.message_id = stored.get("message_id")
+                post.standings_hash = stored.get("standings_hash")
+                post.changed_at = stored.get("changed_at")
+                post.embed_hash = stored.get("embed_hash")
+        self._loaded = True
+
+    async def _save(self, post: BoardPost) -> None:
+        await self.bot.storage.run(
+            repository.set_setting, self.bot.settings.guild_id, post.setting_key, post.to_setting()
+        )
+
+    # ------------------------------------------------------------------ one board
+
+    async def refresh(self, board: Board, *, force: bool = False) -> None:
+        async with self._locks[board]:
+            await self._load_state()
+            backoff = self._backoff[board]
+            if not force and time.monotonic() < backoff.until:
+                return
+            try:
+                # disnake sleeps through any 429 it gets, even one asking to wait an hour (30046):
+                # bound the whole refresh so such a wait becomes a back-off instead of a stuck loop.
+                await asyncio.wait_for(self._refresh(self.posts[board]), self._call_timeout())
+            except disnake.HTTPException as error:
+                self._on_http_error(board, error)
+                return
+            except asyncio.TimeoutError:
+                self._on_http_error(board, _Throttled())
+                return
+            if backoff.warned:
+                logger.info("the {} leaderboard is being updated again", board)
+            self._backoff[board] = _Backoff()
+
+    def _call_timeout(self) -> float:
+        return min(30.0, max(5.0, self.bot.settings.update_interval))
+
+    async def _refresh(self, post: BoardPost) -> None:
+        channel = self.bot.get_channel(post.channel_id)
+        if not isinstance(channel, disnake.abc.Messageable) or not hasattr(channel, "get_partial_message"):
+            raise _ChannelMissing(post.channel_id)
+        bot = self.bot
+        lines = await bot.board_lines(post.board)
+        season = bot.seasons.current
+        standings = [season.number, [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines]]
+        standings_hash = _digest(standings)
+        if standings_hash != post.standings_hash:
+            post.standings_hash = standings_hash
+            post.changed_at = time.time()
+        guild = bot.guild
+        embed = leaderboard_embed(
+            board=post.board,
+            lines=lines,
+            arrow=bot.settings.arrow_emoji,
+            guild_icon_url=guild.icon.url if guild and guild.icon else None,
+            season_number=season.number,
+            season_ends_at=season.ends_at,
+            changed_at=post.changed_at,
+        )
+        embed_hash = _digest(embed.to_dict())
+        if post.message_id is None:
+            post.message_id = await self._adopt_pinned(channel, post.board)
+        if post.message_id is not None:
+            if embed_hash == post.embed_hash:
+                return  # nothing visible changed: no edit, nothing counted against Discord's limits
+            try:
+                await channel.get_partial_message(post.message_id).edit(embed=embed)  # type: ignore[attr-defined]
+            except disnake.NotFound:
+                logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
+                post.message_id = None
+        if post.message_id is None:
+            message = await channel.send(embed=embed)
+            post.message_id = message.id
+            post.embed_hash = embed_hash
+            await self._save(post)  # stored before pinning, so a failed pin never causes a second post
+            await self._pin(message, post.board)
+        post.embed_hash = embed_hash
+        await self._save(post)
+
+    async def _adopt_pinned(self, channel: disnake.abc.Messageable, board: Board) -> int | None:
+        """Reuse our own pinned board if the database lost its id, instead of posting a duplicate."""
+        me = self.bot.user
+        if me is None or not hasattr(channel, "pins"):
+            return None
+        try:
+            async for message in channel.pins():  # type: ignore[attr-defined]
+                if message.author.id == me.id and any(e.title == board_title(board) for e in message.embeds):
+                    logger.info("re-using the pinned {} leaderboard message {}", board, message.id)
+                    return message.id
+        except disnake.HTTPException:
+            return None
+        return None
+
+    async def _pin(self, message: disnake.Message, board: Board) -> None:
+        try:
+            await message.pin(reason="leaderboard")
+        except disnake.HTTPException as error:
+            logger.warning(
+                "posted the {} leaderboard but could not pin it ({} {}): give the bot Pin Messages in <#{}>",
+                board, error.status, error.text, message.channel.id,
+            )
+
+    def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
+        backoff = self._backoff[board]
+        backoff.failures += 1
+        interval = self.bot.settings.update_interval
+        delay = min(MAX_BACKOFF_SECONDS, interval * 2 ** (backoff.failures - 1))
+        channel_id = self.posts[board].channel_id
+        if isinstance(error, _ChannelMissing) or error.code in MISSING_ACCESS_CODES or error.status == 403:
+            reason = "the bot cannot see or post in the channel: check its permissions there"
+        elif error.code == EDIT_LIMIT_CODE or isinstance(error, _Throttled):
+            delay = max(delay, 10 * 60.0)
+            reason = "Discord is limiting edits to this (older) message"
+        else:
+            reason = f"Discord answered {error.status} {error.text!r}"
+        backoff.until = time.monotonic() + delay
+        if not backoff.warned:
+            logger.warning(
+                "could not update the {} leaderboard in <#{}>: {}; retrying in {:.0f}s", board, channel_id, reason, delay
+            )
+            backoff.warned = True
+        else:
+            logger.debug("{} leaderboard still failing ({}); next try in {:.0f}s", board, reason, delay)
+
+    # ------------------------------------------------------------------ listeners
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: disnake.RawMessageDeleteEvent) -> None:
+        for post in self.posts.values():
+            if payload.message_id == post.message_id:
+                post.message_id = None
+                logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
+                await self.refresh(post.board, force=True)
+
+
+class _ChannelMissing(disnake.HTTPException):
+    """The board channel is not visible to the bot (deleted, or no View Channel permission)."""
+
+    def __init__(self, channel_id: int) -> None:
+        Exception.__init__(self, f"channel {channel_id} not found")
+        self.status = 404
+        self.code = 10003
+        self.text = "Unknown Channel"
+
+
+class _Throttled(disnake.HTTPException):
+    """Discord asked for a long wait (a rate limit disnake would sleep through)."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "rate limited for longer than a refresh may take")
+        self.status = 429
+        self.code = EDIT_LIMIT_CODE
+        self.text = "rate limited"
+
+
+def setup(bot: LeaderboardBot) -> None:
+    bot.add_cog(Scheduler(bot))

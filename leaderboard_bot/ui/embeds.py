@@ -1,0 +1,242 @@
+"""Embed builders for the leaderboards, final standings, member stats and notices.
+
+Every builder is a pure function of its arguments (no clock, no embed timestamp): the
+bot compares ``to_dict()`` of the new embed with the last one it posted and skips the
+edit when they match, so identical inputs must give identical embeds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import disnake
+
+from leaderboard_bot.db.repository import Board
+from leaderboard_bot.ui.format import (
+    UNKNOWN_MEMBER,
+    discord_timestamp,
+    display_name,
+    format_count,
+    format_duration,
+    ordinal_rank,
+)
+
+__all__ = [
+    "BRAND_COLOUR",
+    "DEFAULT_ARROW",
+    "BoardLine",
+    "board_title",
+    "final_standings_embed",
+    "format_line",
+    "format_value",
+    "leaderboard_embed",
+    "notice_embed",
+    "stats_embed",
+]
+
+# The server owner's look.
+BRAND_COLOUR: int = 0x571173
+DEFAULT_ARROW: str = "<a:purp_arrow:1403295268505522187>"
+
+# Discord's embed limits.
+TITLE_LIMIT = 256
+DESCRIPTION_LIMIT = 4096
+FIELD_VALUE_LIMIT = 1024
+
+EMPTY_BOARD_TEXT: dict[str, str] = {
+    "messages": "No messages counted yet this season. Say hi and claim the top spot!",
+    "voice": "No voice time yet this season. Hop into a voice channel to get on the board!",
+}
+EMPTY_FINAL_TEXT = "Nobody made it onto this board this season."
+NO_CHANGE_YET = "—"
+
+# Titles are not markdown-rendered, so only line breaks / control characters need removing.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+@dataclass(frozen=True)
+class BoardLine:
+    rank: int
+    name: str  # raw display name, escaped when rendered
+    user_id: int
+    value: float
+
+
+def board_title(board: Board) -> str:
+    return "Message Leaderboard" if board == "messages" else "Voice Leaderboard"
+
+
+def format_value(board: Board, value: float) -> str:
+    """``1,234 messages`` / ``1 message`` for messages, ``12h 05m`` for voice."""
+    if board == "voice":
+        return format_duration(value)
+    # Message counts are whole numbers; the float only comes from the shared ranking type.
+    count = max(int(value), 0)
+    return f"{format_count(count)} {'message' if count == 1 else 'messages'}"
+
+
+def format_line(line: BoardLine, *, arrow: str | None, board: Board) -> str:
+    """One board line; ``arrow=None`` drops the prefix (used for the caller's own rank)."""
+    # display_name escapes markdown, neutralises mentions and truncates to 32 characters.
+    name = display_name(nick=line.name, global_name=None, username=None, user_id=line.user_id)
+    body = f"**{ordinal_rank(line.rank)}** {name} — **{format_value(board, line.value)}**"
+    return f"{arrow} {body}" if arrow else body
+
+
+def _fit_lines(texts: Sequence[str], budget: int) -> str:
+    """Join whole lines with newlines, dropping trailing ones that would exceed ``budget``.
+
+    Cutting mid-line could leave a half ``**`` or a half escape sequence, so lines are
+    only ever dropped whole. Never triggers for 25 members with 32-character names; it
+    only guards against an unusually long custom arrow.
+    """
+    kept: list[str] = []
+    used = 0
+    for text in texts:
+        cost = len(text) + (1 if kept else 0)
+        if used + cost > budget:
+            break
+        kept.append(text)
+        used += cost
+    return "\n".join(kept)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plain_name(name: str, limit: int) -> str:
+    """Single-line name for places where markdown is not rendered (titles), truncated to ``limit``."""
+    cleaned = _CONTROL_RE.sub(" ", name).strip() or UNKNOWN_MEMBER
+    return _clip(cleaned, limit)
+
+
+def _base_embed(*, title: str, description: str | None, thumbnail_url: str | None) -> disnake.Embed:
+    embed = disnake.Embed(
+        title=_clip(title, TITLE_LIMIT),
+        description=description,
+        colour=disnake.Colour(BRAND_COLOUR),
+    )
+    if thumbnail_url:
+        embed.set_thumbnail(url=thumbnail_url)
+    return embed
+
+
+def leaderboard_embed(
+    *,
+    board: Board,
+    lines: Sequence[BoardLine],
+    arrow: str = DEFAULT_ARROW,
+    guild_icon_url: str | None,
+    season_number: int,
+    season_ends_at: float,
+    changed_at: float | None,
+    caller_line: BoardLine | None = None,
+) -> disnake.Embed:
+    """The live board. ``caller_line`` is the invoking member's rank when outside the shown top."""
+    suffix = ""
+    if caller_line is not None:
+        suffix = "\n\nYour rank: " + format_line(caller_line, arrow=None, board=board)
+    if lines:
+        # Reserve room for the caller's line so it is never the part that gets dropped.
+        rows = [format_line(x, arrow=arrow, board=board) for x in lines]
+        description = _fit_lines(rows, DESCRIPTION_LIMIT - len(suffix)) + suffix
+    else:
+        description = EMPTY_BOARD_TEXT[board] + suffix
+
+    embed = _base_embed(title=board_title(board), description=description, thumbnail_url=guild_icon_url)
+    embed.add_field(
+        name=f"Season {season_number}",
+        value=f"Resets {discord_timestamp(season_ends_at, 'R')}\n{discord_timestamp(season_ends_at, 'f')}",
+        inline=True,
+    )
+    embed.add_field(
+        name="Last change",
+        value=NO_CHANGE_YET if changed_at is None else discord_timestamp(changed_at, "R"),
+        inline=True,
+    )
+    return embed
+
+
+def final_standings_embed(
+    *,
+    board: Board,
+    lines: Sequence[BoardLine],
+    arrow: str = DEFAULT_ARROW,
+    guild_icon_url: str | None,
+    season_number: int,
+    started_at: float,
+    ended_at: float,
+) -> disnake.Embed:
+    """Posted once when a season ends; one embed per board."""
+    header = f"**{board_title(board)}**\n\n"
+    if lines:
+        body = _fit_lines(
+            [format_line(x, arrow=arrow, board=board) for x in lines], DESCRIPTION_LIMIT - len(header)
+        )
+    else:
+        body = EMPTY_FINAL_TEXT
+    embed = _base_embed(
+        title=f"Season {season_number} — final standings",
+        description=header + body,
+        thumbnail_url=guild_icon_url,
+    )
+    # A field rather than the footer: footers show timestamp markup as raw text.
+    embed.add_field(
+        name="Season ran",
+        value=f"{discord_timestamp(started_at, 'D')} – {discord_timestamp(ended_at, 'D')}",
+        inline=False,
+    )
+    return embed
+
+
+def _ranked(text: str, rank: int | None) -> str:
+    return f"{text} · rank {ordinal_rank(rank)}" if rank is not None else f"{text} · unranked"
+
+
+def stats_embed(
+    *,
+    name: str,
+    avatar_url: str | None,
+    messages: int,
+    message_rank: int | None,
+    voice_seconds: float,
+    voice_rank: int | None,
+    in_voice_channel_id: int | None,
+    live_session_seconds: float | None,
+    season_number: int,
+    season_ends_at: float,
+) -> disnake.Embed:
+    """A member's own numbers for the current season."""
+    prefix = "Stats for "
+    embed = _base_embed(
+        title=prefix + _plain_name(name, TITLE_LIMIT - len(prefix)),
+        description=None,
+        thumbnail_url=avatar_url,
+    )
+    embed.add_field(name="Messages", value=_ranked(format_count(messages), message_rank), inline=True)
+    embed.add_field(name="Voice time", value=_ranked(format_duration(voice_seconds), voice_rank), inline=True)
+    if in_voice_channel_id is None:
+        in_voice = "No"
+    elif live_session_seconds is None:
+        # Session length unknown (e.g. just joined before the tracker saw it): still say where.
+        in_voice = f"<#{in_voice_channel_id}>"
+    else:
+        in_voice = f"<#{in_voice_channel_id}> for {format_duration(live_session_seconds)}"
+    embed.add_field(name="In voice now", value=in_voice, inline=True)
+    embed.add_field(
+        name=f"Season {season_number} ends",
+        value=f"{discord_timestamp(season_ends_at, 'D')} ({discord_timestamp(season_ends_at, 'R')})",
+        inline=True,
+    )
+    return embed
+
+
+def notice_embed(text: str, *, title: str | None = None) -> disnake.Embed:
+    """Small branded embed for friendly replies (errors, confirmations)."""
+    embed = disnake.Embed(description=_clip(text, DESCRIPTION_LIMIT), colour=disnake.Colour(BRAND_COLOUR))
+    if title:
+        embed.title = _clip(title, TITLE_LIMIT)
+    return embed

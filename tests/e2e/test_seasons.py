@@ -1,0 +1,103 @@
+"""Issue 4 end to end: seasons end on time (and on request), are archived, and announced once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from .harness import World, make_world
+
+CONFIRM_ID = "leaderboard-reset:confirm"
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = await make_world(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.stop_all()
+        for i, bot in enumerate(w.bots):
+            print(f"---- bot {i} output (tail) ----\n{bot.output()[-4000:]}")
+        await w.fc.stop()
+
+
+def finals(w: World, channel: int) -> list:
+    return [m for m in w.fc.channel_messages(channel)
+            if m.author_id == w.fc.bot_id and m.embeds and "final standings" in m.embeds[0].get("title", "")]
+
+
+async def test_a_short_season_is_archived_announced_once_and_restarted(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(RESET_PERIOD="6s", UPDATE_INTERVAL="1s", SPAM_LIMIT="off")
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.alice, f"a{i}")
+    await fc.send_message(w.guild, w.general, w.bob, "b")
+    await fc.voice_join(w.carol, w.lounge)
+    await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 20, "final standings in both channels")
+    (chat_final,) = finals(w, w.chat_lb)
+    (voice_final,) = finals(w, w.vc_lb)
+    assert chat_final.embeds[0]["title"] == "Season 1 — final standings"
+    assert not chat_final.pinned and not voice_final.pinned
+    desc = chat_final.embeds[0]["description"]
+    assert "**#1** Ali — **3 messages**" in desc and "**#2** Bobby — **1 message**" in desc
+    assert "carol" in voice_final.embeds[0]["description"]
+    # Archived, nothing deleted; season 2 is open and its boards start from zero.
+    seasons = w.query("SELECT number, ended_at IS NOT NULL, announced_at IS NOT NULL FROM season ORDER BY number")
+    assert seasons[0] == (1, 1, 1) and seasons[1][0] == 2
+    assert w.query("SELECT messages FROM member_stats WHERE season = 1 AND user_id = ?", w.alice) == [(3,)]
+    # Voice in progress across the boundary is split: carol keeps accruing in season 2.
+    await w.wait_db(lambda: w.query("SELECT voice_seconds FROM member_stats WHERE season = 2 AND user_id = ?",
+                                    w.carol), "carol's season 2 voice time")
+    (season1_end,) = w.query("SELECT ended_at FROM season WHERE number = 1")[0]
+    (session_start,) = w.query("SELECT started_at FROM voice_session WHERE user_id = ?", w.carol)[0]
+    (v1,) = w.query("SELECT voice_seconds FROM member_stats WHERE season = 1 AND user_id = ?", w.carol)[0]
+    assert v1 == pytest.approx(season1_end - session_start, abs=0.05)
+    # The pinned board now shows the new, empty season.
+    await fc.wait_for(
+        lambda: any("Season 2" in [f["name"] for f in m.embeds[0].get("fields", [])]
+                    and "No messages counted yet" in m.embeds[0].get("description", "")
+                    for m in fc.channel_messages(w.chat_lb) if m.pinned and m.embeds),
+        15, "the board to show season 2",
+    )
+    await asyncio.sleep(1.5)
+    titles = [m.embeds[0]["title"] for m in finals(w, w.chat_lb)]
+    assert titles.count("Season 1 — final standings") == 1  # announced once
+
+
+async def test_restarts_do_not_move_the_reset_date(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(RESET_PERIOD="1h")
+    await w.wait_db(lambda: w.query("SELECT ends_at FROM season WHERE number = 1"), "season 1")
+    (ends_at,) = w.query("SELECT ends_at FROM season WHERE number = 1")[0]
+    await asyncio.sleep(1.0)
+    bot.proc.send_signal(15)
+    assert await bot.stop(timeout=15) == 0
+    await w.start_bot(RESET_PERIOD="1h")
+    await asyncio.sleep(1.0)
+    assert w.query("SELECT number, ends_at FROM season") == [(1, ends_at)]
+
+
+async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(UPDATE_INTERVAL="1s")
+    await fc.wait_for_commands("leaderboard", guild=w.guild)
+    owner = fc.guilds[w.guild].owner_id
+    await fc.send_message(w.guild, w.general, w.alice, "hello")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 1, "alice's message")
+    # A member without Manage Server is refused, kindly and privately.
+    denied = await fc.slash(w.guild, w.general, w.bob, "leaderboard reset")
+    assert denied.ephemeral and "Manage Server" in denied.embeds[0]["description"]
+    asked = await fc.slash(w.guild, w.general, owner, "leaderboard reset")
+    assert asked.ephemeral and "season 1" in asked.embeds[0]["description"]
+    assert w.query("SELECT COUNT(*) FROM season") == [(1,)]  # nothing happens before confirming
+    done = await fc.click(w.guild, w.general, owner, asked.interaction.original_id, CONFIRM_ID)
+    assert "Season 1 is archived" in done.embeds[0]["description"]
+    assert w.query("SELECT number, ended_at IS NOT NULL FROM season ORDER BY number") == [(1, 1), (2, 0)]
+    await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 10, "announcements")
+    assert "Ali" in finals(w, w.chat_lb)[0].embeds[0]["description"]
+    top = await fc.slash(w.guild, w.general, w.alice, "top messages")
+    assert "No messages counted yet" in top.embeds[0]["description"]

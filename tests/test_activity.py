@@ -1,0 +1,606 @@
+"""ActivityService against a real Storage on a temporary SQLite file, with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leaderboard_bot.db import ActivityBatch, Storage, repository
+from leaderboard_bot.db.models import DailyActivity, MemberStats, VoiceSession
+from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.ratelimit import SpamGuard
+from leaderboard_bot.services.voice import VoiceTracker
+from tests.factories import MIDNIGHT, AllowAllGuard, DenyListGuard, FakeClock, day, here
+
+G = 4242
+CH = 77
+T0 = MIDNIGHT + 3_600.0  # 01:00 UTC, well away from a day boundary
+TODAY = day(T0)
+
+
+# --------------------------------------------------------------------------- fixtures & helpers
+
+
+@pytest.fixture
+def activity_clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def activity_db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/activity.db"
+
+
+@pytest.fixture
+async def activity_storage(activity_db_url: str) -> AsyncIterator[Storage]:
+    storage = Storage(activity_db_url)
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+def make_service(
+    storage: Storage,
+    clock: FakeClock,
+    *,
+    guard: Any = None,
+    count_alone: bool = True,
+    count_deafened: bool = False,
+) -> ActivityService:
+    return ActivityService(
+        storage,
+        guild_id=G,
+        voice=VoiceTracker(count_deafened=count_deafened, count_alone=count_alone),
+        guard=guard if guard is not None else AllowAllGuard(),
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def activity_service(activity_storage: Storage, activity_clock: FakeClock) -> ActivityService:
+    return make_service(activity_storage, activity_clock)
+
+
+def _stats() -> dict[int, tuple[int, float]]:
+    query = MemberStats.select().where(MemberStats.guild_id == G)
+    return {r.user_id: (r.messages, r.voice_seconds) for r in query}
+
+
+def _stats_by_season() -> dict[tuple[int, int], tuple[int, float]]:
+    query = MemberStats.select().where(MemberStats.guild_id == G)
+    return {(r.season, r.user_id): (r.messages, r.voice_seconds) for r in query}
+
+
+def _daily() -> dict[tuple[str, int], tuple[int, float]]:
+    query = DailyActivity.select().where(DailyActivity.guild_id == G)
+    return {(r.day, r.user_id): (r.messages, r.voice_seconds) for r in query}
+
+
+def _sessions() -> list[tuple[int, int, float, float, float | None]]:
+    query = (
+        VoiceSession.select()
+        .where(VoiceSession.guild_id == G)
+        .order_by(VoiceSession.started_at, VoiceSession.user_id)
+    )
+    return [(s.user_id, s.channel_id, s.started_at, s.last_seen_at, s.ended_at) for s in query]
+
+
+async def stats(storage: Storage) -> dict[int, tuple[int, float]]:
+    return await storage.run(_stats)
+
+
+async def daily(storage: Storage) -> dict[tuple[str, int], tuple[int, float]]:
+    return await storage.run(_daily)
+
+
+async def sessions(storage: Storage) -> list[tuple[int, int, float, float, float | None]]:
+    return await storage.run(_sessions)
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, *, times: int = 1) -> list[ActivityBatch]:
+    """Make repository.apply_batch raise "database is locked" ``times`` times, then behave."""
+    real = repository.apply_batch
+    attempts: list[ActivityBatch] = []
+
+    def flaky(batch: ActivityBatch) -> None:
+        attempts.append(batch)
+        if len(attempts) <= times:
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", flaky)
+    return attempts
+
+
+# --------------------------------------------------------------------------- messages
+
+
+async def test_messages_are_written_exactly_on_flush(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    for _ in range(3):
+        assert activity_service.record_message(1) is True
+    activity_service.record_message(2)
+    activity_service.record_message(2, now=T0 + 86_400.0)  # explicit time: the next day
+    assert activity_service.messages_counted == 5
+
+    assert await activity_service.flush() is True
+    assert activity_service.last_flush_at == activity_clock.now
+    assert await stats(activity_storage) == {1: (3, 0.0), 2: (2, 0.0)}
+    assert await daily(activity_storage) == {
+        (TODAY, 1): (3, 0.0),
+        (TODAY, 2): (1, 0.0),
+        (day(T0 + 86_400.0), 2): (1, 0.0),
+    }
+    assert activity_service.pending_messages(1) == 0
+
+    # A second flush adds only what is new.
+    activity_service.record_message(1)
+    assert await activity_service.flush() is True
+    assert await activity_service.flush() is True
+    assert await stats(activity_storage) == {1: (4, 0.0), 2: (2, 0.0)}
+    assert (await daily(activity_storage))[(TODAY, 1)] == (4, 0.0)
+
+
+async def test_nothing_is_written_until_flush(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    activity_service.record_message(1)
+    activity_service.record_message(1)
+    activity_service.record_voice(2, here(CH))
+    activity_clock.advance(45.0)
+
+    assert activity_service.pending_messages(1) == 2
+    assert activity_service.pending_messages(2) == 0
+    assert activity_service.unflushed_voice_seconds(2) == 45.0
+    assert await stats(activity_storage) == {}
+    assert await daily(activity_storage) == {}
+    assert await sessions(activity_storage) == []
+
+    await activity_service.flush()
+    assert await stats(activity_storage) == {1: (2, 0.0), 2: (0, 45.0)}
+    assert activity_service.unflushed_voice_seconds(2) == 0.0
+
+
+async def test_flush_writes_to_the_current_season(
+    activity_service: ActivityService, activity_storage: Storage
+) -> None:
+    activity_service.record_message(1)
+    await activity_service.flush()
+    activity_service.season = 2
+    activity_service.record_message(1)
+    activity_service.record_message(1)
+    await activity_service.flush()
+    assert await activity_storage.run(_stats_by_season) == {(1, 1): (1, 0.0), (2, 1): (2, 0.0)}
+
+
+async def test_message_denied_by_the_guard_is_not_counted(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    service = make_service(activity_storage, activity_clock, guard=DenyListGuard({2}))
+    assert service.record_message(1) is True
+    assert service.record_message(2) is False
+    assert service.messages_counted == 1
+    assert service.pending_messages(2) == 0
+    await service.flush()
+    assert await stats(activity_storage) == {1: (1, 0.0)}
+
+
+async def test_spam_guard_limits_what_is_counted(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    guard = SpamGuard(capacity=3, refill_rate=0.1, clock=activity_clock)
+    service = make_service(activity_storage, activity_clock, guard=guard)
+    results = [service.record_message(1) for _ in range(5)]
+    assert results == [True, True, True, False, False]
+    activity_clock.advance(10.0)  # one token back
+    assert service.record_message(1) is True
+    assert service.record_message(1) is False
+    await service.flush()
+    assert await stats(activity_storage) == {1: (4, 0.0)}
+
+
+# --------------------------------------------------------------------------- failed writes
+
+
+async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    activity_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = fail_once(monkeypatch)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_voice(2, here(CH))
+    for _ in range(4):
+        activity_service.record_message(1)
+    activity_service.remember_name(1, "One", "one")
+    activity_clock.advance(30.0)
+    activity_service.record_voice(2, None)  # closed session inside the failed batch
+    activity_clock.advance(30.0)
+
+    assert await activity_service.flush() is False
+    assert activity_service.flush_failures == 1
+    assert activity_service.last_flush_at is None
+    assert len(attempts) == 1 and attempts[0].messages == {(TODAY, 1): 4}
+    assert await stats(activity_storage) == {}
+    assert await sessions(activity_storage) == []
+    # Still buffered, nothing lost.
+    assert activity_service.pending_messages(1) == 4
+    assert activity_service.unflushed_voice_seconds(1) == 60.0
+    assert activity_service.unflushed_voice_seconds(2) == 30.0
+
+    activity_clock.advance(40.0)  # T0 + 100
+    assert await activity_service.flush() is True
+    assert await stats(activity_storage) == {1: (4, 100.0), 2: (0, 30.0)}
+    assert await daily(activity_storage) == {(TODAY, 1): (4, 100.0), (TODAY, 2): (0, 30.0)}
+    assert await sessions(activity_storage) == [
+        (1, CH, T0, T0 + 100.0, None),
+        (2, CH, T0, T0 + 30.0, T0 + 30.0),
+    ]
+    assert await activity_storage.run(repository.names, G, [1]) == {1: "One"}
+
+    # Nothing is written twice afterwards.
+    assert await activity_service.flush() is True
+    assert await stats(activity_storage) == {1: (4, 100.0), 2: (0, 30.0)}
+    assert activity_service.pending_messages(1) == 0
+
+
+async def test_storage_run_failure_also_keeps_the_buffer(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    activity_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_run = activity_storage.run
+    failures = {"left": 2}
+
+    async def flaky_run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if func is repository.apply_batch and failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real_run(func, *args, **kwargs)
+
+    monkeypatch.setattr(activity_storage, "run", flaky_run)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_message(1)
+    activity_clock.advance(10.0)
+    assert await activity_service.flush() is False
+    activity_service.record_message(1)
+    activity_clock.advance(10.0)
+    assert await activity_service.flush() is False
+    activity_clock.advance(10.0)
+    assert await activity_service.flush() is True
+    assert activity_service.flush_failures == 2
+    assert await stats(activity_storage) == {1: (2, 30.0)}
+    assert await activity_storage.run(lambda: VoiceSession.select().count()) == 1
+
+
+async def test_messages_and_voice_arriving_during_a_failed_flush_are_kept(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    activity_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real = repository.apply_batch
+    calls: list[ActivityBatch] = []
+
+    def blocking_then_failing(batch: ActivityBatch) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(10), "test never released the write"
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", blocking_then_failing)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_message(1)
+    activity_clock.advance(20.0)
+
+    flushing = asyncio.create_task(activity_service.flush())
+    assert await asyncio.to_thread(entered.wait, 10)
+    # The write is in progress on the DB thread: the event loop keeps recording.
+    activity_service.record_message(1)
+    activity_service.record_message(2)
+    activity_service.remember_name(2, "Two", None)
+    activity_clock.advance(5.0)
+    activity_service.record_voice(1, None)  # leaves at T0 + 25
+    activity_service.record_voice(3, here(CH))  # joins at T0 + 25
+    release.set()
+    assert await flushing is False
+
+    activity_clock.advance(15.0)  # T0 + 40
+    assert await activity_service.flush() is True
+    assert await stats(activity_storage) == {1: (2, 25.0), 2: (1, 0.0), 3: (0, 15.0)}
+    assert await sessions(activity_storage) == [
+        (1, CH, T0, T0 + 25.0, T0 + 25.0),
+        (3, CH, T0 + 25.0, T0 + 40.0, None),
+    ]
+    assert await activity_storage.run(repository.names, G, [2]) == {2: "Two"}
+
+
+async def test_messages_arriving_during_a_successful_flush_go_to_the_next_one(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real = repository.apply_batch
+    calls: list[ActivityBatch] = []
+
+    def blocking(batch: ActivityBatch) -> None:
+        calls.append(batch)
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(10)
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", blocking)
+    activity_service.record_message(1)
+    flushing = asyncio.create_task(activity_service.flush())
+    assert await asyncio.to_thread(entered.wait, 10)
+    activity_service.record_message(1)
+    activity_service.record_message(1)
+    release.set()
+    assert await flushing is True
+    assert await stats(activity_storage) == {1: (1, 0.0)}
+    assert activity_service.pending_messages(1) == 2
+    await activity_service.flush()
+    assert await stats(activity_storage) == {1: (3, 0.0)}
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+async def test_flush_listeners_get_the_batch(
+    activity_service: ActivityService, activity_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen_sync: list[ActivityBatch] = []
+    seen_async: list[ActivityBatch] = []
+    after_failure: list[str] = []
+
+    async def async_listener(batch: ActivityBatch) -> None:
+        await asyncio.sleep(0)
+        seen_async.append(batch)
+
+    def broken_listener(batch: ActivityBatch) -> None:
+        after_failure.append("broken called")
+        raise ValueError("listener bug")
+
+    activity_service.add_flush_listener(broken_listener)
+    activity_service.add_flush_listener(seen_sync.append)
+    activity_service.add_flush_listener(async_listener)
+
+    activity_service.record_message(7)
+    activity_service.record_voice(8, here(CH))
+    activity_clock.advance(12.0)
+    assert await activity_service.flush() is True  # a failing listener does not fail the flush
+
+    assert len(seen_sync) == 1 and seen_async == seen_sync
+    batch = seen_sync[0]
+    assert (batch.guild_id, batch.season, batch.heartbeat_at) == (G, 1, T0 + 12.0)
+    assert batch.messages == {(TODAY, 7): 1}
+    assert batch.voice == {(TODAY, 8): 12.0}
+    assert [(o.user_id, o.channel_id, o.started_at) for o in batch.opened] == [(8, CH, T0)]
+    assert after_failure == ["broken called"]
+
+    # Listeners are not told about a failed write.
+    fail_once(monkeypatch)
+    activity_service.record_message(7)
+    assert await activity_service.flush() is False
+    assert len(seen_sync) == 1
+
+
+# --------------------------------------------------------------------------- shutdown / start
+
+
+async def test_shutdown_closes_voice_sessions_at_clock_time_and_writes_them(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_voice(2, here(CH, deafened=True))  # present, not counting
+    activity_clock.advance(20.0)
+    await activity_service.flush()
+    activity_clock.advance(55.0)
+    activity_service.record_message(2)
+
+    assert await activity_service.shutdown(retry_delay=0) is True
+    assert activity_service.voice.counting_users() == set()
+    assert activity_service.voice.present_users() == set()
+    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 75.0, T0 + 75.0)]
+    assert await stats(activity_storage) == {1: (0, 75.0), 2: (1, 0.0)}
+    assert await activity_storage.run(repository.open_sessions, G) == []
+
+
+async def test_shutdown_retries_a_transient_failure(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    activity_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = fail_once(monkeypatch, times=2)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_message(1)
+    activity_clock.advance(30.0)
+    assert await activity_service.shutdown(attempts=3, retry_delay=0) is True
+    assert len(attempts) == 3
+    assert await stats(activity_storage) == {1: (1, 30.0)}
+    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
+
+
+async def test_shutdown_gives_up_after_the_attempts_but_keeps_the_buffer(
+    activity_service: ActivityService,
+    activity_storage: Storage,
+    activity_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fail_once(monkeypatch, times=10)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_message(1)
+    activity_clock.advance(30.0)
+    assert await activity_service.shutdown(attempts=2, retry_delay=0) is False
+    assert activity_service.flush_failures == 2
+    assert activity_service.pending_messages(1) == 1
+    assert activity_service.unflushed_voice_seconds(1) == 30.0
+    assert await stats(activity_storage) == {}
+
+
+async def test_start_closes_sessions_left_open_by_a_crash_at_their_last_heartbeat(
+    activity_db_url: str, activity_clock: FakeClock
+) -> None:
+    activity_clock.set(50.0)
+    storage = Storage(activity_db_url)
+    await storage.open()
+    try:
+        crashed = make_service(storage, activity_clock)
+        crashed.record_voice(1, here(CH))
+        activity_clock.set(100.0)
+        assert await crashed.flush() is True
+        assert await sessions(storage) == [(1, CH, 50.0, 100.0, None)]
+        activity_clock.set(400.0)  # more voice time happens, then the process dies unflushed
+    finally:
+        await storage.close()
+
+    activity_clock.set(1_000.0)
+    storage = Storage(activity_db_url)
+    await storage.open()
+    try:
+        service = make_service(storage, activity_clock)
+        assert await service.start() == 1
+        assert await sessions(storage) == [(1, CH, 50.0, 100.0, 100.0)]
+        assert await stats(storage) == {1: (0, 50.0)}  # credited only up to the heartbeat
+        assert await service.flush() is True
+        assert await stats(storage) == {1: (0, 50.0)}
+        assert await service.start() == 0  # nothing left to close
+    finally:
+        await storage.close()
+
+
+async def test_start_without_orphans_closes_nothing(activity_service: ActivityService) -> None:
+    assert await activity_service.start() == 0
+
+
+# --------------------------------------------------------------------------- names
+
+
+async def test_names_are_written_with_flush_only_when_changed(
+    activity_service: ActivityService, activity_storage: Storage
+) -> None:
+    batches: list[ActivityBatch] = []
+    activity_service.add_flush_listener(batches.append)
+
+    activity_service.remember_name(1, "Alice", "alice")
+    activity_service.remember_name(2, "Bob", None)
+    assert activity_service.known_name(1) == "Alice"
+    assert activity_service.known_name(3) is None
+    assert await activity_storage.run(repository.names, G, [1, 2]) == {}  # not before the flush
+    await activity_service.flush()
+    assert batches[-1].names == {1: ("Alice", "alice"), 2: ("Bob", None)}
+    assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "Alice", 2: "Bob"}
+
+    activity_service.remember_name(1, "Alice", "alice")  # unchanged
+    await activity_service.flush()
+    assert batches[-1].names == {}
+
+    activity_service.remember_name(1, "Alicia", "alice")  # changed
+    activity_service.remember_name(2, "Bob", None)
+    await activity_service.flush()
+    assert batches[-1].names == {1: ("Alicia", "alice")}
+    assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "Alicia", 2: "Bob"}
+
+
+async def test_a_name_from_a_failed_flush_is_retried_and_newer_names_win(
+    activity_service: ActivityService, activity_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_once(monkeypatch)
+    activity_service.remember_name(1, "Old", None)
+    activity_service.remember_name(2, "Kept", None)
+    assert await activity_service.flush() is False
+    activity_service.remember_name(1, "New", None)
+    assert await activity_service.flush() is True
+    assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "New", 2: "Kept"}
+
+
+# --------------------------------------------------------------------------- days
+
+
+async def test_voice_time_crossing_midnight_goes_to_two_daily_rows(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    activity_clock.set(MIDNIGHT - 600.0)
+    activity_service.record_voice(1, here(CH))
+    activity_service.record_message(1)
+    activity_clock.set(MIDNIGHT + 900.0)
+    activity_service.record_message(1)
+    assert await activity_service.flush() is True
+    assert await daily(activity_storage) == {
+        (day(MIDNIGHT - 1), 1): (1, 600.0),
+        (day(MIDNIGHT), 1): (1, 900.0),
+    }
+    assert await stats(activity_storage) == {1: (2, 1_500.0)}
+
+
+async def test_voice_split_across_flushes_and_midnight_sums_exactly(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    activity_clock.set(MIDNIGHT - 100.0)
+    activity_service.record_voice(1, here(CH))
+    activity_clock.set(MIDNIGHT - 40.0)
+    await activity_service.flush()
+    activity_clock.set(MIDNIGHT + 60.0)
+    await activity_service.flush()
+    activity_clock.set(MIDNIGHT + 100.0)
+    activity_service.record_voice(1, None)
+    await activity_service.flush()
+    assert await daily(activity_storage) == {
+        (day(MIDNIGHT - 1), 1): (0, 100.0),
+        (day(MIDNIGHT), 1): (0, 100.0),
+    }
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
+    activity_service: ActivityService, activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    busy, gate = threading.Event(), threading.Event()
+
+    def occupy_db_thread() -> None:  # e.g. a leaderboard query that is running right now
+        busy.set()
+        assert gate.wait(10)
+
+    blocker = asyncio.ensure_future(activity_storage.run(occupy_db_thread))
+    assert await asyncio.to_thread(busy.wait, 10)
+
+    activity_service.record_message(1)
+    activity_service.record_voice(2, here(CH))
+    activity_clock.advance(30.0)
+    flushing = asyncio.create_task(activity_service.flush())
+    for _ in range(100):  # yield until flush has taken the buffers and queued its write
+        if activity_service.pending_messages(1) == 0:
+            break
+        await asyncio.sleep(0)
+    assert activity_service.pending_messages(1) == 0
+    flushing.cancel()  # what disnake's Loop.cancel() does to a running flush_loop iteration
+    await asyncio.sleep(0.05)
+    assert not flushing.done()  # the cancelled flush still waits for its queued write
+    gate.set()
+    await blocker
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+
+    activity_clock.advance(10.0)
+    assert await activity_service.shutdown(retry_delay=0) is True
+    assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
+    assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]

@@ -1,0 +1,565 @@
+"""The database layer: open_database, migrations, every repository query, and Storage's DB thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peewee import SqliteDatabase
+
+from leaderboard_bot.db import repository
+from leaderboard_bot.db.migrations import LATEST_VERSION, MIGRATIONS, current_version, migrate
+from leaderboard_bot.db.models import (
+    DailyActivity,
+    MemberName,
+    MemberStats,
+    Season,
+    VoiceSession,
+    database_proxy,
+)
+from leaderboard_bot.db.repository import ActivityBatch, RankedEntry, SessionClose, SessionOpen
+from leaderboard_bot.db.storage import Storage, open_database
+
+G = 111  # guild id
+OTHER_G = 222
+
+
+@pytest.fixture
+def storage_db(tmp_path: Path) -> Iterator[SqliteDatabase]:
+    """A freshly opened and migrated database bound to the models, closed afterwards."""
+    db = open_database(f"sqlite:///{tmp_path}/x.db")
+    try:
+        yield db
+    finally:
+        if not db.is_closed():
+            db.close()
+
+
+def batch(
+    *, heartbeat_at: float = 1_000.0, season: int = 1, guild_id: int = G, **kw: object
+) -> ActivityBatch:
+    return ActivityBatch(guild_id=guild_id, season=season, heartbeat_at=heartbeat_at, **kw)  # type: ignore[arg-type]
+
+
+def stats_rows(guild_id: int = G) -> dict[tuple[int, int], tuple[int, float]]:
+    query = MemberStats.select().where(MemberStats.guild_id == guild_id)
+    return {(r.season, r.user_id): (r.messages, r.voice_seconds) for r in query}
+
+
+def daily_rows(guild_id: int = G) -> dict[tuple[str, int], tuple[int, float]]:
+    query = DailyActivity.select().where(DailyActivity.guild_id == guild_id)
+    return {(r.day, r.user_id): (r.messages, r.voice_seconds) for r in query}
+
+
+def session(key: str) -> VoiceSession:
+    return VoiceSession.get(VoiceSession.key == key)
+
+
+def table_names(db: SqliteDatabase) -> set[str]:
+    return {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+
+
+def index_names(db: SqliteDatabase) -> set[str]:
+    return {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+
+
+# --------------------------------------------------------------------------- open_database / pragmas
+
+
+def test_open_database_sets_pragmas(storage_db: SqliteDatabase) -> None:
+    assert storage_db.execute_sql("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    assert storage_db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert storage_db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_open_database_binds_the_models(storage_db: SqliteDatabase) -> None:
+    assert database_proxy.obj is storage_db
+
+
+def test_open_database_creates_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "bot.db"
+    db = open_database(f"sqlite:///{path}")
+    try:
+        assert path.is_file()
+        assert current_version(db) == LATEST_VERSION
+    finally:
+        db.close()
+
+
+def test_open_database_rejects_non_sqlite_urls(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        open_database(f"postgres://user:pw@host/{tmp_path}")
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_migrate_creates_schema_at_latest_version(storage_db: SqliteDatabase) -> None:
+    assert LATEST_VERSION == len(MIGRATIONS) >= 2
+    assert current_version(storage_db) == LATEST_VERSION
+    assert {
+        "schema_version",
+        "setting",
+        "member_stats",
+        "daily_activity",
+        "voice_session",
+        "member_name",
+        "season",
+    } <= table_names(storage_db)
+    rows = storage_db.execute_sql('SELECT "id", "version" FROM "schema_version"').fetchall()
+    assert rows == [(1, LATEST_VERSION)]
+
+
+def test_migrate_is_idempotent(storage_db: SqliteDatabase) -> None:
+    before = (table_names(storage_db), index_names(storage_db))
+    assert migrate(storage_db) == LATEST_VERSION
+    assert migrate(storage_db) == LATEST_VERSION
+    assert (table_names(storage_db), index_names(storage_db)) == before
+    assert storage_db.execute_sql('SELECT COUNT(*) FROM "schema_version"').fetchone()[0] == 1
+
+
+def test_migrate_runs_each_step_once_in_order(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "steps.db"))
+    db.connect()
+    calls: list[str] = []
+    steps = [lambda d: calls.append("a"), lambda d: calls.append("b"), lambda d: calls.append("c")]
+    try:
+        assert migrate(db, target=2, migrations=steps) == 2
+        assert calls == ["a", "b"]
+        assert migrate(db, migrations=steps, target=3) == 3
+        assert migrate(db, migrations=steps, target=3) == 3
+        assert calls == ["a", "b", "c"]
+    finally:
+        db.close()
+
+
+def test_a_failing_migration_rolls_back_and_keeps_the_old_version(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "fail.db"))
+    db.connect()
+
+    def broken(d: SqliteDatabase) -> None:
+        d.execute_sql('CREATE TABLE "half_done" ("x" INTEGER)')
+        raise sqlite3.OperationalError("boom")
+
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            migrate(db, migrations=(MIGRATIONS[0], broken), target=2)
+        assert current_version(db) == 1
+        assert "half_done" not in table_names(db)
+        assert "member_stats" in table_names(db)
+    finally:
+        db.close()
+
+
+def test_old_version_1_database_upgrades_in_place_keeping_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = SqliteDatabase(str(path))
+    old.connect()
+    assert migrate(old, target=1) == 1
+    assert "season" not in table_names(old)
+    old.execute_sql(
+        'INSERT INTO "member_stats" ("guild_id", "season", "user_id", "messages", "voice_seconds") '
+        "VALUES (?, 1, 7, 12, 30.5), (?, 1, 8, 3, 0)",
+        (G, G),
+    )
+    old.execute_sql(
+        'INSERT INTO "member_name" ("guild_id", "user_id", "display_name", "username", "updated_at") '
+        "VALUES (?, 7, 'Seven', 'seven', 1.0)",
+        (G,),
+    )
+    old.close()
+
+    db = open_database(f"sqlite:///{path}")
+    try:
+        assert current_version(db) == LATEST_VERSION
+        assert {"season"} <= table_names(db)
+        assert {
+            "member_stats_rank_messages",
+            "member_stats_rank_voice",
+            "season_guild_id_number",
+        } <= index_names(db)
+        assert repository.member_totals(G, 1, 7) == (12, 30.5)
+        assert repository.top(G, 1, "messages", 10) == [RankedEntry(7, 12.0), RankedEntry(8, 3.0)]
+        assert repository.names(G, [7]) == {7: "Seven"}
+        # And the new schema is usable on top of the old rows.
+        repository.apply_batch(batch(messages={("2024-01-01", 7): 1}))
+        assert repository.member_totals(G, 1, 7) == (13, 30.5)
+        assert repository.ensure_season(G, 0.0, 10.0).number == 1
+    finally:
+        db.close()
+
+
+def test_database_newer_than_the_bot_raises(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    db = open_database(f"sqlite:///{path}")
+    db.execute_sql('UPDATE "schema_version" SET "version" = ? WHERE "id" = 1', (LATEST_VERSION + 1,))
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        open_database(f"sqlite:///{path}")
+    reopened = SqliteDatabase(str(path))
+    try:
+        with pytest.raises(RuntimeError):
+            migrate(reopened)
+        assert current_version(reopened) == LATEST_VERSION + 1  # untouched
+    finally:
+        reopened.close()
+    database_proxy.obj.close()
+
+
+# --------------------------------------------------------------------------- apply_batch
+
+
+def test_apply_batch_splits_into_season_totals_and_daily_rows(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(
+        batch(
+            messages={("2024-03-09", 1): 3, ("2024-03-10", 1): 2, ("2024-03-10", 2): 5},
+            voice={("2024-03-09", 1): 600.0, ("2024-03-10", 3): 90.5},
+        )
+    )
+    assert stats_rows() == {(1, 1): (5, 600.0), (1, 2): (5, 0.0), (1, 3): (0, 90.5)}
+    assert daily_rows() == {
+        ("2024-03-09", 1): (3, 600.0),
+        ("2024-03-10", 1): (2, 0.0),
+        ("2024-03-10", 2): (5, 0.0),
+        ("2024-03-10", 3): (0, 90.5),
+    }
+
+
+def test_apply_batch_twice_adds_to_stored_counts(storage_db: SqliteDatabase) -> None:
+    b = batch(messages={("2024-03-10", 1): 4}, voice={("2024-03-10", 1): 12.5, ("2024-03-11", 2): 7.0})
+    repository.apply_batch(b)
+    repository.apply_batch(b)
+    assert stats_rows() == {(1, 1): (8, 25.0), (1, 2): (0, 14.0)}
+    assert daily_rows() == {("2024-03-10", 1): (8, 25.0), ("2024-03-11", 2): (0, 14.0)}
+
+
+def test_apply_batch_keeps_seasons_and_guilds_apart(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(batch(season=1, messages={("2024-03-10", 1): 1}))
+    repository.apply_batch(batch(season=2, messages={("2024-03-11", 1): 2}))
+    repository.apply_batch(batch(guild_id=OTHER_G, messages={("2024-03-11", 1): 50}))
+    assert stats_rows() == {(1, 1): (1, 0.0), (2, 1): (2, 0.0)}
+    assert stats_rows(OTHER_G) == {(1, 1): (50, 0.0)}
+    assert daily_rows() == {("2024-03-10", 1): (1, 0.0), ("2024-03-11", 1): (2, 0.0)}
+
+
+def test_apply_batch_handles_more_rows_than_sqlite_binds_in_one_statement(storage_db: SqliteDatabase) -> None:
+    # Lower the bound-variable limit to SQLite's historical default so an unchunked insert of
+    # 2,500 rows x 5 columns would fail with "too many SQL variables".
+    storage_db.connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    users = range(1, 2_501)
+    repository.apply_batch(
+        batch(
+            messages={("2024-03-10", u): u % 7 + 1 for u in users},
+            voice={("2024-03-11", u): float(u) for u in users},
+            opened=[SessionOpen(f"k{u}", u, 5, 900.0) for u in users],
+            names={u: (f"user {u}", None) for u in users},
+        )
+    )
+    assert MemberStats.select().count() == 2_500
+    assert DailyActivity.select().count() == 5_000
+    assert VoiceSession.select().count() == 2_500
+    assert MemberName.select().count() == 2_500
+    assert repository.member_totals(G, 1, 2_500) == (2_500 % 7 + 1, 2_500.0)
+    total_msgs = MemberStats.select().where(MemberStats.guild_id == G)
+    assert sum(r.messages for r in total_msgs) == sum(u % 7 + 1 for u in users)
+
+
+def test_apply_batch_is_atomic(storage_db: SqliteDatabase) -> None:
+    bad = batch(messages={("2024-03-10", 1): 1}, names={2: ("x", None)})
+    bad.names[3] = (None, None)  # type: ignore[assignment]  # display_name is NOT NULL -> fails late
+    with pytest.raises(Exception):  # noqa: B017 - any error must roll the whole batch back
+        repository.apply_batch(bad)
+    assert stats_rows() == {}
+    assert daily_rows() == {}
+    assert repository.get_setting(G, "heartbeat") is None
+
+
+def test_apply_batch_opens_then_closes_sessions(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(
+        batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 40.0), SessionOpen("b", 2, 6, 70.0)])
+    )
+    a, b = session("a"), session("b")
+    assert (a.user_id, a.channel_id, a.guild_id, a.started_at, a.ended_at) == (1, 5, G, 40.0, None)
+    assert a.last_seen_at == 100.0 and b.last_seen_at == 100.0  # heartbeat of open sessions
+
+    repository.apply_batch(batch(heartbeat_at=200.0, closed=[SessionClose("a", 150.0)]))
+    a, b = session("a"), session("b")
+    assert (a.ended_at, a.last_seen_at) == (150.0, 150.0)
+    assert (b.ended_at, b.last_seen_at) == (None, 200.0)
+    assert [s.key for s in repository.open_sessions(G)] == ["b"]
+
+
+def test_apply_batch_open_and_close_in_the_same_batch(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(
+        batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 10.0)], closed=[SessionClose("a", 60.0)])
+    )
+    a = session("a")
+    assert (a.started_at, a.ended_at, a.last_seen_at) == (10.0, 60.0, 60.0)
+    assert repository.open_sessions(G) == []
+
+
+def test_apply_batch_does_not_reopen_or_move_a_closed_session(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(
+        batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 10.0)], closed=[SessionClose("a", 60.0)])
+    )
+    # A retried batch re-sends the same open and close.
+    repository.apply_batch(
+        batch(heartbeat_at=300.0, opened=[SessionOpen("a", 1, 5, 10.0)], closed=[SessionClose("a", 250.0)])
+    )
+    a = session("a")
+    assert VoiceSession.select().count() == 1
+    assert (a.started_at, a.ended_at, a.last_seen_at) == (10.0, 60.0, 60.0)
+
+
+def test_heartbeat_moves_last_seen_of_open_sessions_only_in_its_guild(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(batch(heartbeat_at=10.0, opened=[SessionOpen("a", 1, 5, 10.0)]))
+    repository.apply_batch(batch(guild_id=OTHER_G, heartbeat_at=10.0, opened=[SessionOpen("z", 1, 5, 10.0)]))
+    repository.apply_batch(batch(heartbeat_at=70.0))
+    assert session("a").last_seen_at == 70.0
+    assert session("z").last_seen_at == 10.0
+    assert repository.get_setting(G, "heartbeat") == 70.0
+    assert repository.get_setting(OTHER_G, "heartbeat") == 10.0
+
+
+def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(
+        batch(
+            heartbeat_at=50.0,
+            opened=[SessionOpen("a", 1, 5, 10.0), SessionOpen("b", 2, 5, 20.0)],
+            closed=[SessionClose("b", 30.0)],
+        )
+    )
+    repository.apply_batch(batch(heartbeat_at=100.0))
+    repository.apply_batch(batch(guild_id=OTHER_G, heartbeat_at=90.0, opened=[SessionOpen("z", 3, 5, 80.0)]))
+
+    assert repository.close_orphan_sessions(G) == 1
+    a, b, z = session("a"), session("b"), session("z")
+    assert a.ended_at == 100.0  # the last heartbeat, not the wall clock
+    assert b.ended_at == 30.0  # already closed: untouched
+    assert z.ended_at is None  # other guild: untouched
+    assert repository.open_sessions(G) == []
+    assert repository.close_orphan_sessions(G) == 0
+
+
+def test_names_upsert_and_lookup(storage_db: SqliteDatabase) -> None:
+    repository.apply_batch(batch(heartbeat_at=10.0, names={1: ("Alice", "alice"), 2: ("Bob", None)}))
+    repository.apply_batch(batch(heartbeat_at=20.0, names={1: ("Alicia", "alice2"), 3: ("C" * 300, "")}))
+    repository.apply_batch(batch(guild_id=OTHER_G, names={1: ("Elsewhere", None)}))
+    assert repository.names(G, [1, 2, 3, 4]) == {1: "Alicia", 2: "Bob", 3: "C" * 255}
+    assert repository.names(G, []) == {}
+    assert repository.names(G, iter([2])) == {2: "Bob"}
+    row = MemberName.get((MemberName.guild_id == G) & (MemberName.user_id == 1))
+    assert (row.username, row.updated_at) == ("alice2", 20.0)
+    assert MemberName.get((MemberName.guild_id == G) & (MemberName.user_id == 3)).username is None
+
+
+# --------------------------------------------------------------------------- ranking reads
+
+
+@pytest.fixture
+def ranked_db(storage_db: SqliteDatabase) -> SqliteDatabase:
+    # messages: 5 -> 10, 3 -> 10 (tie), 9 -> 7, 1 -> 2, 4 -> 0 (voice only)
+    # voice:    4 -> 300, 1 -> 300 (tie), 3 -> 12.5, others 0
+    repository.apply_batch(
+        batch(
+            messages={
+                ("2024-03-10", 5): 10,
+                ("2024-03-10", 3): 10,
+                ("2024-03-10", 9): 7,
+                ("2024-03-11", 1): 2,
+            },
+            voice={("2024-03-10", 4): 300.0, ("2024-03-11", 1): 300.0, ("2024-03-12", 3): 12.5},
+        )
+    )
+    repository.apply_batch(batch(season=2, messages={("2024-04-01", 8): 1000}))
+    repository.apply_batch(batch(guild_id=OTHER_G, messages={("2024-03-10", 5): 1000}))
+    return storage_db
+
+
+def test_top_orders_by_value_then_user_id(ranked_db: SqliteDatabase) -> None:
+    assert repository.top(G, 1, "messages", 10) == [
+        RankedEntry(3, 10.0),
+        RankedEntry(5, 10.0),
+        RankedEntry(9, 7.0),
+        RankedEntry(1, 2.0),
+    ]
+    assert repository.top(G, 1, "voice", 10) == [
+        RankedEntry(1, 300.0),
+        RankedEntry(4, 300.0),
+        RankedEntry(3, 12.5),
+    ]
+
+
+def test_top_excludes_zero_values_and_applies_the_limit(ranked_db: SqliteDatabase) -> None:
+    assert 4 not in {e.user_id for e in repository.top(G, 1, "messages", 100)}
+    assert repository.top(G, 1, "messages", 2) == [RankedEntry(3, 10.0), RankedEntry(5, 10.0)]
+    assert repository.top(G, 1, "voice", 1) == [RankedEntry(1, 300.0)]
+    assert repository.top(G, 3, "messages", 10) == []
+    assert repository.top(G, 2, "messages", 10) == [RankedEntry(8, 1000.0)]
+
+
+@pytest.mark.parametrize("board", ["messages", "voice"])
+def test_rank_of_matches_top_order(ranked_db: SqliteDatabase, board: str) -> None:
+    order = repository.top(G, 1, board, 100)  # type: ignore[arg-type]
+    assert order
+    for position, entry in enumerate(order, start=1):
+        assert repository.rank_of(G, 1, board, entry.user_id) == position  # type: ignore[arg-type]
+
+
+def test_rank_of_is_none_without_activity(ranked_db: SqliteDatabase) -> None:
+    assert repository.rank_of(G, 1, "messages", 4) is None  # voice only
+    assert repository.rank_of(G, 1, "voice", 5) is None  # messages only
+    assert repository.rank_of(G, 1, "messages", 12345) is None  # no row at all
+    assert repository.rank_of(G, 3, "messages", 5) is None  # no such season
+
+
+def test_ranked_count(ranked_db: SqliteDatabase) -> None:
+    assert repository.ranked_count(G, 1, "messages") == 4
+    assert repository.ranked_count(G, 1, "voice") == 3
+    assert repository.ranked_count(G, 2, "messages") == 1
+    assert repository.ranked_count(G, 2, "voice") == 0
+
+
+def test_member_totals(ranked_db: SqliteDatabase) -> None:
+    assert repository.member_totals(G, 1, 3) == (10, 12.5)
+    assert repository.member_totals(G, 1, 4) == (0, 300.0)
+    assert repository.member_totals(G, 1, 777) == (0, 0.0)
+    assert repository.member_totals(OTHER_G, 1, 5) == (1000, 0.0)
+
+
+def test_daily_totals_over_an_inclusive_day_range(ranked_db: SqliteDatabase) -> None:
+    assert repository.daily_totals(G, "2024-03-10", "2024-03-10") == {
+        5: (10, 0.0),
+        3: (10, 0.0),
+        9: (7, 0.0),
+        4: (0, 300.0),
+    }
+    assert repository.daily_totals(G, "2024-03-11", "2024-03-12") == {1: (2, 300.0), 3: (0, 12.5)}
+    assert repository.daily_totals(G, "2024-03-10", "2024-04-30")[3] == (10, 12.5)
+    assert repository.daily_totals(G, "2024-05-01", "2024-05-31") == {}
+
+
+# --------------------------------------------------------------------------- seasons
+
+
+def test_ensure_season_creates_season_one_once(storage_db: SqliteDatabase) -> None:
+    first = repository.ensure_season(G, 1_000.0, 3_600.0)
+    assert (first.number, first.started_at, first.ends_at, first.ended_at) == (1, 1_000.0, 4_600.0, None)
+    again = repository.ensure_season(G, 9_999.0, 60.0)
+    assert again.id == first.id
+    assert (again.number, again.started_at, again.ends_at) == (1, 1_000.0, 4_600.0)
+    assert Season.select().count() == 1
+    assert repository.current_season(G).id == first.id
+    assert repository.current_season(OTHER_G) is None
+
+
+def test_roll_season_archives_and_opens_the_next_idempotently(storage_db: SqliteDatabase) -> None:
+    repository.ensure_season(G, 0.0, 100.0)
+    nxt = repository.roll_season(G, 1, 100.0, 100.0)
+    assert (nxt.number, nxt.started_at, nxt.ends_at, nxt.ended_at) == (2, 100.0, 200.0, None)
+    old = Season.get((Season.guild_id == G) & (Season.number == 1))
+    assert old.ended_at == 100.0
+
+    again = repository.roll_season(G, 1, 150.0, 100.0)  # e.g. two tasks noticing the end
+    assert again.id == nxt.id
+    assert Season.get((Season.guild_id == G) & (Season.number == 1)).ended_at == 100.0
+    assert Season.select().where(Season.guild_id == G).count() == 2
+    assert repository.current_season(G).number == 2
+    assert repository.ensure_season(G, 500.0, 100.0).id == nxt.id
+
+
+def test_ensure_season_after_all_seasons_ended_numbers_on(storage_db: SqliteDatabase) -> None:
+    repository.ensure_season(G, 0.0, 100.0)
+    Season.update(ended_at=100.0).execute()
+    assert repository.ensure_season(G, 100.0, 100.0).number == 2
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "value", [42, 1.5, "text", True, None, [1, 2, 3], {"channel": 123456789012345678, "ids": [1, 2]}]
+)
+def test_setting_round_trips_json_values(storage_db: SqliteDatabase, value: object) -> None:
+    repository.set_setting(G, "k", value)
+    assert repository.get_setting(G, "k", default="missing") == value
+
+
+def test_setting_overwrite_default_and_guild_scope(storage_db: SqliteDatabase) -> None:
+    assert repository.get_setting(G, "k") is None
+    assert repository.get_setting(G, "k", default=7) == 7
+    repository.set_setting(G, "k", {"a": 1})
+    repository.set_setting(G, "k", {"a": 2})
+    repository.set_setting(OTHER_G, "k", "other")
+    assert repository.get_setting(G, "k") == {"a": 2}
+    assert repository.get_setting(OTHER_G, "k") == "other"
+
+
+# --------------------------------------------------------------------------- Storage (async)
+
+
+async def test_storage_runs_everything_on_one_dedicated_thread(tmp_path: Path) -> None:
+    storage = Storage(f"sqlite:///{tmp_path}/async.db")
+    await storage.open()
+    try:
+        loop_thread = threading.current_thread()
+        threads = [await storage.run(threading.current_thread) for _ in range(5)]
+        assert len({t.ident for t in threads}) == 1
+        assert len({t.name for t in threads}) == 1
+        assert threads[0].name.startswith("leaderboard-db")
+        assert threads[0] is not loop_thread
+        assert threads[0] is not threading.main_thread()
+
+        # Concurrent calls are serialised onto that same thread too.
+        many = await asyncio.gather(*(storage.run(threading.current_thread) for _ in range(10)))
+        assert {t.ident for t in many} == {threads[0].ident}
+
+        # Arguments and results pass through; repository calls work.
+        await storage.run(repository.set_setting, G, key="k", value=[1, 2])
+        assert await storage.run(repository.get_setting, G, "k") == [1, 2]
+        assert await storage.run(current_version, database_proxy.obj) == LATEST_VERSION
+    finally:
+        await storage.close()
+
+
+async def test_storage_run_propagates_exceptions(tmp_path: Path) -> None:
+    storage = Storage(f"sqlite:///{tmp_path}/async.db")
+    await storage.open()
+
+    def fail() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await storage.run(fail)
+        assert await storage.run(lambda: 5) == 5  # the thread survives
+    finally:
+        await storage.close()
+
+
+async def test_storage_close_closes_the_database_and_the_thread(tmp_path: Path) -> None:
+    path = tmp_path / "async.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    db = database_proxy.obj
+    assert await storage.run(db.is_closed) is False
+    await storage.run(repository.set_setting, G, "k", 1)
+    wal = f"{path}-wal"
+    assert await asyncio.to_thread(os.path.exists, wal)  # WAL mode with an open connection
+    await storage.close()
+    # SQLite removes the WAL file when the last connection closes: the DB-thread connection is gone.
+    assert not await asyncio.to_thread(os.path.exists, wal)
+    with pytest.raises(RuntimeError):
+        await storage.run(lambda: None)
+    # The file is intact and reopenable.
+    reopened = open_database(f"sqlite:///{path}")
+    try:
+        assert current_version(reopened) == LATEST_VERSION
+        assert repository.get_setting(G, "k") == 1
+    finally:
+        reopened.close()

@@ -1,0 +1,542 @@
+"""VoiceTracker: the pure voice-time state machine, driven with injected times only."""
+
+from __future__ import annotations
+
+import pytest
+
+from leaderboard_bot.db.repository import SessionClose, SessionOpen
+from leaderboard_bot.services.voice import (
+    CreditedInterval,
+    VoiceDrain,
+    VoiceTracker,
+    split_by_day,
+    utc_day,
+)
+from tests.factories import DAY, MIDNIGHT, here, seconds_by_user
+
+A, B, AFK = 10, 20, None  # channel ids; AFK is "not in a tracked channel"
+
+BOTH_FLAGS = pytest.mark.parametrize(
+    ("count_alone", "count_deafened"), [(True, True), (True, False), (False, True), (False, False)]
+)
+
+
+def tracker(*, count_alone: bool = True, count_deafened: bool = False) -> VoiceTracker:
+    return VoiceTracker(count_deafened=count_deafened, count_alone=count_alone)
+
+
+def join_with_friend(t: VoiceTracker, user: int, channel: int, now: float, friend: int = 999) -> None:
+    """Put ``user`` in ``channel`` with a (human) friend so count_alone never matters."""
+    t.update(friend, here(channel), now)
+    t.update(user, here(channel), now)
+
+
+# --------------------------------------------------------------------------- join / leave
+
+
+def test_join_then_leave_credits_exactly_the_time_in_between() -> None:
+    t = tracker(count_alone=True)
+    t.update(1, here(A), 100.0)
+    assert t.is_counting(1)
+    t.update(1, None, 160.0)
+    assert not t.is_counting(1)
+    assert t.presence(1) is None
+
+    drain = t.checkpoint(500.0)
+    assert drain.intervals == [CreditedInterval(1, 100.0, 160.0)]
+    assert len(drain.opened) == 1
+    key = drain.opened[0].key
+    assert drain.opened == [SessionOpen(key, 1, A, 100.0)]
+    assert drain.closed == [SessionClose(key, 160.0)]
+    # Nothing left behind: the member is gone, so later checkpoints are empty.
+    assert t.checkpoint(900.0) == VoiceDrain()
+
+
+@BOTH_FLAGS
+def test_join_leave_with_company_credits_exact_seconds(count_alone: bool, count_deafened: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=count_deafened)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.update(1, None, 90.0)
+    t.update(2, None, 120.0)
+    credited = seconds_by_user(t.checkpoint(1_000.0).intervals)
+    if count_alone:
+        assert credited == {1: 90.0, 2: 120.0}
+    else:
+        # 2 was alone for the last 30 seconds.
+        assert credited == {1: 90.0, 2: 90.0}
+
+
+def test_live_session_is_credited_by_checkpoint_up_to_now() -> None:
+    t = tracker()
+    t.update(1, here(A), 100.0)
+    drain = t.checkpoint(130.0)
+    assert drain.intervals == [CreditedInterval(1, 100.0, 130.0)]
+    assert [o.user_id for o in drain.opened] == [1]
+    assert drain.closed == []
+    assert t.is_counting(1)
+
+
+def test_checkpoint_twice_never_credits_the_same_time_twice() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    first = t.checkpoint(40.0)
+    second = t.checkpoint(40.0)
+    third = t.checkpoint(100.0)
+    assert first.intervals == [CreditedInterval(1, 0.0, 40.0)]
+    assert second.intervals == []
+    assert second.opened == [] and second.closed == []
+    assert third.intervals == [CreditedInterval(1, 40.0, 100.0)]
+    t.update(1, None, 100.0)
+    last = t.checkpoint(200.0)
+    assert last.intervals == []  # already credited up to 100
+    assert len(last.closed) == 1 and last.closed[0].ended_at == 100.0
+
+
+def test_checkpoint_with_a_clock_behind_the_credited_time_credits_nothing() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.checkpoint(100.0)
+    assert t.checkpoint(50.0).intervals == []
+    assert t.unflushed_seconds(1, 50.0) == 0.0
+
+
+def test_leave_reported_before_the_last_checkpoint_closes_at_the_credited_time() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.checkpoint(100.0)
+    t.update(1, None, 90.0)  # late, out-of-order event
+    drain = t.checkpoint(200.0)
+    assert drain.intervals == []
+    assert drain.closed[0].ended_at == 100.0
+
+
+# --------------------------------------------------------------------------- moves
+
+
+@pytest.mark.parametrize("count_deafened", [True, False])
+def test_move_between_channels_closes_one_session_and_opens_another(count_deafened: bool) -> None:
+    t = tracker(count_alone=True, count_deafened=count_deafened)
+    t.update(1, here(A), 0.0)
+    t.update(1, here(B), 40.0)
+    t.update(1, None, 100.0)
+    drain = t.checkpoint(100.0)
+
+    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [(1, A, 0.0), (1, B, 40.0)]
+    key_a, key_b = (o.key for o in drain.opened)
+    assert key_a != key_b
+    assert drain.closed == [SessionClose(key_a, 40.0), SessionClose(key_b, 100.0)]
+    assert drain.intervals == [CreditedInterval(1, 0.0, 40.0), CreditedInterval(1, 40.0, 100.0)]
+    assert sum(i.seconds for i in drain.intervals) == 100.0  # == wall time, nothing doubled
+
+
+def test_move_with_a_checkpoint_in_between_sums_to_wall_time() -> None:
+    t = tracker(count_alone=True)
+    t.update(1, here(A), 0.0)
+    d1 = t.checkpoint(25.0)
+    t.update(1, here(B), 40.0)
+    d2 = t.checkpoint(70.0)
+    t.update(1, None, 130.0)
+    d3 = t.checkpoint(500.0)
+    total = sum(i.seconds for d in (d1, d2, d3) for i in d.intervals)
+    assert total == 130.0
+    assert len(d1.opened) + len(d2.opened) + len(d3.opened) == 2
+    assert len(d1.closed) + len(d2.closed) + len(d3.closed) == 2
+
+
+def test_move_with_count_alone_off_stops_both_and_restarts_when_reunited() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    assert t.counting_users() == {1, 2}
+    t.update(1, here(B), 30.0)  # both are now alone
+    assert t.counting_users() == set()
+    t.update(2, here(B), 50.0)  # together again in B
+    assert t.counting_users() == {1, 2}
+    t.update(1, None, 80.0)
+    t.update(2, None, 80.0)
+    assert seconds_by_user(t.checkpoint(80.0).intervals) == {1: 60.0, 2: 60.0}
+
+
+# --------------------------------------------------------------------------- AFK
+
+
+@BOTH_FLAGS
+def test_moving_into_afk_stops_and_back_out_resumes(count_alone: bool, count_deafened: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=count_deafened)
+    t.update(999, here(A), 0.0)  # a friend keeps the channel from being "alone"
+    t.update(1, here(A), 0.0)
+    t.update(1, AFK, 50.0)
+    assert not t.is_counting(1)
+    assert t.presence(1) is None
+    t.update(1, here(A), 80.0)
+    assert t.is_counting(1)
+    t.update(1, None, 100.0)
+    drain = t.checkpoint(100.0)
+    assert seconds_by_user(drain.intervals)[1] == 70.0
+    assert len([o for o in drain.opened if o.user_id == 1]) == 2
+
+
+def test_afk_leaves_the_other_member_alone_when_alone_time_does_not_count() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.update(1, AFK, 30.0)
+    assert t.counting_users() == set()
+    t.update(1, here(A), 45.0)
+    assert t.counting_users() == {1, 2}
+    assert seconds_by_user(t.checkpoint(60.0).intervals) == {1: 45.0, 2: 45.0}
+
+
+# --------------------------------------------------------------------------- deafen / mute
+
+
+@pytest.mark.parametrize("count_alone", [True, False])
+def test_self_deafen_stops_when_deafened_time_does_not_count(count_alone: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=False)
+    join_with_friend(t, 1, A, 0.0)
+    t.update(1, here(A, deafened=True), 30.0)
+    assert not t.is_counting(1)
+    assert t.presence(1) == here(A, deafened=True)
+    t.update(1, here(A), 50.0)  # undeafen resumes
+    assert t.is_counting(1)
+    t.update(1, None, 100.0)
+    drain = t.checkpoint(100.0)
+    assert seconds_by_user(drain.intervals)[1] == 80.0
+    mine = [o for o in drain.opened if o.user_id == 1]
+    assert [o.started_at for o in mine] == [0.0, 50.0]
+
+
+@pytest.mark.parametrize("count_alone", [True, False])
+def test_self_deafen_keeps_counting_when_deafened_time_counts(count_alone: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=True)
+    join_with_friend(t, 1, A, 0.0)
+    first = t.checkpoint(0.0)
+    t.update(1, here(A, deafened=True), 30.0)
+    assert t.is_counting(1)
+    t.update(1, here(A), 50.0)
+    t.update(1, None, 100.0)
+    drain = t.checkpoint(100.0)
+    assert seconds_by_user(drain.intervals)[1] == 100.0
+    # One session from start to end: no restart on deafen or undeafen.
+    key = next(o.key for o in first.opened if o.user_id == 1)
+    assert [o for o in drain.opened if o.user_id == 1] == []
+    assert [c for c in drain.closed if c.key == key] == [SessionClose(key, 100.0)]
+    # The friend's session ends too only if being alone does not count.
+    assert len(drain.closed) == (1 if count_alone else 2)
+
+
+@BOTH_FLAGS
+def test_mute_changes_do_not_restart_the_session(count_alone: bool, count_deafened: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=count_deafened)
+    join_with_friend(t, 1, A, 0.0)
+    first = t.checkpoint(0.0)
+    key = next(o.key for o in first.opened if o.user_id == 1)
+    # Mute / unmute / stream etc. arrive as updates with the same tracked presence.
+    for ts in (10.0, 20.0, 30.0):
+        t.update(1, here(A), ts)
+        assert t.is_counting(1)
+    drain = t.checkpoint(60.0)
+    assert drain.opened == []
+    assert drain.closed == []
+    assert [i for i in drain.intervals if i.user_id == 1] == [CreditedInterval(1, 0.0, 60.0)]
+    t.update(1, None, 70.0)
+    assert [c for c in t.checkpoint(70.0).closed if c.key == key] == [SessionClose(key, 70.0)]
+
+
+def test_mute_while_alone_and_not_counting_starts_nothing() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(1, here(A), 10.0)
+    assert t.checkpoint(50.0) == VoiceDrain()
+
+
+# --------------------------------------------------------------------------- alone
+
+
+def test_lone_member_counts_when_alone_time_counts() -> None:
+    t = tracker(count_alone=True)
+    t.update(1, here(A), 0.0)
+    assert t.is_counting(1)
+    assert seconds_by_user(t.checkpoint(30.0).intervals) == {1: 30.0}
+
+
+def test_alone_member_does_not_count_until_company_arrives_and_stops_when_it_leaves() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    assert not t.is_counting(1)
+    assert t.checkpoint(10.0) == VoiceDrain()
+
+    t.update(2, here(A), 10.0)  # second member starts both
+    assert t.counting_users() == {1, 2}
+    t.update(2, None, 40.0)  # one leaving stops the other
+    assert t.counting_users() == set()
+    assert t.presence(1) == here(A)
+    t.update(1, None, 100.0)
+
+    drain = t.checkpoint(100.0)
+    assert sorted((i.user_id, i.start, i.end) for i in drain.intervals) == [(1, 10.0, 40.0), (2, 10.0, 40.0)]
+    assert sorted(c.ended_at for c in drain.closed) == [40.0, 40.0]
+
+
+def test_company_in_another_channel_does_not_count() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(B), 0.0)
+    assert t.counting_users() == set()
+
+
+def test_third_member_leaving_keeps_the_remaining_pair_counting() -> None:
+    t = tracker(count_alone=False)
+    for user in (1, 2, 3):
+        t.update(user, here(A), 0.0)
+    first = t.checkpoint(0.0)
+    t.update(3, None, 20.0)
+    assert t.counting_users() == {1, 2}
+    drain = t.checkpoint(50.0)
+    assert drain.opened == []  # 1 and 2 kept their sessions
+    assert [c.ended_at for c in drain.closed] == [20.0]
+    assert len(first.opened) == 3
+    assert seconds_by_user(drain.intervals) == {1: 50.0, 2: 50.0, 3: 20.0}
+
+
+# --------------------------------------------------------------------------- bots
+
+
+@BOTH_FLAGS
+def test_bots_never_count(count_alone: bool, count_deafened: bool) -> None:
+    t = tracker(count_alone=count_alone, count_deafened=count_deafened)
+    t.update(50, here(A, is_bot=True), 0.0)
+    t.update(51, here(A, is_bot=True), 0.0)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    assert 50 not in t.counting_users() and 51 not in t.counting_users()
+    assert t.present_users() == {1, 2, 50, 51}
+    drain = t.checkpoint(100.0)
+    assert set(seconds_by_user(drain.intervals)) == {1, 2}
+    assert {o.user_id for o in drain.opened} == {1, 2}
+
+
+def test_bots_are_not_company() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(50, here(A, is_bot=True), 5.0)
+    t.update(51, here(A, is_bot=True), 6.0)
+    assert t.counting_users() == set()
+    t.update(2, here(A), 10.0)
+    assert t.counting_users() == {1, 2}
+    t.update(2, None, 30.0)  # only bots left with 1
+    assert t.counting_users() == set()
+    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 20.0, 2: 20.0}
+
+
+# --------------------------------------------------------------------------- unflushed / restore
+
+
+def test_unflushed_seconds_includes_the_live_session() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    assert t.unflushed_seconds(1, 25.0) == 25.0
+    assert t.unflushed_seconds(2, 25.0) == 0.0
+    t.checkpoint(25.0)
+    assert t.unflushed_seconds(1, 30.0) == 5.0
+
+
+def test_unflushed_seconds_includes_closed_but_unflushed_intervals() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.update(1, None, 40.0)
+    assert t.unflushed_seconds(1, 100.0) == 40.0
+    t.checkpoint(100.0)
+    assert t.unflushed_seconds(1, 100.0) == 0.0
+
+
+def test_unflushed_seconds_includes_drained_but_restored_intervals() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    drained = t.checkpoint(30.0)
+    assert t.unflushed_seconds(1, 30.0) == 0.0
+    t.restore(drained)  # the write failed
+    assert t.unflushed_seconds(1, 30.0) == 30.0
+    assert t.unflushed_seconds(1, 45.0) == 45.0
+    assert t.unflushed_seconds(2, 45.0) == 45.0
+
+
+def test_restore_after_a_failed_write_puts_things_back_in_order() -> None:
+    t = tracker(count_alone=True)
+    t.update(1, here(A), 0.0)
+    failed = t.checkpoint(30.0)  # write of this drain fails...
+    # ...and meanwhile more happens.
+    t.update(1, None, 50.0)
+    t.update(2, here(B), 60.0)
+    t.restore(failed)
+
+    retry = t.checkpoint(70.0)
+    key1 = failed.opened[0].key
+    assert [o.user_id for o in retry.opened] == [1, 2]
+    assert retry.opened[0] == failed.opened[0]
+    assert retry.closed == [SessionClose(key1, 50.0)]
+    assert retry.intervals == [
+        CreditedInterval(1, 0.0, 30.0),  # restored first
+        CreditedInterval(1, 30.0, 50.0),
+        CreditedInterval(2, 60.0, 70.0),
+    ]
+    # An opened session is always before its close in the list (the repository applies in order).
+    assert t.checkpoint(70.0) == VoiceDrain()
+
+
+def test_restore_of_several_failed_drains_keeps_each_interval_once() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    for now in (10.0, 20.0, 30.0):
+        t.restore(t.checkpoint(now))  # three writes fail in a row
+        assert t.unflushed_seconds(1, now) == now
+    final = t.checkpoint(40.0)
+    assert final.intervals == [CreditedInterval(1, s, s + 10.0) for s in (0.0, 10.0, 20.0, 30.0)]
+    assert len(final.opened) == 1
+    assert t.unflushed_seconds(1, 40.0) == 0.0
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def test_reconcile_closes_gone_members_at_gone_at_and_starts_unknown_ones_at_now() -> None:
+    t = tracker(count_alone=True)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.update(3, here(B), 0.0)
+    before = t.checkpoint(100.0)
+    key1 = next(o.key for o in before.opened if o.user_id == 1)
+
+    t.reconcile({1: here(A), 4: here(B)}, now=500.0, gone_at=300.0)
+
+    assert t.present_users() == {1, 4}
+    assert t.counting_users() == {1, 4}
+    drain = t.checkpoint(500.0)
+    assert {(c.ended_at) for c in drain.closed} == {300.0}
+    assert len(drain.closed) == 2 and key1 not in {c.key for c in drain.closed}
+    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [(4, B, 500.0)]
+    assert seconds_by_user(drain.intervals) == {1: 400.0, 2: 200.0, 3: 200.0}
+
+
+def test_reconcile_keeps_unchanged_members_sessions() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.checkpoint(0.0)
+    t.reconcile({1: here(A), 2: here(A)}, now=100.0, gone_at=50.0)
+    drain = t.checkpoint(100.0)
+    assert drain.opened == [] and drain.closed == []
+    assert seconds_by_user(drain.intervals) == {1: 100.0, 2: 100.0}
+
+
+def test_reconcile_without_gone_at_closes_at_now() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.reconcile({}, now=80.0)
+    drain = t.checkpoint(200.0)
+    assert drain.closed[0].ended_at == 80.0
+    assert seconds_by_user(drain.intervals) == {1: 80.0}
+
+
+def test_reconcile_never_closes_after_now() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.reconcile({}, now=80.0, gone_at=500.0)
+    drain = t.checkpoint(80.0)
+    assert drain.closed[0].ended_at == 80.0
+    assert seconds_by_user(drain.intervals) == {1: 80.0}
+
+
+def test_reconcile_stops_a_member_left_alone_at_gone_at() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.reconcile({1: here(A)}, now=100.0, gone_at=60.0)
+    assert t.counting_users() == set()
+    assert t.presence(1) == here(A)
+    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 60.0, 2: 60.0}
+
+
+def test_reconcile_applies_changed_state_at_now() -> None:
+    t = tracker(count_alone=True, count_deafened=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.reconcile({1: here(A, deafened=True), 2: here(B)}, now=100.0, gone_at=40.0)
+    assert t.counting_users() == {2}
+    drain = t.checkpoint(150.0)
+    assert seconds_by_user(drain.intervals) == {1: 100.0, 2: 150.0}
+    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [
+        (1, A, 0.0),
+        (2, A, 0.0),
+        (2, B, 100.0),
+    ]
+
+
+def test_reconcile_with_company_arriving_starts_both_at_now() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.reconcile({1: here(A), 2: here(A)}, now=100.0, gone_at=50.0)
+    assert t.counting_users() == {1, 2}
+    drain = t.checkpoint(130.0)
+    assert sorted(o.started_at for o in drain.opened) == [100.0, 100.0]
+    assert seconds_by_user(drain.intervals) == {1: 30.0, 2: 30.0}
+
+
+# --------------------------------------------------------------------------- stop_all
+
+
+def test_stop_all_closes_every_session_at_the_given_time() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.update(3, here(B), 0.0)  # alone, not counting
+    t.checkpoint(20.0)
+    t.stop_all(75.0)
+    assert t.counting_users() == set()
+    assert t.present_users() == set()
+    drain = t.checkpoint(1_000.0)
+    assert sorted(c.ended_at for c in drain.closed) == [75.0, 75.0]
+    assert seconds_by_user(drain.intervals) == {1: 55.0, 2: 55.0}
+    assert t.checkpoint(2_000.0) == VoiceDrain()
+
+
+# --------------------------------------------------------------------------- days
+
+
+def test_utc_day() -> None:
+    assert utc_day(0.0) == "1970-01-01"
+    assert utc_day(DAY - 0.001) == "1970-01-01"
+    assert utc_day(DAY) == "1970-01-02"
+    assert utc_day(MIDNIGHT) == "2024-03-10"
+    assert utc_day(MIDNIGHT - 1) == "2024-03-09"
+
+
+def test_split_by_day_within_one_day() -> None:
+    assert split_by_day(MIDNIGHT + 10, MIDNIGHT + 70) == [("2024-03-10", 60.0)]
+
+
+def test_split_by_day_across_utc_midnight() -> None:
+    assert split_by_day(MIDNIGHT - 600, MIDNIGHT + 900) == [("2024-03-09", 600.0), ("2024-03-10", 900.0)]
+
+
+def test_split_by_day_across_several_days() -> None:
+    start, end = MIDNIGHT - 100.5, MIDNIGHT + 2 * DAY + 50.25
+    parts = split_by_day(start, end)
+    assert parts == [
+        ("2024-03-09", 100.5),
+        ("2024-03-10", DAY),
+        ("2024-03-11", DAY),
+        ("2024-03-12", 50.25),
+    ]
+    assert sum(s for _, s in parts) == pytest.approx(end - start)
+
+
+def test_split_by_day_starting_exactly_at_midnight() -> None:
+    assert split_by_day(MIDNIGHT, MIDNIGHT + DAY) == [("2024-03-10", DAY)]
+
+
+@pytest.mark.parametrize(("start", "end"), [(MIDNIGHT, MIDNIGHT), (MIDNIGHT + 5, MIDNIGHT)])
+def test_split_by_day_empty_or_reversed_range_is_empty(start: float, end: float) -> None:
+    assert split_by_day(start, end) == []
