@@ -63,6 +63,15 @@ async def respond_in_time(
             await inter.edit_original_response(embed=reply.embed)
         else:
             await inter.response.send_message(embed=reply.embed, ephemeral=reply.ephemeral)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this command itself is being cancelled (shutdown): do not answer
+        # Only the work was cancelled, by something else: the member still deserves an answer.
+        logger.bind(command=command, user_id=inter.author.id).warning(
+            "/{} was cancelled for user {}", command, inter.author.id
+        )
+        await apologise(inter)
     except Exception:
         logger.bind(command=command, user_id=inter.author.id).exception(
             "/{} failed for user {}", command, inter.author.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,11 @@ from ..ui.embeds import board_title, format_value, leaderboard_embed
 EDIT_LIMIT_CODE = 30046  # "maximum edits to messages older than 1 hour reached"
 MISSING_ACCESS_CODES = {10003, 50001, 50013}  # unknown channel, missing access, missing permissions
 MAX_BACKOFF_SECONDS = 15 * 60
+# A refresh normally takes well under a second; disnake's own 5xx retries take up to ~25 s.
+REFRESH_TIMEOUT = 120.0
+# disnake sleeps through every 429, even one asking to wait an hour (edit limit 30046).
+# A wait longer than this while refreshing is abandoned and becomes a back-off instead.
+LONG_RATE_LIMIT_SECONDS = 30.0
 
 
 @dataclass
@@ -87,12 +93,14 @@ class Scheduler(commands.Cog):
         await self.bot.wait_until_ready()
 
     async def refresh_all(self, *, force: bool = False) -> None:
-        for board in BOARDS:
-            # Each board is guarded on its own: one failing channel never stops the other or the loop.
-            try:
-                await self.refresh(board, force=force)
-            except Exception:
-                logger.exception("refreshing the {} leaderboard failed; will retry next cycle", board)
+        # Each board is guarded on its own: one failing channel never stops or delays the other.
+        await asyncio.gather(*(self._refresh_guarded(board, force) for board in BOARDS))
+
+    async def _refresh_guarded(self, board: Board, force: bool) -> None:
+        try:
+            await self.refresh(board, force=force)
+        except Exception:
+            logger.exception("refreshing the {} leaderboard failed; will retry next cycle", board)
 
     async def _load_state(self) -> None:
         if self._loaded:
@@ -120,22 +128,29 @@ class Scheduler(commands.Cog):
             backoff = self._backoff[board]
             if not force and time.monotonic() < backoff.until:
                 return
+            task = asyncio.ensure_future(self._refresh(self.posts[board]))
+            _rate_limit_watch.watch(task)
             try:
-                # disnake sleeps through any 429 it gets, even one asking to wait an hour (30046):
-                # bound the whole refresh so such a wait becomes a back-off instead of a stuck loop.
-                await asyncio.wait_for(self._refresh(self.posts[board]), self._call_timeout())
+                await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
             except disnake.HTTPException as error:
                 self._on_http_error(board, error)
                 return
-            except asyncio.TimeoutError:
-                self._on_http_error(board, _Throttled())
+            except asyncio.CancelledError:
+                retry_after = _rate_limit_watch.pop(task)
+                if retry_after is None:  # we are being cancelled ourselves (shutdown)
+                    task.cancel()
+                    raise
+                self._on_http_error(board, _Throttled(retry_after))
                 return
+            except asyncio.TimeoutError:
+                task.cancel()
+                self._on_http_error(board, _Throttled(None))
+                return
+            finally:
+                _rate_limit_watch.pop(task)
             if backoff.warned:
                 logger.info("the {} leaderboard is being updated again", board)
             self._backoff[board] = _Backoff()
-
-    def _call_timeout(self) -> float:
-        return min(30.0, max(5.0, self.bot.settings.update_interval))
 
     async def _refresh(self, post: BoardPost) -> None:
         channel = self.bot.get_channel(post.channel_id)
@@ -210,9 +225,13 @@ class Scheduler(commands.Cog):
         channel_id = self.posts[board].channel_id
         if isinstance(error, _ChannelMissing) or error.code in MISSING_ACCESS_CODES or error.status == 403:
             reason = "the bot cannot see or post in the channel: check its permissions there"
+        elif isinstance(error, _Throttled) and error.retry_after is None:
+            reason = "Discord did not answer in time"
         elif error.code == EDIT_LIMIT_CODE or isinstance(error, _Throttled):
-            delay = max(delay, 10 * 60.0)
-            reason = "Discord is limiting edits to this (older) message"
+            retry_after = error.retry_after if isinstance(error, _Throttled) else None
+            delay = max(delay, min(retry_after or 600.0, 3600.0))
+            reason = "Discord is limiting edits to this (older) message" if error.code == EDIT_LIMIT_CODE \
+                else "Discord is rate limiting the bot"
         else:
             reason = f"Discord answered {error.status} {error.text!r}"
         backoff.until = time.monotonic() + delay
@@ -246,13 +265,46 @@ class _ChannelMissing(disnake.HTTPException):
 
 
 class _Throttled(disnake.HTTPException):
-    """Discord asked for a long wait (a rate limit disnake would sleep through)."""
+    """A refresh abandoned because Discord asked for a long wait, or did not answer in time."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        Exception.__init__(self, "rate limited" if retry_after else "timed out")
+        self.retry_after = retry_after
+        self.status = 429 if retry_after else 504
+        self.code = 0
+        self.text = "rate limited" if retry_after else "timed out"
+
+
+class _RateLimitWatch(logging.Filter):
+    """Spots disnake announcing a long rate-limit sleep inside a watched refresh task, and
+    cancels that task so the scheduler can back off instead of hanging for the whole wait."""
 
     def __init__(self) -> None:
-        Exception.__init__(self, "rate limited for longer than a refresh may take")
-        self.status = 429
-        self.code = EDIT_LIMIT_CODE
-        self.text = "rate limited"
+        super().__init__()
+        self._watched: dict[asyncio.Future[None], float | None] = {}
+
+    def watch(self, task: asyncio.Future[None]) -> None:
+        self._watched[task] = None
+
+    def pop(self, task: asyncio.Future[None]) -> float | None:
+        return self._watched.pop(task, None)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("We are being rate limited") or not record.args:
+            return True
+        try:
+            task = asyncio.current_task()
+            retry_after = float(record.args[0])  # type: ignore[index]
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
+            return True
+        if task in self._watched and retry_after > LONG_RATE_LIMIT_SECONDS:
+            self._watched[task] = retry_after
+            task.cancel()
+        return True
+
+
+_rate_limit_watch = _RateLimitWatch()
+logging.getLogger("disnake.http").addFilter(_rate_limit_watch)
 
 
 def setup(bot: LeaderboardBot) -> None:

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driver import VOICE, BotProcess, Fakecord  # type: ignore[import-not-found]
+try:
+    from driver import VOICE, BotProcess, Fakecord  # type: ignore[import-not-found]
+except ImportError:  # fakecord is absent: conftest.py marks every e2e test as skipped
+    VOICE = 2
+    BotProcess = Fakecord = object  # type: ignore[assignment,misc]
 
 GUILDS_INTENT, GUILD_MESSAGES_INTENT, GUILD_VOICE_STATES_INTENT = 1 << 0, 1 << 9, 1 << 7
 

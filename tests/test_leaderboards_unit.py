@@ -1,0 +1,236 @@
+"""Unit tests for the commands' answer-in-time helper and guards, with a fake interaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import disnake
+import pytest
+from disnake.ext import commands
+from loguru import logger
+
+from leaderboard_bot.exts.leaderboards import (
+    APOLOGY,
+    SERVER_ONLY,
+    Leaderboards,
+    Reply,
+    respond_in_time,
+)
+from leaderboard_bot.ui.embeds import notice_embed
+
+# Short enough to keep the suite fast, long enough that "fast" work never misses it on a busy CI box.
+DEFER_AFTER = 0.2
+GUILD_ID = 111
+
+
+def http_error(status: int = 400) -> disnake.HTTPException:
+    return disnake.HTTPException(SimpleNamespace(status=status, reason="Bad Request"), "injected")  # type: ignore[arg-type]
+
+
+class FakeResponse:
+    def __init__(self, inter: FakeInter, send_failures: int) -> None:
+        self.inter = inter
+        self.send_failures = send_failures
+        self.done = False
+
+    def is_done(self) -> bool:
+        return self.done
+
+    async def defer(self, **kwargs: Any) -> None:
+        self.inter.calls.append(("defer", kwargs))
+        self.done = True
+
+    async def send_message(self, *, embed: disnake.Embed, ephemeral: bool = False) -> None:
+        if self.send_failures:
+            self.send_failures -= 1
+            raise http_error()
+        self.inter.calls.append(("send", embed.description, ephemeral))
+        self.done = True
+
+
+class FakeInter:
+    """Just what respond_in_time touches; records every call in order."""
+
+    def __init__(
+        self, *, guild_id: int | None = GUILD_ID, send_failures: int = 0, edit_failures: int = 0
+    ) -> None:
+        self.id = 987
+        self.author = SimpleNamespace(id=42)
+        self.guild_id = guild_id
+        self.application_command = SimpleNamespace(qualified_name="stats")
+        self.calls: list[tuple[Any, ...]] = []
+        self.edit_failures = edit_failures
+        self.response = FakeResponse(self, send_failures)
+
+    async def edit_original_response(self, *, embed: disnake.Embed) -> None:
+        if self.edit_failures:
+            self.edit_failures -= 1
+            raise http_error()
+        self.calls.append(("edit", embed.description))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[Any]]:
+    records: list[Any] = []
+    sink = logger.add(records.append, level="DEBUG", format="{message}")
+    yield records
+    logger.remove(sink)
+
+
+def reply(text: str, *, ephemeral: bool = False) -> Reply:
+    return Reply(notice_embed(text), ephemeral=ephemeral)
+
+
+async def answer(text: str, *, after: float = 0.0, ephemeral: bool = False) -> Reply:
+    await asyncio.sleep(after)
+    return reply(text, ephemeral=ephemeral)
+
+
+async def fail(*, after: float = 0.0) -> Reply:
+    await asyncio.sleep(after)
+    raise RuntimeError("database exploded")
+
+
+async def respond(inter: FakeInter, work: Any, command: str = "top messages") -> None:
+    await respond_in_time(inter, work, command=command, defer_after=DEFER_AFTER)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- respond_in_time
+
+
+@pytest.mark.parametrize("ephemeral", [False, True])
+async def test_fast_work_is_the_response_itself(ephemeral: bool) -> None:
+    inter = FakeInter()
+    await respond(inter, answer("hello", ephemeral=ephemeral))
+    assert inter.calls == [("send", "hello", ephemeral)]
+
+
+async def test_slow_work_defers_publicly_then_edits_the_original() -> None:
+    inter = FakeInter()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await respond(inter, answer("late", after=DEFER_AFTER * 2))
+    assert inter.calls == [("defer", {}), ("edit", "late")]
+    assert loop.time() - started >= DEFER_AFTER * 2  # waited for the work, not just the defer
+
+
+async def test_the_defer_happens_at_the_deadline_not_after_the_work() -> None:
+    inter = FakeInter()
+    task = asyncio.create_task(respond(inter, answer("late", after=DEFER_AFTER * 5)))
+    await asyncio.sleep(DEFER_AFTER * 2)
+    assert inter.calls == [("defer", {})]  # Discord already knows we are on it
+    await task
+    assert inter.calls[-1] == ("edit", "late")
+
+
+async def test_an_error_before_the_deadline_is_an_ephemeral_apology_with_context_in_the_log(
+    logs: list[Any],
+) -> None:
+    inter = FakeInter()
+    await respond(inter, fail(), command="stats")
+    assert inter.calls == [("send", APOLOGY, True)]
+    (record,) = [m.record for m in logs if m.record["level"].name == "ERROR"]
+    assert record["message"] == "/stats failed for user 42"
+    assert record["extra"] == {"command": "stats", "user_id": 42}
+    assert record["exception"] is not None and isinstance(record["exception"].value, RuntimeError)
+
+
+async def test_an_error_after_deferring_turns_the_thinking_message_into_the_apology() -> None:
+    inter = FakeInter()
+    await respond(inter, fail(after=DEFER_AFTER * 2))
+    assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
+
+
+async def test_a_failed_send_is_followed_by_the_apology() -> None:
+    inter = FakeInter(send_failures=1)
+    await respond(inter, answer("hello"))
+    assert inter.calls == [("send", APOLOGY, True)]
+
+
+async def test_a_failed_edit_after_deferring_is_followed_by_the_apology() -> None:
+    inter = FakeInter(edit_failures=1)
+    await respond(inter, answer("late", after=DEFER_AFTER * 2))
+    assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
+
+
+async def test_nothing_escapes_when_even_the_apology_fails(logs: list[Any]) -> None:
+    inter = FakeInter(send_failures=2)
+    await respond(inter, fail())
+    assert inter.calls == []
+    assert any("could not send the apology" in m for m in logs)
+
+
+async def test_cancelling_the_command_cancels_the_work() -> None:
+    inter = FakeInter()
+    stopped = asyncio.Event()
+
+    async def forever() -> Reply:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        raise AssertionError("unreachable")
+
+    task = asyncio.create_task(respond(inter, forever()))
+    await asyncio.sleep(DEFER_AFTER / 4)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(stopped.wait(), 1)
+    assert inter.calls == []  # a cancelled command (shutdown) does not answer
+
+
+async def test_work_cancelled_from_elsewhere_still_gets_an_apology() -> None:
+    inter = FakeInter()
+
+    async def cancelled() -> Reply:
+        raise asyncio.CancelledError  # e.g. a service shutting down under the command
+
+    await respond(inter, cancelled())
+    assert inter.calls == [("send", APOLOGY, True)]
+
+
+# --------------------------------------------------------------------------- the cog
+
+
+def cog() -> Leaderboards:
+    bot = SimpleNamespace(settings=SimpleNamespace(guild_id=GUILD_ID))
+    return Leaderboards(bot)  # type: ignore[arg-type]
+
+
+async def test_outside_the_server_the_answer_is_ephemeral_and_nothing_is_built() -> None:
+    built: list[bool] = []
+
+    async def build() -> Reply:
+        built.append(True)
+        return reply("should not be built")
+
+    inter = FakeInter(guild_id=None)
+    await cog()._answer(inter, "stats", build)  # type: ignore[arg-type]
+    assert inter.calls == [("send", SERVER_ONLY, True)]
+    assert built == []
+
+
+async def test_inside_the_server_the_built_reply_is_sent() -> None:
+    inter = FakeInter()
+    await cog()._answer(inter, "stats", lambda: answer("numbers"))  # type: ignore[arg-type]
+    assert inter.calls == [("send", "numbers", False)]
+
+
+async def test_the_cog_error_handler_apologises_and_stops_propagation(logs: list[Any]) -> None:
+    inter = FakeInter()
+    error = commands.CommandInvokeError(RuntimeError("boom"))
+    handled = await cog().cog_slash_command_error(inter, error)  # type: ignore[arg-type]
+    assert handled is True
+    assert inter.calls == [("send", APOLOGY, True)]
+    assert any(m.record["message"] == "/stats failed for user 42" for m in logs)
+
+
+async def test_the_cog_error_handler_edits_when_already_deferred() -> None:
+    inter = FakeInter()
+    await inter.response.defer()
+    await cog().cog_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
+    assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
