@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from dotenv import load_dotenv
 from loguru import logger
 
 from .config import ConfigError, Settings, load_settings
 from .logs import complete_logging, setup_logging
+
+if TYPE_CHECKING:
+    from .bot import LeaderboardBot
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,9 +49,14 @@ async def run(settings: Settings) -> int:
     return EXIT_OK
 
 
-def _request_close(bot: object, sig: signal.Signals) -> None:
+_closing: set[asyncio.Future[None]] = set()
+
+
+def _request_close(bot: LeaderboardBot, sig: signal.Signals) -> None:
     logger.info("received {}, shutting down", sig.name)
-    asyncio.ensure_future(bot.close())  # type: ignore[attr-defined]
+    task = asyncio.ensure_future(bot.close())
+    _closing.add(task)  # keep a reference until done, or the task may be garbage-collected
+    task.add_done_callback(_closing.discard)
 
 
 def main() -> None:
@@ -58,9 +67,7 @@ def main() -> None:
         print(f"leaderboard-bot: configuration error: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token])
-    logger.info(
-        "starting leaderboard-bot for guild {} (database {})", settings.guild_id, settings.database_url
-    )
+    logger.info("starting leaderboard-bot for guild {} (database {})", settings.guild_id, settings.database_url)
     sys.exit(asyncio.run(run(settings)))
 
 

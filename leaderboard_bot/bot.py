@@ -53,9 +53,7 @@ class LeaderboardBot(commands.InteractionBot):
         self.tracker = ActivityService(
             storage,
             guild_id=settings.guild_id,
-            voice=VoiceTracker(
-                count_deafened=settings.voice_count_deafened, count_alone=settings.voice_count_alone
-            ),
+            voice=VoiceTracker(count_deafened=settings.voice_count_deafened, count_alone=settings.voice_count_alone),
             guard=build_guard(settings),
         )
         self.cache = TopCache(settings.cache_ttl)

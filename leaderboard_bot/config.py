@@ -116,8 +116,7 @@ def parse_duration(text: str) -> float:
     unit = match["unit"]
     if unit not in _DURATION_UNITS:
         raise ValueError(
-            f"{_show(text)} is not a valid duration: unknown unit {_show(unit)}, "
-            f"use s, m, h or d, {_DURATION_HINT}"
+            f"{_show(text)} is not a valid duration: unknown unit {_show(unit)}, use s, m, h or d, {_DURATION_HINT}"
         )
     seconds = float(match["number"]) * _DURATION_UNITS[unit]
     if not math.isfinite(seconds):
@@ -215,9 +214,7 @@ def _parse_emoji(text: str) -> str:
 
 def _parse_leaderboard_size(text: str) -> int:
     cleaned = text.strip()
-    if not (cleaned.isascii() and cleaned.isdecimal()) or not (
-        _LEADERBOARD_MIN <= int(cleaned) <= _LEADERBOARD_MAX
-    ):
+    if not (cleaned.isascii() and cleaned.isdecimal()) or not (_LEADERBOARD_MIN <= int(cleaned) <= _LEADERBOARD_MAX):
         raise ValueError(
             f"{_show(text)} is not a valid size: it must be a whole number from "
             f"{_LEADERBOARD_MIN} to {_LEADERBOARD_MAX}"

@@ -86,9 +86,7 @@ def _daily() -> dict[tuple[str, int], tuple[int, float]]:
 
 def _sessions() -> list[tuple[int, int, float, float, float | None]]:
     query = (
-        VoiceSession.select()
-        .where(VoiceSession.guild_id == G)
-        .order_by(VoiceSession.started_at, VoiceSession.user_id)
+        VoiceSession.select().where(VoiceSession.guild_id == G).order_by(VoiceSession.started_at, VoiceSession.user_id)
     )
     return [(s.user_id, s.channel_id, s.started_at, s.last_seen_at, s.ended_at) for s in query]
 
@@ -170,9 +168,7 @@ async def test_nothing_is_written_until_flush(
     assert activity_service.unflushed_voice_seconds(2) == 0.0
 
 
-async def test_flush_writes_to_the_current_season(
-    activity_service: ActivityService, activity_storage: Storage
-) -> None:
+async def test_flush_writes_to_the_current_season(activity_service: ActivityService, activity_storage: Storage) -> None:
     activity_service.record_message(1)
     await activity_service.flush()
     activity_service.season = 2
@@ -182,9 +178,7 @@ async def test_flush_writes_to_the_current_season(
     assert await activity_storage.run(_stats_by_season) == {(1, 1): (1, 0.0), (2, 1): (2, 0.0)}
 
 
-async def test_message_denied_by_the_guard_is_not_counted(
-    activity_storage: Storage, activity_clock: FakeClock
-) -> None:
+async def test_message_denied_by_the_guard_is_not_counted(activity_storage: Storage, activity_clock: FakeClock) -> None:
     service = make_service(activity_storage, activity_clock, guard=DenyListGuard({2}))
     assert service.record_message(1) is True
     assert service.record_message(2) is False
@@ -194,9 +188,7 @@ async def test_message_denied_by_the_guard_is_not_counted(
     assert await stats(activity_storage) == {1: (1, 0.0)}
 
 
-async def test_spam_guard_limits_what_is_counted(
-    activity_storage: Storage, activity_clock: FakeClock
-) -> None:
+async def test_spam_guard_limits_what_is_counted(activity_storage: Storage, activity_clock: FakeClock) -> None:
     guard = SpamGuard(capacity=3, refill_rate=0.1, clock=activity_clock)
     service = make_service(activity_storage, activity_clock, guard=guard)
     results = [service.record_message(1) for _ in range(5)]

@@ -69,9 +69,7 @@ def assert_within_limits(embed: disnake.Embed) -> None:
 # --- leaderboard ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kind", "title"), [("messages", "Message Leaderboard"), ("voice", "Voice Leaderboard")]
-)
+@pytest.mark.parametrize(("kind", "title"), [("messages", "Message Leaderboard"), ("voice", "Voice Leaderboard")])
 def test_title_colour_thumbnail(kind: Board, title: str) -> None:
     embed = board(make_lines(3, board=kind), kind=kind)
     assert embed.title == title == board_title(kind)

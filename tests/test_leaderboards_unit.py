@@ -54,9 +54,7 @@ class FakeResponse:
 class FakeInter:
     """Just what respond_in_time touches; records every call in order."""
 
-    def __init__(
-        self, *, guild_id: int | None = GUILD_ID, send_failures: int = 0, edit_failures: int = 0
-    ) -> None:
+    def __init__(self, *, guild_id: int | None = GUILD_ID, send_failures: int = 0, edit_failures: int = 0) -> None:
         self.id = 987
         self.author = SimpleNamespace(id=42)
         self.guild_id = guild_id

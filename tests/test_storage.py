@@ -40,9 +40,7 @@ def storage_db(tmp_path: Path) -> Iterator[SqliteDatabase]:
             db.close()
 
 
-def batch(
-    *, heartbeat_at: float = 1_000.0, season: int = 1, guild_id: int = G, **kw: object
-) -> ActivityBatch:
+def batch(*, heartbeat_at: float = 1_000.0, season: int = 1, guild_id: int = G, **kw: object) -> ActivityBatch:
     return ActivityBatch(guild_id=guild_id, season=season, heartbeat_at=heartbeat_at, **kw)  # type: ignore[arg-type]
 
 

@@ -44,8 +44,7 @@ def _v2_seasons_and_ranking(db: Database) -> None:
         '"announced_at" REAL)',
         'CREATE UNIQUE INDEX IF NOT EXISTS "season_guild_id_number" ON "season" ("guild_id", "number")',
         # Leaderboard queries rank one season of one guild by one column.
-        'CREATE INDEX IF NOT EXISTS "member_stats_rank_messages" '
-        'ON "member_stats" ("guild_id", "season", "messages")',
+        'CREATE INDEX IF NOT EXISTS "member_stats_rank_messages" ON "member_stats" ("guild_id", "season", "messages")',
         'CREATE INDEX IF NOT EXISTS "member_stats_rank_voice" '
         'ON "member_stats" ("guild_id", "season", "voice_seconds")',
     ):

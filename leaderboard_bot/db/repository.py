@@ -70,8 +70,13 @@ def apply_batch(batch: ActivityBatch) -> None:
 
     with database_proxy.atomic():
         stats_rows = [
-            {"guild_id": batch.guild_id, "season": batch.season, "user_id": user,
-             "messages": int(m), "voice_seconds": float(v)}
+            {
+                "guild_id": batch.guild_id,
+                "season": batch.season,
+                "user_id": user,
+                "messages": int(m),
+                "voice_seconds": float(v),
+            }
             for user, (m, v) in totals.items()
         ]
         for chunk in chunked(stats_rows, CHUNK_ROWS):
@@ -83,8 +88,13 @@ def apply_batch(batch: ActivityBatch) -> None:
                 },
             ).execute()
         daily_rows = [
-            {"guild_id": batch.guild_id, "day": day, "user_id": user,
-             "messages": int(m), "voice_seconds": float(v)}
+            {
+                "guild_id": batch.guild_id,
+                "day": day,
+                "user_id": user,
+                "messages": int(m),
+                "voice_seconds": float(v),
+            }
             for (day, user), (m, v) in daily.items()
         ]
         for chunk in chunked(daily_rows, CHUNK_ROWS):
@@ -97,8 +107,17 @@ def apply_batch(batch: ActivityBatch) -> None:
             ).execute()
         for chunk in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
-                [{"key": s.key, "guild_id": batch.guild_id, "user_id": s.user_id, "channel_id": s.channel_id,
-                  "started_at": s.started_at, "last_seen_at": s.started_at} for s in chunk]
+                [
+                    {
+                        "key": s.key,
+                        "guild_id": batch.guild_id,
+                        "user_id": s.user_id,
+                        "channel_id": s.channel_id,
+                        "started_at": s.started_at,
+                        "last_seen_at": s.started_at,
+                    }
+                    for s in chunk
+                ]
             ).on_conflict_ignore().execute()
         for closed in batch.closed:
             VoiceSession.update(ended_at=closed.ended_at, last_seen_at=closed.ended_at).where(
@@ -109,15 +128,23 @@ def apply_batch(batch: ActivityBatch) -> None:
             (VoiceSession.guild_id == batch.guild_id) & VoiceSession.ended_at.is_null()
         ).execute()
         name_rows = [
-            {"guild_id": batch.guild_id, "user_id": user, "display_name": display[:255],
-             "username": (username or None), "updated_at": batch.heartbeat_at}
+            {
+                "guild_id": batch.guild_id,
+                "user_id": user,
+                "display_name": display[:255],
+                "username": (username or None),
+                "updated_at": batch.heartbeat_at,
+            }
             for user, (display, username) in batch.names.items()
         ]
         for chunk in chunked(name_rows, CHUNK_ROWS):
             MemberName.insert_many(chunk).on_conflict(
                 conflict_target=[MemberName.guild_id, MemberName.user_id],
-                update={MemberName.display_name: EXCLUDED.display_name, MemberName.username: EXCLUDED.username,
-                        MemberName.updated_at: EXCLUDED.updated_at},
+                update={
+                    MemberName.display_name: EXCLUDED.display_name,
+                    MemberName.username: EXCLUDED.username,
+                    MemberName.updated_at: EXCLUDED.updated_at,
+                },
             ).execute()
         _set_setting(batch.guild_id, "heartbeat", batch.heartbeat_at)
 
@@ -221,9 +248,7 @@ def open_sessions(guild_id: int) -> list[VoiceSession]:
 def daily_totals(guild_id: int, first_day: str, last_day: str) -> Mapping[int, tuple[int, float]]:
     """Per-member sums over a range of UTC days (inclusive): a week or a chart is this query."""
     query = (
-        DailyActivity.select(
-            DailyActivity.user_id, fn.SUM(DailyActivity.messages), fn.SUM(DailyActivity.voice_seconds)
-        )
+        DailyActivity.select(DailyActivity.user_id, fn.SUM(DailyActivity.messages), fn.SUM(DailyActivity.voice_seconds))
         .where((DailyActivity.guild_id == guild_id) & (DailyActivity.day.between(first_day, last_day)))
         .group_by(DailyActivity.user_id)
         .tuples()
@@ -261,9 +286,7 @@ def roll_season(guild_id: int, number: int, ended_at: float, period: float) -> S
         ).execute()
         nxt = Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number + 1))
         if nxt is None:
-            nxt = Season.create(
-                guild_id=guild_id, number=number + 1, started_at=ended_at, ends_at=ended_at + period
-            )
+            nxt = Season.create(guild_id=guild_id, number=number + 1, started_at=ended_at, ends_at=ended_at + period)
         return nxt
 
 

@@ -142,7 +142,7 @@ class Scheduler(commands.Cog):
                     raise
                 self._on_http_error(board, _Throttled(retry_after))
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 task.cancel()
                 self._on_http_error(board, _Throttled(None))
                 return
@@ -159,7 +159,10 @@ class Scheduler(commands.Cog):
         bot = self.bot
         lines = await bot.board_lines(post.board)
         season = bot.seasons.current
-        standings = [season.number, [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines]]
+        standings = [
+            season.number,
+            [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines],
+        ]
         standings_hash = _digest(standings)
         if standings_hash != post.standings_hash:
             post.standings_hash = standings_hash
@@ -214,7 +217,10 @@ class Scheduler(commands.Cog):
         except disnake.HTTPException as error:
             logger.warning(
                 "posted the {} leaderboard but could not pin it ({} {}): give the bot Pin Messages in <#{}>",
-                board, error.status, error.text, message.channel.id,
+                board,
+                error.status,
+                error.text,
+                message.channel.id,
             )
 
     def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
@@ -230,14 +236,21 @@ class Scheduler(commands.Cog):
         elif error.code == EDIT_LIMIT_CODE or isinstance(error, _Throttled):
             retry_after = error.retry_after if isinstance(error, _Throttled) else None
             delay = max(delay, min(retry_after or 600.0, 3600.0))
-            reason = "Discord is limiting edits to this (older) message" if error.code == EDIT_LIMIT_CODE \
+            reason = (
+                "Discord is limiting edits to this (older) message"
+                if error.code == EDIT_LIMIT_CODE
                 else "Discord is rate limiting the bot"
+            )
         else:
             reason = f"Discord answered {error.status} {error.text!r}"
         backoff.until = time.monotonic() + delay
         if not backoff.warned:
             logger.warning(
-                "could not update the {} leaderboard in <#{}>: {}; retrying in {:.0f}s", board, channel_id, reason, delay
+                "could not update the {} leaderboard in <#{}>: {}; retrying in {:.0f}s",
+                board,
+                channel_id,
+                reason,
+                delay,
             )
             backoff.warned = True
         else:

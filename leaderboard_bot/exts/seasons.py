@@ -50,7 +50,10 @@ class Seasons(commands.Cog):
     async def end_season(self, *, reason: str) -> SeasonInfo | None:
         finished = await self.bot.seasons.roll(reason=reason)
         if finished is None:
-            logger.warning("could not end season {}: writing activity failed; retrying soon", self.bot.seasons.current.number)
+            logger.warning(
+                "could not end season {}: writing activity failed; retrying soon",
+                self.bot.seasons.current.number,
+            )
             return None
         await self.announce_pending()
         scheduler = self.bot.get_cog("Scheduler")
@@ -92,8 +95,11 @@ class Seasons(commands.Cog):
             try:
                 message = await channel.send(embed=embed)
             except disnake.Forbidden:
-                logger.warning("cannot post season {} final standings in <#{}>: missing permissions",
-                               season.number, channel_id)
+                logger.warning(
+                    "cannot post season {} final standings in <#{}>: missing permissions",
+                    season.number,
+                    channel_id,
+                )
                 continue
             except disnake.HTTPException as error:
                 logger.warning("posting season {} final standings failed ({}); will retry", season.number, error)
@@ -152,10 +158,15 @@ class ConfirmReset(disnake.ui.View):
         await inter.response.defer()
         finished = await self.cog.end_season(reason=f"reset by {inter.author} ({inter.author.id})")
         if finished is None:
-            text = "The reset could not be completed because the database is unavailable. Nothing was lost; please try again."
+            text = (
+                "The reset could not be completed because the database is unavailable. "
+                "Nothing was lost; please try again."
+            )
         else:
-            text = (f"Season {finished.number} is archived and its final standings are posted. "
-                    f"Season {self.cog.bot.seasons.current.number} has begun.")
+            text = (
+                f"Season {finished.number} is archived and its final standings are posted. "
+                f"Season {self.cog.bot.seasons.current.number} has begun."
+            )
         await inter.edit_original_response(embed=notice_embed(text, title="Leaderboards reset"), view=None)
 
     @disnake.ui.button(label="Cancel", style=disnake.ButtonStyle.secondary, custom_id=CANCEL_ID)

@@ -15,9 +15,7 @@ COUNTED_MESSAGE_TYPES = (disnake.MessageType.default, disnake.MessageType.reply)
 TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
 
 
-def voice_presence(
-    guild: disnake.Guild, state: disnake.VoiceState, *, is_bot: bool
-) -> VoicePresence | None:
+def voice_presence(guild: disnake.Guild, state: disnake.VoiceState, *, is_bot: bool) -> VoicePresence | None:
     """Where a voice state counts, or None when it is out of a tracked channel. Stage audience
     time counts like speaking time: listening to a stage is taking part."""
     channel = state.channel
@@ -123,7 +121,10 @@ class Tracking(commands.Cog):
         self._lost_contact_at = None
         logger.info(
             "voice reconciled ({}): {} in tracked channels, {} counting (was {})",
-            reason, len(actual), len(self.tracker.voice.counting_users()), len(before),
+            reason,
+            len(actual),
+            len(self.tracker.voice.counting_users()),
+            len(before),
         )
 
 

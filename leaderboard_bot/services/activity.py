@@ -117,7 +117,9 @@ class ActivityService:
                 self.flush_failures += 1
                 logger.warning(
                     "could not write activity ({}: {}); keeping {} buffered message(s) and retrying next flush",
-                    type(error).__name__, error, sum(messages.values()),
+                    type(error).__name__,
+                    error,
+                    sum(messages.values()),
                 )
                 if cancelled:
                     raise asyncio.CancelledError

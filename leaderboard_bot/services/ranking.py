@@ -85,9 +85,7 @@ class Rankings:
         return entries
 
     async def rank(self, board: Board, user_id: int) -> int | None:
-        return await self.storage.run(
-            repository.rank_of, self.tracker.guild_id, self.tracker.season, board, user_id
-        )
+        return await self.storage.run(repository.rank_of, self.tracker.guild_id, self.tracker.season, board, user_id)
 
     async def standing(self, user_id: int) -> Standing:
         guild, season = self.tracker.guild_id, self.tracker.season

@@ -35,9 +35,7 @@ def _info(row: object) -> SeasonInfo:
 
 
 class SeasonService:
-    def __init__(
-        self, storage: Storage, tracker: ActivityService, *, period: float, clock: Clock = time.time
-    ) -> None:
+    def __init__(self, storage: Storage, tracker: ActivityService, *, period: float, clock: Clock = time.time) -> None:
         self.storage = storage
         self.tracker = tracker
         self.period = period

@@ -173,9 +173,7 @@ def final_standings_embed(
     """Posted once when a season ends; one embed per board."""
     header = f"**{board_title(board)}**\n\n"
     if lines:
-        body = _fit_lines(
-            [format_line(x, arrow=arrow, board=board) for x in lines], DESCRIPTION_LIMIT - len(header)
-        )
+        body = _fit_lines([format_line(x, arrow=arrow, board=board) for x in lines], DESCRIPTION_LIMIT - len(header))
     else:
         body = EMPTY_FINAL_TEXT
     embed = _base_embed(

@@ -98,9 +98,7 @@ def display_name(*, nick: str | None, global_name: str | None, username: str | N
 def discord_timestamp(ts: float, style: str = "R") -> str:
     """Discord timestamp markup, e.g. ``<t:1700000000:R>``; each client renders it in its own timezone."""
     if style not in TIMESTAMP_STYLES:
-        raise ValueError(
-            f"unknown timestamp style {style!r}; expected one of {''.join(sorted(TIMESTAMP_STYLES))}"
-        )
+        raise ValueError(f"unknown timestamp style {style!r}; expected one of {''.join(sorted(TIMESTAMP_STYLES))}")
     if not math.isfinite(ts):
         raise ValueError(f"timestamp must be finite, got {ts!r}")
     return f"<t:{math.floor(ts)}:{style}>"

@@ -61,8 +61,12 @@ class World:
     async def start_bot(self, **env: str) -> BotProcess:
         mark = len(self.fc.gateway_log)
         bot = await self.fc.start_bot(
-            ["-m", "leaderboard_bot"], env=self.env(**env), cwd=str(self.tmp), token_env="BOT_TOKEN",
-            token="e2e-secret-token", log_path=self.tmp / f"bot-{len(self.bots)}.log",
+            ["-m", "leaderboard_bot"],
+            env=self.env(**env),
+            cwd=str(self.tmp),
+            token_env="BOT_TOKEN",
+            token="e2e-secret-token",
+            log_path=self.tmp / f"bot-{len(self.bots)}.log",
         )
         self.bots.append(bot)
 
@@ -73,7 +77,9 @@ class World:
 
         await self.fc.wait_for(identified_or_dead, 30, "the bot to IDENTIFY")
         await self.fc.wait_ready(timeout=30)
-        await self.wait_log("voice reconciled", count=sum(b.output().count("voice reconciled") for b in self.bots[:-1]) + 1)
+        await self.wait_log(
+            "voice reconciled", count=sum(b.output().count("voice reconciled") for b in self.bots[:-1]) + 1
+        )
         return bot
 
     async def wait_log(self, text: str, *, count: int = 1, timeout: float = 20.0) -> None:
@@ -151,5 +157,20 @@ async def make_world(tmp: Path, **fakecord_options: Any) -> World:
     fc.add_member(guild, carol)
     fc.add_member(guild, robot)
     fc.add_member(other_guild, alice)
-    return World(fc, tmp, guild, other_guild, general, chat_lb, vc_lb, lounge, lounge2, afk, other_general,
-                 alice, bob, carol, robot)
+    return World(
+        fc,
+        tmp,
+        guild,
+        other_guild,
+        general,
+        chat_lb,
+        vc_lb,
+        lounge,
+        lounge2,
+        afk,
+        other_general,
+        alice,
+        bob,
+        carol,
+        robot,
+    )

@@ -97,7 +97,9 @@ async def test_a_deleted_board_is_posted_again_and_pinned(world: World) -> None:
     await fc.wait_for(lambda: bot_posts(w, w.chat_lb)[0].pinned, 10, "the pin")
     await fc.delete_message(w.chat_lb, first.id)
     second = await fc.wait_for(
-        lambda: next((m for m in bot_posts(w, w.chat_lb) if m.id != first.id and m.pinned), None), 15, "a new pinned board"
+        lambda: next((m for m in bot_posts(w, w.chat_lb) if m.id != first.id and m.pinned), None),
+        15,
+        "a new pinned board",
     )
     assert len(bot_posts(w, w.chat_lb)) == 1
     stored = w.query("SELECT value FROM setting WHERE key = 'board:messages'")

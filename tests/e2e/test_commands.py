@@ -108,9 +108,7 @@ async def test_empty_boards_show_the_kind_text(quiet: World) -> None:
     assert not voice.ephemeral and not voice.deferred
     (embed,) = voice.embeds
     assert embed["title"] == "Voice Leaderboard" and embed["color"] == BRAND_COLOUR
-    assert embed["description"] == (
-        "No voice time yet this season. Hop into a voice channel to get on the board!"
-    )
+    assert embed["description"] == ("No voice time yet this season. Hop into a voice channel to get on the board!")
     messages = await fc.slash(w.guild, w.general, w.alice, "top messages")
     assert description(messages) == "No messages counted yet this season. Say hi and claim the top spot!"
 

@@ -26,8 +26,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 def finals(w: World, channel: int) -> list:
-    return [m for m in w.fc.channel_messages(channel)
-            if m.author_id == w.fc.bot_id and m.embeds and "final standings" in m.embeds[0].get("title", "")]
+    return [
+        m
+        for m in w.fc.channel_messages(channel)
+        if m.author_id == w.fc.bot_id and m.embeds and "final standings" in m.embeds[0].get("title", "")
+    ]
 
 
 async def test_a_short_season_is_archived_announced_once_and_restarted(world: World) -> None:
@@ -46,22 +49,32 @@ async def test_a_short_season_is_archived_announced_once_and_restarted(world: Wo
     assert "**#1** Ali — **3 messages**" in desc and "**#2** Bobby — **1 message**" in desc
     assert "carol" in voice_final.embeds[0]["description"]
     # Archived, nothing deleted; season 2 is open and its boards start from zero.
+    await w.wait_db(
+        lambda: w.query("SELECT 1 FROM season WHERE number = 1 AND announced_at IS NOT NULL"),
+        "season 1 marked as announced",
+    )
     seasons = w.query("SELECT number, ended_at IS NOT NULL, announced_at IS NOT NULL FROM season ORDER BY number")
     assert seasons[0] == (1, 1, 1) and seasons[1][0] == 2
     assert w.query("SELECT messages FROM member_stats WHERE season = 1 AND user_id = ?", w.alice) == [(3,)]
     # Voice in progress across the boundary is split: carol keeps accruing in season 2.
-    await w.wait_db(lambda: w.query("SELECT voice_seconds FROM member_stats WHERE season = 2 AND user_id = ?",
-                                    w.carol), "carol's season 2 voice time")
+    await w.wait_db(
+        lambda: w.query("SELECT voice_seconds FROM member_stats WHERE season = 2 AND user_id = ?", w.carol),
+        "carol's season 2 voice time",
+    )
     (season1_end,) = w.query("SELECT ended_at FROM season WHERE number = 1")[0]
     (session_start,) = w.query("SELECT started_at FROM voice_session WHERE user_id = ?", w.carol)[0]
     (v1,) = w.query("SELECT voice_seconds FROM member_stats WHERE season = 1 AND user_id = ?", w.carol)[0]
     assert v1 == pytest.approx(season1_end - session_start, abs=0.05)
     # The pinned board now shows the new, empty season.
     await fc.wait_for(
-        lambda: any("Season 2" in [f["name"] for f in m.embeds[0].get("fields", [])]
-                    and "No messages counted yet" in m.embeds[0].get("description", "")
-                    for m in fc.channel_messages(w.chat_lb) if m.pinned and m.embeds),
-        15, "the board to show season 2",
+        lambda: any(
+            "Season 2" in [f["name"] for f in m.embeds[0].get("fields", [])]
+            and "No messages counted yet" in m.embeds[0].get("description", "")
+            for m in fc.channel_messages(w.chat_lb)
+            if m.pinned and m.embeds
+        ),
+        15,
+        "the board to show season 2",
     )
     await asyncio.sleep(1.5)
     titles = [m.embeds[0]["title"] for m in finals(w, w.chat_lb)]
@@ -69,7 +82,7 @@ async def test_a_short_season_is_archived_announced_once_and_restarted(world: Wo
 
 
 async def test_restarts_do_not_move_the_reset_date(world: World) -> None:
-    fc, w = world.fc, world
+    w = world
     bot = await w.start_bot(RESET_PERIOD="1h")
     await w.wait_db(lambda: w.query("SELECT ends_at FROM season WHERE number = 1"), "season 1")
     (ends_at,) = w.query("SELECT ends_at FROM season WHERE number = 1")[0]

@@ -50,8 +50,10 @@ async def test_counts_messages_exactly_and_ignores_bots_dms_and_other_guilds(wor
     await fc.send_message(w.guild, w.general, w.robot, "beep")  # a bot: ignored
     await fc.send_message(w.other_guild, w.other_general, w.alice, "elsewhere")  # other guild: ignored
     await fc.send_message(None, fc.dm_channel(w.alice), w.alice, "dm")  # DM: ignored
-    await w.wait_db(lambda: w.messages_of(w.alice) == 5 and w.messages_of(w.bob) == 3
-                    and w.messages_of(w.carol) == 1, "message counts")
+    await w.wait_db(
+        lambda: w.messages_of(w.alice) == 5 and w.messages_of(w.bob) == 3 and w.messages_of(w.carol) == 1,
+        "message counts",
+    )
     await asyncio.sleep(1.2)  # two more flushes: nothing else may arrive
     assert (w.messages_of(w.alice), w.messages_of(w.bob), w.messages_of(w.carol)) == (5, 3, 1)
     assert w.messages_of(w.robot) == 0
@@ -97,8 +99,9 @@ async def test_voice_time_counts_across_join_move_afk_and_leave(world: World) ->
     await asyncio.sleep(0.7)
     counted = w.voice_of(w.alice)
     assert abs(counted - expected) < 0.6, (counted, expected)
-    channels = [r[0] for r in w.query("SELECT channel_id FROM voice_session WHERE user_id = ? ORDER BY started_at",
-                                      w.alice)]
+    channels = [
+        r[0] for r in w.query("SELECT channel_id FROM voice_session WHERE user_id = ? ORDER BY started_at", w.alice)
+    ]
     assert channels == [w.lounge, w.lounge2, w.lounge]
     sessions = w.query("SELECT SUM(ended_at - started_at) FROM voice_session WHERE user_id = ?", w.alice)
     assert abs(sessions[0][0] - counted) < 0.01
@@ -114,8 +117,10 @@ async def test_deafened_time_does_not_count_by_default(world: World) -> None:
     await fc.voice_update(w.bob, w.guild, self_deaf=False)
     await asyncio.sleep(1.0)
     await fc.voice_leave(w.bob, w.guild)
-    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.bob),
-                    "bob's session")
+    await w.wait_db(
+        lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.bob),
+        "bob's session",
+    )
     await asyncio.sleep(0.7)
     assert 0.6 < w.voice_of(w.bob) < 1.6
 
@@ -162,10 +167,13 @@ async def test_kill_9_loses_at_most_a_flush_and_never_invents_voice_time(world: 
     await asyncio.sleep(2.0)  # downtime: must never be credited
     await fc.voice_leave(w.carol, w.guild)  # carol leaves while the bot is down
     await w.start_bot()
-    await w.wait_db(lambda: w.query("SELECT ended_at FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
-                                    w.carol), "orphan session closed")
+    await w.wait_db(
+        lambda: w.query("SELECT ended_at FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.carol),
+        "orphan session closed",
+    )
     ((ended_at, last_seen_after),) = w.query(
-        "SELECT ended_at, last_seen_at FROM voice_session WHERE user_id = ?", w.carol)
+        "SELECT ended_at, last_seen_at FROM voice_session WHERE user_id = ?", w.carol
+    )
     assert ended_at == last_seen_after == last_seen  # closed at the heartbeat, not at restart
     await asyncio.sleep(1.0)
     assert w.voice_of(w.carol) == pytest.approx(credited_before)
@@ -180,8 +188,10 @@ async def test_members_already_in_voice_at_start_are_counted_from_then(world: Wo
     await w.start_bot()
     await asyncio.sleep(1.5)
     await fc.voice_leave(w.alice, w.guild)
-    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
-                                    w.alice), "alice's session")
+    await w.wait_db(
+        lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.alice),
+        "alice's session",
+    )
     ((started_at,),) = w.query("SELECT started_at FROM voice_session WHERE user_id = ?", w.alice)
     assert started_at >= started - 0.1
     await asyncio.sleep(0.7)
@@ -199,8 +209,10 @@ async def test_reconnect_reconciles_members_who_left_during_the_gap(world: World
     await fc.voice_leave(w.alice, w.guild)
     await fc.wait_for_gateway("op", since=mark, op=2, timeout=30)
     await w.wait_log("voice reconciled", count=2)
-    await w.wait_db(lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL",
-                                    w.alice), "alice closed after reconnect")
+    await w.wait_db(
+        lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.alice),
+        "alice closed after reconnect",
+    )
     assert w.query("SELECT COUNT(*) FROM voice_session WHERE user_id = ? AND ended_at IS NULL", w.bob) == [(1,)]
     frozen = w.voice_of(w.alice)
     await asyncio.sleep(1.0)
