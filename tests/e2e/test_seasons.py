@@ -114,3 +114,23 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
     assert "Ali" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     top = await fc.slash(w.guild, w.general, w.alice, "top messages")
     assert "No messages counted yet" in top.embeds[0]["description"]
+
+
+async def test_a_bot_offline_at_reset_time_resets_when_back(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(RESET_PERIOD="1h")
+    await fc.send_message(w.guild, w.general, w.bob, "before the downtime")
+    await w.wait_db(lambda: w.messages_of(w.bob) == 1, "bob's message")
+    bot.proc.send_signal(15)
+    assert await bot.stop(timeout=15) == 0
+    # While the bot is down, its season's end passes (the stored clock says so).
+    import sqlite3
+
+    conn = sqlite3.connect(w.db_path)
+    conn.execute("UPDATE season SET started_at = started_at - 7200, ends_at = ends_at - 7200 WHERE number = 1")
+    conn.commit()
+    conn.close()
+    await w.start_bot(RESET_PERIOD="1h")
+    await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 15, "final standings after the downtime")
+    assert "Bobby" in finals(w, w.chat_lb)[0].embeds[0]["description"]
+    await w.wait_db(lambda: w.query("SELECT number FROM season WHERE ended_at IS NULL") == [(2,)], "season 2 open")

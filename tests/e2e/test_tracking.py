@@ -217,3 +217,30 @@ async def test_reconnect_reconciles_members_who_left_during_the_gap(world: World
     frozen = w.voice_of(w.alice)
     await asyncio.sleep(1.0)
     assert w.voice_of(w.alice) == frozen
+
+
+async def test_sigint_also_flushes_and_exits_0(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(FLUSH_INTERVAL="1h")
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.bob, f"m{i}")
+    await fc.flush()
+    await asyncio.sleep(0.5)
+    bot.proc.send_signal(signal.SIGINT)
+    assert await bot.stop(timeout=15) == 0
+    assert w.messages_of(w.bob) == 3
+
+
+async def test_a_rejected_token_stops_with_a_clear_line(tmp_path: Path) -> None:
+    w = await make_world(tmp_path, token="the-real-token")
+    try:
+        bot = await w.fc.start_bot(
+            ["-m", "leaderboard_bot"], env=w.env(), cwd=str(tmp_path), token_env="BOT_TOKEN", token="a-wrong-token"
+        )
+        w.bots.append(bot)
+        assert await asyncio.wait_for(bot.proc.wait(), 30) == 1
+        out = bot.output()
+        assert "Discord rejected BOT_TOKEN" in out and "a-wrong-token" not in out
+        assert "Traceback" not in out
+    finally:
+        await w.fc.stop()

@@ -1,0 +1,84 @@
+"""The program's front door: a bad configuration stops it with status 2 and one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SECRET = "MTIzNDU2Nzg5.super-secret-token"
+
+
+def run_bot(tmp_path: Path, env: dict[str, str], dotenv: str | None = None) -> subprocess.CompletedProcess[str]:
+    if dotenv is not None:
+        (tmp_path / ".env").write_text(dotenv)
+    clean = {k: v for k, v in os.environ.items() if k not in _SETTINGS}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "leaderboard_bot"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+_SETTINGS = {
+    "BOT_TOKEN",
+    "GUILD_ID",
+    "CHAT_LB_CHANNEL_ID",
+    "VC_LB_CHANNEL_ID",
+    "DATABASE_URL",
+    "FLUSH_INTERVAL",
+    "UPDATE_INTERVAL",
+    "RESET_PERIOD",
+    "SPAM_LIMIT",
+    "VOICE_COUNT_DEAFENED",
+    "VOICE_COUNT_ALONE",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "ARROW_EMOJI",
+    "LEADERBOARD_SIZE",
+    "CACHE_TTL",
+}
+
+
+def test_missing_token_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_bot(tmp_path, {})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BOT_TOKEN" in lines[0] and "required" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FLUSH_INTERVAL", "-5s"),
+        ("UPDATE_INTERVAL", "soon"),
+        ("LOG_FORMAT", "xml"),
+        ("DATABASE_URL", "postgres://user:pw@host/db"),
+        ("GUILD_ID", "not-a-number"),
+        ("LEADERBOARD_SIZE", "30"),
+        ("SPAM_LIMIT", "lots"),
+    ],
+)
+def test_an_invalid_value_exits_2_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert SECRET not in result.stderr + result.stdout
+    assert not (tmp_path / "leaderboard.db").exists()  # stopped before doing anything
+
+
+def test_dotenv_is_read_and_real_environment_wins(tmp_path: Path) -> None:
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "FLUSH_INTERVAL": "nope"}, dotenv="FLUSH_INTERVAL=5s\n")
+    assert result.returncode == 2 and "FLUSH_INTERVAL" in result.stderr  # the environment's bad value won
+    result = run_bot(tmp_path, {}, dotenv=f"BOT_TOKEN={SECRET}\nLOG_FORMAT=bogus\n")
+    assert result.returncode == 2 and "LOG_FORMAT" in result.stderr  # the token came from .env
