@@ -69,42 +69,28 @@ def apply_batch(batch: ActivityBatch) -> None:
         daily.setdefault((day, user), [0, 0.0])[1] += seconds
 
     with database_proxy.atomic():
-        stats_rows = [
-            {
-                "guild_id": batch.guild_id,
-                "season": batch.season,
-                "user_id": user,
-                "messages": int(m),
-                "voice_seconds": float(v),
-            }
-            for user, (m, v) in totals.items()
-        ]
-        for chunk in chunked(stats_rows, CHUNK_ROWS):
-            MemberStats.insert_many(chunk).on_conflict(
-                conflict_target=[MemberStats.guild_id, MemberStats.season, MemberStats.user_id],
-                update={
-                    MemberStats.messages: MemberStats.messages + EXCLUDED.messages,
-                    MemberStats.voice_seconds: MemberStats.voice_seconds + EXCLUDED.voice_seconds,
-                },
-            ).execute()
-        daily_rows = [
-            {
-                "guild_id": batch.guild_id,
-                "day": day,
-                "user_id": user,
-                "messages": int(m),
-                "voice_seconds": float(v),
-            }
-            for (day, user), (m, v) in daily.items()
-        ]
-        for chunk in chunked(daily_rows, CHUNK_ROWS):
-            DailyActivity.insert_many(chunk).on_conflict(
-                conflict_target=[DailyActivity.guild_id, DailyActivity.day, DailyActivity.user_id],
-                update={
-                    DailyActivity.messages: DailyActivity.messages + EXCLUDED.messages,
-                    DailyActivity.voice_seconds: DailyActivity.voice_seconds + EXCLUDED.voice_seconds,
-                },
-            ).execute()
+        _add_counts(
+            MemberStats,
+            (MemberStats.guild_id, MemberStats.season, MemberStats.user_id),
+            [
+                {
+                    "guild_id": batch.guild_id,
+                    "season": batch.season,
+                    "user_id": user,
+                    "messages": int(m),
+                    "voice_seconds": float(v),
+                }
+                for user, (m, v) in totals.items()
+            ],
+        )
+        _add_counts(
+            DailyActivity,
+            (DailyActivity.guild_id, DailyActivity.day, DailyActivity.user_id),
+            [
+                {"guild_id": batch.guild_id, "day": day, "user_id": user, "messages": int(m), "voice_seconds": float(v)}
+                for (day, user), (m, v) in daily.items()
+            ],
+        )
         for chunk in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
                 [
@@ -147,6 +133,18 @@ def apply_batch(batch: ActivityBatch) -> None:
                 },
             ).execute()
         _set_setting(batch.guild_id, "heartbeat", batch.heartbeat_at)
+
+
+def _add_counts(model: type[MemberStats] | type[DailyActivity], key: tuple[Any, ...], rows: list[dict]) -> None:
+    """Upsert rows whose counters add to the stored ones (never replace: that would reset them)."""
+    for chunk in chunked(rows, CHUNK_ROWS):
+        model.insert_many(chunk).on_conflict(
+            conflict_target=list(key),
+            update={
+                model.messages: model.messages + EXCLUDED.messages,
+                model.voice_seconds: model.voice_seconds + EXCLUDED.voice_seconds,
+            },
+        ).execute()
 
 
 def close_orphan_sessions(guild_id: int) -> int:

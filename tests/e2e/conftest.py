@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ if FAKECORD_PRESENT and str(FAKECORD_DIR) not in sys.path:
     sys.path.insert(0, str(FAKECORD_DIR))
 
 
+from .harness import World, make_world  # noqa: E402  (needs fakecord on sys.path first)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if FAKECORD_PRESENT:
         return
@@ -29,3 +33,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(Path(__file__).parent):
             item.add_marker(skip)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A fresh fake Discord with the standard test server; bots started in it are stopped after."""
+    w = await make_world(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.stop_all()
+        for i, bot in enumerate(w.bots):
+            print(f"---- bot {i} output (tail) ----\n{bot.output()[-4000:]}")
+        await w.fc.stop()

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from .harness import World, make_world
 
 ARROW = "<a:purp_arrow:1403295268505522187>"
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.stop_all()
-        for i, bot in enumerate(w.bots):
-            print(f"---- bot {i} output (tail) ----\n{bot.output()[-4000:]}")
-        await w.fc.stop()
 
 
 def bot_posts(w: World, channel: int) -> list:

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from .harness import World, make_world
+from .harness import World
 
 CONFIRM_ID = "leaderboard-reset:confirm"
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.stop_all()
-        for i, bot in enumerate(w.bots):
-            print(f"---- bot {i} output (tail) ----\n{bot.output()[-4000:]}")
-        await w.fc.stop()
 
 
 def finals(w: World, channel: int) -> list:

@@ -5,24 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from .harness import GUILD_MESSAGES_INTENT, GUILD_VOICE_STATES_INTENT, GUILDS_INTENT, World, make_world
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(tmp_path)
-    try:
-        yield w
-    finally:
-        await w.stop_all()
-        for i, bot in enumerate(w.bots):
-            print(f"---- bot {i} output (tail) ----\n{bot.output()[-3000:]}")
-        await w.fc.stop()
 
 
 async def test_starts_with_only_the_intents_it_uses_and_never_logs_the_token(world: World) -> None:
