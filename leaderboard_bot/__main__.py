@@ -23,6 +23,7 @@ EXIT_CONFIG = 2
 
 async def run(settings: Settings) -> int:
     import disnake
+    import peewee
 
     from .bot import LeaderboardBot
     from .db import Storage
@@ -32,7 +33,11 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: _request_close(bot, s))
     try:
-        await bot.prepare()
+        try:
+            await bot.prepare()
+        except (OSError, peewee.DatabaseError) as error:
+            logger.error("cannot open the database {}: {}", settings.database_url, error)
+            return EXIT_FAILURE
         await bot.start(settings.bot_token)
     except disnake.LoginFailure:
         logger.error("Discord rejected BOT_TOKEN: check the token in .env (Developer Portal > Bot > Token)")

@@ -82,3 +82,14 @@ def test_dotenv_is_read_and_real_environment_wins(tmp_path: Path) -> None:
     assert result.returncode == 2 and "FLUSH_INTERVAL" in result.stderr  # the environment's bad value won
     result = run_bot(tmp_path, {}, dotenv=f"BOT_TOKEN={SECRET}\nLOG_FORMAT=bogus\n")
     assert result.returncode == 2 and "LOG_FORMAT" in result.stderr  # the token came from .env
+
+
+def test_an_unusable_database_path_stops_with_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    result = run_bot(
+        tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": "sqlite:///not-a-directory/x.db"}
+    )
+    assert result.returncode == 1
+    output = result.stderr + result.stdout
+    assert "cannot open the database sqlite:///not-a-directory/x.db" in output
+    assert "Traceback" not in output and SECRET not in output

@@ -419,9 +419,7 @@ async def test_a_season_switch_never_serves_the_old_seasons_top(
     assert await rankings.top("messages", 10) == entries((2, 1.0))
 
 
-async def test_rank_follows_top_order_with_ties_broken_by_user_id(
-    rankings: Rankings, rank_storage: Storage
-) -> None:
+async def test_rank_follows_top_order_with_ties_broken_by_user_id(rankings: Rankings, rank_storage: Storage) -> None:
     await write_behind_cache(rank_storage, messages={10: 5, 3: 7, 7: 5, 4: 1}, voice={4: 30.0, 7: 30.0})
     top = await rankings.top("messages", 10)
     assert top == entries((3, 7.0), (7, 5.0), (10, 5.0), (4, 1.0))
@@ -534,7 +532,7 @@ async def test_standing_reads_the_current_season(rankings: Rankings, tracker: Ac
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG ranking.py:95-104: standing() reads the database and the tracker's buffers across "
+    reason="BUG ranking.py:90-105 (standing) reads the database and the tracker's buffers across "
     "several awaits; a flush in between moves the buffered messages into the database after the "
     "totals were read, so they are counted nowhere",
 )
