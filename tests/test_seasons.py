@@ -310,12 +310,6 @@ async def test_a_failed_write_rolls_nothing_and_a_later_roll_succeeds(
     assert await stats_by_season(run.storage) == {(1, 1): (2, 70.0), (2, 1): (0, 30.0)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG seasons.py:74-79: when roll_season fails after the activity flush succeeded, roll() "
-    "raises instead of returning None and leaves tracker.season on the next season while "
-    "current (and the database) still say the old one is running",
-)
 async def test_a_failed_season_write_leaves_tracker_and_current_in_agreement(
     start: Start, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

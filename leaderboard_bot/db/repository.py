@@ -31,6 +31,16 @@ class SessionClose:
     ended_at: float
 
 
+@dataclass(frozen=True)
+class SeasonRoll:
+    """Ends season ``number`` at ``ended_at`` and opens the next, in the same transaction as the
+    batch that closes the finished season's counts."""
+
+    number: int
+    ended_at: float
+    period: float
+
+
 @dataclass
 class ActivityBatch:
     """Everything one flush writes, in one transaction."""
@@ -43,6 +53,7 @@ class ActivityBatch:
     opened: list[SessionOpen] = field(default_factory=list)
     closed: list[SessionClose] = field(default_factory=list)
     names: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # user -> (display, username)
+    roll: SeasonRoll | None = None
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)
@@ -133,6 +144,8 @@ def apply_batch(batch: ActivityBatch) -> None:
                 },
             ).execute()
         _set_setting(batch.guild_id, "heartbeat", batch.heartbeat_at)
+        if batch.roll is not None:
+            roll_season(batch.guild_id, batch.roll.number, batch.roll.ended_at, batch.roll.period)
 
 
 def _add_counts(model: type[MemberStats] | type[DailyActivity], key: tuple[Any, ...], rows: list[dict]) -> None:

@@ -37,7 +37,7 @@ class Seasons(commands.Cog):
     async def season_loop(self) -> None:
         try:
             if self.bot.seasons.is_due():
-                await self.end_season(reason="the season's time is up")
+                await self.end_season(reason="the season's time is up", only_if_due=True)
             else:
                 await self.announce_pending()
         except Exception:
@@ -47,13 +47,14 @@ class Seasons(commands.Cog):
     async def _before_season_loop(self) -> None:
         await self.bot.wait_until_ready()
 
-    async def end_season(self, *, reason: str) -> SeasonInfo | None:
-        finished = await self.bot.seasons.roll(reason=reason)
+    async def end_season(
+        self, *, reason: str, only_if_due: bool = False, expected: int | None = None
+    ) -> SeasonInfo | None:
+        number = self.bot.seasons.current.number
+        finished = await self.bot.seasons.roll(reason=reason, only_if_due=only_if_due, expected=expected)
         if finished is None:
-            logger.warning(
-                "could not end season {}: writing activity failed; retrying soon",
-                self.bot.seasons.current.number,
-            )
+            if self.bot.seasons.current.number == number:
+                logger.warning("could not end season {}: writing activity failed; retrying soon", number)
             return None
         await self.announce_pending()
         scheduler = self.bot.get_cog("Scheduler")
@@ -128,7 +129,7 @@ class Seasons(commands.Cog):
             )
             return
         season = self.bot.seasons.current
-        view = ConfirmReset(self, inter.author.id)
+        view = ConfirmReset(self, inter.author.id, season.number)
         await inter.response.send_message(
             embed=notice_embed(
                 f"This ends **season {season.number}** now: the final standings are posted in both "
@@ -141,10 +142,11 @@ class Seasons(commands.Cog):
 
 
 class ConfirmReset(disnake.ui.View):
-    def __init__(self, cog: Seasons, invoker_id: int) -> None:
+    def __init__(self, cog: Seasons, invoker_id: int, season_number: int) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
         self.cog = cog
         self.invoker_id = invoker_id
+        self.season_number = season_number
 
     async def interaction_check(self, inter: disnake.MessageInteraction) -> bool:
         if inter.author.id != self.invoker_id or not inter.permissions.manage_guild:
@@ -156,16 +158,22 @@ class ConfirmReset(disnake.ui.View):
     async def confirm(self, button: disnake.ui.Button, inter: disnake.MessageInteraction) -> None:
         self.stop()
         await inter.response.defer()
-        finished = await self.cog.end_season(reason=f"reset by {inter.author} ({inter.author.id})")
-        if finished is None:
+        finished = await self.cog.end_season(
+            reason=f"reset by {inter.author} ({inter.author.id})", expected=self.season_number
+        )
+        current = self.cog.bot.seasons.current.number
+        if finished is not None:
             text = (
-                "The reset could not be completed because the database is unavailable. "
-                "Nothing was lost; please try again."
+                f"Season {finished.number} is archived and its final standings are posted. Season {current} has begun."
+            )
+        elif current != self.season_number:
+            text = (
+                f"Season {self.season_number} had already ended; season {current} is running. Nothing else was reset."
             )
         else:
             text = (
-                f"Season {finished.number} is archived and its final standings are posted. "
-                f"Season {self.cog.bot.seasons.current.number} has begun."
+                "The reset could not be completed because the database is unavailable. "
+                "Nothing was lost; please try again."
             )
         await inter.edit_original_response(embed=notice_embed(text, title="Leaderboards reset"), view=None)
 

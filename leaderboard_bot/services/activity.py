@@ -14,7 +14,7 @@ from typing import Protocol
 
 from loguru import logger
 
-from ..db import ActivityBatch, Storage, repository
+from ..db import ActivityBatch, SeasonRoll, Storage, repository
 from .voice import VoiceDrain, VoicePresence, VoiceTracker, split_by_day, utc_day
 
 Clock = Callable[[], float]
@@ -99,16 +99,21 @@ class ActivityService:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
         return closed
 
-    async def flush(self, now: float | None = None, *, next_season: int | None = None) -> bool:
+    def quiescent(self) -> asyncio.Lock:
+        """Hold this to read stored totals and the buffers together: no flush moves data between them."""
+        return self._flush_lock
+
+    async def flush(self, now: float | None = None, *, roll: SeasonRoll | None = None) -> bool:
         """Write everything buffered in one transaction. On failure the data goes back into the
-        buffers and the next flush retries it: nothing counted is dropped. With ``next_season``,
-        later activity belongs to that season once this write has succeeded."""
+        buffers and the next flush retries it: nothing counted is dropped. With ``roll``, the same
+        transaction ends the season, and later activity belongs to the next one."""
         async with self._flush_lock:
             now = self.clock() if now is None else now
             messages, self._messages = self._messages, Counter()
             names, self._names = self._names, {}
             drained = self.voice.checkpoint(now)
             batch = self._batch(now, messages, drained, names)
+            batch.roll = roll
             error, cancelled = await self._write(batch)
             if error is not None:
                 self._messages.update(messages)
@@ -125,8 +130,8 @@ class ActivityService:
                     raise asyncio.CancelledError
                 return False
             self.last_flush_at = now
-            if next_season is not None:
-                self.season = next_season  # no await since the write: nothing can slip between
+            if roll is not None:
+                self.season = roll.number + 1  # no await since the write: nothing can slip between
             if cancelled:
                 raise asyncio.CancelledError
         for listener in self._listeners:

@@ -88,18 +88,21 @@ class Rankings:
         return await self.storage.run(repository.rank_of, self.tracker.guild_id, self.tracker.season, board, user_id)
 
     async def standing(self, user_id: int) -> Standing:
-        guild, season = self.tracker.guild_id, self.tracker.season
-        messages, voice = await self.storage.run(repository.member_totals, guild, season, user_id)
-        message_rank = await self.rank("messages", user_id)
-        voice_rank = await self.rank("voice", user_id)
-        presence = self.tracker.voice.presence(user_id)
-        counting = self.tracker.voice.is_counting(user_id)
-        return Standing(
-            user_id=user_id,
-            messages=messages + self.tracker.pending_messages(user_id),
-            voice_seconds=voice + self.tracker.unflushed_voice_seconds(user_id),
-            message_rank=message_rank,
-            voice_rank=voice_rank,
-            live_voice_channel_id=presence.channel_id if presence else None,
-            live_session_seconds=self.tracker.live_session_seconds(user_id) if counting else None,
-        )
+        # Stored totals and buffers are read with no flush in between, so nothing is counted
+        # twice or nowhere.
+        async with self.tracker.quiescent():
+            guild, season = self.tracker.guild_id, self.tracker.season
+            messages, voice = await self.storage.run(repository.member_totals, guild, season, user_id)
+            message_rank = await self.rank("messages", user_id)
+            voice_rank = await self.rank("voice", user_id)
+            presence = self.tracker.voice.presence(user_id)
+            counting = self.tracker.voice.is_counting(user_id)
+            return Standing(
+                user_id=user_id,
+                messages=messages + self.tracker.pending_messages(user_id),
+                voice_seconds=voice + self.tracker.unflushed_voice_seconds(user_id),
+                message_rank=message_rank,
+                voice_rank=voice_rank,
+                live_voice_channel_id=presence.channel_id if presence else None,
+                live_session_seconds=self.tracker.live_session_seconds(user_id) if counting else None,
+            )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ..db import Storage, repository
+from ..db import SeasonRoll, Storage, repository
 from .activity import ActivityService
 
 Clock = Callable[[], float]
@@ -64,19 +64,22 @@ class SeasonService:
     def is_due(self, now: float | None = None) -> bool:
         return (self.clock() if now is None else now) >= self.current.ends_at
 
-    async def roll(self, *, reason: str, now: float | None = None) -> SeasonInfo | None:
+    async def roll(
+        self, *, reason: str, now: float | None = None, only_if_due: bool = False, expected: int | None = None
+    ) -> SeasonInfo | None:
         """End the current season now: write everything up to now into it (voice in progress is
-        split here), archive it and open the next. Returns the finished season, or None when the
-        write failed (nothing changed; the caller retries later)."""
+        split here), archive it and open the next, all in one transaction. Returns the finished
+        season, or None when nothing changed: the write failed (the caller retries later), or the
+        season was no longer due / no longer ``expected`` because another reset won the race."""
         async with self._lock:
             now = self.clock() if now is None else now
             finished = self.current
-            if not await self.tracker.flush(now, next_season=finished.number + 1):
+            if (only_if_due and not self.is_due(now)) or (expected is not None and expected != finished.number):
                 return None
-            row = await self.storage.run(
-                repository.roll_season, self.tracker.guild_id, finished.number, now, self.period
-            )
-            self.current = _info(row)
+            roll = SeasonRoll(number=finished.number, ended_at=now, period=self.period)
+            if not await self.tracker.flush(now, roll=roll):
+                return None
+            self.current = SeasonInfo(number=finished.number + 1, started_at=now, ends_at=now + self.period)
             finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
             logger.info("season {} ended ({}); season {} started", finished.number, reason, self.current.number)
         for listener in self._listeners:
