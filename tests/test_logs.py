@@ -24,7 +24,7 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved_handlers = root.handlers[:]
     saved_level = root.level
-    saved_levels = {name: logging.getLogger(name).level for name in ("disnake", "peewee")}
+    saved_levels = {name: logging.getLogger(name).level for name in ("disnake", "disnake.http", "peewee")}
     yield
     logger.remove()
     logger.configure(patcher=lambda record: None)
@@ -277,6 +277,15 @@ def test_disnake_debug_is_muted_even_at_debug() -> None:
 def test_disnake_follows_stricter_level() -> None:
     setup_logging("ERROR", "json", stream=io.StringIO())
     assert logging.getLogger("disnake").level == logging.ERROR
+
+
+def test_rate_limit_warnings_are_emitted_at_any_level_but_not_written_below_it() -> None:
+    stream = io.StringIO()
+    setup_logging("ERROR", "json", stream=stream)
+    http = logging.getLogger("disnake.http")
+    assert http.isEnabledFor(logging.WARNING)  # the scheduler's rate-limit watch must see them
+    http.warning("We are being rate limited. Retrying in %.2f seconds.", 3600.0)
+    assert json_lines(stream) == []
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_other_log_lines_pass_untouched(watch: _RateLimitWatch) -> None:
 
 
 def test_board_state_round_trips_without_the_board_name() -> None:
-    post = BoardPost("voice", 42, message_id=7, standings_hash="a", changed_at=1.5, embed_hash="b")
+    post = BoardPost("voice", 42, message_id=7, standings_hash="a", changed_at=1.5, embed_hash="b", pinned=True)
     assert post.setting_key == "board:voice"
     assert post.to_setting() == {
         "channel_id": 42,
@@ -74,9 +74,23 @@ def test_board_state_round_trips_without_the_board_name() -> None:
         "standings_hash": "a",
         "changed_at": 1.5,
         "embed_hash": "b",
+        "pinned": True,
     }
 
 
 @pytest.mark.parametrize(("period", "expected"), [(6.0, 1.0), (60.0, 3.0), (30 * 86400.0, 30.0)])
 def test_season_checks_are_frequent_for_short_seasons_and_cheap_for_long_ones(period: float, expected: float) -> None:
     assert check_interval(period) == expected
+
+
+async def test_a_global_rate_limit_is_never_cut_short(watch: _RateLimitWatch) -> None:
+    # disnake lifts its global lock only after the sleep: cancelling would block every request for good.
+    async def refresh() -> str:
+        _announce_rate_limit(LONG_RATE_LIMIT_SECONDS + 10)
+        await asyncio.sleep(0.05)  # stands in for disnake's sleep
+        return "edited"
+
+    task = asyncio.ensure_future(refresh())
+    watch.watch(task, lambda: False)  # a global limit is in force
+    assert await task == "edited"
+    assert watch.pop(task) is None

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import disnake
@@ -43,6 +44,7 @@ class BoardPost:
     standings_hash: str | None = None
     changed_at: float | None = None
     embed_hash: str | None = None
+    pinned: bool = False
 
     @property
     def setting_key(self) -> str:
@@ -75,6 +77,11 @@ class Scheduler(commands.Cog):
         }
         self._backoff: dict[Board, _Backoff] = {board: _Backoff() for board in BOARDS}
         self._locks: dict[Board, asyncio.Lock] = {board: asyncio.Lock() for board in BOARDS}
+        self._pin_backoff: dict[Board, _Backoff] = {board: _Backoff() for board in BOARDS}
+        # Boards whose stored message was checked on this connection: a deletion while the bot
+        # was offline sends no event, and an unchanged board would otherwise never notice.
+        self._verified: set[Board] = set()
+        self._saved: dict[Board, dict[str, object]] = {}
         self._loaded = False
         self.refresh_loop.change_interval(seconds=settings.update_interval)
         self.refresh_loop.start()
@@ -113,12 +120,16 @@ class Scheduler(commands.Cog):
                 post.standings_hash = stored.get("standings_hash")
                 post.changed_at = stored.get("changed_at")
                 post.embed_hash = stored.get("embed_hash")
+                post.pinned = bool(stored.get("pinned", False))
+                self._saved[post.board] = post.to_setting()
         self._loaded = True
 
     async def _save(self, post: BoardPost) -> None:
-        await self.bot.storage.run(
-            repository.set_setting, self.bot.settings.guild_id, post.setting_key, post.to_setting()
-        )
+        state = post.to_setting()
+        if self._saved.get(post.board) == state:
+            return  # unchanged: no write every cycle
+        await self.bot.storage.run(repository.set_setting, self.bot.settings.guild_id, post.setting_key, state)
+        self._saved[post.board] = state
 
     # ------------------------------------------------------------------ one board
 
@@ -129,9 +140,17 @@ class Scheduler(commands.Cog):
             if not force and time.monotonic() < backoff.until:
                 return
             task = asyncio.ensure_future(self._refresh(self.posts[board]))
-            _rate_limit_watch.watch(task)
+            _rate_limit_watch.watch(task, self._no_global_limit)
             try:
-                await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
+                except TimeoutError:
+                    if not self._no_global_limit():
+                        await task  # every request waits out a global limit; cancelling would wedge disnake
+                    else:
+                        task.cancel()
+                        self._on_http_error(board, _Throttled(None))
+                        return
             except disnake.HTTPException as error:
                 self._on_http_error(board, error)
                 return
@@ -142,23 +161,24 @@ class Scheduler(commands.Cog):
                     raise
                 self._on_http_error(board, _Throttled(retry_after))
                 return
-            except TimeoutError:
-                task.cancel()
-                self._on_http_error(board, _Throttled(None))
-                return
             finally:
                 _rate_limit_watch.pop(task)
             if backoff.warned:
                 logger.info("the {} leaderboard is being updated again", board)
             self._backoff[board] = _Backoff()
 
+    def _no_global_limit(self) -> bool:
+        """False while disnake waits out a global rate limit (its private flag; True if absent)."""
+        flag = getattr(self.bot.http, "_global_over", None)
+        return flag is None or flag.is_set()
+
     async def _refresh(self, post: BoardPost) -> None:
         channel = self.bot.get_channel(post.channel_id)
         if not isinstance(channel, disnake.abc.Messageable) or not hasattr(channel, "get_partial_message"):
             raise _ChannelMissing(post.channel_id)
         bot = self.bot
-        lines = await bot.board_lines(post.board)
-        season = bot.seasons.current
+        season = bot.seasons.current  # read once: a roll during the refresh must not mislabel the lines
+        lines = await bot.board_lines(post.board, season=season.number)
         standings = [
             season.number,
             [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines],
@@ -180,20 +200,29 @@ class Scheduler(commands.Cog):
         embed_hash = _digest(embed.to_dict())
         if post.message_id is None:
             post.message_id = await self._adopt_pinned(channel, post.board)
-        if post.message_id is not None:
-            if embed_hash == post.embed_hash:
-                return  # nothing visible changed: no edit, nothing counted against Discord's limits
+        if post.message_id is not None and post.board not in self._verified:
+            try:
+                stored = await channel.fetch_message(post.message_id)
+            except disnake.NotFound:
+                logger.warning("the {} leaderboard message is gone; posting a new one", post.board)
+                post.message_id = None
+            else:
+                post.pinned = stored.pinned
+            self._verified.add(post.board)
+        if post.message_id is not None and embed_hash != post.embed_hash:
             try:
                 await channel.get_partial_message(post.message_id).edit(embed=embed)  # type: ignore[attr-defined]
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 post.message_id = None
+        # (An unchanged embed is not edited at all: nothing counts against Discord's edit limits.)
         if post.message_id is None:
             message = await channel.send(embed=embed)
-            post.message_id = message.id
-            post.embed_hash = embed_hash
-            await self._save(post)  # stored before pinning, so a failed pin never causes a second post
-            await self._pin(message, post.board)
+            post.message_id, post.pinned = message.id, False
+            self._pin_backoff[post.board] = _Backoff()
+            await self._save(post)  # stored before pinning, so nothing can lead to a second post
+        if not post.pinned:
+            await self._pin(channel, post)
         post.embed_hash = embed_hash
         await self._save(post)
 
@@ -211,17 +240,32 @@ class Scheduler(commands.Cog):
             return None
         return None
 
-    async def _pin(self, message: disnake.Message, board: Board) -> None:
+    async def _pin(self, channel: disnake.abc.Messageable, post: BoardPost) -> None:
+        """Pin the board; a failure is retried on later cycles with back-off, warned about once."""
+        backoff = self._pin_backoff[post.board]
+        if time.monotonic() < backoff.until or post.message_id is None:
+            return
         try:
-            await message.pin(reason="leaderboard")
+            await channel.get_partial_message(post.message_id).pin(reason="leaderboard")  # type: ignore[attr-defined]
         except disnake.HTTPException as error:
-            logger.warning(
-                "posted the {} leaderboard but could not pin it ({} {}): give the bot Pin Messages in <#{}>",
-                board,
-                error.status,
-                error.text,
-                message.channel.id,
-            )
+            backoff.failures += 1
+            delay = min(MAX_BACKOFF_SECONDS, self.bot.settings.update_interval * 2 ** (backoff.failures - 1))
+            backoff.until = time.monotonic() + delay
+            if not backoff.warned:
+                backoff.warned = True
+                logger.warning(
+                    "could not pin the {} leaderboard ({} {}): give the bot Pin Messages in <#{}>; retrying in {:.0f}s",
+                    post.board,
+                    error.status,
+                    error.text,
+                    post.channel_id,
+                    delay,
+                )
+            return
+        post.pinned = True
+        if backoff.warned:
+            logger.info("the {} leaderboard is pinned now", post.board)
+        self._pin_backoff[post.board] = _Backoff()
 
     def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
         backoff = self._backoff[board]
@@ -259,6 +303,10 @@ class Scheduler(commands.Cog):
     # ------------------------------------------------------------------ listeners
 
     @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        self._verified.clear()  # after a re-IDENTIFY, deletions in the gap sent no event
+
+    @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: disnake.RawMessageDeleteEvent) -> None:
         for post in self.posts.values():
             if payload.message_id == post.message_id:
@@ -290,17 +338,20 @@ class _Throttled(disnake.HTTPException):
 
 class _RateLimitWatch(logging.Filter):
     """Spots disnake announcing a long rate-limit sleep inside a watched refresh task, and
-    cancels that task so the scheduler can back off instead of hanging for the whole wait."""
+    cancels that task so the scheduler can back off instead of hanging for the whole wait.
+    A global limit is never cut short: disnake only lifts its global lock after that sleep."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._watched: dict[asyncio.Future[None], float | None] = {}
+        self._watched: dict[asyncio.Future[None], Callable[[], bool]] = {}
+        self._long_waits: dict[asyncio.Future[None], float] = {}
 
-    def watch(self, task: asyncio.Future[None]) -> None:
-        self._watched[task] = None
+    def watch(self, task: asyncio.Future[None], no_global_limit: Callable[[], bool] = lambda: True) -> None:
+        self._watched[task] = no_global_limit
 
     def pop(self, task: asyncio.Future[None]) -> float | None:
-        return self._watched.pop(task, None)
+        self._watched.pop(task, None)
+        return self._long_waits.pop(task, None)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("We are being rate limited") or not record.args:
@@ -311,9 +362,16 @@ class _RateLimitWatch(logging.Filter):
         except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
             return True
         if task in self._watched and retry_after > LONG_RATE_LIMIT_SECONDS:
-            self._watched[task] = retry_after
-            task.cancel()
+            # Decide once disnake has set up its sleep (and, for a global limit, its lock).
+            task.get_loop().call_soon(self._cancel_unless_global, task, retry_after)
         return True
+
+    def _cancel_unless_global(self, task: asyncio.Future[None], retry_after: float) -> None:
+        no_global_limit = self._watched.get(task)
+        if no_global_limit is None or task.done() or not no_global_limit():
+            return
+        self._long_waits[task] = retry_after
+        task.cancel()
 
 
 _rate_limit_watch = _RateLimitWatch()

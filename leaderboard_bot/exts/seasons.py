@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
 import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
@@ -15,6 +20,8 @@ from ..ui.embeds import final_standings_embed, notice_embed
 CONFIRM_ID = "leaderboard-reset:confirm"
 CANCEL_ID = "leaderboard-reset:cancel"
 CONFIRM_TIMEOUT = 60.0
+ANNOUNCE_FIRST_RETRY = 5.0
+ANNOUNCE_MAX_BACKOFF = 15 * 60.0
 
 
 def check_interval(reset_period: float) -> float:
@@ -25,6 +32,8 @@ def check_interval(reset_period: float) -> float:
 class Seasons(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
+        self._announcing = asyncio.Lock()
+        self._retries: dict[str, _Retry] = {}
         self.season_loop.change_interval(seconds=check_interval(bot.settings.reset_period))
         self.season_loop.start()
 
@@ -63,12 +72,15 @@ class Seasons(commands.Cog):
         return finished
 
     async def announce_pending(self) -> None:
-        """Post final standings for every finished season not announced yet (also after a crash)."""
-        for season in await self.bot.seasons.unannounced():
-            if await self._announce(season):
-                await self.bot.seasons.mark_announced(season.number)
+        """Post final standings for every finished season not announced yet (also after a crash).
+        Serialised: the loop and a manual reset may both get here at once, and must not both post."""
+        async with self._announcing:
+            for season in await self.bot.seasons.unannounced():
+                if await self._announce(season):
+                    await self.bot.seasons.mark_announced(season.number)
 
     async def _announce(self, season: SeasonInfo) -> bool:
+        """Post what is still owed for ``season``; True once both boards are posted."""
         bot, settings = self.bot, self.bot.settings
         guild = bot.guild
         complete = True
@@ -79,34 +91,33 @@ class Seasons(commands.Cog):
         for board, channel_id in targets:
             key = f"season:{season.number}:final:{board}"
             if await bot.storage.run(repository.get_setting, settings.guild_id, key):
-                continue  # already posted: announce once, even when the other board failed
-            channel = bot.get_channel(channel_id)
-            if not isinstance(channel, disnake.abc.Messageable):
-                logger.warning("cannot post season {} final standings: channel {} not found", season.number, channel_id)
-                continue  # a missing channel will not come back by retrying; do not block the other board
-            embed = final_standings_embed(
-                board=board,
-                lines=await bot.board_lines(board, season=season.number),
-                arrow=settings.arrow_emoji,
-                guild_icon_url=guild.icon.url if guild and guild.icon else None,
-                season_number=season.number,
-                started_at=season.started_at,
-                ended_at=season.ended_at or season.ends_at,
-            )
-            try:
-                message = await channel.send(embed=embed)
-            except disnake.Forbidden:
-                logger.warning(
-                    "cannot post season {} final standings in <#{}>: missing permissions",
-                    season.number,
-                    channel_id,
-                )
-                continue
-            except disnake.HTTPException as error:
-                logger.warning("posting season {} final standings failed ({}); will retry", season.number, error)
+                continue  # already posted: each board is announced once, whatever happened to the other
+            retry = self._retries.setdefault(key, _Retry())
+            if time.monotonic() < retry.until:
                 complete = False
                 continue
+            channel = bot.get_channel(channel_id)
+            try:
+                if not isinstance(channel, disnake.abc.Messageable):
+                    raise _NoChannel
+                embed = final_standings_embed(
+                    board=board,
+                    lines=await bot.board_lines(board, season=season.number),
+                    arrow=settings.arrow_emoji,
+                    guild_icon_url=guild.icon.url if guild and guild.icon else None,
+                    season_number=season.number,
+                    started_at=season.started_at,
+                    ended_at=season.ended_at or season.ends_at,
+                )
+                message = await channel.send(embed=embed)
+            except (disnake.HTTPException, _NoChannel) as error:
+                complete = False
+                retry.failed(error, season.number, channel_id)
+                continue
+            # A crash right here would post this board again after the restart: rare, and better
+            # than never announcing it.
             await bot.storage.run(repository.set_setting, settings.guild_id, key, message.id)
+            self._retries.pop(key, None)
         return complete
 
     # ------------------------------------------------------------------ manual reset
@@ -129,7 +140,7 @@ class Seasons(commands.Cog):
             )
             return
         season = self.bot.seasons.current
-        view = ConfirmReset(self, inter.author.id, season.number)
+        view = ConfirmReset(self, inter, season.number)
         await inter.response.send_message(
             embed=notice_embed(
                 f"This ends **season {season.number}** now: the final standings are posted in both "
@@ -141,12 +152,58 @@ class Seasons(commands.Cog):
         )
 
 
+class _NoChannel(Exception):
+    """The board channel is not visible to the bot."""
+
+
+@dataclass
+class _Retry:
+    """Back-off for one owed announcement, so a forbidden channel is retried, warned about once,
+    and never hammered (403s count toward Discord's invalid-request limit)."""
+
+    until: float = 0.0
+    failures: int = 0
+    warned: bool = False
+
+    def failed(self, error: Exception, season: int, channel_id: int) -> None:
+        self.failures += 1
+        delay = min(ANNOUNCE_MAX_BACKOFF, ANNOUNCE_FIRST_RETRY * 2 ** (self.failures - 1))
+        self.until = time.monotonic() + delay
+        if isinstance(error, _NoChannel):
+            reason = "the channel is not visible to the bot"
+        elif isinstance(error, disnake.Forbidden):
+            reason = "missing permissions (Send Messages, Embed Links)"
+        else:
+            reason = f"Discord answered {getattr(error, 'status', '?')}"
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "cannot post season {} final standings in <#{}>: {}; retrying in {:.0f}s",
+                season,
+                channel_id,
+                reason,
+                delay,
+            )
+
+
 class ConfirmReset(disnake.ui.View):
-    def __init__(self, cog: Seasons, invoker_id: int, season_number: int) -> None:
+    def __init__(self, cog: Seasons, origin: disnake.ApplicationCommandInteraction, season_number: int) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
         self.cog = cog
-        self.invoker_id = invoker_id
+        self.origin = origin
+        self.invoker_id = origin.author.id
         self.season_number = season_number
+        # Ids unique to this request: disnake routes clicks by custom_id, and two managers may
+        # have confirmations open at once.
+        self.confirm.custom_id = f"{CONFIRM_ID}:{origin.id}"
+        self.cancel.custom_id = f"{CANCEL_ID}:{origin.id}"
+
+    async def on_timeout(self) -> None:
+        # If the member dismissed the message there is nothing left to tidy up.
+        with contextlib.suppress(disnake.HTTPException):
+            await self.origin.edit_original_response(
+                embed=notice_embed("The reset request expired. Nothing was reset."), view=None
+            )
 
     async def interaction_check(self, inter: disnake.MessageInteraction) -> bool:
         if inter.author.id != self.invoker_id or not inter.permissions.manage_guild:
@@ -158,9 +215,13 @@ class ConfirmReset(disnake.ui.View):
     async def confirm(self, button: disnake.ui.Button, inter: disnake.MessageInteraction) -> None:
         self.stop()
         await inter.response.defer()
-        finished = await self.cog.end_season(
-            reason=f"reset by {inter.author} ({inter.author.id})", expected=self.season_number
-        )
+        try:
+            finished = await self.cog.end_season(
+                reason=f"reset by {inter.author} ({inter.author.id})", expected=self.season_number
+            )
+        except Exception:
+            logger.bind(user_id=inter.author.id).exception("/leaderboard reset failed")
+            finished = None
         current = self.cog.bot.seasons.current.number
         if finished is not None:
             text = (

@@ -93,7 +93,13 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
     asked = await fc.slash(w.guild, w.general, owner, "leaderboard reset")
     assert asked.ephemeral and "season 1" in asked.embeds[0]["description"]
     assert w.query("SELECT COUNT(*) FROM season") == [(1,)]  # nothing happens before confirming
-    done = await fc.click(w.guild, w.general, owner, asked.interaction.original_id, CONFIRM_ID)
+    (confirm_id,) = [
+        c["custom_id"]
+        for row in asked.message["components"]
+        for c in row["components"]
+        if c["custom_id"].startswith(CONFIRM_ID)
+    ]
+    done = await fc.click(w.guild, w.general, owner, asked.interaction.original_id, confirm_id)
     assert "Season 1 is archived" in done.embeds[0]["description"]
     assert w.query("SELECT number, ended_at IS NOT NULL FROM season ORDER BY number") == [(1, 1), (2, 0)]
     await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 10, "announcements")
