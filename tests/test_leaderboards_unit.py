@@ -63,11 +63,23 @@ class FakeInter:
         self.edit_failures = edit_failures
         self.response = FakeResponse(self, send_failures)
 
+        self.followup = SimpleNamespace(send=self._followup_send)
+        self.delete_failures = 0
+
     async def edit_original_response(self, *, embed: disnake.Embed) -> None:
         if self.edit_failures:
             self.edit_failures -= 1
             raise http_error()
         self.calls.append(("edit", embed.description))
+
+    async def delete_original_response(self) -> None:
+        if self.delete_failures:
+            self.delete_failures -= 1
+            raise http_error()
+        self.calls.append(("delete",))
+
+    async def _followup_send(self, *, embed: disnake.Embed, ephemeral: bool = False) -> None:
+        self.calls.append(("followup", embed.description, ephemeral))
 
 
 @pytest.fixture
@@ -136,10 +148,10 @@ async def test_an_error_before_the_deadline_is_an_ephemeral_apology_with_context
     assert record["exception"] is not None and isinstance(record["exception"].value, RuntimeError)
 
 
-async def test_an_error_after_deferring_turns_the_thinking_message_into_the_apology() -> None:
+async def test_an_error_after_deferring_replaces_the_thinking_message_with_a_private_apology() -> None:
     inter = FakeInter()
     await respond(inter, fail(after=DEFER_AFTER * 2))
-    assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
+    assert inter.calls == [("defer", {}), ("delete",), ("followup", APOLOGY, True)]
 
 
 async def test_a_failed_send_is_followed_by_the_apology() -> None:
@@ -151,7 +163,7 @@ async def test_a_failed_send_is_followed_by_the_apology() -> None:
 async def test_a_failed_edit_after_deferring_is_followed_by_the_apology() -> None:
     inter = FakeInter(edit_failures=1)
     await respond(inter, answer("late", after=DEFER_AFTER * 2))
-    assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
+    assert inter.calls == [("defer", {}), ("delete",), ("followup", APOLOGY, True)]
 
 
 async def test_nothing_escapes_when_even_the_apology_fails(logs: list[Any]) -> None:
@@ -231,4 +243,11 @@ async def test_the_cog_error_handler_edits_when_already_deferred() -> None:
     inter = FakeInter()
     await inter.response.defer()
     await cog().cog_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
+    assert inter.calls == [("defer", {}), ("delete",), ("followup", APOLOGY, True)]
+
+
+async def test_when_the_thinking_message_cannot_be_removed_it_becomes_the_apology() -> None:
+    inter = FakeInter()
+    inter.delete_failures = 1
+    await respond(inter, fail(after=DEFER_AFTER * 2))
     assert inter.calls == [("defer", {}), ("edit", APOLOGY)]

@@ -455,6 +455,7 @@ async def test_standing_includes_buffered_messages_and_live_voice(
     standing = await rankings.standing(1)
     assert standing == Standing(
         user_id=1,
+        season=1,
         messages=5,
         voice_seconds=50.0,
         message_rank=1,
@@ -473,7 +474,7 @@ async def test_standing_includes_buffered_messages_and_live_voice(
     assert standing.live_session_seconds is None
 
     assert await tracker.flush() is True
-    assert await rankings.standing(1) == Standing(1, 5, 60.0, 1, 1, None, None)
+    assert await rankings.standing(1) == Standing(1, 1, 5, 60.0, 1, 1, None, None)
 
 
 async def test_standing_of_someone_present_but_not_counting(
@@ -489,7 +490,7 @@ async def test_standing_of_someone_present_but_not_counting(
 
 
 async def test_standing_of_someone_without_activity(rankings: Rankings) -> None:
-    assert await rankings.standing(42) == Standing(42, 0, 0.0, None, None, None, None)
+    assert await rankings.standing(42) == Standing(42, 1, 0, 0.0, None, None, None, None)
 
 
 async def test_standing_ranks_match_the_top_order(
@@ -554,3 +555,13 @@ async def test_standing_during_a_concurrent_flush_counts_everything_once(
     assert await flushing is True
     standing = await reading
     assert standing.messages == 5
+
+
+async def test_standing_of_an_earlier_season_leaves_out_current_activity(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    send(tracker, 1, 3)
+    assert await tracker.flush(roll=SeasonRoll(number=1, ended_at=tracker.clock(), period=3600.0)) is True
+    send(tracker, 1, 2)  # buffered for season 2
+    assert (await rankings.standing(1, 1)).messages == 3
+    assert (await rankings.standing(1)).messages == 2

@@ -84,13 +84,19 @@ async def respond_in_time(
 
 
 async def apologise(inter: disnake.Interaction) -> None:
-    """Tell the member something broke: ephemerally, or in place of a public "thinking…"."""
+    """Tell the member something broke, privately. After a public defer the "thinking…" message is
+    removed and the apology follows as an ephemeral message (ephemerality is fixed by the defer)."""
     embed = notice_embed(APOLOGY)
     try:
-        if inter.response.is_done():
-            await inter.edit_original_response(embed=embed)
-        else:
+        if not inter.response.is_done():
             await inter.response.send_message(embed=embed, ephemeral=True)
+            return
+        try:
+            await inter.delete_original_response()
+        except disnake.HTTPException:
+            await inter.edit_original_response(embed=embed)  # cannot remove it: turn it into the apology
+            return
+        await inter.followup.send(embed=embed, ephemeral=True)
     except Exception:
         # Discord itself is failing (or the interaction expired): the log is all that is left.
         logger.opt(exception=True).warning("could not send the apology for interaction {}", inter.id)
@@ -160,8 +166,8 @@ class Leaderboards(commands.Cog):
 
     async def _top_reply(self, inter: disnake.ApplicationCommandInteraction, board: Board) -> Reply:
         bot = self.bot
-        lines = await bot.board_lines(board)
-        season = bot.seasons.current
+        season = bot.seasons.current  # read once: a season ending meanwhile must not mislabel the lines
+        lines = await bot.board_lines(board, season=season.number)
         guild = inter.guild
         return Reply(
             leaderboard_embed(
@@ -207,10 +213,10 @@ class Leaderboards(commands.Cog):
         else:
             # Not a member (any more): the name we kept from their time here beats the account name.
             name = (await bot.names.resolve([target.id]))[target.id]
-        standing = await bot.rankings.standing(target.id)
+        season = bot.seasons.current  # read once: a season ending meanwhile must not mislabel the numbers
+        standing = await bot.rankings.standing(target.id, season.number)
         if standing.messages <= 0 and standing.voice_seconds <= 0 and standing.live_voice_channel_id is None:
             return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active this season yet."))
-        season = bot.seasons.current
         return Reply(
             stats_embed(
                 name=name,

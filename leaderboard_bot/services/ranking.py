@@ -54,6 +54,7 @@ class Standing:
     """One member's season so far, including what is still buffered and voice time in progress."""
 
     user_id: int
+    season: int
     messages: int
     voice_seconds: float
     message_rank: int | None
@@ -87,22 +88,27 @@ class Rankings:
     async def rank(self, board: Board, user_id: int) -> int | None:
         return await self.storage.run(repository.rank_of, self.tracker.guild_id, self.tracker.season, board, user_id)
 
-    async def standing(self, user_id: int) -> Standing:
-        # Stored totals and buffers are read with no flush in between, so nothing is counted
-        # twice or nowhere.
+    async def standing(self, user_id: int, season: int | None = None) -> Standing:
+        """The member's season (the current one by default). Stored totals and buffers are read
+        with no flush in between, so nothing is counted twice or nowhere."""
         async with self.tracker.quiescent():
-            guild, season = self.tracker.guild_id, self.tracker.season
+            current = self.tracker.season
+            season = current if season is None else season
+            guild = self.tracker.guild_id
             messages, voice = await self.storage.run(repository.member_totals, guild, season, user_id)
-            message_rank = await self.rank("messages", user_id)
-            voice_rank = await self.rank("voice", user_id)
+            ranks = [await self.storage.run(repository.rank_of, guild, season, board, user_id) for board in BOARDS]
+            if season == current:  # buffered and live activity belongs to the current season only
+                messages += self.tracker.pending_messages(user_id)
+                voice += self.tracker.unflushed_voice_seconds(user_id)
             presence = self.tracker.voice.presence(user_id)
             counting = self.tracker.voice.is_counting(user_id)
             return Standing(
                 user_id=user_id,
-                messages=messages + self.tracker.pending_messages(user_id),
-                voice_seconds=voice + self.tracker.unflushed_voice_seconds(user_id),
-                message_rank=message_rank,
-                voice_rank=voice_rank,
+                season=season,
+                messages=messages,
+                voice_seconds=voice,
+                message_rank=ranks[BOARDS.index("messages")],
+                voice_rank=ranks[BOARDS.index("voice")],
                 live_voice_channel_id=presence.channel_id if presence else None,
                 live_session_seconds=self.tracker.live_session_seconds(user_id) if counting else None,
             )
