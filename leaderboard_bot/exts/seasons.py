@@ -75,12 +75,14 @@ class Seasons(commands.Cog):
         """Post final standings for every finished season not announced yet (also after a crash).
         Serialised: the loop and a manual reset may both get here at once, and must not both post."""
         async with self._announcing:
+            blocked: set[Board] = set()  # a board still owing an earlier season waits, to keep the order
             for season in await self.bot.seasons.unannounced():
-                if await self._announce(season):
+                if await self._announce(season, blocked):
                     await self.bot.seasons.mark_announced(season.number)
 
-    async def _announce(self, season: SeasonInfo) -> bool:
-        """Post what is still owed for ``season``; True once both boards are posted."""
+    async def _announce(self, season: SeasonInfo, blocked: set[Board]) -> bool:
+        """Post what is still owed for ``season``; True once both boards are posted. Boards that
+        cannot be posted now are added to ``blocked``."""
         bot, settings = self.bot, self.bot.settings
         guild = bot.guild
         complete = True
@@ -93,8 +95,9 @@ class Seasons(commands.Cog):
             if await bot.storage.run(repository.get_setting, settings.guild_id, key):
                 continue  # already posted: each board is announced once, whatever happened to the other
             retry = self._retries.setdefault(key, _Retry())
-            if time.monotonic() < retry.until:
+            if board in blocked or time.monotonic() < retry.until:
                 complete = False
+                blocked.add(board)
                 continue
             channel = bot.get_channel(channel_id)
             try:
@@ -112,6 +115,7 @@ class Seasons(commands.Cog):
                 message = await channel.send(embed=embed)
             except (disnake.HTTPException, _NoChannel) as error:
                 complete = False
+                blocked.add(board)
                 retry.failed(error, season.number, channel_id)
                 continue
             # A crash right here would post this board again after the restart: rare, and better

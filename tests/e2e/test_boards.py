@@ -165,3 +165,29 @@ async def test_edit_limit_on_old_messages_backs_off(tmp_path: Path) -> None:
     finally:
         await w.stop_all()
         await fc.stop()
+
+
+async def test_a_board_deleted_while_the_bot_was_down_is_posted_again(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(UPDATE_INTERVAL="1s")
+    first = await the_board(w, w.chat_lb)
+    await asyncio.sleep(1.5)
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 0
+    await fc.delete_message(w.chat_lb, first.id)  # nobody is listening for this deletion
+    await w.start_bot(UPDATE_INTERVAL="1s")
+    second = await fc.wait_for(
+        lambda: next((m for m in bot_posts(w, w.chat_lb) if m.pinned), None), 15, "a new pinned board"
+    )
+    assert second.id != first.id and len(bot_posts(w, w.chat_lb)) == 1
+
+
+async def test_a_failed_pin_is_retried(world: World) -> None:
+    fc, w = world.fc, world
+    fc.inject_error("PUT", rf"^/channels/{w.chat_lb}/(messages/)?pins/\d+$", status=403, times=2)
+    await w.start_bot(UPDATE_INTERVAL="1s")
+    await w.wait_log("could not pin the messages leaderboard")
+    board = await fc.wait_for(lambda: next((m for m in bot_posts(w, w.chat_lb) if m.pinned), None), 20, "the pin")
+    assert len(bot_posts(w, w.chat_lb)) == 1 and board.pinned
+    assert w.log_text().count("could not pin the messages leaderboard") == 1  # warned once
+    await w.wait_log("the messages leaderboard is pinned now")

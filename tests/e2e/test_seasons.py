@@ -126,3 +126,24 @@ async def test_a_bot_offline_at_reset_time_resets_when_back(world: World) -> Non
     await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 15, "final standings after the downtime")
     assert "Bobby" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     await w.wait_db(lambda: w.query("SELECT number FROM season WHERE ended_at IS NULL") == [(2,)], "season 2 open")
+
+
+async def test_final_standings_owed_to_a_forbidden_channel_are_posted_once_it_is_allowed(world: World) -> None:
+    fc, w = world.fc, world
+    fc.set_channel_forbidden(w.chat_lb)
+    await w.start_bot(RESET_PERIOD="4s", UPDATE_INTERVAL="1s")
+    await fc.send_message(w.guild, w.general, w.alice, "hi")
+    await fc.wait_for(lambda: finals(w, w.vc_lb), 15, "the voice board's final standings")
+    await w.wait_log("cannot post season 1 final standings")
+    assert not finals(w, w.chat_lb)
+    assert w.query("SELECT announced_at FROM season WHERE number = 1") == [(None,)]  # still owed
+    fc.set_channel_forbidden(w.chat_lb, False)
+    await fc.wait_for(lambda: finals(w, w.chat_lb), 30, "the owed final standings")
+    # Seasons keep ending every 4 s meanwhile; the owed season 1 still comes first, and once.
+    first = finals(w, w.chat_lb)[0]
+    assert first.embeds[0]["title"] == "Season 1 — final standings"
+    assert "Ali" in first.embeds[0]["description"]
+    await w.wait_db(lambda: w.query("SELECT 1 FROM season WHERE number = 1 AND announced_at IS NOT NULL"), "announced")
+    titles = [m.embeds[0]["title"] for m in finals(w, w.chat_lb)]
+    assert titles.count("Season 1 — final standings") == 1
+    assert w.log_text().count("cannot post season 1 final standings") == 1
