@@ -540,3 +540,43 @@ def test_split_by_day_starting_exactly_at_midnight() -> None:
 @pytest.mark.parametrize(("start", "end"), [(MIDNIGHT, MIDNIGHT), (MIDNIGHT + 5, MIDNIGHT)])
 def test_split_by_day_empty_or_reversed_range_is_empty(start: float, end: float) -> None:
     assert split_by_day(start, end) == []
+
+
+# --------------------------------------------------------------------------- lost contact
+
+
+def test_suspend_stops_every_session_at_the_moment_contact_is_lost() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 10.0)
+    t.suspend(30.0)
+    assert t.suspended and t.counting_users() == set()
+    assert seconds_by_user(t.checkpoint(500.0).intervals) == {1: 30.0, 2: 20.0}  # nothing after 30 s
+
+
+def test_nothing_counts_while_suspended_even_new_joins() -> None:
+    t = tracker()
+    t.suspend(0.0)
+    t.update(1, here(A), 5.0)  # e.g. replayed before the RESUMED event
+    assert t.counting_users() == set()
+    assert t.checkpoint(100.0).intervals == []
+
+
+def test_reconcile_resumes_counting_from_then_for_those_still_there() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.suspend(10.0)
+    t.checkpoint(200.0)  # flushes keep running while disconnected
+    t.reconcile({2: here(A)}, now=300.0)  # 1 left during the gap
+    assert not t.suspended and t.counting_users() == {2}
+    drained = t.checkpoint(360.0)
+    assert seconds_by_user(drained.intervals) == {2: 60.0}  # the gap is never credited to anyone
+
+
+def test_suspend_twice_keeps_the_first_moment() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.suspend(10.0)
+    t.suspend(50.0)
+    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 10.0}

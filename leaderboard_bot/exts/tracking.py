@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 import disnake
 from disnake.ext import commands, tasks
@@ -11,6 +11,8 @@ from loguru import logger
 from ..bot import LeaderboardBot
 from ..services.voice import VoicePresence
 
+MEMBER_QUERY_BATCH = 100  # Discord's cap on user_ids per request
+MEMBER_QUERY_TIMEOUT = 10.0
 COUNTED_MESSAGE_TYPES = (disnake.MessageType.default, disnake.MessageType.reply)
 TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
 
@@ -32,7 +34,6 @@ class Tracking(commands.Cog):
         self.bot = bot
         self.tracker = bot.tracker
         self.guild_id = bot.settings.guild_id
-        self._lost_contact_at: float | None = None
         self.flush_loop.change_interval(seconds=bot.settings.flush_interval)
         self.flush_loop.start()
 
@@ -73,52 +74,60 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
-        self.reconcile("ready")
+        await self.reconcile("ready")
 
     @commands.Cog.listener()
     async def on_resumed(self) -> None:
-        self.reconcile("resumed")
+        await self.reconcile("resumed")
 
     @commands.Cog.listener()
     async def on_guild_available(self, guild: disnake.Guild) -> None:
         if guild.id == self.guild_id:
-            self.reconcile("guild available")
+            await self.reconcile("guild available")
 
     @commands.Cog.listener()
     async def on_guild_update(self, before: disnake.Guild, after: disnake.Guild) -> None:
         if after.id == self.guild_id and before.afk_channel != after.afk_channel:
-            self.reconcile("AFK channel changed")
+            await self.reconcile("AFK channel changed")
 
     @commands.Cog.listener()
     async def on_disconnect(self) -> None:
-        if self._lost_contact_at is None:
-            self._lost_contact_at = time.time()
+        # Until contact is back nobody knows who left: the gap is never credited.
+        self.tracker.suspend_voice()
 
     @commands.Cog.listener()
     async def on_guild_unavailable(self, guild: disnake.Guild) -> None:
-        if guild.id == self.guild_id and self._lost_contact_at is None:
-            self._lost_contact_at = time.time()
+        if guild.id == self.guild_id:
+            self.tracker.suspend_voice()
 
-    def reconcile(self, reason: str) -> None:
+    async def reconcile(self, reason: str) -> None:
         """Align voice tracking with the guild's real voice states: events may have been missed."""
+        ws = self.bot.ws
+        if ws is None or not ws.open:
+            # e.g. disnake's delayed on_ready landing after the connection already dropped again:
+            # voice states are not trustworthy until the next connection reconciles.
+            logger.info("voice reconcile ({}) skipped: not connected to Discord", reason)
+            return
         guild = self.bot.get_guild(self.guild_id)
         if guild is None:
             logger.warning("guild {} is not visible to the bot; is it invited there?", self.guild_id)
             return
+        await self._learn_unknown_members(guild)
         actual: dict[int, VoicePresence] = {}
         for channel in (*guild.voice_channels, *guild.stage_channels):
             # channel.voice_states works without the member cache.
             for user_id, state in channel.voice_states.items():
                 member = guild.get_member(user_id)
-                presence = voice_presence(guild, state, is_bot=bool(member and member.bot))
+                known = self.tracker.voice.presence(user_id)
+                is_bot = member.bot if member is not None else bool(known and known.is_bot)
+                presence = voice_presence(guild, state, is_bot=is_bot)
                 if presence is None:
                     continue
                 actual[user_id] = presence
                 if member is not None and not member.bot:
                     self.tracker.remember_name(member.id, member.display_name, member.name)
         before = self.tracker.voice.counting_users()
-        self.tracker.reconcile_voice(actual, gone_at=self._lost_contact_at)
-        self._lost_contact_at = None
+        self.tracker.reconcile_voice(actual)
         logger.info(
             "voice reconciled ({}): {} in tracked channels, {} counting (was {})",
             reason,
@@ -126,6 +135,26 @@ class Tracking(commands.Cog):
             len(self.tracker.voice.counting_users()),
             len(before),
         )
+
+    async def _learn_unknown_members(self, guild: disnake.Guild) -> None:
+        """Without the members intent disnake does not cache who was already in voice, so a bot
+        there would pass for a human. Ask the gateway about them (allowed without the intent)."""
+        unknown = [
+            user_id
+            for channel in (*guild.voice_channels, *guild.stage_channels)
+            for user_id in channel.voice_states
+            if guild.get_member(user_id) is None and self.tracker.voice.presence(user_id) is None
+        ]
+        for start in range(0, len(unknown), MEMBER_QUERY_BATCH):
+            batch = unknown[start : start + MEMBER_QUERY_BATCH]
+            try:
+                await asyncio.wait_for(
+                    guild.query_members(user_ids=batch, limit=len(batch), cache=True), MEMBER_QUERY_TIMEOUT
+                )
+            except (TimeoutError, disnake.HTTPException, disnake.ClientException) as error:
+                logger.warning(
+                    "could not look up {} member(s) in voice ({}); counting them as people", len(batch), error
+                )
 
 
 def setup(bot: LeaderboardBot) -> None:

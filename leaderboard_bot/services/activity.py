@@ -67,6 +67,10 @@ class ActivityService:
     def reconcile_voice(self, actual: dict[int, VoicePresence], gone_at: float | None = None) -> None:
         self.voice.reconcile(actual, self.clock(), gone_at)
 
+    def suspend_voice(self) -> None:
+        """Contact with Discord is lost: the gap is never credited (see VoiceTracker.suspend)."""
+        self.voice.suspend(self.clock())
+
     def remember_name(self, user_id: int, display_name: str, username: str | None) -> None:
         """Keep the latest name, written with the next flush only when it changed."""
         entry = (display_name, username)

@@ -58,6 +58,7 @@ class VoiceTracker:
         self._presence: dict[int, VoicePresence] = {}
         self._open: dict[int, _OpenSession] = {}
         self._pending = VoiceDrain()
+        self._suspended = False
 
     # ------------------------------------------------------------------ queries
 
@@ -97,15 +98,30 @@ class VoiceTracker:
         channels = {p.channel_id for p in (old, presence) if p is not None}
         self._reevaluate(channels, now, also={user_id})
 
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
+
+    def suspend(self, now: float) -> None:
+        """Contact with Discord was lost: stop every session now, because nobody can tell what
+        happens until contact is back. Presence is kept; reconcile() resumes counting."""
+        if self._suspended:
+            return
+        for user_id in list(self._open):
+            self._close(user_id, now)
+        self._suspended = True
+
     def reconcile(self, actual: dict[int, VoicePresence], now: float, gone_at: float | None = None) -> None:
-        """Align with the guild's real voice states, e.g. after a reconnect. Members no longer
-        there stop counting at ``gone_at`` (the last time they were known to be there)."""
+        """Align with the guild's real voice states (start-up, reconnects) and resume counting if
+        suspended. Members no longer there stop counting at ``gone_at`` (the last time they were
+        known to be there); members present start or keep counting from ``now``."""
         gone_at = now if gone_at is None else min(gone_at, now)
         for user_id in [u for u in self._presence if u not in actual]:
             self.update(user_id, None, gone_at)
         for user_id, presence in actual.items():
             if self._presence.get(user_id) != presence:
                 self.update(user_id, presence, now)
+        self._suspended = False
         self._reevaluate({p.channel_id for p in self._presence.values()}, now)
 
     def stop_all(self, now: float) -> None:
@@ -151,7 +167,7 @@ class VoiceTracker:
         users = {u for u, p in self._presence.items() if p.channel_id in channels} | (also or set())
         for user_id in sorted(users):
             presence = self._presence.get(user_id)
-            should = presence is not None and self._should_count(user_id, presence)
+            should = presence is not None and not self._suspended and self._should_count(user_id, presence)
             session = self._open.get(user_id)
             if session is not None and (not should or presence is None or session.channel_id != presence.channel_id):
                 self._close(user_id, now)

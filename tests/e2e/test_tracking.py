@@ -185,25 +185,46 @@ async def test_members_already_in_voice_at_start_are_counted_from_then(world: Wo
     assert 1.0 < w.voice_of(w.alice) < 2.5
 
 
-async def test_reconnect_reconciles_members_who_left_during_the_gap(world: World) -> None:
+async def test_reconnect_reconciles_and_never_credits_the_gap(world: World) -> None:
     fc, w = world.fc, world
     await w.start_bot()
+    joined = time.monotonic()
     await fc.voice_join(w.alice, w.lounge)
     await fc.voice_join(w.bob, w.lounge2)
     await w.wait_db(lambda: len(w.query("SELECT 1 FROM voice_session WHERE ended_at IS NULL")) == 2, "two sessions")
     mark = len(fc.gateway_log)
+    reconciles = w.log_text().count("voice reconciled")
+    dropped = time.monotonic()
     await fc.drop_connection("invalidate")  # session lost: events in the gap are not replayed
     await fc.voice_leave(w.alice, w.guild)
     await fc.wait_for_gateway("op", since=mark, op=2, timeout=30)
-    await w.wait_log("voice reconciled", count=2)
+    await w.wait_log("voice reconciled", count=reconciles + 1)
+    back = time.monotonic()
     await w.wait_db(
         lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.alice),
         "alice closed after reconnect",
     )
-    assert w.query("SELECT COUNT(*) FROM voice_session WHERE user_id = ? AND ended_at IS NULL", w.bob) == [(1,)]
+    await asyncio.sleep(1.0)
+    # Alice is credited only up to the disconnect, not through the gap to the reconnect.
+    assert w.voice_of(w.alice) <= (dropped - joined) + 0.3 < (back - joined)
     frozen = w.voice_of(w.alice)
+    # Bob stayed: he counts again from the reconnect, in a new session; the gap is not his either.
+    assert w.query("SELECT COUNT(*) FROM voice_session WHERE user_id = ? AND ended_at IS NULL", w.bob) == [(1,)]
     await asyncio.sleep(1.0)
     assert w.voice_of(w.alice) == frozen
+    assert w.voice_of(w.bob) < (time.monotonic() - joined) - (back - dropped) + 0.6
+
+
+async def test_bots_already_in_voice_at_start_are_not_company(world: World) -> None:
+    fc, w = world.fc, world
+    await fc.voice_join(w.robot, w.lounge)
+    await fc.voice_join(w.alice, w.lounge)  # her only company is a bot
+    await w.start_bot(VOICE_COUNT_ALONE="false")
+    await asyncio.sleep(1.5)
+    assert w.query("SELECT user_id FROM voice_session") == []
+    await fc.voice_join(w.bob, w.lounge)  # a person joins: alice and bob count, the bot never
+    await w.wait_db(lambda: len(w.query("SELECT 1 FROM voice_session")) == 2, "two sessions")
+    assert sorted(r[0] for r in w.query("SELECT user_id FROM voice_session")) == sorted([w.alice, w.bob])
 
 
 async def test_sigint_also_flushes_and_exits_0(world: World) -> None:
