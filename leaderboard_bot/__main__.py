@@ -22,6 +22,7 @@ EXIT_CONFIG = 2
 
 
 async def run(settings: Settings) -> int:
+    import aiohttp
     import disnake
     import peewee
 
@@ -30,6 +31,16 @@ async def run(settings: Settings) -> int:
 
     bot = LeaderboardBot(settings, Storage(settings.database_url))
     loop = asyncio.get_running_loop()
+
+    def quiet_shutdown_noise(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # disnake's own background requests (e.g. fetching the app owner) fail when a stop cuts
+        # them off during start-up; that is the stop working, not an error worth a traceback.
+        if bot.closing and isinstance(context.get("exception"), aiohttp.ClientError | RuntimeError):
+            logger.debug("background request ended by the shutdown: {}", context.get("exception"))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet_shutdown_noise)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: _request_close(bot, s))
     try:
@@ -46,12 +57,15 @@ async def run(settings: Settings) -> int:
         logger.error("Discord refused the gateway intents: {}", error)
         return EXIT_FAILURE
     except Exception:
-        logger.exception("the bot stopped because of an unexpected error")
-        return EXIT_FAILURE
+        if bot.closing:  # asked to stop while still starting: the error is the stop itself
+            logger.info("stopped during start-up")
+        else:
+            logger.exception("the bot stopped because of an unexpected error")
+            return EXIT_FAILURE
     finally:
         await bot.close()
         await complete_logging()
-    return EXIT_OK
+    return EXIT_OK if bot.shutdown_clean else EXIT_FAILURE
 
 
 _closing: set[asyncio.Future[None]] = set()

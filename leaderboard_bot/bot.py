@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import disnake
 from disnake.ext import commands
 from loguru import logger
 
-from .config import Settings
+from .config import Settings, sqlite_path
 from .db import Board, Storage, repository
 from .services.activity import ActivityService
 from .services.names import NameDirectory, NameInfo
@@ -35,6 +36,12 @@ def bot_intents() -> disnake.Intents:
     return intents
 
 
+def recovery_path(database_url: str) -> Path | None:
+    """Where a shutdown that cannot reach the database saves what it could not write."""
+    path = sqlite_path(database_url)
+    return None if path == ":memory:" else Path(path + ".unsaved.json")
+
+
 def build_guard(settings: Settings) -> SpamGuard | NullGuard:
     if settings.spam_limit is None:
         return NullGuard()
@@ -55,6 +62,7 @@ class LeaderboardBot(commands.InteractionBot):
             guild_id=settings.guild_id,
             voice=VoiceTracker(count_deafened=settings.voice_count_deafened, count_alone=settings.voice_count_alone),
             guard=build_guard(settings),
+            recovery_path=recovery_path(settings.database_url),
         )
         self.cache = TopCache(settings.cache_ttl)
         self.rankings = Rankings(storage, self.tracker, self.cache)
@@ -63,6 +71,7 @@ class LeaderboardBot(commands.InteractionBot):
         self.names = NameDirectory(storage, self.tracker, live=self._live_name, fetch=self._fetch_name)
         self._shutdown: asyncio.Future[None] | None = None
         self._prepared = False
+        self.shutdown_clean = True
 
     async def prepare(self) -> None:
         """Open the database and restore state before connecting to Discord."""
@@ -109,6 +118,25 @@ class LeaderboardBot(commands.InteractionBot):
             for i, e in enumerate(entries, start=1)
         ]
 
+    @property
+    def closing(self) -> bool:
+        return self._shutdown is not None
+
+    async def on_error(self, event_method: str, *args: object, **kwargs: object) -> None:
+        # disnake's default prints to stderr, bypassing the JSON logs and their token redaction.
+        logger.exception("unhandled error in {}", event_method)
+
+    async def on_slash_command_error(
+        self, inter: disnake.ApplicationCommandInteraction, error: commands.CommandError
+    ) -> None:
+        from .exts.leaderboards import apologise  # the extension imports this module
+
+        command = inter.application_command.qualified_name if inter.application_command else "?"
+        logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
+            "/{} failed for user {}", command, inter.author.id
+        )
+        await apologise(inter)
+
     async def close(self) -> None:
         # Idempotent: a signal, disnake itself and the runner may all ask to close.
         if self._shutdown is None:
@@ -127,6 +155,6 @@ class LeaderboardBot(commands.InteractionBot):
         except Exception:
             logger.exception("error while closing the Discord connection")
         if self._prepared:
-            await self.tracker.shutdown()
+            self.shutdown_clean = await self.tracker.shutdown()
         await self.storage.close()
         logger.info("shutdown complete")

@@ -222,15 +222,29 @@ def _parse_leaderboard_size(text: str) -> int:
     return int(cleaned)
 
 
+def _duration_at_most(limit: float, limit_text: str) -> Callable[[str], float]:
+    """A duration parser with an upper bound: absurd values would overflow timers and dates."""
+
+    def parse(text: str) -> float:
+        seconds = parse_duration(text)
+        if seconds > limit:
+            raise ValueError(f"{_show(text)} is too long: the most allowed is {limit_text}")
+        return seconds
+
+    return parse
+
+
+_HOUR, _DAY = 3600.0, 86400.0
+
 # (variable, Settings field, default, parser) in validation order; the first failure is reported.
 _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("GUILD_ID", "guild_id", "1315029949211738222", _parse_snowflake),
     ("CHAT_LB_CHANNEL_ID", "chat_lb_channel_id", "1404855785183252572", _parse_snowflake),
     ("VC_LB_CHANNEL_ID", "vc_lb_channel_id", "1404855743596728374", _parse_snowflake),
     ("DATABASE_URL", "database_url", "sqlite:///leaderboard.db", _parse_database_url),
-    ("FLUSH_INTERVAL", "flush_interval", "5s", parse_duration),
-    ("UPDATE_INTERVAL", "update_interval", "60s", parse_duration),
-    ("RESET_PERIOD", "reset_period", "30d", parse_duration),
+    ("FLUSH_INTERVAL", "flush_interval", "5s", _duration_at_most(_HOUR, "1h")),
+    ("UPDATE_INTERVAL", "update_interval", "60s", _duration_at_most(_DAY, "1d")),
+    ("RESET_PERIOD", "reset_period", "30d", _duration_at_most(3660 * _DAY, "3660d (10 years)")),
     ("SPAM_LIMIT", "spam_limit", "5/5s", parse_spam_limit),
     ("VOICE_COUNT_DEAFENED", "voice_count_deafened", "false", parse_bool),
     ("VOICE_COUNT_ALONE", "voice_count_alone", "true", parse_bool),
@@ -238,7 +252,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("LOG_FORMAT", "log_format", "auto", _parse_log_format),
     ("ARROW_EMOJI", "arrow_emoji", "<a:purp_arrow:1403295268505522187>", _parse_emoji),
     ("LEADERBOARD_SIZE", "leaderboard_size", "10", _parse_leaderboard_size),
-    ("CACHE_TTL", "cache_ttl", "30s", parse_duration),
+    ("CACHE_TTL", "cache_ttl", "30s", _duration_at_most(_DAY, "1d")),
 )
 
 

@@ -596,3 +596,45 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
     assert await activity_service.shutdown(retry_delay=0) is True
     assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
     assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]
+
+
+# --------------------------------------------------------------------------- recovery file
+
+
+async def test_a_shutdown_that_cannot_write_saves_to_disk_and_the_next_start_writes_it(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    first = make_service(activity_storage, activity_clock)
+    first.recovery_path = recovery
+    first.remember_name(1, "Ali", "alice")
+    first.record_voice(1, here(CH))
+    for _ in range(4):
+        first.record_message(1)
+    activity_clock.advance(30.0)
+    with monkeypatch.context() as patch:
+        fail_once(patch, times=10)
+        assert await first.shutdown(attempts=2, retry_delay=0) is False
+    assert recovery.exists() and await stats(activity_storage) == {}
+
+    second = make_service(activity_storage, activity_clock)
+    second.recovery_path = recovery
+    await second.start()
+    assert not recovery.exists()
+    assert await stats(activity_storage) == {1: (4, 30.0)}
+    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
+    assert await activity_storage.run(repository.names, G, [1]) == {1: "Ali"}
+    await second.start()  # nothing left to recover: nothing counted twice
+    assert await stats(activity_storage) == {1: (4, 30.0)}
+
+
+async def test_an_unreadable_recovery_file_is_left_alone(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path
+) -> None:
+    recovery = tmp_path / "broken.unsaved.json"
+    recovery.write_text("{not json")
+    service = make_service(activity_storage, activity_clock)
+    service.recovery_path = recovery
+    await service.start()  # starts anyway
+    assert recovery.read_text() == "{not json"
+    assert await stats(activity_storage) == {}

@@ -485,3 +485,20 @@ def test_config_error_attributes() -> None:
     assert error.problem == "is wrong"
     assert str(error) == "GUILD_ID: is wrong"
     assert isinstance(error, Exception)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("FLUSH_INTERVAL", "2h"), ("UPDATE_INTERVAL", "2d"), ("RESET_PERIOD", "99999999999d"), ("CACHE_TTL", "25h")],
+)
+def test_absurdly_long_durations_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"BOT_TOKEN": "a-long-secret-token", variable: value})
+    assert err.value.variable == variable and "too long" in str(err.value)
+
+
+def test_the_longest_allowed_durations_are_accepted() -> None:
+    settings = load_settings(
+        {"BOT_TOKEN": "t", "FLUSH_INTERVAL": "1h", "UPDATE_INTERVAL": "1d", "RESET_PERIOD": "365d"}
+    )
+    assert (settings.flush_interval, settings.update_interval, settings.reset_period) == (3600, 86400, 365 * 86400)

@@ -29,7 +29,7 @@ SQLITE_PRAGMAS = {
     "cache_size": -16_000,  # 16 MB page cache
     "temp_store": "memory",
 }
-BUSY_TIMEOUT_SECONDS = 10.0
+BUSY_TIMEOUT_SECONDS = 5.0  # also bounds how long a shutdown waits for a locked database
 
 
 def open_database(database_url: str) -> SqliteDatabase:

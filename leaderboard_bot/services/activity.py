@@ -7,14 +7,16 @@ blocking work, the batch write, goes through ``Storage.run`` to the database thr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from loguru import logger
 
-from ..db import ActivityBatch, SeasonRoll, Storage, repository
+from ..db import ActivityBatch, SeasonRoll, SessionClose, SessionOpen, Storage, repository
 from .voice import VoiceDrain, VoicePresence, VoiceTracker, split_by_day, utc_day
 
 Clock = Callable[[], float]
@@ -34,8 +36,10 @@ class ActivityService:
         voice: VoiceTracker,
         guard: MessageGuard,
         clock: Clock = time.time,
+        recovery_path: Path | None = None,
     ) -> None:
         self.storage = storage
+        self.recovery_path = recovery_path
         self.guild_id = guild_id
         self.voice = voice
         self.guard = guard
@@ -97,7 +101,9 @@ class ActivityService:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> int:
-        """Close sessions a crash left open (at their heartbeat, so downtime is never credited)."""
+        """Write what a failed shutdown saved to disk, then close sessions a crash left open (at
+        their heartbeat, so downtime is never credited)."""
+        await self._recover_unsaved()
         closed = await self.storage.run(repository.close_orphan_sessions, self.guild_id)
         if closed:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
@@ -163,8 +169,10 @@ class ActivityService:
             return asyncio.CancelledError("the database write was cancelled"), cancelled
         return write.exception(), cancelled
 
-    async def shutdown(self, *, attempts: int = 5, retry_delay: float = 0.5) -> bool:
-        """Close voice sessions at shutdown time and flush, retrying a transient failure a few times."""
+    async def shutdown(self, *, attempts: int = 2, retry_delay: float = 0.5) -> bool:
+        """Close voice sessions at shutdown time and flush, retrying a transient failure a few
+        times. If the database stays unavailable, the data is saved to the recovery file and
+        written at the next start; returns False so the process can say it did not stop cleanly."""
         now = self.clock()
         self.voice.stop_all(now)
         for attempt in range(1, attempts + 1):
@@ -173,7 +181,50 @@ class ActivityService:
             if attempt < attempts:
                 await asyncio.sleep(retry_delay)
         logger.error("could not write buffered activity at shutdown after {} attempts", attempts)
+        self._save_unsaved(now)
         return False
+
+    def _save_unsaved(self, now: float) -> None:
+        if self.recovery_path is None:
+            logger.error("no recovery file for an in-memory database: the unwritten activity is lost")
+            return
+        drained = self.voice.checkpoint(now)
+        self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
+        batch = self._batch(now, self._messages, drained, self._names)
+        try:
+            self.recovery_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.recovery_path.with_name(self.recovery_path.name + ".tmp")
+            tmp.write_text(json.dumps(_batch_to_json(batch)))
+            tmp.replace(self.recovery_path)  # atomic: never a half-written file
+        except OSError as error:
+            logger.error("could not save the unwritten activity to {}: {}", self.recovery_path, error)
+            return
+        logger.error(
+            "saved {} unwritten message(s) and {:.0f}s of voice time to {}; they are written at the next start",
+            sum(batch.messages.values()),
+            sum(batch.voice.values()),
+            self.recovery_path,
+        )
+
+    async def _recover_unsaved(self) -> None:
+        path = self.recovery_path
+        if path is None or not path.exists():
+            return
+        try:
+            batch = _batch_from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.error("could not read the recovery file {} ({}); it is left in place", path, error)
+            return
+        if batch.guild_id != self.guild_id:
+            logger.error("the recovery file {} belongs to guild {}; it is left in place", path, batch.guild_id)
+            return
+        await self.storage.run(repository.apply_batch, batch)
+        path.unlink()
+        logger.info(
+            "wrote {} message(s) and {:.0f}s of voice time saved by the last shutdown",
+            sum(batch.messages.values()),
+            sum(batch.voice.values()),
+        )
 
     def _batch(
         self,
@@ -196,3 +247,36 @@ class ActivityService:
             closed=list(drained.closed),
             names=dict(names),
         )
+
+
+# Recovery file format: plain JSON lists, versioned, so a later release can still read it.
+_RECOVERY_VERSION = 1
+
+
+def _batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
+    return {
+        "version": _RECOVERY_VERSION,
+        "guild_id": batch.guild_id,
+        "season": batch.season,
+        "heartbeat_at": batch.heartbeat_at,
+        "messages": [[day, user, count] for (day, user), count in batch.messages.items()],
+        "voice": [[day, user, seconds] for (day, user), seconds in batch.voice.items()],
+        "opened": [[o.key, o.user_id, o.channel_id, o.started_at] for o in batch.opened],
+        "closed": [[c.key, c.ended_at] for c in batch.closed],
+        "names": [[user, display, username] for user, (display, username) in batch.names.items()],
+    }
+
+
+def _batch_from_json(data: dict[str, Any]) -> ActivityBatch:
+    if data.get("version") != _RECOVERY_VERSION:
+        raise ValueError(f"unknown recovery file version {data.get('version')!r}")
+    return ActivityBatch(
+        guild_id=int(data["guild_id"]),
+        season=int(data["season"]),
+        heartbeat_at=float(data["heartbeat_at"]),
+        messages={(str(d), int(u)): int(n) for d, u, n in data["messages"]},
+        voice={(str(d), int(u)): float(sec) for d, u, sec in data["voice"]},
+        opened=[SessionOpen(str(k), int(u), int(c), float(t)) for k, u, c, t in data["opened"]],
+        closed=[SessionClose(str(k), float(t)) for k, t in data["closed"]],
+        names={int(u): (str(d), n) for u, d, n in data["names"]},
+    )

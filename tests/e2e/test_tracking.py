@@ -252,3 +252,42 @@ async def test_a_rejected_token_stops_with_a_clear_line(tmp_path: Path) -> None:
         assert "Traceback" not in out
     finally:
         await w.fc.stop()
+
+
+async def test_a_locked_database_at_shutdown_keeps_the_counts_for_the_next_start(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(FLUSH_INTERVAL="1h", SPAM_LIMIT="off")
+    for i in range(6):
+        await fc.send_message(w.guild, w.general, w.carol, f"m{i}")
+    await fc.flush()
+    await asyncio.sleep(0.5)
+    import sqlite3
+
+    blocker = sqlite3.connect(w.db_path, timeout=1)
+    blocker.execute("BEGIN IMMEDIATE")  # e.g. a backup tool holding the write lock
+    try:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.stop(timeout=40) == 1  # not a clean stop, and it says so
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert "they are written at the next start" in bot.output()
+    assert (w.tmp / "leaderboard.db.unsaved.json").exists()
+    await w.start_bot()
+    await w.wait_db(lambda: w.messages_of(w.carol) == 6, "the saved counts written after the restart")
+    assert not (w.tmp / "leaderboard.db.unsaved.json").exists()
+
+
+async def test_a_stop_requested_during_start_up_exits_cleanly(tmp_path: Path) -> None:
+    w = await make_world(tmp_path)
+    try:
+        fc = w.fc
+        fc.inject_error("GET", r"^/gateway/bot$", status=500, times=10)  # Discord is having a bad day
+        bot = await fc.start_bot(["-m", "leaderboard_bot"], env=w.env(), cwd=str(tmp_path), token_env="BOT_TOKEN")
+        w.bots.append(bot)
+        await fc.wait_for(lambda: fc.calls("GET", r"^/gateway/bot$"), 30, "the bot to ask for the gateway")
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bot.proc.wait(), 30) == 0
+        assert "Traceback" not in bot.output()
+    finally:
+        await w.fc.stop()
