@@ -638,3 +638,47 @@ async def test_an_unreadable_recovery_file_is_left_alone(
     await service.start()  # starts anyway
     assert recovery.read_text() == "{not json"
     assert await stats(activity_storage) == {}
+
+
+async def test_a_recovery_file_is_never_applied_twice(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    first = make_service(activity_storage, activity_clock)
+    first.recovery_path = recovery
+    first.record_message(1)
+    with monkeypatch.context() as patch:
+        fail_once(patch, times=10)
+        assert await first.shutdown(attempts=1, retry_delay=0) is False
+    saved = recovery.read_text()
+
+    second = make_service(activity_storage, activity_clock)
+    second.recovery_path = recovery
+    await second.start()
+    recovery.write_text(saved)  # as if the process died after writing but before removing the file
+    third = make_service(activity_storage, activity_clock)
+    third.recovery_path = recovery
+    await third.start()
+    assert await stats(activity_storage) == {1: (1, 0.0)}
+    assert not recovery.exists()
+
+
+async def test_a_waiting_recovery_file_is_never_overwritten(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    recovery.write_text("{damaged")
+    service = make_service(activity_storage, activity_clock)
+    service.recovery_path = recovery
+    service.record_message(7)
+    with monkeypatch.context() as patch:
+        fail_once(patch, times=10)
+        assert await service.shutdown(attempts=1, retry_delay=0) is False
+    assert recovery.read_text() == "{damaged"
+    (extra,) = [p for p in tmp_path.glob("activity.db.unsaved-*.json")]
+
+    restarted = make_service(activity_storage, activity_clock)
+    restarted.recovery_path = recovery
+    await restarted.start()
+    assert await stats(activity_storage) == {7: (1, 0.0)}
+    assert not extra.exists() and recovery.exists()  # the damaged one waits for a human

@@ -54,6 +54,7 @@ class ActivityBatch:
     closed: list[SessionClose] = field(default_factory=list)
     names: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # user -> (display, username)
     roll: SeasonRoll | None = None
+    recovery_id: str | None = None  # set when re-applying a saved batch: marks it as applied
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)
@@ -144,6 +145,8 @@ def apply_batch(batch: ActivityBatch) -> None:
                 },
             ).execute()
         _set_setting(batch.guild_id, "heartbeat", batch.heartbeat_at)
+        if batch.recovery_id is not None:
+            _set_setting(batch.guild_id, f"recovered:{batch.recovery_id}", batch.heartbeat_at)
         if batch.roll is not None:
             roll_season(batch.guild_id, batch.roll.number, batch.roll.ended_at, batch.roll.period)
 

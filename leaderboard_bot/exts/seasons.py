@@ -34,6 +34,7 @@ class Seasons(commands.Cog):
         self.bot = bot
         self._announcing = asyncio.Lock()
         self._retries: dict[str, _Retry] = {}
+        self._posted: dict[str, int] = {}  # announcement key -> message id, posted by this process
         self.season_loop.change_interval(seconds=check_interval(bot.settings.reset_period))
         self.season_loop.start()
 
@@ -65,7 +66,11 @@ class Seasons(commands.Cog):
             if self.bot.seasons.current.number == number:
                 logger.warning("could not end season {}: writing activity failed; retrying soon", number)
             return None
-        await self.announce_pending()
+        # The season has ended whatever happens next; the loop retries anything owed.
+        try:
+            await self.announce_pending()
+        except Exception:
+            logger.exception("announcing season {} failed; will retry", finished.number)
         scheduler = self.bot.get_cog("Scheduler")
         if scheduler is not None:
             await scheduler.refresh_all(force=True)  # type: ignore[attr-defined]
@@ -92,6 +97,13 @@ class Seasons(commands.Cog):
         )
         for board, channel_id in targets:
             key = f"season:{season.number}:final:{board}"
+            if key in self._posted:
+                # Posted by this process; make sure the database knows before calling it done.
+                try:
+                    await bot.storage.run(repository.set_setting, settings.guild_id, key, self._posted[key])
+                except Exception:
+                    complete = False
+                continue
             if await bot.storage.run(repository.get_setting, settings.guild_id, key):
                 continue  # already posted: each board is announced once, whatever happened to the other
             retry = self._retries.setdefault(key, _Retry())
@@ -118,10 +130,15 @@ class Seasons(commands.Cog):
                 blocked.add(board)
                 retry.failed(error, season.number, channel_id)
                 continue
-            # A crash right here would post this board again after the restart: rare, and better
-            # than never announcing it.
-            await bot.storage.run(repository.set_setting, settings.guild_id, key, message.id)
+            # Remembered in memory first: if the database cannot record it now, it is still
+            # never posted twice by this process (only a crash right here could repeat it).
+            self._posted[key] = message.id
             self._retries.pop(key, None)
+            try:
+                await bot.storage.run(repository.set_setting, settings.guild_id, key, message.id)
+            except Exception as error:
+                logger.warning("could not record the season {} announcement ({}); will retry", season.number, error)
+                complete = False
         return complete
 
     # ------------------------------------------------------------------ manual reset

@@ -34,6 +34,7 @@ class Tracking(commands.Cog):
         self.bot = bot
         self.tracker = bot.tracker
         self.guild_id = bot.settings.guild_id
+        self._contact_epoch = 0
         self.flush_loop.change_interval(seconds=bot.settings.flush_interval)
         self.flush_loop.start()
 
@@ -92,27 +93,34 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_disconnect(self) -> None:
-        # Until contact is back nobody knows who left: the gap is never credited.
-        self.tracker.suspend_voice()
+        self._lose_contact()
 
     @commands.Cog.listener()
     async def on_guild_unavailable(self, guild: disnake.Guild) -> None:
         if guild.id == self.guild_id:
-            self.tracker.suspend_voice()
+            self._lose_contact()
+
+    def _lose_contact(self) -> None:
+        # Until contact is back nobody knows who left: the gap is never credited.
+        self._contact_epoch += 1  # any reconcile already under way is now out of date
+        self.tracker.suspend_voice()
 
     async def reconcile(self, reason: str) -> None:
         """Align voice tracking with the guild's real voice states: events may have been missed."""
-        ws = self.bot.ws
-        if ws is None or not ws.open:
-            # e.g. disnake's delayed on_ready landing after the connection already dropped again:
-            # voice states are not trustworthy until the next connection reconciles.
-            logger.info("voice reconcile ({}) skipped: not connected to Discord", reason)
+        epoch = self._contact_epoch
+        if not self._in_contact(reason):
             return
         guild = self.bot.get_guild(self.guild_id)
         if guild is None:
             logger.warning("guild {} is not visible to the bot; is it invited there?", self.guild_id)
             return
+        if guild.unavailable:
+            # Discord's outage: the cached voice states are stale; on_guild_available reconciles.
+            logger.info("voice reconcile ({}) skipped: the guild is unavailable", reason)
+            return
         await self._learn_unknown_members(guild)
+        if epoch != self._contact_epoch or not self._in_contact(reason):
+            return  # contact was lost while looking members up: the next connection reconciles
         actual: dict[int, VoicePresence] = {}
         for channel in (*guild.voice_channels, *guild.stage_channels):
             # channel.voice_states works without the member cache.
@@ -135,6 +143,15 @@ class Tracking(commands.Cog):
             len(self.tracker.voice.counting_users()),
             len(before),
         )
+
+    def _in_contact(self, reason: str) -> bool:
+        ws = self.bot.ws
+        if ws is None or not ws.open:
+            # e.g. disnake's delayed on_ready landing after the connection already dropped again:
+            # voice states are not trustworthy until the next connection reconciles.
+            logger.info("voice reconcile ({}) skipped: not connected to Discord", reason)
+            return False
+        return True
 
     async def _learn_unknown_members(self, guild: disnake.Guild) -> None:
         """Without the members intent disnake does not cache who was already in voice, so a bot

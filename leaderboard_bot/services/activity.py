@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -191,40 +192,52 @@ class ActivityService:
         drained = self.voice.checkpoint(now)
         self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
         batch = self._batch(now, self._messages, drained, self._names)
+        batch.recovery_id = uuid.uuid4().hex
+        path = self.recovery_path
+        if path.exists():  # an older file still waits (e.g. unreadable): never overwrite it
+            path = path.with_name(f"{path.name.removesuffix('.json')}-{batch.recovery_id}.json")
         try:
-            self.recovery_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.recovery_path.with_name(self.recovery_path.name + ".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(_batch_to_json(batch)))
-            tmp.replace(self.recovery_path)  # atomic: never a half-written file
+            tmp.replace(path)  # atomic: never a half-written file
         except OSError as error:
-            logger.error("could not save the unwritten activity to {}: {}", self.recovery_path, error)
+            logger.error("could not save the unwritten activity to {}: {}", path, error)
             return
         logger.error(
             "saved {} unwritten message(s) and {:.0f}s of voice time to {}; they are written at the next start",
             sum(batch.messages.values()),
             sum(batch.voice.values()),
-            self.recovery_path,
+            path,
         )
 
+    def _recovery_files(self) -> list[Path]:
+        base = self.recovery_path
+        if base is None or not base.parent.is_dir():
+            return []
+        return sorted(base.parent.glob(f"{base.name.removesuffix('.json')}*.json"))
+
     async def _recover_unsaved(self) -> None:
-        path = self.recovery_path
-        if path is None or not path.exists():
-            return
-        try:
-            batch = _batch_from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.error("could not read the recovery file {} ({}); it is left in place", path, error)
-            return
-        if batch.guild_id != self.guild_id:
-            logger.error("the recovery file {} belongs to guild {}; it is left in place", path, batch.guild_id)
-            return
-        await self.storage.run(repository.apply_batch, batch)
-        path.unlink()
-        logger.info(
-            "wrote {} message(s) and {:.0f}s of voice time saved by the last shutdown",
-            sum(batch.messages.values()),
-            sum(batch.voice.values()),
-        )
+        for path in self._recovery_files():
+            try:
+                batch = _batch_from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                logger.error("could not read the recovery file {} ({}); it is left in place", path, error)
+                continue
+            if batch.guild_id != self.guild_id:
+                logger.error("the recovery file {} belongs to guild {}; it is left in place", path, batch.guild_id)
+                continue
+            marker = f"recovered:{batch.recovery_id}"
+            if not await self.storage.run(repository.get_setting, self.guild_id, marker):
+                # The marker is written in the same transaction, so a crash before the unlink
+                # below never applies the file twice.
+                await self.storage.run(repository.apply_batch, batch)
+                logger.info(
+                    "wrote {} message(s) and {:.0f}s of voice time saved by an earlier shutdown",
+                    sum(batch.messages.values()),
+                    sum(batch.voice.values()),
+                )
+            path.unlink()
 
     def _batch(
         self,
@@ -264,6 +277,7 @@ def _batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
         "opened": [[o.key, o.user_id, o.channel_id, o.started_at] for o in batch.opened],
         "closed": [[c.key, c.ended_at] for c in batch.closed],
         "names": [[user, display, username] for user, (display, username) in batch.names.items()],
+        "recovery_id": batch.recovery_id,
     }
 
 
@@ -279,4 +293,5 @@ def _batch_from_json(data: dict[str, Any]) -> ActivityBatch:
         opened=[SessionOpen(str(k), int(u), int(c), float(t)) for k, u, c, t in data["opened"]],
         closed=[SessionClose(str(k), float(t)) for k, t in data["closed"]],
         names={int(u): (str(d), n) for u, d, n in data["names"]},
+        recovery_id=str(data["recovery_id"]),
     )
