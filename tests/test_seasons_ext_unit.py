@@ -1,0 +1,118 @@
+"""The seasons extension's announcements against stand-in Discord objects: posted once per board,
+in order, retried when they could not be posted, and never repeated when recording them fails."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import disnake
+import pytest
+
+from leaderboard_bot.exts.seasons import Seasons
+from leaderboard_bot.services.seasons import SeasonInfo
+
+GUILD, CHAT, VOICE = 1, 20, 30
+
+
+class SettingsStore:
+    """Just the setting reads and writes the announcements make, with injectable write failures."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.failing_writes = 0
+
+    async def run(self, func: Any, guild_id: int, key: str, *rest: Any) -> Any:
+        await asyncio.sleep(0)  # a real query yields to the event loop
+        if func.__name__ == "get_setting":
+            return self.values.get(key)
+        if func.__name__ == "set_setting":
+            if self.failing_writes:
+                self.failing_writes -= 1
+                raise sqlite3.OperationalError("database is locked")
+            self.values[key] = rest[0]
+            return None
+        raise AssertionError(f"unexpected query {func.__name__}")
+
+
+def text_channel(channel_id: int) -> MagicMock:
+    channel = MagicMock(spec=disnake.TextChannel)
+    channel.id = channel_id
+    sent: list[int] = []
+
+    async def send(**kwargs: Any) -> SimpleNamespace:
+        sent.append(len(sent) + 1)
+        return SimpleNamespace(id=channel_id * 100 + len(sent))
+
+    channel.send = AsyncMock(side_effect=send)
+    return channel
+
+
+async def never_ready() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.fixture
+async def cog() -> AsyncIterator[tuple[Seasons, Any]]:
+    season = SeasonInfo(number=1, started_at=0.0, ends_at=10.0, ended_at=10.0)
+    announced: list[int] = []
+    channels = {CHAT: text_channel(CHAT), VOICE: text_channel(VOICE)}
+    bot = SimpleNamespace(
+        settings=SimpleNamespace(
+            guild_id=GUILD, chat_lb_channel_id=CHAT, vc_lb_channel_id=VOICE, reset_period=3600.0, arrow_emoji=">"
+        ),
+        storage=SettingsStore(),
+        guild=None,
+        get_channel=channels.get,
+        board_lines=AsyncMock(return_value=[]),
+        wait_until_ready=never_ready,  # the extension's own loop stays idle in these tests
+        seasons=SimpleNamespace(
+            unannounced=AsyncMock(side_effect=lambda: [] if 1 in announced else [season]),
+            mark_announced=AsyncMock(side_effect=announced.append),
+        ),
+        channels=channels,
+        announced=announced,
+    )
+    seasons = Seasons(bot)  # type: ignore[arg-type]
+    try:
+        yield seasons, bot
+    finally:
+        seasons.cog_unload()
+
+
+async def test_both_boards_are_announced_once(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    await asyncio.gather(seasons.announce_pending(), seasons.announce_pending())  # loop and a reset at once
+    await seasons.announce_pending()
+    assert bot.channels[CHAT].send.await_count == 1 and bot.channels[VOICE].send.await_count == 1
+    assert bot.announced == [1]
+
+
+async def test_a_failed_record_never_posts_again(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    bot.storage.failing_writes = 1  # the chat board's record cannot be written at first
+    await seasons.announce_pending()
+    assert bot.announced == []  # not done until the database knows
+    await seasons.announce_pending()
+    assert bot.channels[CHAT].send.await_count == 1 and bot.channels[VOICE].send.await_count == 1
+    assert bot.storage.values == {"season:1:final:messages": 2001, "season:1:final:voice": 3001}
+    assert bot.announced == [1]
+
+
+async def test_a_forbidden_channel_is_retried_later_without_blocking_the_other(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    forbidden = disnake.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Permissions")  # type: ignore[arg-type]
+    bot.channels[CHAT].send.side_effect = forbidden
+    await seasons.announce_pending()
+    assert bot.channels[VOICE].send.await_count == 1 and bot.announced == []
+    await seasons.announce_pending()  # still backing off: no second 403 right away
+    assert bot.channels[CHAT].send.await_count == 1
+    bot.channels[CHAT].send.side_effect = None
+    bot.channels[CHAT].send.return_value = SimpleNamespace(id=77)
+    seasons._retries["season:1:final:messages"].until = 0.0  # the back-off has passed
+    await seasons.announce_pending()
+    assert bot.announced == [1] and bot.channels[VOICE].send.await_count == 1
