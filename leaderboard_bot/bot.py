@@ -129,13 +129,9 @@ class LeaderboardBot(commands.InteractionBot):
     async def on_slash_command_error(
         self, inter: disnake.ApplicationCommandInteraction, error: commands.CommandError
     ) -> None:
-        from .exts.leaderboards import apologise  # the extension imports this module
+        from .exts.leaderboards import report_command_error  # that extension imports this module
 
-        command = inter.application_command.qualified_name if inter.application_command else "?"
-        logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
-            "/{} failed for user {}", command, inter.author.id
-        )
-        await apologise(inter)
+        await report_command_error(inter, error)
 
     async def close(self) -> None:
         # Idempotent: a signal, disnake itself and the runner may all ask to close.

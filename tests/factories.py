@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import pytest
+
+from leaderboard_bot.db import ActivityBatch, Storage, repository
 from leaderboard_bot.services.voice import CreditedInterval, VoicePresence
 
 # 2024-03-10 00:00:00 UTC: a round midnight to build day-crossing scenarios around.
@@ -64,3 +69,30 @@ def seconds_by_user(intervals: Iterable[CreditedInterval]) -> dict[int, float]:
 
 def day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+@asynccontextmanager
+async def open_storage(database_url: str) -> AsyncIterator[Storage]:
+    """A migrated database on its own thread, closed afterwards."""
+    storage = Storage(database_url)
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+def fail_batches(monkeypatch: pytest.MonkeyPatch, *, times: int = 1) -> list[ActivityBatch]:
+    """Make repository.apply_batch raise "database is locked" ``times`` times, then write.
+    Returns every batch it was given, in order."""
+    real = repository.apply_batch
+    attempts: list[ActivityBatch] = []
+
+    def flaky(batch: ActivityBatch) -> None:
+        attempts.append(batch)
+        if len(attempts) <= times:
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", flaky)
+    return attempts

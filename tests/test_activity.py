@@ -16,7 +16,7 @@ from leaderboard_bot.db.models import DailyActivity, MemberStats, VoiceSession
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.ratelimit import SpamGuard
 from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, DenyListGuard, FakeClock, day, here
+from tests.factories import MIDNIGHT, AllowAllGuard, DenyListGuard, FakeClock, day, fail_batches, here, open_storage
 
 G = 4242
 CH = 77
@@ -39,12 +39,8 @@ def activity_db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def activity_storage(activity_db_url: str) -> AsyncIterator[Storage]:
-    storage = Storage(activity_db_url)
-    await storage.open()
-    try:
+    async with open_storage(activity_db_url) as storage:
         yield storage
-    finally:
-        await storage.close()
 
 
 def make_service(
@@ -101,21 +97,6 @@ async def daily(storage: Storage) -> dict[tuple[str, int], tuple[int, float]]:
 
 async def sessions(storage: Storage) -> list[tuple[int, int, float, float, float | None]]:
     return await storage.run(_sessions)
-
-
-def fail_once(monkeypatch: pytest.MonkeyPatch, *, times: int = 1) -> list[ActivityBatch]:
-    """Make repository.apply_batch raise "database is locked" ``times`` times, then behave."""
-    real = repository.apply_batch
-    attempts: list[ActivityBatch] = []
-
-    def flaky(batch: ActivityBatch) -> None:
-        attempts.append(batch)
-        if len(attempts) <= times:
-            raise sqlite3.OperationalError("database is locked")
-        real(batch)
-
-    monkeypatch.setattr(repository, "apply_batch", flaky)
-    return attempts
 
 
 # --------------------------------------------------------------------------- messages
@@ -209,7 +190,7 @@ async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
     activity_clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    attempts = fail_once(monkeypatch)
+    attempts = fail_batches(monkeypatch)
     activity_service.record_voice(1, here(CH))
     activity_service.record_voice(2, here(CH))
     for _ in range(4):
@@ -387,7 +368,7 @@ async def test_flush_listeners_get_the_batch(
     assert after_failure == ["broken called"]
 
     # Listeners are not told about a failed write.
-    fail_once(monkeypatch)
+    fail_batches(monkeypatch)
     activity_service.record_message(7)
     assert await activity_service.flush() is False
     assert len(seen_sync) == 1
@@ -420,7 +401,7 @@ async def test_shutdown_retries_a_transient_failure(
     activity_clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    attempts = fail_once(monkeypatch, times=2)
+    attempts = fail_batches(monkeypatch, times=2)
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(30.0)
@@ -436,7 +417,7 @@ async def test_shutdown_gives_up_after_the_attempts_but_keeps_the_buffer(
     activity_clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fail_once(monkeypatch, times=10)
+    fail_batches(monkeypatch, times=10)
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(30.0)
@@ -514,7 +495,7 @@ async def test_names_are_written_with_flush_only_when_changed(
 async def test_a_name_from_a_failed_flush_is_retried_and_newer_names_win(
     activity_service: ActivityService, activity_storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fail_once(monkeypatch)
+    fail_batches(monkeypatch)
     activity_service.remember_name(1, "Old", None)
     activity_service.remember_name(2, "Kept", None)
     assert await activity_service.flush() is False
@@ -613,7 +594,7 @@ async def test_a_shutdown_that_cannot_write_saves_to_disk_and_the_next_start_wri
         first.record_message(1)
     activity_clock.advance(30.0)
     with monkeypatch.context() as patch:
-        fail_once(patch, times=10)
+        fail_batches(patch, times=10)
         assert await first.shutdown(attempts=2, retry_delay=0) is False
     assert recovery.exists() and await stats(activity_storage) == {}
 
@@ -648,7 +629,7 @@ async def test_a_recovery_file_is_never_applied_twice(
     first.recovery_path = recovery
     first.record_message(1)
     with monkeypatch.context() as patch:
-        fail_once(patch, times=10)
+        fail_batches(patch, times=10)
         assert await first.shutdown(attempts=1, retry_delay=0) is False
     saved = recovery.read_text()
 
@@ -672,7 +653,7 @@ async def test_a_waiting_recovery_file_is_never_overwritten(
     service.recovery_path = recovery
     service.record_message(7)
     with monkeypatch.context() as patch:
-        fail_once(patch, times=10)
+        fail_batches(patch, times=10)
         assert await service.shutdown(attempts=1, retry_delay=0) is False
     assert recovery.read_text() == "{damaged"
     (extra,) = [p for p in tmp_path.glob("activity.db.unsaved-*.json")]

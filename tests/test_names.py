@@ -13,7 +13,7 @@ from leaderboard_bot.db import ActivityBatch, Storage, repository
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.names import UNKNOWN_MEMBER, NameDirectory, NameInfo
 from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, open_storage
 
 G = 7171
 T0 = MIDNIGHT + 3_600.0
@@ -48,12 +48,8 @@ class Fetcher:
 
 @pytest.fixture
 async def name_storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    storage = Storage(f"sqlite:///{tmp_path}/names.db")
-    await storage.open()
-    try:
+    async with open_storage(f"sqlite:///{tmp_path}/names.db") as storage:
         yield storage
-    finally:
-        await storage.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from leaderboard_bot.db import ActivityBatch, RankedEntry, SeasonRoll, Storage, 
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.ranking import BOARDS, Rankings, Standing, TopCache
 from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, day, here
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, day, here, open_storage
 
 G = 5151
 CH = 88
@@ -175,12 +175,8 @@ def cache_clock() -> FakeClock:
 
 @pytest.fixture
 async def rank_storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    storage = Storage(f"sqlite:///{tmp_path}/ranking.db")
-    await storage.open()
-    try:
+    async with open_storage(f"sqlite:///{tmp_path}/ranking.db") as storage:
         yield storage
-    finally:
-        await storage.close()
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from leaderboard_bot.db import ActivityBatch, Storage, repository
+from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats, Season
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.seasons import SeasonInfo, SeasonService
 from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, here
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, fail_batches, here
 
 G = 6161
 CH = 99
@@ -94,21 +94,6 @@ async def stats_by_season(storage: Storage) -> dict[tuple[int, int], tuple[int, 
 def send(tracker: ActivityService, user_id: int, count: int) -> None:
     for _ in range(count):
         assert tracker.record_message(user_id) is True
-
-
-def fail_batches(monkeypatch: pytest.MonkeyPatch, *, times: int = 1) -> list[ActivityBatch]:
-    """repository.apply_batch raises "database is locked" ``times`` times, then writes."""
-    real = repository.apply_batch
-    attempts: list[ActivityBatch] = []
-
-    def flaky(batch: ActivityBatch) -> None:
-        attempts.append(batch)
-        if len(attempts) <= times:
-            raise sqlite3.OperationalError("database is locked")
-        real(batch)
-
-    monkeypatch.setattr(repository, "apply_batch", flaky)
-    return attempts
 
 
 # --------------------------------------------------------------------------- load

@@ -83,6 +83,15 @@ async def respond_in_time(
             task.cancel()
 
 
+async def report_command_error(inter: disnake.ApplicationCommandInteraction, error: BaseException) -> None:
+    """Log a failed command with its context and apologise to the member, privately."""
+    command = inter.application_command.qualified_name if inter.application_command else "?"
+    logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
+        "/{} failed for user {}", command, inter.author.id
+    )
+    await apologise(inter)
+
+
 async def apologise(inter: disnake.Interaction) -> None:
     """Tell the member something broke, privately. After a public defer the "thinking…" message is
     removed and the apology follows as an ephemeral message (ephemerality is fixed by the defer)."""
@@ -141,12 +150,8 @@ class Leaderboards(commands.Cog):
         self, inter: disnake.ApplicationCommandInteraction, error: commands.CommandError
     ) -> bool:
         # Safety net for anything outside respond_in_time (option conversion, checks, bugs).
-        command = inter.application_command.qualified_name if inter.application_command else "?"
-        logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
-            "/{} failed for user {}", command, inter.author.id
-        )
-        await apologise(inter)
-        return True  # handled: skip the bot-wide handler that would print the traceback again
+        await report_command_error(inter, error)
+        return True  # handled: skip the bot-wide handler, which would report it again
 
     # ------------------------------------------------------------------ building replies
 
