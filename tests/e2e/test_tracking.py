@@ -291,3 +291,23 @@ async def test_a_stop_requested_during_start_up_exits_cleanly(tmp_path: Path) ->
         assert "Traceback" not in bot.output()
     finally:
         await w.fc.stop()
+
+
+async def test_stage_channel_time_counts_for_speakers_and_audience(world: World) -> None:
+    fc, w = world.fc, world
+    stage = fc.add_channel(w.guild, "Town Hall", type=13)  # a stage channel
+    await w.start_bot()
+    started = time.monotonic()
+    fc.set_voice_state(w.guild, w.alice, stage, suppress=True)  # in the audience
+    fc.set_voice_state(w.guild, w.bob, stage)  # on stage
+    await asyncio.sleep(1.5)
+    await fc.voice_leave(w.alice, w.guild)
+    await fc.voice_leave(w.bob, w.guild)
+    elapsed = time.monotonic() - started
+    await w.wait_db(
+        lambda: len(w.query("SELECT 1 FROM voice_session WHERE channel_id = ? AND ended_at IS NOT NULL", stage)) == 2,
+        "both stage sessions closed",
+    )
+    await asyncio.sleep(0.7)
+    for user in (w.alice, w.bob):
+        assert 1.0 < w.voice_of(user) <= elapsed + 0.3
