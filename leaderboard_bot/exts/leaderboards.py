@@ -183,20 +183,21 @@ class Leaderboards(commands.Cog):
                 season_number=season.number,
                 season_ends_at=season.ends_at,
                 changed_at=self._changed_at(board),
-                caller_line=await self._caller_line(inter.author, board, lines),
+                caller_line=await self._caller_line(inter.author, board, lines, season.number),
             )
         )
 
     async def _caller_line(
-        self, caller: disnake.User | disnake.Member, board: Board, lines: list[BoardLine]
+        self, caller: disnake.User | disnake.Member, board: Board, lines: list[BoardLine], season: int
     ) -> BoardLine | None:
         """The caller's own place when the shown top does not include them (None without activity)."""
         if any(line.user_id == caller.id for line in lines):
             return None
-        rank = await self.bot.rankings.rank(board, caller.id)
+        # One read gives rank and value together, for the same season as the lines shown.
+        standing = await self.bot.rankings.standing(caller.id, season)
+        rank = standing.message_rank if board == "messages" else standing.voice_rank
         if rank is None:
             return None
-        standing = await self.bot.rankings.standing(caller.id)
         value = standing.messages if board == "messages" else standing.voice_seconds
         return BoardLine(rank=rank, name=caller.display_name, user_id=caller.id, value=value)
 

@@ -85,8 +85,9 @@ class Rankings:
         self.cache.put(key, tuple(entries))
         return entries
 
-    async def rank(self, board: Board, user_id: int) -> int | None:
-        return await self.storage.run(repository.rank_of, self.tracker.guild_id, self.tracker.season, board, user_id)
+    async def rank(self, board: Board, user_id: int, season: int | None = None) -> int | None:
+        season = self.tracker.season if season is None else season
+        return await self.storage.run(repository.rank_of, self.tracker.guild_id, season, board, user_id)
 
     async def standing(self, user_id: int, season: int | None = None) -> Standing:
         """The member's season (the current one by default). Stored totals and buffers are read
@@ -96,7 +97,7 @@ class Rankings:
             season = current if season is None else season
             guild = self.tracker.guild_id
             messages, voice = await self.storage.run(repository.member_totals, guild, season, user_id)
-            ranks = [await self.storage.run(repository.rank_of, guild, season, board, user_id) for board in BOARDS]
+            ranks = [await self.rank(board, user_id, season) for board in BOARDS]
             if season == current:  # buffered and live activity belongs to the current season only
                 messages += self.tracker.pending_messages(user_id)
                 voice += self.tracker.unflushed_voice_seconds(user_id)
