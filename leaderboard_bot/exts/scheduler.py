@@ -21,6 +21,7 @@ from loguru import logger
 
 from ..bot import LeaderboardBot
 from ..db import Board, repository
+from ..services.backoff import Backoff
 from ..services.ranking import BOARDS
 from ..ui.embeds import board_title, format_value, leaderboard_embed
 
@@ -56,13 +57,6 @@ class BoardPost:
         return data
 
 
-@dataclass
-class _Backoff:
-    until: float = 0.0
-    failures: int = 0
-    warned: bool = False
-
-
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -75,9 +69,10 @@ class Scheduler(commands.Cog):
             "messages": BoardPost("messages", settings.chat_lb_channel_id),
             "voice": BoardPost("voice", settings.vc_lb_channel_id),
         }
-        self._backoff: dict[Board, _Backoff] = {board: _Backoff() for board in BOARDS}
+        interval = settings.update_interval
+        self._backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
         self._locks: dict[Board, asyncio.Lock] = {board: asyncio.Lock() for board in BOARDS}
-        self._pin_backoff: dict[Board, _Backoff] = {board: _Backoff() for board in BOARDS}
+        self._pin_backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
         # Boards whose stored message was checked on this connection: a deletion while the bot
         # was offline sends no event, and an unchanged board would otherwise never notice.
         self._verified: set[Board] = set()
@@ -137,7 +132,7 @@ class Scheduler(commands.Cog):
         async with self._locks[board]:
             await self._load_state()
             backoff = self._backoff[board]
-            if not force and time.monotonic() < backoff.until:
+            if not force and backoff.waiting():
                 return
             task = asyncio.ensure_future(self._refresh(self.posts[board]))
             _rate_limit_watch.watch(task, self._no_global_limit)
@@ -163,9 +158,8 @@ class Scheduler(commands.Cog):
                 return
             finally:
                 _rate_limit_watch.pop(task)
-            if backoff.warned:
+            if backoff.succeeded():
                 logger.info("the {} leaderboard is being updated again", board)
-            self._backoff[board] = _Backoff()
 
     def _no_global_limit(self) -> bool:
         """False while disnake waits out a global rate limit (its private flag; True if absent)."""
@@ -219,7 +213,7 @@ class Scheduler(commands.Cog):
         if post.message_id is None:
             message = await channel.send(embed=embed)
             post.message_id, post.pinned = message.id, False
-            self._pin_backoff[post.board] = _Backoff()
+            self._pin_backoff[post.board].succeeded()  # a new message starts a new pin history
             await self._save(post)  # stored before pinning, so nothing can lead to a second post
         if not post.pinned:
             await self._pin(channel, post)
@@ -243,16 +237,13 @@ class Scheduler(commands.Cog):
     async def _pin(self, channel: disnake.abc.Messageable, post: BoardPost) -> None:
         """Pin the board; a failure is retried on later cycles with back-off, warned about once."""
         backoff = self._pin_backoff[post.board]
-        if time.monotonic() < backoff.until or post.message_id is None:
+        if backoff.waiting() or post.message_id is None:
             return
         try:
             await channel.get_partial_message(post.message_id).pin(reason="leaderboard")  # type: ignore[attr-defined]
         except disnake.HTTPException as error:
-            backoff.failures += 1
-            delay = min(MAX_BACKOFF_SECONDS, self.bot.settings.update_interval * 2 ** (backoff.failures - 1))
-            backoff.until = time.monotonic() + delay
-            if not backoff.warned:
-                backoff.warned = True
+            delay, first = backoff.failed()
+            if first:
                 logger.warning(
                     "could not pin the {} leaderboard ({} {}): give the bot Pin Messages in <#{}>; retrying in {:.0f}s",
                     post.board,
@@ -263,15 +254,11 @@ class Scheduler(commands.Cog):
                 )
             return
         post.pinned = True
-        if backoff.warned:
+        if backoff.succeeded():
             logger.info("the {} leaderboard is pinned now", post.board)
-        self._pin_backoff[post.board] = _Backoff()
 
     def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
-        backoff = self._backoff[board]
-        backoff.failures += 1
-        interval = self.bot.settings.update_interval
-        delay = min(MAX_BACKOFF_SECONDS, interval * 2 ** (backoff.failures - 1))
+        at_least = 0.0
         channel_id = self.posts[board].channel_id
         if isinstance(error, _ChannelMissing) or error.code in MISSING_ACCESS_CODES or error.status == 403:
             reason = "the bot cannot see or post in the channel: check its permissions there"
@@ -279,7 +266,7 @@ class Scheduler(commands.Cog):
             reason = "Discord did not answer in time"
         elif error.code == EDIT_LIMIT_CODE or isinstance(error, _Throttled):
             retry_after = error.retry_after if isinstance(error, _Throttled) else None
-            delay = max(delay, min(retry_after or 600.0, 3600.0))
+            at_least = min(retry_after or 600.0, 3600.0)
             reason = (
                 "Discord is limiting edits to this (older) message"
                 if error.code == EDIT_LIMIT_CODE
@@ -287,8 +274,8 @@ class Scheduler(commands.Cog):
             )
         else:
             reason = f"Discord answered {error.status} {error.text!r}"
-        backoff.until = time.monotonic() + delay
-        if not backoff.warned:
+        delay, first = self._backoff[board].failed(at_least=at_least)
+        if first:
             logger.warning(
                 "could not update the {} leaderboard in <#{}>: {}; retrying in {:.0f}s",
                 board,
@@ -296,7 +283,6 @@ class Scheduler(commands.Cog):
                 reason,
                 delay,
             )
-            backoff.warned = True
         else:
             logger.debug("{} leaderboard still failing ({}); next try in {:.0f}s", board, reason, delay)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from dataclasses import dataclass
 
 import disnake
 from disnake.ext import commands, tasks
@@ -14,6 +12,7 @@ from loguru import logger
 
 from ..bot import LeaderboardBot
 from ..db import Board, repository
+from ..services.backoff import Backoff
 from ..services.seasons import SeasonInfo
 from ..ui.embeds import final_standings_embed, notice_embed
 
@@ -33,7 +32,8 @@ class Seasons(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
         self._announcing = asyncio.Lock()
-        self._retries: dict[str, _Retry] = {}
+        # Per owed announcement, so a forbidden channel is retried but never hammered.
+        self._retries: dict[str, Backoff] = {}
         self._posted: dict[str, int] = {}  # announcement key -> message id, posted by this process
         self.season_loop.change_interval(seconds=check_interval(bot.settings.reset_period))
         self.season_loop.start()
@@ -106,8 +106,8 @@ class Seasons(commands.Cog):
                 continue
             if await bot.storage.run(repository.get_setting, settings.guild_id, key):
                 continue  # already posted: each board is announced once, whatever happened to the other
-            retry = self._retries.setdefault(key, _Retry())
-            if board in blocked or time.monotonic() < retry.until:
+            retry = self._retries.setdefault(key, Backoff(ANNOUNCE_FIRST_RETRY, ANNOUNCE_MAX_BACKOFF))
+            if board in blocked or retry.waiting():
                 complete = False
                 blocked.add(board)
                 continue
@@ -128,7 +128,15 @@ class Seasons(commands.Cog):
             except (disnake.HTTPException, _NoChannel) as error:
                 complete = False
                 blocked.add(board)
-                retry.failed(error, season.number, channel_id)
+                delay, first = retry.failed()
+                if first:
+                    logger.warning(
+                        "cannot post season {} final standings in <#{}>: {}; retrying in {:.0f}s",
+                        season.number,
+                        channel_id,
+                        _announce_failure(error),
+                        delay,
+                    )
                 continue
             # Remembered in memory first: if the database cannot record it now, it is still
             # never posted twice by this process (only a crash right here could repeat it).
@@ -177,34 +185,12 @@ class _NoChannel(Exception):
     """The board channel is not visible to the bot."""
 
 
-@dataclass
-class _Retry:
-    """Back-off for one owed announcement, so a forbidden channel is retried, warned about once,
-    and never hammered (403s count toward Discord's invalid-request limit)."""
-
-    until: float = 0.0
-    failures: int = 0
-    warned: bool = False
-
-    def failed(self, error: Exception, season: int, channel_id: int) -> None:
-        self.failures += 1
-        delay = min(ANNOUNCE_MAX_BACKOFF, ANNOUNCE_FIRST_RETRY * 2 ** (self.failures - 1))
-        self.until = time.monotonic() + delay
-        if isinstance(error, _NoChannel):
-            reason = "the channel is not visible to the bot"
-        elif isinstance(error, disnake.Forbidden):
-            reason = "missing permissions (Send Messages, Embed Links)"
-        else:
-            reason = f"Discord answered {getattr(error, 'status', '?')}"
-        if not self.warned:
-            self.warned = True
-            logger.warning(
-                "cannot post season {} final standings in <#{}>: {}; retrying in {:.0f}s",
-                season,
-                channel_id,
-                reason,
-                delay,
-            )
+def _announce_failure(error: Exception) -> str:
+    if isinstance(error, _NoChannel):
+        return "the channel is not visible to the bot"
+    if isinstance(error, disnake.Forbidden):
+        return "missing permissions (Send Messages, Embed Links)"
+    return f"Discord answered {getattr(error, 'status', '?')}"
 
 
 class ConfirmReset(disnake.ui.View):

@@ -1,0 +1,36 @@
+"""Exponential back-off for work that fails against Discord: retried later, never hammered
+(403s and 429s count toward Discord's invalid-request limit), and warned about once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    base: float  # the first wait
+    maximum: float  # waits double up to this
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    until: float = 0.0
+    failures: int = 0
+    warned: bool = False
+
+    def waiting(self) -> bool:
+        return self.clock() < self.until
+
+    def failed(self, *, at_least: float = 0.0) -> tuple[float, bool]:
+        """Record a failure; returns the wait before the next try and whether this is the first
+        failure of the streak (the one worth a warning)."""
+        self.failures += 1
+        delay = max(at_least, min(self.maximum, self.base * 2 ** (self.failures - 1)))
+        self.until = self.clock() + delay
+        first, self.warned = not self.warned, True
+        return delay, first
+
+    def succeeded(self) -> bool:
+        """Reset; returns whether a failure streak (that was warned about) just ended."""
+        recovered = self.warned
+        self.until, self.failures, self.warned = 0.0, 0, False
+        return recovered
