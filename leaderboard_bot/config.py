@@ -256,6 +256,10 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
 )
 
 
+# Every variable the bot reads, token first (for docs and for tests that need a clean environment).
+ENVIRONMENT_VARIABLES: tuple[str, ...] = ("BOT_TOKEN", *(variable for variable, *_ in _VARIABLES))
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default ``os.environ``); raise :class:`ConfigError`."""
     env: Mapping[str, str] = os.environ if environ is None else environ

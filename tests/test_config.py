@@ -502,3 +502,13 @@ def test_the_longest_allowed_durations_are_accepted() -> None:
         {"BOT_TOKEN": "t", "FLUSH_INTERVAL": "1h", "UPDATE_INTERVAL": "1d", "RESET_PERIOD": "365d"}
     )
     assert (settings.flush_interval, settings.update_interval, settings.reset_period) == (3600, 86400, 365 * 86400)
+
+
+def test_the_variable_names_are_exactly_the_documented_ones() -> None:
+    from leaderboard_bot.config import ENVIRONMENT_VARIABLES
+
+    assert ENVIRONMENT_VARIABLES == (
+        "BOT_TOKEN", "GUILD_ID", "CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID", "DATABASE_URL", "FLUSH_INTERVAL",
+        "UPDATE_INTERVAL", "RESET_PERIOD", "SPAM_LIMIT", "VOICE_COUNT_DEAFENED", "VOICE_COUNT_ALONE", "LOG_LEVEL",
+        "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL",
+    )  # fmt: skip

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from leaderboard_bot.config import ENVIRONMENT_VARIABLES
+
 SECRET = "MTIzNDU2Nzg5.super-secret-token"
 
 
@@ -27,24 +29,7 @@ def run_bot(tmp_path: Path, env: dict[str, str], dotenv: str | None = None) -> s
     )
 
 
-_SETTINGS = {
-    "BOT_TOKEN",
-    "GUILD_ID",
-    "CHAT_LB_CHANNEL_ID",
-    "VC_LB_CHANNEL_ID",
-    "DATABASE_URL",
-    "FLUSH_INTERVAL",
-    "UPDATE_INTERVAL",
-    "RESET_PERIOD",
-    "SPAM_LIMIT",
-    "VOICE_COUNT_DEAFENED",
-    "VOICE_COUNT_ALONE",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "ARROW_EMOJI",
-    "LEADERBOARD_SIZE",
-    "CACHE_TTL",
-}
+_SETTINGS = set(ENVIRONMENT_VARIABLES)
 
 
 def test_missing_token_exits_2_with_one_line(tmp_path: Path) -> None:
