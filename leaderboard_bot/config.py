@@ -2,6 +2,8 @@
 
 Everything downstream receives a frozen :class:`Settings`, so a bad value fails
 fast with one readable line instead of surfacing later as a strange runtime error.
+Boot settings (token, database, guild, logging) never change; :class:`Tunables` are
+only the defaults of what ``services.settings.RuntimeSettings`` serves live.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
     "ConfigError",
     "Settings",
     "SpamLimit",
+    "Tunables",
     "load_settings",
     "parse_bool",
     "parse_duration",
@@ -49,24 +52,37 @@ class SpamLimit:
 
 
 @dataclass(frozen=True)
-class Settings:
-    # repr=False keeps the token out of logs and tracebacks that print the settings.
-    bot_token: str = field(repr=False)
-    guild_id: int
+class Tunables:
+    """The settings that may change while the bot runs; the environment gives their defaults.
+
+    Components never copy these: they read the live values from
+    :class:`leaderboard_bot.services.settings.RuntimeSettings`.
+    """
+
     chat_lb_channel_id: int
     vc_lb_channel_id: int
-    database_url: str
     flush_interval: float
     update_interval: float
     reset_period: float
     spam_limit: SpamLimit | None
     voice_count_deafened: bool
     voice_count_alone: bool
-    log_level: str
-    log_format: str
     arrow_emoji: str
     leaderboard_size: int
     cache_ttl: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Boot settings, fixed for the life of the process, plus the defaults of the tunables."""
+
+    # repr=False keeps the token out of logs and tracebacks that print the settings.
+    bot_token: str = field(repr=False)
+    guild_id: int
+    database_url: str
+    log_level: str
+    log_format: str
+    tunables: Tunables
 
 
 # --------------------------------------------------------------------------- parsers
@@ -279,4 +295,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             # The token may have been pasted into the wrong variable; never echo it.
             raise ConfigError(variable, str(exc).replace(token, "[REDACTED]")) from None
-    return Settings(**values)
+    tunable_names = {f.name for f in fields(Tunables)}
+    tunables = Tunables(**{name: value for name, value in values.items() if name in tunable_names})
+    boot = {name: value for name, value in values.items() if name not in tunable_names}
+    return Settings(**boot, tunables=tunables)

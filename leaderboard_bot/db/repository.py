@@ -5,65 +5,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from peewee import EXCLUDED, chunked, fn
 
+from ..domain import ActivityBatch, Board, RankedEntry
 from .models import DailyActivity, MemberName, MemberStats, Season, Setting, VoiceSession, database_proxy
 
-Board = Literal["messages", "voice"]
 # SQLite caps bound variables per statement; 5 columns x 100 rows stays far below it.
 CHUNK_ROWS = 100
-
-
-@dataclass(frozen=True)
-class SessionOpen:
-    key: str
-    user_id: int
-    channel_id: int
-    started_at: float
-
-
-@dataclass(frozen=True)
-class SessionClose:
-    key: str
-    ended_at: float
-
-
-@dataclass(frozen=True)
-class SeasonRoll:
-    """Ends season ``number`` at ``ended_at`` and opens the next, in the same transaction as the
-    batch that closes the finished season's counts."""
-
-    number: int
-    ended_at: float
-    period: float
-
-
-@dataclass
-class ActivityBatch:
-    """Everything one flush writes, in one transaction."""
-
-    guild_id: int
-    season: int
-    heartbeat_at: float
-    messages: dict[tuple[str, int], int] = field(default_factory=dict)  # (day, user) -> count
-    voice: dict[tuple[str, int], float] = field(default_factory=dict)  # (day, user) -> seconds
-    opened: list[SessionOpen] = field(default_factory=list)
-    closed: list[SessionClose] = field(default_factory=list)
-    names: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # user -> (display, username)
-    roll: SeasonRoll | None = None
-    recovery_id: str | None = None  # set when re-applying a saved batch: marks it as applied
-
-    def is_empty(self) -> bool:
-        return not (self.messages or self.voice or self.opened or self.closed or self.names)
-
-
-@dataclass(frozen=True)
-class RankedEntry:
-    user_id: int
-    value: float
 
 
 # --------------------------------------------------------------------------- writes

@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
-from ..bot import LeaderboardBot
-from ..db import Board, repository
+from ..adapters.disnake_ratelimit import RateLimitWatch, global_limit_in_force, no_global_limit
+from ..config import Tunables
+from ..db import repository
+from ..domain import BOARDS, Board
 from ..services.backoff import Backoff
-from ..services.ranking import BOARDS
-from ..ui.embeds import board_title, format_value, leaderboard_embed
+from ..services.seasons import SeasonInfo
+from ..ui.embeds import board_title, format_value, guild_icon_url, leaderboard_embed
+
+if TYPE_CHECKING:
+    from ..bot import LeaderboardBot
 
 EDIT_LIMIT_CODE = 30046  # "maximum edits to messages older than 1 hour reached"
 MISSING_ACCESS_CODES = {10003, 50001, 50013}  # unknown channel, missing access, missing permissions
@@ -37,13 +41,12 @@ LONG_RATE_LIMIT_SECONDS = 30.0
 
 @dataclass
 class BoardPost:
-    """What the bot knows about one pinned board; persisted so restarts reuse the message."""
+    """The pinned message of one board; persisted so restarts reuse the message. (What the board
+    shows and when that last changed belongs to ``services.boards``.)"""
 
     board: Board
     channel_id: int
     message_id: int | None = None
-    standings_hash: str | None = None
-    changed_at: float | None = None
     embed_hash: str | None = None
     pinned: bool = False
 
@@ -64,12 +67,12 @@ def _digest(value: object) -> str:
 class Scheduler(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
-        settings = bot.settings
-        self.posts: dict[Board, BoardPost] = {
-            "messages": BoardPost("messages", settings.chat_lb_channel_id),
-            "voice": BoardPost("voice", settings.vc_lb_channel_id),
-        }
-        interval = settings.update_interval
+        settings = bot.services.settings
+        self.posts: dict[Board, BoardPost] = {b: BoardPost(b, settings.board_channel(b)) for b in BOARDS}
+
+        def interval() -> float:
+            return settings.current.update_interval
+
         self._backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
         self._locks: dict[Board, asyncio.Lock] = {board: asyncio.Lock() for board in BOARDS}
         self._pin_backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
@@ -78,11 +81,38 @@ class Scheduler(commands.Cog):
         self._verified: set[Board] = set()
         self._saved: dict[Board, dict[str, object]] = {}
         self._loaded = False
-        self.refresh_loop.change_interval(seconds=settings.update_interval)
+        self._rate_limits = RateLimitWatch(
+            long_wait=LONG_RATE_LIMIT_SECONDS, no_global_limit=lambda: no_global_limit(bot.http)
+        )
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._season_refreshes: set[asyncio.Future[None]] = set()
+
+    def cog_load(self) -> None:
+        self._rate_limits.install()
+        self._unsubscribe = [
+            self.bot.services.settings.subscribe(self._on_settings),
+            self.bot.services.seasons.add_roll_listener(self._on_season_roll),
+        ]
+        self.refresh_loop.change_interval(seconds=self.bot.services.settings.current.update_interval)
         self.refresh_loop.start()
 
     def cog_unload(self) -> None:
         self.refresh_loop.cancel()
+        for task in self._season_refreshes:
+            task.cancel()
+        self._rate_limits.uninstall()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+
+    def _on_settings(self, old: Tunables, new: Tunables) -> None:
+        if new.update_interval != old.update_interval:
+            self.refresh_loop.change_interval(seconds=new.update_interval)
+
+    def _on_season_roll(self, finished: SeasonInfo, current: SeasonInfo) -> None:
+        # Both boards start from zero now; not awaited, so the final standings are not held up.
+        task = asyncio.ensure_future(self.refresh_all(force=True))
+        self._season_refreshes.add(task)
+        task.add_done_callback(self._season_refreshes.discard)
 
     # ------------------------------------------------------------------ the loop
 
@@ -107,13 +137,11 @@ class Scheduler(commands.Cog):
     async def _load_state(self) -> None:
         if self._loaded:
             return
-        guild_id = self.bot.settings.guild_id
+        guild_id = self.bot.config.guild_id
         for post in self.posts.values():
-            stored = await self.bot.storage.run(repository.get_setting, guild_id, post.setting_key)
+            stored = await self.bot.services.storage.run(repository.get_setting, guild_id, post.setting_key)
             if isinstance(stored, dict) and stored.get("channel_id") == post.channel_id:
                 post.message_id = stored.get("message_id")
-                post.standings_hash = stored.get("standings_hash")
-                post.changed_at = stored.get("changed_at")
                 post.embed_hash = stored.get("embed_hash")
                 post.pinned = bool(stored.get("pinned", False))
                 self._saved[post.board] = post.to_setting()
@@ -123,7 +151,7 @@ class Scheduler(commands.Cog):
         state = post.to_setting()
         if self._saved.get(post.board) == state:
             return  # unchanged: no write every cycle
-        await self.bot.storage.run(repository.set_setting, self.bot.settings.guild_id, post.setting_key, state)
+        await self.bot.services.storage.run(repository.set_setting, self.bot.config.guild_id, post.setting_key, state)
         self._saved[post.board] = state
 
     # ------------------------------------------------------------------ one board
@@ -134,13 +162,13 @@ class Scheduler(commands.Cog):
             backoff = self._backoff[board]
             if not force and backoff.waiting():
                 return
-            task = asyncio.ensure_future(self._refresh(self.posts[board]))
-            _rate_limit_watch.watch(task, self._no_global_limit)
+            task = asyncio.ensure_future(self._refresh(self._post(board)))
+            self._rate_limits.watch(task)
             try:
                 try:
                     await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
                 except TimeoutError:
-                    if not self._no_global_limit():
+                    if global_limit_in_force(self.bot.http):
                         await task  # every request waits out a global limit; cancelling would wedge disnake
                     else:
                         task.cancel()
@@ -150,46 +178,45 @@ class Scheduler(commands.Cog):
                 self._on_http_error(board, error)
                 return
             except asyncio.CancelledError:
-                retry_after = _rate_limit_watch.pop(task)
+                retry_after = self._rate_limits.pop(task)
                 if retry_after is None:  # we are being cancelled ourselves (shutdown)
                     task.cancel()
                     raise
                 self._on_http_error(board, _Throttled(retry_after))
                 return
             finally:
-                _rate_limit_watch.pop(task)
+                self._rate_limits.pop(task)
             if backoff.succeeded():
                 logger.info("the {} leaderboard is being updated again", board)
 
-    def _no_global_limit(self) -> bool:
-        """False while disnake waits out a global rate limit (its private flag; True if absent)."""
-        flag = getattr(self.bot.http, "_global_over", None)
-        return flag is None or flag.is_set()
+    def _post(self, board: Board) -> BoardPost:
+        """The board's post, moved to a new channel when its channel setting changed."""
+        post = self.posts[board]
+        channel_id = self.bot.services.settings.board_channel(board)
+        if post.channel_id != channel_id:
+            logger.info("the {} leaderboard moves to <#{}>", board, channel_id)
+            post = self.posts[board] = BoardPost(board, channel_id)
+            self._verified.discard(board)
+        return post
 
     async def _refresh(self, post: BoardPost) -> None:
         channel = self.bot.get_channel(post.channel_id)
         if not isinstance(channel, disnake.abc.Messageable) or not hasattr(channel, "get_partial_message"):
             raise _ChannelMissing(post.channel_id)
         bot = self.bot
-        season = bot.seasons.current  # read once: a roll during the refresh must not mislabel the lines
-        lines = await bot.board_lines(post.board, season=season.number)
-        standings = [
-            season.number,
-            [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines],
-        ]
-        standings_hash = _digest(standings)
-        if standings_hash != post.standings_hash:
-            post.standings_hash = standings_hash
-            post.changed_at = time.time()
-        guild = bot.guild
+        season = bot.services.seasons.current  # read once: a roll during the refresh must not mislabel the lines
+        lines = await bot.services.boards.lines(post.board, season=season.number)
+        # What readers see (formatted values): a change too small to show is no change.
+        shown = [season.number, [(line.user_id, line.name, format_value(post.board, line.value)) for line in lines]]
+        changed_at = await bot.services.boards.note_shown(post.board, shown)
         embed = leaderboard_embed(
             board=post.board,
             lines=lines,
-            arrow=bot.settings.arrow_emoji,
-            guild_icon_url=guild.icon.url if guild and guild.icon else None,
+            arrow=bot.services.settings.current.arrow_emoji,
+            guild_icon_url=guild_icon_url(bot.guild),
             season_number=season.number,
             season_ends_at=season.ends_at,
-            changed_at=post.changed_at,
+            changed_at=changed_at,
         )
         embed_hash = _digest(embed.to_dict())
         if post.message_id is None:
@@ -320,48 +347,6 @@ class _Throttled(disnake.HTTPException):
         self.status = 429 if retry_after else 504
         self.code = 0
         self.text = "rate limited" if retry_after else "timed out"
-
-
-class _RateLimitWatch(logging.Filter):
-    """Spots disnake announcing a long rate-limit sleep inside a watched refresh task, and
-    cancels that task so the scheduler can back off instead of hanging for the whole wait.
-    A global limit is never cut short: disnake only lifts its global lock after that sleep."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._watched: dict[asyncio.Future[None], Callable[[], bool]] = {}
-        self._long_waits: dict[asyncio.Future[None], float] = {}
-
-    def watch(self, task: asyncio.Future[None], no_global_limit: Callable[[], bool] = lambda: True) -> None:
-        self._watched[task] = no_global_limit
-
-    def pop(self, task: asyncio.Future[None]) -> float | None:
-        self._watched.pop(task, None)
-        return self._long_waits.pop(task, None)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("We are being rate limited") or not record.args:
-            return True
-        try:
-            task = asyncio.current_task()
-            retry_after = float(record.args[0])  # type: ignore[index]
-        except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
-            return True
-        if task in self._watched and retry_after > LONG_RATE_LIMIT_SECONDS:
-            # Decide once disnake has set up its sleep (and, for a global limit, its lock).
-            task.get_loop().call_soon(self._cancel_unless_global, task, retry_after)
-        return True
-
-    def _cancel_unless_global(self, task: asyncio.Future[None], retry_after: float) -> None:
-        no_global_limit = self._watched.get(task)
-        if no_global_limit is None or task.done() or not no_global_limit():
-            return
-        self._long_waits[task] = retry_after
-        task.cancel()
-
-
-_rate_limit_watch = _RateLimitWatch()
-logging.getLogger("disnake.http").addFilter(_rate_limit_watch)
 
 
 def setup(bot: LeaderboardBot) -> None:

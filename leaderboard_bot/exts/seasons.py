@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
-from ..bot import LeaderboardBot
-from ..db import Board, repository
+from ..config import Tunables
+from ..db import repository
+from ..domain import BOARDS, Board
 from ..services.backoff import Backoff
 from ..services.seasons import SeasonInfo
-from ..ui.embeds import final_standings_embed, notice_embed
+from ..ui.embeds import final_standings_embed, guild_icon_url, notice_embed
+
+if TYPE_CHECKING:
+    from ..bot import LeaderboardBot
 
 CONFIRM_ID = "leaderboard-reset:confirm"
 CANCEL_ID = "leaderboard-reset:cancel"
@@ -35,18 +41,28 @@ class Seasons(commands.Cog):
         # Per owed announcement, so a forbidden channel is retried but never hammered.
         self._retries: dict[str, Backoff] = {}
         self._posted: dict[str, int] = {}  # announcement key -> message id, posted by this process
-        self.season_loop.change_interval(seconds=check_interval(bot.settings.reset_period))
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def cog_load(self) -> None:
+        self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
+        self.season_loop.change_interval(seconds=check_interval(self.bot.services.settings.current.reset_period))
         self.season_loop.start()
 
     def cog_unload(self) -> None:
         self.season_loop.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+
+    def _on_settings(self, old: Tunables, new: Tunables) -> None:
+        if new.reset_period != old.reset_period:
+            self.season_loop.change_interval(seconds=check_interval(new.reset_period))
 
     # ------------------------------------------------------------------ automatic reset
 
     @tasks.loop(seconds=30)
     async def season_loop(self) -> None:
         try:
-            if self.bot.seasons.is_due():
+            if self.bot.services.seasons.is_due():
                 await self.end_season(reason="the season's time is up", only_if_due=True)
             else:
                 await self.announce_pending()
@@ -60,20 +76,18 @@ class Seasons(commands.Cog):
     async def end_season(
         self, *, reason: str, only_if_due: bool = False, expected: int | None = None
     ) -> SeasonInfo | None:
-        number = self.bot.seasons.current.number
-        finished = await self.bot.seasons.roll(reason=reason, only_if_due=only_if_due, expected=expected)
+        number = self.bot.services.seasons.current.number
+        finished = await self.bot.services.seasons.roll(reason=reason, only_if_due=only_if_due, expected=expected)
         if finished is None:
-            if self.bot.seasons.current.number == number:
+            if self.bot.services.seasons.current.number == number:
                 logger.warning("could not end season {}: writing activity failed; retrying soon", number)
             return None
-        # The season has ended whatever happens next; the loop retries anything owed.
+        # The season has ended whatever happens next; the loop retries anything owed. (The pinned
+        # boards follow through the season service's roll listeners.)
         try:
             await self.announce_pending()
         except Exception:
             logger.exception("announcing season {} failed; will retry", finished.number)
-        scheduler = self.bot.get_cog("Scheduler")
-        if scheduler is not None:
-            await scheduler.refresh_all(force=True)  # type: ignore[attr-defined]
         return finished
 
     async def announce_pending(self) -> None:
@@ -81,30 +95,26 @@ class Seasons(commands.Cog):
         Serialised: the loop and a manual reset may both get here at once, and must not both post."""
         async with self._announcing:
             blocked: set[Board] = set()  # a board still owing an earlier season waits, to keep the order
-            for season in await self.bot.seasons.unannounced():
+            for season in await self.bot.services.seasons.unannounced():
                 if await self._announce(season, blocked):
-                    await self.bot.seasons.mark_announced(season.number)
+                    await self.bot.services.seasons.mark_announced(season.number)
 
     async def _announce(self, season: SeasonInfo, blocked: set[Board]) -> bool:
         """Post what is still owed for ``season``; True once both boards are posted. Boards that
         cannot be posted now are added to ``blocked``."""
-        bot, settings = self.bot, self.bot.settings
-        guild = bot.guild
+        bot, guild_id = self.bot, self.bot.config.guild_id
         complete = True
-        targets: tuple[tuple[Board, int], ...] = (
-            ("messages", settings.chat_lb_channel_id),
-            ("voice", settings.vc_lb_channel_id),
-        )
-        for board, channel_id in targets:
+        for board in BOARDS:
+            channel_id = bot.services.settings.board_channel(board)
             key = f"season:{season.number}:final:{board}"
             if key in self._posted:
                 # Posted by this process; make sure the database knows before calling it done.
                 try:
-                    await bot.storage.run(repository.set_setting, settings.guild_id, key, self._posted[key])
+                    await bot.services.storage.run(repository.set_setting, guild_id, key, self._posted[key])
                 except Exception:
                     complete = False
                 continue
-            if await bot.storage.run(repository.get_setting, settings.guild_id, key):
+            if await bot.services.storage.run(repository.get_setting, guild_id, key):
                 continue  # already posted: each board is announced once, whatever happened to the other
             retry = self._retries.setdefault(key, Backoff(ANNOUNCE_FIRST_RETRY, ANNOUNCE_MAX_BACKOFF))
             if board in blocked or retry.waiting():
@@ -117,9 +127,9 @@ class Seasons(commands.Cog):
                     raise _NoChannel
                 embed = final_standings_embed(
                     board=board,
-                    lines=await bot.board_lines(board, season=season.number),
-                    arrow=settings.arrow_emoji,
-                    guild_icon_url=guild.icon.url if guild and guild.icon else None,
+                    lines=await bot.services.boards.lines(board, season=season.number),
+                    arrow=bot.services.settings.current.arrow_emoji,
+                    guild_icon_url=guild_icon_url(bot.guild),
                     season_number=season.number,
                     started_at=season.started_at,
                     ended_at=season.ended_at or season.ends_at,
@@ -143,7 +153,7 @@ class Seasons(commands.Cog):
             self._posted[key] = message.id
             self._retries.pop(key, None)
             try:
-                await bot.storage.run(repository.set_setting, settings.guild_id, key, message.id)
+                await bot.services.storage.run(repository.set_setting, guild_id, key, message.id)
             except Exception as error:
                 logger.warning("could not record the season {} announcement ({}); will retry", season.number, error)
                 complete = False
@@ -168,7 +178,7 @@ class Seasons(commands.Cog):
                 ephemeral=True,
             )
             return
-        season = self.bot.seasons.current
+        season = self.bot.services.seasons.current
         view = ConfirmReset(self, inter, season.number)
         await inter.response.send_message(
             embed=notice_embed(
@@ -229,7 +239,7 @@ class ConfirmReset(disnake.ui.View):
         except Exception:
             logger.bind(user_id=inter.author.id).exception("/leaderboard reset failed")
             finished = None
-        current = self.cog.bot.seasons.current.number
+        current = self.cog.bot.services.seasons.current.number
         if finished is not None:
             text = (
                 f"Season {finished.number} is archived and its final standings are posted. Season {current} has begun."

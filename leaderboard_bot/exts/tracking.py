@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
-from ..bot import LeaderboardBot
+from ..config import Tunables
 from ..services.voice import VoicePresence
+
+if TYPE_CHECKING:
+    from ..bot import LeaderboardBot
 
 MEMBER_QUERY_BATCH = 100  # Discord's cap on user_ids per request
 MEMBER_QUERY_TIMEOUT = 10.0
@@ -32,20 +37,31 @@ def voice_presence(guild: disnake.Guild, state: disnake.VoiceState, *, is_bot: b
 class Tracking(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
-        self.tracker = bot.tracker
-        self.guild_id = bot.settings.guild_id
+        self.tracker = bot.services.activity
+        self.names = bot.services.names
+        self.guild_id = bot.config.guild_id
         self._contact_epoch = 0
-        self.flush_loop.change_interval(seconds=bot.settings.flush_interval)
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def cog_load(self) -> None:
+        self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
+        self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()
 
     def cog_unload(self) -> None:
         self.flush_loop.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+
+    def _on_settings(self, old: Tunables, new: Tunables) -> None:
+        if new.flush_interval != old.flush_interval:
+            self.flush_loop.change_interval(seconds=new.flush_interval)
 
     @tasks.loop(seconds=5)
     async def flush_loop(self) -> None:
         # flush() keeps data on failure; this guard keeps the schedule alive on anything else.
         try:
-            await self.tracker.flush()
+            await self.bot.services.seasons.flush()
         except Exception:
             logger.exception("flush failed unexpectedly; will retry on the next interval")
 
@@ -59,7 +75,7 @@ class Tracking(commands.Cog):
         if author.bot or message.webhook_id is not None or message.type not in COUNTED_MESSAGE_TYPES:
             return
         if self.tracker.record_message(author.id):
-            self.tracker.remember_name(author.id, author.display_name, author.name)
+            self.names.remember(author.id, author.display_name, author.name)
 
     # ------------------------------------------------------------------ voice
 
@@ -70,7 +86,7 @@ class Tracking(commands.Cog):
         if member.guild.id != self.guild_id:
             return
         if not member.bot:
-            self.tracker.remember_name(member.id, member.display_name, member.name)
+            self.names.remember(member.id, member.display_name, member.name)
         self.tracker.record_voice(member.id, voice_presence(member.guild, after, is_bot=member.bot))
 
     @commands.Cog.listener()
@@ -133,7 +149,7 @@ class Tracking(commands.Cog):
                     continue
                 actual[user_id] = presence
                 if member is not None and not member.bot:
-                    self.tracker.remember_name(member.id, member.display_name, member.name)
+                    self.names.remember(member.id, member.display_name, member.name)
         before = self.tracker.voice.counting_users()
         self.tracker.reconcile_voice(actual)
         logger.info(

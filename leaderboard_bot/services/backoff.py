@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Backoff:
-    base: float  # the first wait
+    base: float | Callable[[], float]  # the first wait (a callable is read live, at each failure)
     maximum: float  # waits double up to this
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     until: float = 0.0
@@ -24,7 +24,8 @@ class Backoff:
         """Record a failure; returns the wait before the next try and whether this is the first
         failure of the streak (the one worth a warning)."""
         self.failures += 1
-        delay = max(at_least, min(self.maximum, self.base * 2 ** (self.failures - 1)))
+        base = self.base() if callable(self.base) else self.base
+        delay = max(at_least, min(self.maximum, base * 2 ** (self.failures - 1)))
         self.until = self.clock() + delay
         first, self.warned = not self.warned, True
         return delay, first

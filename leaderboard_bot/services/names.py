@@ -1,69 +1,102 @@
-"""Display names for boards: live data first, then the last name we stored, then Discord.
+"""Members' display names: live member first, then the last name stored, then a lookup on Discord.
 
-Members who left still get a name (the one we kept, or their account name), never an ID.
+Members who left still get a name (the one we kept, or their account name), never an ID. Names
+seen live are remembered here and handed to the next flush only when they changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
+from typing import Protocol
 
 from loguru import logger
 
 from ..db import Storage, repository
-from .activity import ActivityService
-
-NameInfo = tuple[str, str | None]  # (display name, username)
-LiveLookup = Callable[[int], NameInfo | None]
-Fetcher = Callable[[int], Awaitable[NameInfo | None]]
-
-UNKNOWN_MEMBER = "Unknown member"
+from ..domain import UNKNOWN_MEMBER, NameInfo
 
 
-class NameDirectory:
+class NameSource(Protocol):
+    """The port the bot implements: what Discord knows about a member's name."""
+
+    def live_name(self, user_id: int) -> NameInfo | None:
+        """From the member cache, without I/O; None when the member is not cached."""
+
+    async def fetch_name(self, user_id: int) -> NameInfo | None:
+        """Asked of Discord (member, then user); None when there is no such user."""
+
+
+class NameService:
     def __init__(
         self,
         storage: Storage,
-        tracker: ActivityService,
         *,
-        live: LiveLookup | None = None,
-        fetch: Fetcher | None = None,
+        guild_id: int,
+        source: NameSource | None = None,
         max_fetches_per_call: int = 10,
     ) -> None:
         self.storage = storage
-        self.tracker = tracker
-        self.live = live
-        self.fetch = fetch
+        self.guild_id = guild_id
+        self.source = source
         self.max_fetches_per_call = max_fetches_per_call
+        self._known: dict[int, NameInfo] = {}
+        self._unwritten: dict[int, NameInfo] = {}
         self._unfetchable: set[int] = set()
+
+    # ------------------------------------------------------------------ what was seen
+
+    def remember(self, user_id: int, display_name: str, username: str | None) -> None:
+        """Keep the latest name; it is written with the next flush only when it changed."""
+        entry = (display_name, username)
+        if self._known.get(user_id) != entry:
+            self._known[user_id] = entry
+            self._unwritten[user_id] = entry
+
+    def known_name(self, user_id: int) -> str | None:
+        entry = self._known.get(user_id)
+        return entry[0] if entry else None
+
+    def take_unwritten(self) -> dict[int, NameInfo]:
+        """Hand the changed names to a flush (give them back with :meth:`restore_unwritten` if it fails)."""
+        names, self._unwritten = self._unwritten, {}
+        return names
+
+    def restore_unwritten(self, names: dict[int, NameInfo]) -> None:
+        self._unwritten = {**names, **self._unwritten}  # a newer name seen meanwhile wins
+
+    def unwritten(self) -> dict[int, NameInfo]:
+        return dict(self._unwritten)
+
+    # ------------------------------------------------------------------ lookups
 
     async def resolve(self, user_ids: Iterable[int]) -> dict[int, str]:
         ids = list(dict.fromkeys(user_ids))
         found: dict[int, str] = {}
+        source = self.source
         for user_id in ids:
-            info = self.live(user_id) if self.live else None
+            info = source.live_name(user_id) if source else None
             if info is not None:
-                self.tracker.remember_name(user_id, *info)
+                self.remember(user_id, *info)
                 found[user_id] = info[0]
-            elif (known := self.tracker.known_name(user_id)) is not None:
+            elif (known := self.known_name(user_id)) is not None:
                 found[user_id] = known
         missing = [u for u in ids if u not in found]
         if missing:
-            found.update(await self.storage.run(repository.names, self.tracker.guild_id, missing))
+            found.update(await self.storage.run(repository.names, self.guild_id, missing))
         fetches = 0
         for user_id in ids:
-            if user_id in found or self.fetch is None or user_id in self._unfetchable:
+            if user_id in found or source is None or user_id in self._unfetchable:
                 continue
             if fetches >= self.max_fetches_per_call:
                 break
             fetches += 1
             try:
-                info = await self.fetch(user_id)
+                info = await source.fetch_name(user_id)
             except Exception as error:
                 logger.warning("could not fetch the name of {}: {}", user_id, error)
                 info = None
             if info is None:
                 self._unfetchable.add(user_id)
                 continue
-            self.tracker.remember_name(user_id, *info)
+            self.remember(user_id, *info)
             found[user_id] = info[0]
         return {u: found.get(u, UNKNOWN_MEMBER) for u in ids}

@@ -1,4 +1,4 @@
-"""Ranked boards with a TTL/LRU cache in front of the database.
+"""Ranked tops and members' standings, with a TTL/LRU cache in front of the database.
 
 The cache lives on the event loop only (cachetools is not thread-safe), and every flush that
 touches a board drops that board's entries, so a reader never sees counts older than the last
@@ -10,19 +10,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
-from ..db import ActivityBatch, Board, RankedEntry, Storage, repository
+from ..db import Storage, repository
+from ..domain import BOARDS, ActivityBatch, Board, RankedEntry
 from .activity import ActivityService
-
-BOARDS: tuple[Board, ...] = get_args(Board)
+from .seasons import SeasonService
 
 
 class TopCache:
-    def __init__(self, ttl: float, *, maxsize: int = 128, timer: Callable[[], float] = time.monotonic) -> None:
-        self._cache: TTLCache[Hashable, Any] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+    def __init__(
+        self, ttl: Callable[[], float], *, maxsize: int = 128, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        # The TTL is read at every insert, so a changed CACHE_TTL applies from the next entry.
+        self._cache: TLRUCache[Hashable, Any] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, _value, now: now + ttl(), timer=timer
+        )
         self.hits = 0
         self.misses = 0
 
@@ -64,11 +69,13 @@ class Standing:
 
 
 class Rankings:
-    def __init__(self, storage: Storage, tracker: ActivityService, cache: TopCache) -> None:
+    def __init__(self, storage: Storage, activity: ActivityService, seasons: SeasonService, cache: TopCache) -> None:
         self.storage = storage
-        self.tracker = tracker
+        self.activity = activity
+        self.seasons = seasons
         self.cache = cache
-        tracker.add_flush_listener(self.on_flush)
+        activity.add_flush_listener(self.on_flush)
+        seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
     def on_flush(self, batch: ActivityBatch) -> None:
         if batch.messages:
@@ -76,33 +83,35 @@ class Rankings:
         if batch.voice:
             self.cache.invalidate("voice")
 
-    async def top(self, board: Board, limit: int) -> list[RankedEntry]:
-        key = (board, self.tracker.season, limit)
+    async def top(self, board: Board, limit: int, season: int | None = None) -> list[RankedEntry]:
+        """The top ``limit`` of a season (the current one by default)."""
+        season = self.seasons.current_number() if season is None else season
+        key = (board, season, limit)
         cached = self.cache.get(key)
         if cached is not None:
             return list(cached)
-        entries = await self.storage.run(repository.top, self.tracker.guild_id, self.tracker.season, board, limit)
+        entries = await self.storage.run(repository.top, self.activity.guild_id, season, board, limit)
         self.cache.put(key, tuple(entries))
         return entries
 
     async def rank(self, board: Board, user_id: int, season: int | None = None) -> int | None:
-        season = self.tracker.season if season is None else season
-        return await self.storage.run(repository.rank_of, self.tracker.guild_id, season, board, user_id)
+        season = self.seasons.current_number() if season is None else season
+        return await self.storage.run(repository.rank_of, self.activity.guild_id, season, board, user_id)
 
     async def standing(self, user_id: int, season: int | None = None) -> Standing:
         """The member's season (the current one by default). Stored totals and buffers are read
         with no flush in between, so nothing is counted twice or nowhere."""
-        async with self.tracker.quiescent():
-            current = self.tracker.season
+        async with self.activity.quiescent():
+            current = self.seasons.current_number()
             season = current if season is None else season
-            guild = self.tracker.guild_id
+            guild = self.activity.guild_id
             messages, voice = await self.storage.run(repository.member_totals, guild, season, user_id)
             ranks = [await self.rank(board, user_id, season) for board in BOARDS]
             if season == current:  # buffered and live activity belongs to the current season only
-                messages += self.tracker.pending_messages(user_id)
-                voice += self.tracker.unflushed_voice_seconds(user_id)
-            presence = self.tracker.voice.presence(user_id)
-            counting = self.tracker.voice.is_counting(user_id)
+                messages += self.activity.pending_messages(user_id)
+                voice += self.activity.unflushed_voice_seconds(user_id)
+            presence = self.activity.voice.presence(user_id)
+            counting = self.activity.voice.is_counting(user_id)
             return Standing(
                 user_id=user_id,
                 season=season,
@@ -111,5 +120,5 @@ class Rankings:
                 message_rank=ranks[BOARDS.index("messages")],
                 voice_rank=ranks[BOARDS.index("voice")],
                 live_voice_channel_id=presence.channel_id if presence else None,
-                live_session_seconds=self.tracker.live_session_seconds(user_id) if counting else None,
+                live_session_seconds=self.activity.live_session_seconds(user_id) if counting else None,
             )

@@ -1,5 +1,7 @@
-"""Seasons: the leaderboards restart every RESET_PERIOD. The clock is stored in the database, so
-restarts never move the reset, and a bot that was down at reset time resets when it is back."""
+"""The one owner of the current season: which it is, when it ends, and ending it.
+
+The leaderboards restart every RESET_PERIOD. The clock is stored in the database, so restarts
+never move the reset, and a bot that was down at reset time resets when it is back."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ..db import SeasonRoll, Storage, repository
+from ..db import Storage, repository
+from ..domain import SeasonRoll
 from .activity import ActivityService
+from .settings import RuntimeSettings
 
 Clock = Callable[[], float]
 RollListener = Callable[["SeasonInfo", "SeasonInfo"], Awaitable[None] | None]
@@ -35,30 +39,46 @@ def _info(row: object) -> SeasonInfo:
 
 
 class SeasonService:
-    def __init__(self, storage: Storage, tracker: ActivityService, *, period: float, clock: Clock = time.time) -> None:
+    def __init__(
+        self, storage: Storage, activity: ActivityService, settings: RuntimeSettings, *, clock: Clock = time.time
+    ) -> None:
         self.storage = storage
-        self.tracker = tracker
-        self.period = period
+        self.activity = activity
+        self.settings = settings
         self.clock = clock
-        self.current = SeasonInfo(number=1, started_at=clock(), ends_at=clock() + period)
+        self.current = SeasonInfo(number=1, started_at=clock(), ends_at=clock() + self.period)
         self._lock = asyncio.Lock()
         self._listeners: list[RollListener] = []
 
-    def add_roll_listener(self, listener: RollListener) -> None:
+    @property
+    def period(self) -> float:
+        return self.settings.current.reset_period
+
+    def current_number(self) -> int:
+        """The season buffered activity belongs to (what a flush writes into)."""
+        return self.current.number
+
+    async def flush(self, now: float | None = None) -> bool:
+        """Write buffered activity into the current season."""
+        return await self.activity.flush(self.current_number, now)
+
+    def add_roll_listener(self, listener: RollListener) -> Callable[[], None]:
+        """Call ``listener(finished, current)`` after each roll; returns a function that removes it."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     async def load(self) -> SeasonInfo:
-        """Open (or create) the current season and point the tracker at it."""
-        row = await self.storage.run(repository.ensure_season, self.tracker.guild_id, self.clock(), self.period)
+        """Open (or create) the current season."""
+        guild_id = self.activity.guild_id
+        row = await self.storage.run(repository.ensure_season, guild_id, self.clock(), self.period)
         info = _info(row)
         if abs(info.ends_at - (info.started_at + self.period)) > 1e-6:
             # RESET_PERIOD was changed: the running season follows the new length.
             ends_at = info.started_at + self.period
-            await self.storage.run(repository.set_season_end, self.tracker.guild_id, info.number, ends_at)
+            await self.storage.run(repository.set_season_end, guild_id, info.number, ends_at)
             logger.info("season {} now ends at {} (RESET_PERIOD changed)", info.number, ends_at)
             info = SeasonInfo(info.number, info.started_at, ends_at)
         self.current = info
-        self.tracker.season = info.number
         return info
 
     def is_due(self, now: float | None = None) -> bool:
@@ -71,15 +91,17 @@ class SeasonService:
         split here), archive it and open the next, all in one transaction. Returns the finished
         season, or None when nothing changed: the write failed (the caller retries later), or the
         season was no longer due / no longer ``expected`` because another reset won the race."""
-        async with self._lock:
+        async with self._lock, self.activity.quiescent():
             now = self.clock() if now is None else now
             finished = self.current
             if (only_if_due and not self.is_due(now)) or (expected is not None and expected != finished.number):
                 return None
-            roll = SeasonRoll(number=finished.number, ended_at=now, period=self.period)
-            if not await self.tracker.flush(now, roll=roll):
+            period = self.period
+            roll = SeasonRoll(number=finished.number, ended_at=now, period=period)
+            if not await self.activity.write_locked(finished.number, now, roll=roll):
                 return None
-            self.current = SeasonInfo(number=finished.number + 1, started_at=now, ends_at=now + self.period)
+            # Still under the write lock: no flush can write into the finished season after this.
+            self.current = SeasonInfo(number=finished.number + 1, started_at=now, ends_at=now + period)
             finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
             logger.info("season {} ended ({}); season {} started", finished.number, reason, self.current.number)
         for listener in self._listeners:
@@ -93,8 +115,8 @@ class SeasonService:
 
     async def unannounced(self) -> list[SeasonInfo]:
         """Finished seasons whose final standings were not posted yet (e.g. a crash mid-reset)."""
-        rows = await self.storage.run(repository.unannounced_seasons, self.tracker.guild_id)
+        rows = await self.storage.run(repository.unannounced_seasons, self.activity.guild_id)
         return [_info(r) for r in rows]
 
     async def mark_announced(self, number: int) -> None:
-        await self.storage.run(repository.mark_season_announced, self.tracker.guild_id, number)
+        await self.storage.run(repository.mark_season_announced, self.activity.guild_id, number)

@@ -10,10 +10,19 @@ another one alone. Counted time accrues into intervals that a flush collects.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ..db.repository import SessionClose, SessionOpen
+from ..domain import SessionClose, SessionOpen
+
+
+@dataclass(frozen=True)
+class VoiceRules:
+    """Which voice time counts besides plain presence (VOICE_COUNT_DEAFENED, VOICE_COUNT_ALONE)."""
+
+    count_deafened: bool = False
+    count_alone: bool = True
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,9 @@ class VoiceDrain:
 
 
 class VoiceTracker:
-    def __init__(self, *, count_deafened: bool, count_alone: bool) -> None:
-        self.count_deafened = count_deafened
-        self.count_alone = count_alone
+    def __init__(self, rules: Callable[[], VoiceRules] = VoiceRules) -> None:
+        # Read at every decision, so a runtime change applies from the next re-evaluation.
+        self.rules = rules
         self._presence: dict[int, VoicePresence] = {}
         self._open: dict[int, _OpenSession] = {}
         self._pending = VoiceDrain()
@@ -124,6 +133,10 @@ class VoiceTracker:
         self._suspended = False
         self._reevaluate({p.channel_id for p in self._presence.values()}, now)
 
+    def rules_changed(self, now: float) -> None:
+        """The counting rules changed: decide again for everyone, from ``now``."""
+        self._reevaluate({p.channel_id for p in self._presence.values()}, now)
+
     def stop_all(self, now: float) -> None:
         """Close every session at ``now`` (shutdown): the members are no longer watched."""
         for user_id in list(self._open):
@@ -149,12 +162,12 @@ class VoiceTracker:
 
     # ------------------------------------------------------------------ internals
 
-    def _should_count(self, user_id: int, presence: VoicePresence) -> bool:
+    def _should_count(self, user_id: int, presence: VoicePresence, rules: VoiceRules) -> bool:
         if presence.is_bot:
             return False
-        if presence.deafened and not self.count_deafened:
+        if presence.deafened and not rules.count_deafened:
             return False
-        if not self.count_alone:
+        if not rules.count_alone:
             company = any(
                 other != user_id and p.channel_id == presence.channel_id and not p.is_bot
                 for other, p in self._presence.items()
@@ -165,9 +178,10 @@ class VoiceTracker:
 
     def _reevaluate(self, channels: set[int], now: float, also: set[int] | None = None) -> None:
         users = {u for u, p in self._presence.items() if p.channel_id in channels} | (also or set())
+        rules = self.rules()
         for user_id in sorted(users):
             presence = self._presence.get(user_id)
-            should = presence is not None and not self._suspended and self._should_count(user_id, presence)
+            should = presence is not None and not self._suspended and self._should_count(user_id, presence, rules)
             session = self._open.get(user_id)
             if session is not None and (not should or presence is None or session.channel_id != presence.channel_id):
                 self._close(user_id, now)

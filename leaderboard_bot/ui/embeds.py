@@ -7,15 +7,12 @@ edit when they match, so identical inputs must give identical embeds.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import disnake
 
-from leaderboard_bot.db.repository import Board
-from leaderboard_bot.ui.format import (
-    UNKNOWN_MEMBER,
+from ..domain import CONTROL_CHARACTERS, UNKNOWN_MEMBER, Board, BoardLine
+from .format import (
     discord_timestamp,
     display_name,
     format_count,
@@ -31,6 +28,7 @@ __all__ = [
     "final_standings_embed",
     "format_line",
     "format_value",
+    "guild_icon_url",
     "leaderboard_embed",
     "notice_embed",
     "stats_embed",
@@ -51,18 +49,6 @@ EMPTY_BOARD_TEXT: dict[str, str] = {
 }
 EMPTY_FINAL_TEXT = "Nobody made it onto this board this season."
 NO_CHANGE_YET = "—"
-
-# Titles are not markdown-rendered, so only line breaks / control characters need removing.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
-@dataclass(frozen=True)
-class BoardLine:
-    rank: int
-    name: str  # raw display name, escaped when rendered
-    user_id: int
-    value: float
-
 
 def board_title(board: Board) -> str:
     return "Message Leaderboard" if board == "messages" else "Voice Leaderboard"
@@ -109,8 +95,14 @@ def _clip(text: str, limit: int) -> str:
 
 def _plain_name(name: str, limit: int) -> str:
     """Single-line name for places where markdown is not rendered (titles), truncated to ``limit``."""
-    cleaned = _CONTROL_RE.sub(" ", name).strip() or UNKNOWN_MEMBER
+    # Titles are not markdown-rendered, so only line breaks / control characters need removing.
+    cleaned = CONTROL_CHARACTERS.sub(" ", name).strip() or UNKNOWN_MEMBER
     return _clip(cleaned, limit)
+
+
+def guild_icon_url(guild: disnake.Guild | None) -> str | None:
+    """The server's icon, the thumbnail of every leaderboard and final-standings embed."""
+    return guild.icon.url if guild is not None and guild.icon is not None else None
 
 
 def _base_embed(*, title: str, description: str | None, thumbnail_url: str | None) -> disnake.Embed:

@@ -6,17 +6,16 @@ import logging
 import math
 import re
 
+from ..domain import CONTROL_CHARACTERS, UNKNOWN_MEMBER
+
 # Discord's own limit for usernames / nicknames.
 NAME_MAX_LEN = 32
-UNKNOWN_MEMBER = "Unknown member"
 TIMESTAMP_STYLES = frozenset("tTdDfFR")
 
 log = logging.getLogger(__name__)
 
 _ZWSP = "\u200b"
 
-# Line breaks and other control characters would break the one-line-per-member layout.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # Characters that render as nothing; a name made only of these (e.g. the Hangul filler
 # trick) is as good as blank for readers.
 _INVISIBLE = "\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff"
@@ -59,7 +58,7 @@ def _clean(name: str | None) -> str | None:
     """Single-line, stripped name, or None if nothing visible is left."""
     if name is None:
         return None
-    text = _CONTROL_RE.sub(" ", name).strip()
+    text = CONTROL_CHARACTERS.sub(" ", name).strip()
     if all(ch.isspace() or ch in _INVISIBLE for ch in text):
         return None
     return text

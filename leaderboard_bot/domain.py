@@ -1,0 +1,77 @@
+"""Plain types every layer shares (db, services, ui, exts): boards, ranked entries, batches, names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+Board = Literal["messages", "voice"]
+BOARDS: tuple[Board, ...] = get_args(Board)
+
+NameInfo = tuple[str, str | None]  # (display name, username)
+
+# What a member without any usable name is called; a raw ID means nothing to readers.
+UNKNOWN_MEMBER = "Unknown member"
+
+# Line breaks and other control characters would break one-line layouts (board lines, titles).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+@dataclass(frozen=True)
+class RankedEntry:
+    user_id: int
+    value: float
+
+
+@dataclass(frozen=True)
+class BoardLine:
+    """One ranked line of a board, with the member's raw display name (escaped when rendered)."""
+
+    rank: int
+    name: str
+    user_id: int
+    value: float
+
+
+@dataclass(frozen=True)
+class SessionOpen:
+    key: str
+    user_id: int
+    channel_id: int
+    started_at: float
+
+
+@dataclass(frozen=True)
+class SessionClose:
+    key: str
+    ended_at: float
+
+
+@dataclass(frozen=True)
+class SeasonRoll:
+    """Ends season ``number`` at ``ended_at`` and opens the next, in the same transaction as the
+    batch that closes the finished season's counts."""
+
+    number: int
+    ended_at: float
+    period: float
+
+
+@dataclass
+class ActivityBatch:
+    """Everything one flush writes, in one transaction."""
+
+    guild_id: int
+    season: int
+    heartbeat_at: float
+    messages: dict[tuple[str, int], int] = field(default_factory=dict)  # (day, user) -> count
+    voice: dict[tuple[str, int], float] = field(default_factory=dict)  # (day, user) -> seconds
+    opened: list[SessionOpen] = field(default_factory=list)
+    closed: list[SessionClose] = field(default_factory=list)
+    names: dict[int, NameInfo] = field(default_factory=dict)  # user -> (display, username)
+    roll: SeasonRoll | None = None
+    recovery_id: str | None = None  # set when re-applying a saved batch: marks it as applied
+
+    def is_empty(self) -> bool:
+        return not (self.messages or self.voice or self.opened or self.closed or self.names)

@@ -1,0 +1,130 @@
+"""Answering slash commands in time, and the apology when something breaks (the error handler).
+
+Every answer goes through :func:`respond_in_time`, so a slow database turns into a "thinking…"
+state instead of Discord's "The application did not respond", and an unexpected error turns into
+a short apology instead of silence. The cog is the bot-wide handler for errors raised outside it
+(option conversion, checks, bugs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import disnake
+from disnake.ext import commands
+from loguru import logger
+
+from ..ui.embeds import notice_embed
+
+if TYPE_CHECKING:
+    from ..bot import LeaderboardBot
+
+# Discord drops an interaction that is not acknowledged within 3 s; deferring at 1.5 s leaves
+# room for a slow network on the way to Discord.
+DEFER_AFTER = 1.5
+
+APOLOGY = "Sorry, something went wrong while building that. Please try again in a moment."
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command wants to say; :func:`respond_in_time` decides how to deliver it."""
+
+    embed: disnake.Embed
+    ephemeral: bool = False
+
+
+async def respond_in_time(
+    inter: disnake.Interaction,
+    work: Coroutine[Any, Any, Reply],
+    *,
+    command: str,
+    defer_after: float = DEFER_AFTER,
+) -> None:
+    """Run ``work`` and deliver its reply within Discord's 3-second window.
+
+    Fast work is sent as the response itself (so ephemeral replies stay ephemeral). Work still
+    running after ``defer_after`` seconds gets a public defer, then the original response is
+    edited with the result. Any exception is logged with context and answered with an apology;
+    nothing escapes, so the caller never leaves the interaction unanswered.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=defer_after)
+        if not done:
+            await inter.response.defer()
+        reply = await task
+        if inter.response.is_done():
+            # Deferred publicly: the reply can no longer become ephemeral. Every ephemeral reply
+            # (bots, DMs) is decided without I/O, so it is always sent on the fast path.
+            await inter.edit_original_response(embed=reply.embed)
+        else:
+            await inter.response.send_message(embed=reply.embed, ephemeral=reply.ephemeral)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this command itself is being cancelled (shutdown): do not answer
+        # Only the work was cancelled, by something else: the member still deserves an answer.
+        logger.bind(command=command, user_id=inter.author.id).warning(
+            "/{} was cancelled for user {}", command, inter.author.id
+        )
+        await apologise(inter)
+    except Exception:
+        logger.bind(command=command, user_id=inter.author.id).exception(
+            "/{} failed for user {}", command, inter.author.id
+        )
+        await apologise(inter)
+    finally:
+        # Only reached with a pending task when this coroutine itself was cancelled.
+        if not task.done():
+            task.cancel()
+
+
+async def report_command_error(inter: disnake.ApplicationCommandInteraction, error: BaseException) -> None:
+    """Log a failed command with its context and apologise to the member, privately."""
+    command = inter.application_command.qualified_name if inter.application_command else "?"
+    logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
+        "/{} failed for user {}", command, inter.author.id
+    )
+    await apologise(inter)
+
+
+async def apologise(inter: disnake.Interaction) -> None:
+    """Tell the member something broke, privately. After a public defer the "thinking…" message is
+    removed and the apology follows as an ephemeral message (ephemerality is fixed by the defer)."""
+    embed = notice_embed(APOLOGY)
+    try:
+        if not inter.response.is_done():
+            await inter.response.send_message(embed=embed, ephemeral=True)
+            return
+        try:
+            await inter.delete_original_response()
+        except disnake.HTTPException:
+            await inter.edit_original_response(embed=embed)  # cannot remove it: turn it into the apology
+            return
+        await inter.followup.send(embed=embed, ephemeral=True)
+    except Exception:
+        # Discord itself is failing (or the interaction expired): the log is all that is left.
+        logger.opt(exception=True).warning("could not send the apology for interaction {}", inter.id)
+
+
+async def ready(reply: Reply) -> Reply:
+    """An already-built reply, for :func:`respond_in_time`."""
+    return reply
+
+
+class Errors(commands.Cog):
+    """The one handler for command errors that escape a command: logged, and apologised for."""
+
+    @commands.Cog.listener()
+    async def on_slash_command_error(
+        self, inter: disnake.ApplicationCommandInteraction, error: commands.CommandError
+    ) -> None:
+        await report_command_error(inter, error)
+
+
+def setup(bot: LeaderboardBot) -> None:
+    bot.add_cog(Errors())

@@ -1,0 +1,90 @@
+"""Builds the services from the boot settings and connects them; no Discord needed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings, SpamLimit, Tunables, sqlite_path
+from ..db import Storage
+from .activity import ActivityService
+from .boards import BoardService
+from .names import NameService, NameSource
+from .ranking import Rankings, TopCache
+from .ratelimit import MessageGuard, NullGuard, SpamGuard
+from .recovery import RecoveryFile
+from .seasons import SeasonService
+from .settings import RuntimeSettings
+from .voice import VoiceRules, VoiceTracker
+
+
+def recovery_file(database_url: str) -> RecoveryFile | None:
+    """Where a shutdown that cannot reach the database saves what it could not write."""
+    path = sqlite_path(database_url)
+    return None if path == ":memory:" else RecoveryFile(Path(path + ".unsaved.json"))
+
+
+def build_guard(limit: SpamLimit | None) -> MessageGuard:
+    return NullGuard() if limit is None else SpamGuard(limit.burst, limit.refill_rate)
+
+
+def voice_rules(settings: RuntimeSettings) -> Callable[[], VoiceRules]:
+    def rules() -> VoiceRules:
+        current = settings.current
+        return VoiceRules(count_deafened=current.voice_count_deafened, count_alone=current.voice_count_alone)
+
+    return rules
+
+
+@dataclass
+class Services:
+    settings: RuntimeSettings
+    storage: Storage
+    names: NameService
+    activity: ActivityService
+    seasons: SeasonService
+    rankings: Rankings
+    boards: BoardService
+
+    async def open(self) -> None:
+        """Open the database and restore state (seasons, saved counts, board history)."""
+        await self.storage.open()
+        await self.seasons.load()
+        await self.activity.start()
+        await self.boards.load()
+
+
+def build_services(
+    config: Settings, storage: Storage, source: NameSource | None, *, clock: Callable[[], float] = time.time
+) -> Services:
+    settings = RuntimeSettings(config.tunables)
+    guild_id = config.guild_id
+    names = NameService(storage, guild_id=guild_id, source=source)
+    activity = ActivityService(
+        storage,
+        guild_id=guild_id,
+        voice=VoiceTracker(voice_rules(settings)),
+        guard=build_guard(settings.current.spam_limit),
+        names=names,
+        clock=clock,
+        recovery=recovery_file(config.database_url),
+    )
+    seasons = SeasonService(storage, activity, settings, clock=clock)
+    rankings = Rankings(storage, activity, seasons, TopCache(lambda: settings.current.cache_ttl))
+    boards = BoardService(
+        storage, guild_id=guild_id, rankings=rankings, names=names, seasons=seasons, settings=settings, clock=clock
+    )
+
+    def apply(old: Tunables, new: Tunables) -> None:
+        if (new.voice_count_deafened, new.voice_count_alone) != (old.voice_count_deafened, old.voice_count_alone):
+            activity.voice.rules_changed(clock())
+        if new.spam_limit != old.spam_limit:
+            if new.spam_limit is not None and isinstance(activity.guard, SpamGuard):
+                activity.guard.reconfigure(new.spam_limit.burst, new.spam_limit.refill_rate)
+            else:
+                activity.guard = build_guard(new.spam_limit)
+
+    settings.subscribe(apply)
+    return Services(settings, storage, names, activity, seasons, rankings, boards)
