@@ -17,8 +17,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from leaderboard_bot.db import ActivityBatch, Storage, repository
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.domain import ActivityBatch
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.ratelimit import NullGuard, SpamGuard
 from leaderboard_bot.services.voice import VoiceTracker, utc_day
 
@@ -27,14 +29,22 @@ GUILD = 1
 
 async def batched(storage: Storage, users: list[int], flush_every: int) -> float:
     service = ActivityService(
-        storage, guild_id=GUILD, voice=VoiceTracker(count_deafened=False, count_alone=True), guard=NullGuard()
+        storage,
+        guild_id=GUILD,
+        voice=VoiceTracker(),
+        guard=NullGuard(),
+        names=NameService(storage, guild_id=GUILD),
     )
+
+    def season() -> int:
+        return 1
+
     start = time.perf_counter()
     for i, user in enumerate(users, start=1):
         service.record_message(user)
         if i % flush_every == 0:
-            await service.flush()
-    await service.flush()
+            await service.flush(season)
+    await service.flush(season)
     return time.perf_counter() - start
 
 

@@ -42,7 +42,7 @@ async def run(settings: Settings) -> int:
 
     loop.set_exception_handler(quiet_shutdown_noise)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: _request_close(bot, s))
+        loop.add_signal_handler(sig, _request_close, bot, sig)
     try:
         try:
             await bot.prepare()

@@ -10,6 +10,7 @@ from leaderboard_bot.config import (
     ConfigError,
     Settings,
     SpamLimit,
+    Tunables,
     load_settings,
     parse_bool,
     parse_duration,
@@ -199,25 +200,27 @@ def test_defaults_with_only_token() -> None:
     assert settings == Settings(
         bot_token=TOKEN,
         guild_id=1315029949211738222,
-        chat_lb_channel_id=1404855785183252572,
-        vc_lb_channel_id=1404855743596728374,
         database_url="sqlite:///leaderboard.db",
-        flush_interval=5.0,
-        update_interval=60.0,
-        reset_period=30 * 86400.0,
-        spam_limit=SpamLimit(burst=5, per_seconds=5.0),
-        voice_count_deafened=False,
-        voice_count_alone=True,
         log_level="INFO",
         log_format="auto",
-        arrow_emoji="<a:purp_arrow:1403295268505522187>",
-        leaderboard_size=10,
-        cache_ttl=30.0,
+        tunables=Tunables(
+            chat_lb_channel_id=1404855785183252572,
+            vc_lb_channel_id=1404855743596728374,
+            flush_interval=5.0,
+            update_interval=60.0,
+            reset_period=30 * 86400.0,
+            spam_limit=SpamLimit(burst=5, per_seconds=5.0),
+            voice_count_deafened=False,
+            voice_count_alone=True,
+            arrow_emoji="<a:purp_arrow:1403295268505522187>",
+            leaderboard_size=10,
+            cache_ttl=30.0,
+        ),
     )
     # Exact types matter to code doing arithmetic / Discord API calls with these.
     assert type(settings.guild_id) is int
-    assert type(settings.leaderboard_size) is int
-    assert type(settings.flush_interval) is float
+    assert type(settings.tunables.leaderboard_size) is int
+    assert type(settings.tunables.flush_interval) is float
 
 
 def test_settings_is_frozen() -> None:
@@ -249,25 +252,27 @@ def test_every_variable_overridden() -> None:
     assert settings == Settings(
         bot_token=TOKEN,
         guild_id=111,
-        chat_lb_channel_id=222,
-        vc_lb_channel_id=333,
         database_url="sqlite:////var/lib/lb/data.db",
-        flush_interval=2.5,
-        update_interval=120.0,
-        reset_period=7 * 86400.0,
-        spam_limit=SpamLimit(burst=10, per_seconds=60.0),
-        voice_count_deafened=True,
-        voice_count_alone=False,
         log_level="DEBUG",
         log_format="json",
-        arrow_emoji="➡️",
-        leaderboard_size=25,
-        cache_ttl=3600.0,
+        tunables=Tunables(
+            chat_lb_channel_id=222,
+            vc_lb_channel_id=333,
+            flush_interval=2.5,
+            update_interval=120.0,
+            reset_period=7 * 86400.0,
+            spam_limit=SpamLimit(burst=10, per_seconds=60.0),
+            voice_count_deafened=True,
+            voice_count_alone=False,
+            arrow_emoji="➡️",
+            leaderboard_size=25,
+            cache_ttl=3600.0,
+        ),
     )
 
 
 def test_spam_limit_off() -> None:
-    assert load_settings(env(SPAM_LIMIT="OFF")).spam_limit is None
+    assert load_settings(env(SPAM_LIMIT="OFF")).tunables.spam_limit is None
 
 
 @pytest.mark.parametrize("level", ["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"])
@@ -295,14 +300,14 @@ def test_database_url_forms(url: str, path: str) -> None:
 
 
 def test_leaderboard_size_bounds_accepted() -> None:
-    assert load_settings(env(LEADERBOARD_SIZE="1")).leaderboard_size == 1
-    assert load_settings(env(LEADERBOARD_SIZE="25")).leaderboard_size == 25
+    assert load_settings(env(LEADERBOARD_SIZE="1")).tunables.leaderboard_size == 1
+    assert load_settings(env(LEADERBOARD_SIZE="25")).tunables.leaderboard_size == 25
 
 
 def test_values_are_stripped() -> None:
     settings = load_settings(env(GUILD_ID=" 42 ", ARROW_EMOJI="  :arrow:  ", BOT_TOKEN=f"  {TOKEN}\n"))
     assert settings.guild_id == 42
-    assert settings.arrow_emoji == ":arrow:"
+    assert settings.tunables.arrow_emoji == ":arrow:"
     assert settings.bot_token == TOKEN
 
 
@@ -336,7 +341,7 @@ def test_os_environ_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEADERBOARD_SIZE", "7")
     monkeypatch.delenv("GUILD_ID", raising=False)
     settings = load_settings()
-    assert settings.leaderboard_size == 7
+    assert settings.tunables.leaderboard_size == 7
     assert settings.bot_token == TOKEN
 
 
@@ -501,7 +506,8 @@ def test_the_longest_allowed_durations_are_accepted() -> None:
     settings = load_settings(
         {"BOT_TOKEN": "t", "FLUSH_INTERVAL": "1h", "UPDATE_INTERVAL": "1d", "RESET_PERIOD": "365d"}
     )
-    assert (settings.flush_interval, settings.update_interval, settings.reset_period) == (3600, 86400, 365 * 86400)
+    tunables = settings.tunables
+    assert (tunables.flush_interval, tunables.update_interval, tunables.reset_period) == (3600, 86400, 365 * 86400)
 
 
 def test_the_variable_names_are_exactly_the_documented_ones() -> None:

@@ -86,7 +86,7 @@ class RateLimitWatch(logging.Filter):
             return True
         try:
             task = asyncio.current_task()
-            retry_after = float(record.args[0])  # type: ignore[index]
+            retry_after = float(record.args[0])  # type: ignore[index,arg-type]
         except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
             return True
         if task in self._watched and retry_after > self.long_wait:

@@ -53,7 +53,7 @@ def apply_batch(batch: ActivityBatch) -> None:
                 for (day, user), (m, v) in daily.items()
             ],
         )
-        for chunk in chunked(batch.opened, CHUNK_ROWS):
+        for sessions in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
                 [
                     {
@@ -64,7 +64,7 @@ def apply_batch(batch: ActivityBatch) -> None:
                         "started_at": s.started_at,
                         "last_seen_at": s.started_at,
                     }
-                    for s in chunk
+                    for s in sessions
                 ]
             ).on_conflict_ignore().execute()
         for closed in batch.closed:
@@ -148,7 +148,7 @@ def _board_column(board: Board) -> Any:
 def top(guild_id: int, season: int, board: Board, limit: int) -> list[RankedEntry]:
     """The highest totals of a season, ties broken by user id so the order is stable."""
     column = _board_column(board)
-    query = (
+    query: Any = (
         MemberStats.select(MemberStats.user_id, column.alias("value"))
         .where((MemberStats.guild_id == guild_id) & (MemberStats.season == season) & (column > 0))
         .order_by(column.desc(), MemberStats.user_id.asc())
@@ -199,7 +199,7 @@ def names(guild_id: int, user_ids: Iterable[int]) -> dict[int, str]:
     ids = list(user_ids)
     if not ids:
         return {}
-    query = MemberName.select(MemberName.user_id, MemberName.display_name).where(
+    query: Any = MemberName.select(MemberName.user_id, MemberName.display_name).where(
         (MemberName.guild_id == guild_id) & (MemberName.user_id.in_(ids))
     )
     return {int(u): str(n) for u, n in query.tuples()}
@@ -211,7 +211,7 @@ def open_sessions(guild_id: int) -> list[VoiceSession]:
 
 def daily_totals(guild_id: int, first_day: str, last_day: str) -> Mapping[int, tuple[int, float]]:
     """Per-member sums over a range of UTC days (inclusive): a week or a chart is this query."""
-    query = (
+    query: Any = (
         DailyActivity.select(DailyActivity.user_id, fn.SUM(DailyActivity.messages), fn.SUM(DailyActivity.voice_seconds))
         .where((DailyActivity.guild_id == guild_id) & (DailyActivity.day.between(first_day, last_day)))
         .group_by(DailyActivity.user_id)

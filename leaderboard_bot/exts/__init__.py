@@ -1,0 +1,1 @@
+"""Disnake extensions, one per feature: thin translations of Discord events and calls into services."""

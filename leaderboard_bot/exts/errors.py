@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import disnake
 from disnake.ext import commands
+from disnake.interactions import ApplicationCommandInteraction, Interaction
 from loguru import logger
 
 from ..ui.embeds import notice_embed
@@ -38,7 +39,7 @@ class Reply:
 
 
 async def respond_in_time(
-    inter: disnake.Interaction,
+    inter: Interaction,
     work: Coroutine[Any, Any, Reply],
     *,
     command: str,
@@ -83,7 +84,7 @@ async def respond_in_time(
             task.cancel()
 
 
-async def report_command_error(inter: disnake.ApplicationCommandInteraction, error: BaseException) -> None:
+async def report_command_error(inter: ApplicationCommandInteraction, error: BaseException) -> None:
     """Log a failed command with its context and apologise to the member, privately."""
     command = inter.application_command.qualified_name if inter.application_command else "?"
     logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
@@ -92,7 +93,7 @@ async def report_command_error(inter: disnake.ApplicationCommandInteraction, err
     await apologise(inter)
 
 
-async def apologise(inter: disnake.Interaction) -> None:
+async def apologise(inter: Interaction) -> None:
     """Tell the member something broke, privately. After a public defer the "thinking…" message is
     removed and the apology follows as an ephemeral message (ephemerality is fixed by the defer)."""
     embed = notice_embed(APOLOGY)
@@ -121,7 +122,7 @@ class Errors(commands.Cog):
 
     @commands.Cog.listener()
     async def on_slash_command_error(
-        self, inter: disnake.ApplicationCommandInteraction, error: commands.CommandError
+        self, inter: ApplicationCommandInteraction, error: commands.CommandError
     ) -> None:
         await report_command_error(inter, error)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import disnake
 from disnake.ext import commands
+from disnake.interactions import ApplicationCommandInteraction
 
 from ..domain import Board, BoardLine
 from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, stats_embed
@@ -29,23 +30,23 @@ class Leaderboards(commands.Cog):
     # ------------------------------------------------------------------ commands
 
     @commands.slash_command(name="top")
-    async def top(self, inter: disnake.ApplicationCommandInteraction) -> None:
+    async def top(self, inter: ApplicationCommandInteraction) -> None:
         """The season's most active members."""
 
     @top.sub_command(name="messages")
-    async def top_messages(self, inter: disnake.ApplicationCommandInteraction) -> None:
+    async def top_messages(self, inter: ApplicationCommandInteraction) -> None:
         """Top members by messages this season."""
         await self._answer(inter, "top messages", lambda: self._top_reply(inter, "messages"))
 
     @top.sub_command(name="voice")
-    async def top_voice(self, inter: disnake.ApplicationCommandInteraction) -> None:
+    async def top_voice(self, inter: ApplicationCommandInteraction) -> None:
         """Top members by voice time this season."""
         await self._answer(inter, "top voice", lambda: self._top_reply(inter, "voice"))
 
     @commands.slash_command(name="stats")
     async def stats(
         self,
-        inter: disnake.ApplicationCommandInteraction,
+        inter: ApplicationCommandInteraction,
         # A User option (not Member) so people who left the server can still be looked up.
         user: disnake.User | disnake.Member | None = None,
     ) -> None:
@@ -61,7 +62,7 @@ class Leaderboards(commands.Cog):
 
     async def _answer(
         self,
-        inter: disnake.ApplicationCommandInteraction,
+        inter: ApplicationCommandInteraction,
         command: str,
         build: Callable[[], Coroutine[Any, Any, Reply]],
     ) -> None:
@@ -73,7 +74,7 @@ class Leaderboards(commands.Cog):
             return
         await respond_in_time(inter, build(), command=command)
 
-    async def _top_reply(self, inter: disnake.ApplicationCommandInteraction, board: Board) -> Reply:
+    async def _top_reply(self, inter: ApplicationCommandInteraction, board: Board) -> Reply:
         bot = self.bot
         season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the lines
         lines = await bot.services.boards.lines(board, season=season.number)
@@ -105,7 +106,7 @@ class Leaderboards(commands.Cog):
         return BoardLine(rank=rank, name=caller.display_name, user_id=caller.id, value=value)
 
     async def _stats_reply(
-        self, inter: disnake.ApplicationCommandInteraction, target: disnake.User | disnake.Member
+        self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member
     ) -> Reply:
         if target.bot:
             name = _safe(target.display_name, target.id)

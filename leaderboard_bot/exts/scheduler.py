@@ -87,7 +87,7 @@ class Scheduler(commands.Cog):
         self._unsubscribe: list[Callable[[], None]] = []
         self._season_refreshes: set[asyncio.Future[None]] = set()
 
-    def cog_load(self) -> None:
+    async def cog_load(self) -> None:
         self._rate_limits.install()
         self._unsubscribe = [
             self.bot.services.settings.subscribe(self._on_settings),
@@ -232,7 +232,7 @@ class Scheduler(commands.Cog):
             self._verified.add(post.board)
         if post.message_id is not None and embed_hash != post.embed_hash:
             try:
-                await channel.get_partial_message(post.message_id).edit(embed=embed)  # type: ignore[attr-defined]
+                await channel.get_partial_message(post.message_id).edit(embed=embed)
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 post.message_id = None
@@ -253,7 +253,7 @@ class Scheduler(commands.Cog):
         if me is None or not hasattr(channel, "pins"):
             return None
         try:
-            async for message in channel.pins():  # type: ignore[attr-defined]
+            async for message in channel.pins():
                 if message.author.id == me.id and any(e.title == board_title(board) for e in message.embeds):
                     logger.info("re-using the pinned {} leaderboard message {}", board, message.id)
                     return message.id

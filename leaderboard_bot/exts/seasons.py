@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import disnake
 from disnake.ext import commands, tasks
+from disnake.interactions import ApplicationCommandInteraction, MessageInteraction
 from loguru import logger
 
 from ..config import Tunables
@@ -43,7 +44,7 @@ class Seasons(commands.Cog):
         self._posted: dict[str, int] = {}  # announcement key -> message id, posted by this process
         self._unsubscribe: Callable[[], None] | None = None
 
-    def cog_load(self) -> None:
+    async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self.season_loop.change_interval(seconds=check_interval(self.bot.services.settings.current.reset_period))
         self.season_loop.start()
@@ -166,11 +167,11 @@ class Seasons(commands.Cog):
         description="Manage the leaderboards",
         default_member_permissions=disnake.Permissions(manage_guild=True),
     )
-    async def leaderboard(self, inter: disnake.ApplicationCommandInteraction) -> None:
+    async def leaderboard(self, inter: ApplicationCommandInteraction) -> None:
         pass
 
     @leaderboard.sub_command(name="reset", description="End the season now: archive it and start both boards from zero")
-    async def reset(self, inter: disnake.ApplicationCommandInteraction) -> None:
+    async def reset(self, inter: ApplicationCommandInteraction) -> None:
         # Server admins can change who sees the command, so check the permission here too.
         if not inter.permissions.manage_guild:
             await inter.response.send_message(
@@ -204,7 +205,7 @@ def _announce_failure(error: Exception) -> str:
 
 
 class ConfirmReset(disnake.ui.View):
-    def __init__(self, cog: Seasons, origin: disnake.ApplicationCommandInteraction, season_number: int) -> None:
+    def __init__(self, cog: Seasons, origin: ApplicationCommandInteraction, season_number: int) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
         self.cog = cog
         self.origin = origin
@@ -222,14 +223,14 @@ class ConfirmReset(disnake.ui.View):
                 embed=notice_embed("The reset request expired. Nothing was reset."), view=None
             )
 
-    async def interaction_check(self, inter: disnake.MessageInteraction) -> bool:
+    async def interaction_check(self, inter: MessageInteraction) -> bool:
         if inter.author.id != self.invoker_id or not inter.permissions.manage_guild:
             await inter.response.send_message("Only the person who asked for the reset can confirm it.", ephemeral=True)
             return False
         return True
 
     @disnake.ui.button(label="Reset now", style=disnake.ButtonStyle.danger, custom_id=CONFIRM_ID)
-    async def confirm(self, button: disnake.ui.Button, inter: disnake.MessageInteraction) -> None:
+    async def confirm(self, button: disnake.ui.Button, inter: MessageInteraction) -> None:
         self.stop()
         await inter.response.defer()
         try:
@@ -256,7 +257,7 @@ class ConfirmReset(disnake.ui.View):
         await inter.edit_original_response(embed=notice_embed(text, title="Leaderboards reset"), view=None)
 
     @disnake.ui.button(label="Cancel", style=disnake.ButtonStyle.secondary, custom_id=CANCEL_ID)
-    async def cancel(self, button: disnake.ui.Button, inter: disnake.MessageInteraction) -> None:
+    async def cancel(self, button: disnake.ui.Button, inter: MessageInteraction) -> None:
         self.stop()
         await inter.response.edit_message(embed=notice_embed("Nothing was reset."), view=None)
 

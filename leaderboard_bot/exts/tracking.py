@@ -43,7 +43,7 @@ class Tracking(commands.Cog):
         self._contact_epoch = 0
         self._unsubscribe: Callable[[], None] | None = None
 
-    def cog_load(self) -> None:
+    async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()

@@ -1,0 +1,1 @@
+"""Business logic with no Discord in it: tracking, seasons, ranking, boards, names, settings."""

@@ -1,0 +1,1 @@
+"""Embed builders and text formatting: pure functions of their inputs."""

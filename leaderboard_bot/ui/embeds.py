@@ -23,7 +23,6 @@ from .format import (
 __all__ = [
     "BRAND_COLOUR",
     "DEFAULT_ARROW",
-    "BoardLine",
     "board_title",
     "final_standings_embed",
     "format_line",

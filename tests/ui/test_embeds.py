@@ -5,15 +5,15 @@ import re
 import disnake
 import pytest
 
-from leaderboard_bot.db.repository import Board
+from leaderboard_bot.domain import Board, BoardLine
 from leaderboard_bot.ui.embeds import (
     BRAND_COLOUR,
     DEFAULT_ARROW,
-    BoardLine,
     board_title,
     final_standings_embed,
     format_line,
     format_value,
+    guild_icon_url,
     leaderboard_embed,
     notice_embed,
     stats_embed,
@@ -370,3 +370,15 @@ def test_notice() -> None:
     untitled = notice_embed("x" * 5000)
     assert untitled.title is None
     assert_within_limits(untitled)
+
+
+def test_guild_icon_url_is_the_icon_or_nothing() -> None:
+    from unittest.mock import MagicMock
+
+    with_icon = MagicMock(spec_set=disnake.Guild)
+    with_icon.icon.url = "https://cdn.example/icon.png"
+    without_icon = MagicMock(spec_set=disnake.Guild)
+    without_icon.icon = None
+    assert guild_icon_url(with_icon) == "https://cdn.example/icon.png"
+    assert guild_icon_url(without_icon) is None
+    assert guild_icon_url(None) is None
