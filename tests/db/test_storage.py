@@ -22,7 +22,7 @@ from leaderboard_bot.db.models import (
     VoiceSession,
     database_proxy,
 )
-from leaderboard_bot.db.repository import ActivityBatch, RankedEntry, SessionClose, SessionOpen
+from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
 from leaderboard_bot.db.storage import Storage, open_database
 
 G = 111  # guild id
