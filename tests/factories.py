@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from leaderboard_bot.db import ActivityBatch, Storage, repository
-from leaderboard_bot.services.voice import CreditedInterval, VoicePresence
+from leaderboard_bot.config import Tunables, load_settings
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.domain import ActivityBatch, NameInfo
+from leaderboard_bot.services.settings import RuntimeSettings
+from leaderboard_bot.services.voice import CreditedInterval, VoicePresence, VoiceRules, VoiceTracker
 
 # 2024-03-10 00:00:00 UTC: a round midnight to build day-crossing scenarios around.
 MIDNIGHT = datetime(2024, 3, 10, tzinfo=UTC).timestamp()
@@ -40,10 +43,18 @@ class AllowAllGuard:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.blocked = 0
 
-    def allow(self, member_id: int) -> bool:
+    @property
+    def allowed(self) -> int:
+        return len(self.calls)
+
+    def allow(self, member_id: int, now: float | None = None) -> bool:
         self.calls.append(member_id)
         return True
+
+    def __len__(self) -> int:
+        return 0
 
 
 class DenyListGuard:
@@ -51,9 +62,61 @@ class DenyListGuard:
 
     def __init__(self, denied: Iterable[int]) -> None:
         self.denied = set(denied)
+        self.allowed = 0
+        self.blocked = 0
 
-    def allow(self, member_id: int) -> bool:
-        return member_id not in self.denied
+    def allow(self, member_id: int, now: float | None = None) -> bool:
+        ok = member_id not in self.denied
+        if ok:
+            self.allowed += 1
+        else:
+            self.blocked += 1
+        return ok
+
+    def __len__(self) -> int:
+        return 0
+
+
+def voice_tracker(*, count_deafened: bool = False, count_alone: bool = True) -> VoiceTracker:
+    """A tracker with fixed counting rules."""
+    rules = VoiceRules(count_deafened=count_deafened, count_alone=count_alone)
+    return VoiceTracker(lambda: rules)
+
+
+def tunables(**overrides: object) -> Tunables:
+    """The environment's defaults (as with only a token set), with ``overrides``."""
+    import dataclasses
+
+    return dataclasses.replace(load_settings({"BOT_TOKEN": "x"}).tunables, **overrides)  # type: ignore[arg-type]
+
+
+def runtime_settings(**overrides: object) -> RuntimeSettings:
+    return RuntimeSettings(tunables(**overrides))
+
+
+class FakeNameSource:
+    """The bot's NameSource port: a member cache and a Discord lookup, recording who was asked."""
+
+    def __init__(
+        self,
+        live: dict[int, NameInfo] | None = None,
+        fetched: dict[int, NameInfo | Exception | None] | None = None,
+    ) -> None:
+        self.live = dict(live or {})
+        self.fetched = dict(fetched or {})
+        self.live_calls: list[int] = []
+        self.fetch_calls: list[int] = []
+
+    def live_name(self, user_id: int) -> NameInfo | None:
+        self.live_calls.append(user_id)
+        return self.live.get(user_id)
+
+    async def fetch_name(self, user_id: int) -> NameInfo | None:
+        self.fetch_calls.append(user_id)
+        result = self.fetched.get(user_id)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
 
 def here(channel_id: int, *, deafened: bool = False, is_bot: bool = False) -> VoicePresence:

@@ -5,18 +5,29 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from leaderboard_bot.db import ActivityBatch, Storage, repository
+from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import DailyActivity, MemberStats, VoiceSession
+from leaderboard_bot.domain import ActivityBatch
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.ratelimit import SpamGuard
-from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, DenyListGuard, FakeClock, day, fail_batches, here, open_storage
+from leaderboard_bot.services.recovery import RecoveryFile
+from tests.factories import (
+    MIDNIGHT,
+    AllowAllGuard,
+    DenyListGuard,
+    FakeClock,
+    day,
+    fail_batches,
+    here,
+    voice_tracker,
+)
 
 G = 4242
 CH = 77
@@ -27,22 +38,6 @@ TODAY = day(T0)
 # --------------------------------------------------------------------------- fixtures & helpers
 
 
-@pytest.fixture
-def activity_clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def activity_db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/activity.db"
-
-
-@pytest.fixture
-async def activity_storage(activity_db_url: str) -> AsyncIterator[Storage]:
-    async with open_storage(activity_db_url) as storage:
-        yield storage
-
-
 def make_service(
     storage: Storage,
     clock: FakeClock,
@@ -50,14 +45,22 @@ def make_service(
     guard: Any = None,
     count_alone: bool = True,
     count_deafened: bool = False,
+    recovery: Path | None = None,
 ) -> ActivityService:
     return ActivityService(
         storage,
         guild_id=G,
-        voice=VoiceTracker(count_deafened=count_deafened, count_alone=count_alone),
+        voice=voice_tracker(count_deafened=count_deafened, count_alone=count_alone),
         guard=guard if guard is not None else AllowAllGuard(),
+        names=NameService(storage, guild_id=G),
         clock=clock,
+        recovery=RecoveryFile(recovery) if recovery is not None else None,
     )
+
+
+def season_one() -> int:
+    """What the season owner answers in these tests (SeasonService owns it in the bot)."""
+    return 1
 
 
 @pytest.fixture
@@ -111,7 +114,7 @@ async def test_messages_are_written_exactly_on_flush(
     activity_service.record_message(2, now=T0 + 86_400.0)  # explicit time: the next day
     assert activity_service.messages_counted == 5
 
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert activity_service.last_flush_at == activity_clock.now
     assert await stats(activity_storage) == {1: (3, 0.0), 2: (2, 0.0)}
     assert await daily(activity_storage) == {
@@ -123,8 +126,8 @@ async def test_messages_are_written_exactly_on_flush(
 
     # A second flush adds only what is new.
     activity_service.record_message(1)
-    assert await activity_service.flush() is True
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
+    assert await activity_service.flush(season_one) is True
     assert await stats(activity_storage) == {1: (4, 0.0), 2: (2, 0.0)}
     assert (await daily(activity_storage))[(TODAY, 1)] == (4, 0.0)
 
@@ -144,18 +147,17 @@ async def test_nothing_is_written_until_flush(
     assert await daily(activity_storage) == {}
     assert await sessions(activity_storage) == []
 
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     assert await stats(activity_storage) == {1: (2, 0.0), 2: (0, 45.0)}
     assert activity_service.unflushed_voice_seconds(2) == 0.0
 
 
 async def test_flush_writes_to_the_current_season(activity_service: ActivityService, activity_storage: Storage) -> None:
     activity_service.record_message(1)
-    await activity_service.flush()
-    activity_service.season = 2
+    await activity_service.flush(season_one)
     activity_service.record_message(1)
     activity_service.record_message(1)
-    await activity_service.flush()
+    await activity_service.flush(lambda: 2)
     assert await activity_storage.run(_stats_by_season) == {(1, 1): (1, 0.0), (2, 1): (2, 0.0)}
 
 
@@ -165,7 +167,7 @@ async def test_message_denied_by_the_guard_is_not_counted(activity_storage: Stor
     assert service.record_message(2) is False
     assert service.messages_counted == 1
     assert service.pending_messages(2) == 0
-    await service.flush()
+    await service.flush(season_one)
     assert await stats(activity_storage) == {1: (1, 0.0)}
 
 
@@ -177,7 +179,7 @@ async def test_spam_guard_limits_what_is_counted(activity_storage: Storage, acti
     activity_clock.advance(10.0)  # one token back
     assert service.record_message(1) is True
     assert service.record_message(1) is False
-    await service.flush()
+    await service.flush(season_one)
     assert await stats(activity_storage) == {1: (4, 0.0)}
 
 
@@ -195,12 +197,12 @@ async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
     activity_service.record_voice(2, here(CH))
     for _ in range(4):
         activity_service.record_message(1)
-    activity_service.remember_name(1, "One", "one")
+    activity_service.names.remember(1, "One", "one")
     activity_clock.advance(30.0)
     activity_service.record_voice(2, None)  # closed session inside the failed batch
     activity_clock.advance(30.0)
 
-    assert await activity_service.flush() is False
+    assert await activity_service.flush(season_one) is False
     assert activity_service.flush_failures == 1
     assert activity_service.last_flush_at is None
     assert len(attempts) == 1 and attempts[0].messages == {(TODAY, 1): 4}
@@ -212,7 +214,7 @@ async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
     assert activity_service.unflushed_voice_seconds(2) == 30.0
 
     activity_clock.advance(40.0)  # T0 + 100
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert await stats(activity_storage) == {1: (4, 100.0), 2: (0, 30.0)}
     assert await daily(activity_storage) == {(TODAY, 1): (4, 100.0), (TODAY, 2): (0, 30.0)}
     assert await sessions(activity_storage) == [
@@ -222,7 +224,7 @@ async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
     assert await activity_storage.run(repository.names, G, [1]) == {1: "One"}
 
     # Nothing is written twice afterwards.
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert await stats(activity_storage) == {1: (4, 100.0), 2: (0, 30.0)}
     assert activity_service.pending_messages(1) == 0
 
@@ -246,12 +248,12 @@ async def test_storage_run_failure_also_keeps_the_buffer(
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(10.0)
-    assert await activity_service.flush() is False
+    assert await activity_service.flush(season_one) is False
     activity_service.record_message(1)
     activity_clock.advance(10.0)
-    assert await activity_service.flush() is False
+    assert await activity_service.flush(season_one) is False
     activity_clock.advance(10.0)
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert activity_service.flush_failures == 2
     assert await stats(activity_storage) == {1: (2, 30.0)}
     assert await activity_storage.run(lambda: VoiceSession.select().count()) == 1
@@ -280,12 +282,12 @@ async def test_messages_and_voice_arriving_during_a_failed_flush_are_kept(
     activity_service.record_message(1)
     activity_clock.advance(20.0)
 
-    flushing = asyncio.create_task(activity_service.flush())
+    flushing = asyncio.create_task(activity_service.flush(season_one))
     assert await asyncio.to_thread(entered.wait, 10)
     # The write is in progress on the DB thread: the event loop keeps recording.
     activity_service.record_message(1)
     activity_service.record_message(2)
-    activity_service.remember_name(2, "Two", None)
+    activity_service.names.remember(2, "Two", None)
     activity_clock.advance(5.0)
     activity_service.record_voice(1, None)  # leaves at T0 + 25
     activity_service.record_voice(3, here(CH))  # joins at T0 + 25
@@ -293,7 +295,7 @@ async def test_messages_and_voice_arriving_during_a_failed_flush_are_kept(
     assert await flushing is False
 
     activity_clock.advance(15.0)  # T0 + 40
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert await stats(activity_storage) == {1: (2, 25.0), 2: (1, 0.0), 3: (0, 15.0)}
     assert await sessions(activity_storage) == [
         (1, CH, T0, T0 + 25.0, T0 + 25.0),
@@ -320,7 +322,7 @@ async def test_messages_arriving_during_a_successful_flush_go_to_the_next_one(
 
     monkeypatch.setattr(repository, "apply_batch", blocking)
     activity_service.record_message(1)
-    flushing = asyncio.create_task(activity_service.flush())
+    flushing = asyncio.create_task(activity_service.flush(season_one))
     assert await asyncio.to_thread(entered.wait, 10)
     activity_service.record_message(1)
     activity_service.record_message(1)
@@ -328,7 +330,7 @@ async def test_messages_arriving_during_a_successful_flush_go_to_the_next_one(
     assert await flushing is True
     assert await stats(activity_storage) == {1: (1, 0.0)}
     assert activity_service.pending_messages(1) == 2
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     assert await stats(activity_storage) == {1: (3, 0.0)}
 
 
@@ -339,12 +341,8 @@ async def test_flush_listeners_get_the_batch(
     activity_service: ActivityService, activity_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen_sync: list[ActivityBatch] = []
-    seen_async: list[ActivityBatch] = []
+    seen_again: list[ActivityBatch] = []
     after_failure: list[str] = []
-
-    async def async_listener(batch: ActivityBatch) -> None:
-        await asyncio.sleep(0)
-        seen_async.append(batch)
 
     def broken_listener(batch: ActivityBatch) -> None:
         after_failure.append("broken called")
@@ -352,14 +350,14 @@ async def test_flush_listeners_get_the_batch(
 
     activity_service.add_flush_listener(broken_listener)
     activity_service.add_flush_listener(seen_sync.append)
-    activity_service.add_flush_listener(async_listener)
+    activity_service.add_flush_listener(seen_again.append)
 
     activity_service.record_message(7)
     activity_service.record_voice(8, here(CH))
     activity_clock.advance(12.0)
-    assert await activity_service.flush() is True  # a failing listener does not fail the flush
+    assert await activity_service.flush(season_one) is True  # a failing listener does not fail the flush
 
-    assert len(seen_sync) == 1 and seen_async == seen_sync
+    assert len(seen_sync) == 1 and seen_again == seen_sync
     batch = seen_sync[0]
     assert (batch.guild_id, batch.season, batch.heartbeat_at) == (G, 1, T0 + 12.0)
     assert batch.messages == {(TODAY, 7): 1}
@@ -370,7 +368,7 @@ async def test_flush_listeners_get_the_batch(
     # Listeners are not told about a failed write.
     fail_batches(monkeypatch)
     activity_service.record_message(7)
-    assert await activity_service.flush() is False
+    assert await activity_service.flush(season_one) is False
     assert len(seen_sync) == 1
 
 
@@ -383,11 +381,11 @@ async def test_shutdown_closes_voice_sessions_at_clock_time_and_writes_them(
     activity_service.record_voice(1, here(CH))
     activity_service.record_voice(2, here(CH, deafened=True))  # present, not counting
     activity_clock.advance(20.0)
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     activity_clock.advance(55.0)
     activity_service.record_message(2)
 
-    assert await activity_service.shutdown(retry_delay=0) is True
+    assert await activity_service.shutdown(season_one, retry_delay=0) is True
     assert activity_service.voice.counting_users() == set()
     assert activity_service.voice.present_users() == set()
     assert await sessions(activity_storage) == [(1, CH, T0, T0 + 75.0, T0 + 75.0)]
@@ -405,7 +403,7 @@ async def test_shutdown_retries_a_transient_failure(
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(30.0)
-    assert await activity_service.shutdown(attempts=3, retry_delay=0) is True
+    assert await activity_service.shutdown(season_one, attempts=3, retry_delay=0) is True
     assert len(attempts) == 3
     assert await stats(activity_storage) == {1: (1, 30.0)}
     assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
@@ -421,7 +419,7 @@ async def test_shutdown_gives_up_after_the_attempts_but_keeps_the_buffer(
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(30.0)
-    assert await activity_service.shutdown(attempts=2, retry_delay=0) is False
+    assert await activity_service.shutdown(season_one, attempts=2, retry_delay=0) is False
     assert activity_service.flush_failures == 2
     assert activity_service.pending_messages(1) == 1
     assert activity_service.unflushed_voice_seconds(1) == 30.0
@@ -438,7 +436,7 @@ async def test_start_closes_sessions_left_open_by_a_crash_at_their_last_heartbea
         crashed = make_service(storage, activity_clock)
         crashed.record_voice(1, here(CH))
         activity_clock.set(100.0)
-        assert await crashed.flush() is True
+        assert await crashed.flush(season_one) is True
         assert await sessions(storage) == [(1, CH, 50.0, 100.0, None)]
         activity_clock.set(400.0)  # more voice time happens, then the process dies unflushed
     finally:
@@ -452,7 +450,7 @@ async def test_start_closes_sessions_left_open_by_a_crash_at_their_last_heartbea
         assert await service.start() == 1
         assert await sessions(storage) == [(1, CH, 50.0, 100.0, 100.0)]
         assert await stats(storage) == {1: (0, 50.0)}  # credited only up to the heartbeat
-        assert await service.flush() is True
+        assert await service.flush(season_one) is True
         assert await stats(storage) == {1: (0, 50.0)}
         assert await service.start() == 0  # nothing left to close
     finally:
@@ -472,22 +470,22 @@ async def test_names_are_written_with_flush_only_when_changed(
     batches: list[ActivityBatch] = []
     activity_service.add_flush_listener(batches.append)
 
-    activity_service.remember_name(1, "Alice", "alice")
-    activity_service.remember_name(2, "Bob", None)
-    assert activity_service.known_name(1) == "Alice"
-    assert activity_service.known_name(3) is None
+    activity_service.names.remember(1, "Alice", "alice")
+    activity_service.names.remember(2, "Bob", None)
+    assert activity_service.names.known_name(1) == "Alice"
+    assert activity_service.names.known_name(3) is None
     assert await activity_storage.run(repository.names, G, [1, 2]) == {}  # not before the flush
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     assert batches[-1].names == {1: ("Alice", "alice"), 2: ("Bob", None)}
     assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "Alice", 2: "Bob"}
 
-    activity_service.remember_name(1, "Alice", "alice")  # unchanged
-    await activity_service.flush()
+    activity_service.names.remember(1, "Alice", "alice")  # unchanged
+    await activity_service.flush(season_one)
     assert batches[-1].names == {}
 
-    activity_service.remember_name(1, "Alicia", "alice")  # changed
-    activity_service.remember_name(2, "Bob", None)
-    await activity_service.flush()
+    activity_service.names.remember(1, "Alicia", "alice")  # changed
+    activity_service.names.remember(2, "Bob", None)
+    await activity_service.flush(season_one)
     assert batches[-1].names == {1: ("Alicia", "alice")}
     assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "Alicia", 2: "Bob"}
 
@@ -496,11 +494,11 @@ async def test_a_name_from_a_failed_flush_is_retried_and_newer_names_win(
     activity_service: ActivityService, activity_storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fail_batches(monkeypatch)
-    activity_service.remember_name(1, "Old", None)
-    activity_service.remember_name(2, "Kept", None)
-    assert await activity_service.flush() is False
-    activity_service.remember_name(1, "New", None)
-    assert await activity_service.flush() is True
+    activity_service.names.remember(1, "Old", None)
+    activity_service.names.remember(2, "Kept", None)
+    assert await activity_service.flush(season_one) is False
+    activity_service.names.remember(1, "New", None)
+    assert await activity_service.flush(season_one) is True
     assert await activity_storage.run(repository.names, G, [1, 2]) == {1: "New", 2: "Kept"}
 
 
@@ -515,7 +513,7 @@ async def test_voice_time_crossing_midnight_goes_to_two_daily_rows(
     activity_service.record_message(1)
     activity_clock.set(MIDNIGHT + 900.0)
     activity_service.record_message(1)
-    assert await activity_service.flush() is True
+    assert await activity_service.flush(season_one) is True
     assert await daily(activity_storage) == {
         (day(MIDNIGHT - 1), 1): (1, 600.0),
         (day(MIDNIGHT), 1): (1, 900.0),
@@ -529,12 +527,12 @@ async def test_voice_split_across_flushes_and_midnight_sums_exactly(
     activity_clock.set(MIDNIGHT - 100.0)
     activity_service.record_voice(1, here(CH))
     activity_clock.set(MIDNIGHT - 40.0)
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     activity_clock.set(MIDNIGHT + 60.0)
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     activity_clock.set(MIDNIGHT + 100.0)
     activity_service.record_voice(1, None)
-    await activity_service.flush()
+    await activity_service.flush(season_one)
     assert await daily(activity_storage) == {
         (day(MIDNIGHT - 1), 1): (0, 100.0),
         (day(MIDNIGHT), 1): (0, 100.0),
@@ -559,7 +557,7 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
     activity_service.record_message(1)
     activity_service.record_voice(2, here(CH))
     activity_clock.advance(30.0)
-    flushing = asyncio.create_task(activity_service.flush())
+    flushing = asyncio.create_task(activity_service.flush(season_one))
     for _ in range(100):  # yield until flush has taken the buffers and queued its write
         if activity_service.pending_messages(1) == 0:
             break
@@ -574,92 +572,8 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
         await flushing
 
     activity_clock.advance(10.0)
-    assert await activity_service.shutdown(retry_delay=0) is True
+    assert await activity_service.shutdown(season_one, retry_delay=0) is True
     assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
     assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]
 
 
-# --------------------------------------------------------------------------- recovery file
-
-
-async def test_a_shutdown_that_cannot_write_saves_to_disk_and_the_next_start_writes_it(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    recovery = tmp_path / "activity.db.unsaved.json"
-    first = make_service(activity_storage, activity_clock)
-    first.recovery_path = recovery
-    first.remember_name(1, "Ali", "alice")
-    first.record_voice(1, here(CH))
-    for _ in range(4):
-        first.record_message(1)
-    activity_clock.advance(30.0)
-    with monkeypatch.context() as patch:
-        fail_batches(patch, times=10)
-        assert await first.shutdown(attempts=2, retry_delay=0) is False
-    assert recovery.exists() and await stats(activity_storage) == {}
-
-    second = make_service(activity_storage, activity_clock)
-    second.recovery_path = recovery
-    await second.start()
-    assert not recovery.exists()
-    assert await stats(activity_storage) == {1: (4, 30.0)}
-    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
-    assert await activity_storage.run(repository.names, G, [1]) == {1: "Ali"}
-    await second.start()  # nothing left to recover: nothing counted twice
-    assert await stats(activity_storage) == {1: (4, 30.0)}
-
-
-async def test_an_unreadable_recovery_file_is_left_alone(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path
-) -> None:
-    recovery = tmp_path / "broken.unsaved.json"
-    recovery.write_text("{not json")
-    service = make_service(activity_storage, activity_clock)
-    service.recovery_path = recovery
-    await service.start()  # starts anyway
-    assert recovery.read_text() == "{not json"
-    assert await stats(activity_storage) == {}
-
-
-async def test_a_recovery_file_is_never_applied_twice(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    recovery = tmp_path / "activity.db.unsaved.json"
-    first = make_service(activity_storage, activity_clock)
-    first.recovery_path = recovery
-    first.record_message(1)
-    with monkeypatch.context() as patch:
-        fail_batches(patch, times=10)
-        assert await first.shutdown(attempts=1, retry_delay=0) is False
-    saved = recovery.read_text()
-
-    second = make_service(activity_storage, activity_clock)
-    second.recovery_path = recovery
-    await second.start()
-    recovery.write_text(saved)  # as if the process died after writing but before removing the file
-    third = make_service(activity_storage, activity_clock)
-    third.recovery_path = recovery
-    await third.start()
-    assert await stats(activity_storage) == {1: (1, 0.0)}
-    assert not recovery.exists()
-
-
-async def test_a_waiting_recovery_file_is_never_overwritten(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    recovery = tmp_path / "activity.db.unsaved.json"
-    recovery.write_text("{damaged")
-    service = make_service(activity_storage, activity_clock)
-    service.recovery_path = recovery
-    service.record_message(7)
-    with monkeypatch.context() as patch:
-        fail_batches(patch, times=10)
-        assert await service.shutdown(attempts=1, retry_delay=0) is False
-    assert recovery.read_text() == "{damaged"
-    (extra,) = [p for p in tmp_path.glob("activity.db.unsaved-*.json")]
-
-    restarted = make_service(activity_storage, activity_clock)
-    restarted.recovery_path = recovery
-    await restarted.start()
-    assert await stats(activity_storage) == {7: (1, 0.0)}
-    assert not extra.exists() and recovery.exists()  # the damaged one waits for a human
