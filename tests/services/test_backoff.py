@@ -36,3 +36,11 @@ def test_success_resets_and_says_whether_a_warned_streak_ended() -> None:
     backoff.failed()
     assert backoff.succeeded() is True
     assert not backoff.waiting() and backoff.failed() == (1.0, True)
+
+
+def test_a_callable_base_is_read_at_each_failure() -> None:
+    base = 10.0
+    backoff = Backoff(lambda: base, 1000.0, clock=lambda: 0.0)
+    assert backoff.failed() == (10.0, True)
+    base = 30.0  # e.g. UPDATE_INTERVAL changed at run time
+    assert backoff.failed() == (60.0, False)

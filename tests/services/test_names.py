@@ -1,4 +1,4 @@
-"""NameDirectory against a real Storage on a temporary SQLite file, with fake live lookups and
+"""NameService against a real Storage on a temporary SQLite file, with fake live lookups and
 fetchers that record who they were asked about."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from leaderboard_bot.db import ActivityBatch, Storage, repository
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.domain import UNKNOWN_MEMBER, ActivityBatch, NameInfo
 from leaderboard_bot.services.activity import ActivityService
-from leaderboard_bot.services.names import UNKNOWN_MEMBER, NameDirectory, NameInfo
-from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, open_storage
+from leaderboard_bot.services.names import NameService
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, open_storage, voice_tracker
 
 G = 7171
 T0 = MIDNIGHT + 3_600.0
@@ -57,10 +57,24 @@ def tracker(name_storage: Storage) -> ActivityService:
     return ActivityService(
         name_storage,
         guild_id=G,
-        voice=VoiceTracker(count_deafened=False, count_alone=True),
+        voice=voice_tracker(),
         guard=AllowAllGuard(),
+        names=NameService(name_storage, guild_id=G),
         clock=FakeClock(T0),
     )
+
+
+class Source:
+    """The bot's NameSource port, made of a live lookup and a fetcher (either may be missing)."""
+
+    def __init__(self, live: Callable[[int], NameInfo | None] | None, fetch: Any) -> None:
+        self.live, self.fetch = live, fetch
+
+    def live_name(self, user_id: int) -> NameInfo | None:
+        return self.live(user_id) if self.live else None
+
+    async def fetch_name(self, user_id: int) -> NameInfo | None:
+        return await self.fetch(user_id) if self.fetch else None
 
 
 async def store_names(storage: Storage, names: dict[int, NameInfo]) -> None:
@@ -88,8 +102,12 @@ def directory(
     live: Callable[[int], NameInfo | None] | None = None,
     fetch: Any = None,
     max_fetches_per_call: int = 10,
-) -> NameDirectory:
-    return NameDirectory(storage, tracker, live=live, fetch=fetch, max_fetches_per_call=max_fetches_per_call)
+) -> NameService:
+    """The tracker's name service, now asking ``live`` and ``fetch`` (what the bot would answer)."""
+    names = tracker.names
+    names.source = Source(live, fetch)
+    names.max_fetches_per_call = max_fetches_per_call
+    return names
 
 
 # --------------------------------------------------------------------------- resolution order
@@ -99,8 +117,8 @@ async def test_live_beats_known_beats_stored_beats_fetched(
     name_storage: Storage, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store_names(name_storage, {1: ("Stored1", None), 2: ("Stored2", None), 3: ("Stored3", "s3")})
-    tracker.remember_name(1, "Known1", None)
-    tracker.remember_name(2, "Known2", None)
+    tracker.names.remember(1, "Known1", None)
+    tracker.names.remember(2, "Known2", None)
     live = Live({1: ("Live1", "l1")})
     fetch = Fetcher({n: (f"Fetched{n}", None) for n in range(1, 6)} | {5: None})
     asked = spy_db_lookups(monkeypatch)
@@ -125,7 +143,7 @@ async def test_without_live_lookup_or_fetcher_stored_names_and_unknown(
 async def test_the_database_is_not_asked_when_everything_is_known(
     name_storage: Storage, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracker.remember_name(2, "Two", None)
+    tracker.names.remember(2, "Two", None)
     asked = spy_db_lookups(monkeypatch)
     names = directory(name_storage, tracker, live=Live({1: ("One", None)}), fetch=Fetcher())
     assert await names.resolve([1, 2]) == {1: "One", 2: "Two"}
@@ -138,11 +156,11 @@ async def test_live_names_are_remembered_and_written_with_the_next_flush(
     await store_names(name_storage, {1: ("Old name", "one")})
     names = directory(name_storage, tracker, live=Live({1: ("New name", "one")}))
     assert await names.resolve([1]) == {1: "New name"}
-    assert tracker.known_name(1) == "New name"
+    assert tracker.names.known_name(1) == "New name"
 
     batches: list[ActivityBatch] = []
     tracker.add_flush_listener(batches.append)
-    assert await tracker.flush() is True
+    assert await tracker.flush(lambda: 1) is True
     assert batches[-1].names == {1: ("New name", "one")}
     assert await name_storage.run(repository.names, G, [1]) == {1: "New name"}
 
@@ -157,13 +175,13 @@ async def test_fetched_names_are_remembered_and_not_fetched_again(
     fetch = Fetcher({4: ("Fetched", "fetched")})
     names = directory(name_storage, tracker, live=Live(), fetch=fetch)
     assert await names.resolve([4]) == {4: "Fetched"}
-    assert tracker.known_name(4) == "Fetched"
+    assert tracker.names.known_name(4) == "Fetched"
     assert await names.resolve([4]) == {4: "Fetched"}
     assert fetch.calls == [4]
 
     batches: list[ActivityBatch] = []
     tracker.add_flush_listener(batches.append)
-    assert await tracker.flush() is True
+    assert await tracker.flush(lambda: 1) is True
     assert batches[-1].names == {4: ("Fetched", "fetched")}
     assert await name_storage.run(repository.names, G, [4]) == {4: "Fetched"}
 
@@ -185,7 +203,7 @@ async def test_an_unfetchable_member_is_unknown_and_not_retried(
     assert await names.resolve([9]) == {9: UNKNOWN_MEMBER}
     assert await names.resolve([9, 8]) == {9: UNKNOWN_MEMBER, 8: "Eight"}
     assert fetch.calls == [9, 8]
-    assert tracker.known_name(9) is None
+    assert tracker.names.known_name(9) is None
 
 
 async def test_an_unfetchable_member_still_resolves_from_other_sources_later(
@@ -200,12 +218,12 @@ async def test_an_unfetchable_member_still_resolves_from_other_sources_later(
     assert fetch.calls == [9]
 
 
-async def test_unfetchable_ids_are_remembered_per_directory(name_storage: Storage, tracker: ActivityService) -> None:
+async def test_unfetchable_ids_are_remembered_per_service(name_storage: Storage, tracker: ActivityService) -> None:
     fetch = Fetcher({9: None})
     first = directory(name_storage, tracker, fetch=fetch)
     await first.resolve([9])
     await first.resolve([9])
-    second = directory(name_storage, tracker, fetch=fetch)
+    second = NameService(name_storage, guild_id=G, source=Source(None, fetch))  # e.g. after a restart
     await second.resolve([9])
     assert fetch.calls == [9, 9]
 
@@ -220,7 +238,7 @@ async def test_at_most_max_fetches_per_call_in_input_order(name_storage: Storage
     result = await names.resolve([5, 4, 3, 2, 1])
     assert result == {5: "User5", 4: "User4", 3: UNKNOWN_MEMBER, 2: UNKNOWN_MEMBER, 1: UNKNOWN_MEMBER}
     assert fetch.calls == [5, 4]
-    assert tracker.known_name(3) is None  # not fetched is not unfetchable
+    assert tracker.names.known_name(3) is None  # not fetched is not unfetchable
 
     # The next call fetches the next ones: the first ones are remembered now.
     result = await names.resolve([5, 4, 3, 2, 1])
@@ -258,7 +276,7 @@ async def test_a_zero_cap_never_fetches(name_storage: Storage, tracker: Activity
 
 async def test_resolved_names_do_not_use_the_fetch_budget(name_storage: Storage, tracker: ActivityService) -> None:
     await store_names(name_storage, {2: ("Stored", None)})
-    tracker.remember_name(3, "Known", None)
+    tracker.names.remember(3, "Known", None)
     fetch = Fetcher({4: ("Four", None), 5: ("Five", None)})
     names = directory(name_storage, tracker, live=Live({1: ("Live", None)}), fetch=fetch, max_fetches_per_call=1)
     assert await names.resolve([1, 2, 3, 4, 5]) == {
@@ -305,3 +323,14 @@ async def test_any_iterable_works_including_a_generator(name_storage: Storage, t
     await store_names(name_storage, {1: ("One", None), 2: ("Two", None)})
     names = directory(name_storage, tracker)
     assert await names.resolve(u for u in (2, 1, 2)) == {2: "Two", 1: "One"}
+
+
+def test_unwritten_names_go_to_a_flush_and_come_back_if_it_fails() -> None:
+    names = NameService(None, guild_id=G)  # type: ignore[arg-type]  (no lookups here)
+    names.remember(1, "One", "one")
+    names.remember(1, "One", "one")  # unchanged: nothing new to write
+    taken = names.take_unwritten()
+    assert taken == {1: ("One", "one")} and names.unwritten() == {}
+    names.remember(1, "Uno", "one")  # seen while the write was under way
+    names.restore_unwritten(taken)
+    assert names.unwritten() == {1: ("Uno", "one")}  # the newer name wins

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from leaderboard_bot.db.repository import SessionClose, SessionOpen
+from leaderboard_bot.domain import SessionClose, SessionOpen
 from leaderboard_bot.services.voice import (
     CreditedInterval,
     VoiceDrain,
+    VoiceRules,
     VoiceTracker,
     split_by_day,
     utc_day,
 )
-from tests.factories import DAY, MIDNIGHT, here, seconds_by_user
+from tests.factories import DAY, MIDNIGHT, here, seconds_by_user, voice_tracker
 
 A, B, AFK = 10, 20, None  # channel ids; AFK is "not in a tracked channel"
 
@@ -22,7 +23,7 @@ BOTH_FLAGS = pytest.mark.parametrize(
 
 
 def tracker(*, count_alone: bool = True, count_deafened: bool = False) -> VoiceTracker:
-    return VoiceTracker(count_deafened=count_deafened, count_alone=count_alone)
+    return voice_tracker(count_deafened=count_deafened, count_alone=count_alone)
 
 
 def join_with_friend(t: VoiceTracker, user: int, channel: int, now: float, friend: int = 999) -> None:
@@ -580,3 +581,25 @@ def test_suspend_twice_keeps_the_first_moment() -> None:
     t.suspend(10.0)
     t.suspend(50.0)
     assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 10.0}
+
+
+def test_rules_are_read_live_and_a_change_applies_from_rules_changed() -> None:
+    rules = VoiceRules(count_deafened=False, count_alone=True)
+    t = VoiceTracker(lambda: rules)
+    t.update(1, here(A, deafened=True), MIDNIGHT)
+    assert not t.is_counting(1)
+    rules = VoiceRules(count_deafened=True, count_alone=True)
+    t.rules_changed(MIDNIGHT + 10)
+    assert t.is_counting(1)
+    t.update(1, None, MIDNIGHT + 25)
+    assert seconds_by_user(t.checkpoint(MIDNIGHT + 30).intervals) == {1: 15.0}
+
+
+def test_a_rules_change_to_stricter_rules_stops_counting_at_that_moment() -> None:
+    rules = VoiceRules(count_deafened=False, count_alone=True)
+    t = VoiceTracker(lambda: rules)
+    t.update(1, here(A), MIDNIGHT)
+    rules = VoiceRules(count_deafened=False, count_alone=False)  # alone no longer counts
+    t.rules_changed(MIDNIGHT + 40)
+    assert not t.is_counting(1)
+    assert seconds_by_user(t.checkpoint(MIDNIGHT + 100).intervals) == {1: 40.0}
