@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard_bot.db import ActivityBatch, RankedEntry, SeasonRoll, Storage, repository
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.domain import ActivityBatch, RankedEntry
 from leaderboard_bot.services.activity import ActivityService
-from leaderboard_bot.services.ranking import BOARDS, Rankings, Standing, TopCache
-from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, day, here, open_storage
+from leaderboard_bot.services.names import NameService
+from leaderboard_bot.services.ranking import Rankings, Standing, TopCache
+from leaderboard_bot.services.seasons import SeasonService
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, day, here, open_storage, runtime_settings, voice_tracker
 
 G = 5151
 CH = 88
@@ -27,12 +29,8 @@ TTL = 30.0
 # --------------------------------------------------------------------------- TopCache
 
 
-def test_boards_are_messages_and_voice() -> None:
-    assert BOARDS == ("messages", "voice")
-
-
 def test_get_and_put_count_hits_and_misses_exactly() -> None:
-    cache = TopCache(TTL, timer=FakeClock(0.0))
+    cache = TopCache(lambda: TTL, timer=FakeClock(0.0))
     assert (cache.hits, cache.misses, len(cache)) == (0, 0, 0)
 
     assert cache.get(("messages", 1, 10)) is None
@@ -56,7 +54,7 @@ def test_get_and_put_count_hits_and_misses_exactly() -> None:
 
 def test_an_empty_cached_value_is_a_hit() -> None:
     """An empty board is cached as an empty tuple: it must not be mistaken for a miss."""
-    cache = TopCache(TTL, timer=FakeClock(0.0))
+    cache = TopCache(lambda: TTL, timer=FakeClock(0.0))
     cache.put(("voice", 1, 10), ())
     assert cache.get(("voice", 1, 10)) == ()
     assert (cache.hits, cache.misses) == (1, 0)
@@ -64,7 +62,7 @@ def test_an_empty_cached_value_is_a_hit() -> None:
 
 def test_entries_expire_after_the_ttl() -> None:
     clock = FakeClock(0.0)
-    cache = TopCache(10.0, timer=clock)
+    cache = TopCache(lambda: 10.0, timer=clock)
     cache.put("k", 1)
     clock.set(9.999)
     assert cache.get("k") == 1
@@ -76,7 +74,7 @@ def test_entries_expire_after_the_ttl() -> None:
 
 def test_reading_does_not_extend_the_ttl_but_writing_again_does() -> None:
     clock = FakeClock(0.0)
-    cache = TopCache(10.0, timer=clock)
+    cache = TopCache(lambda: 10.0, timer=clock)
     cache.put("read", 1)
     cache.put("rewritten", 2)
     clock.set(8.0)
@@ -91,7 +89,7 @@ def test_reading_does_not_extend_the_ttl_but_writing_again_does() -> None:
 
 
 def test_maxsize_evicts_the_least_recently_used_entry() -> None:
-    cache = TopCache(TTL, maxsize=2, timer=FakeClock(0.0))
+    cache = TopCache(lambda: TTL, maxsize=2, timer=FakeClock(0.0))
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1  # "a" is now the most recently used
@@ -108,7 +106,7 @@ def test_maxsize_evicts_the_least_recently_used_entry() -> None:
 
 
 def test_invalidate_one_board_drops_only_that_boards_keys() -> None:
-    cache = TopCache(TTL, timer=FakeClock(0.0))
+    cache = TopCache(lambda: TTL, timer=FakeClock(0.0))
     cache.put(("messages", 1, 10), "m1")
     cache.put(("messages", 2, 5), "m2")
     cache.put(("voice", 1, 10), "v1")
@@ -136,7 +134,7 @@ def test_invalidate_one_board_drops_only_that_boards_keys() -> None:
 
 
 def test_invalidate_without_a_board_drops_everything() -> None:
-    cache = TopCache(TTL, timer=FakeClock(0.0))
+    cache = TopCache(lambda: TTL, timer=FakeClock(0.0))
     cache.put(("messages", 1, 10), "m")
     cache.put(("voice", 1, 10), "v")
     cache.put("other", "o")
@@ -149,7 +147,7 @@ def test_invalidate_without_a_board_drops_everything() -> None:
 
 def test_invalidate_skips_expired_entries_without_error() -> None:
     clock = FakeClock(0.0)
-    cache = TopCache(10.0, timer=clock)
+    cache = TopCache(lambda: 10.0, timer=clock)
     cache.put(("messages", 1, 10), "old")
     clock.set(5.0)
     cache.put(("messages", 1, 5), "fresh")
@@ -184,15 +182,23 @@ def tracker(rank_storage: Storage, rank_clock: FakeClock) -> ActivityService:
     return ActivityService(
         rank_storage,
         guild_id=G,
-        voice=VoiceTracker(count_deafened=False, count_alone=True),
+        voice=voice_tracker(),
         guard=AllowAllGuard(),
+        names=NameService(rank_storage, guild_id=G),
         clock=rank_clock,
     )
 
 
 @pytest.fixture
-def rankings(rank_storage: Storage, tracker: ActivityService, cache_clock: FakeClock) -> Rankings:
-    return Rankings(rank_storage, tracker, TopCache(TTL, timer=cache_clock))
+def seasons(rank_storage: Storage, tracker: ActivityService, rank_clock: FakeClock) -> SeasonService:
+    return SeasonService(rank_storage, tracker, runtime_settings(reset_period=3600.0), clock=rank_clock)
+
+
+@pytest.fixture
+def rankings(
+    rank_storage: Storage, tracker: ActivityService, seasons: SeasonService, cache_clock: FakeClock
+) -> Rankings:
+    return Rankings(rank_storage, tracker, seasons, TopCache(lambda: TTL, timer=cache_clock))
 
 
 async def write_behind_cache(
@@ -230,7 +236,7 @@ async def test_top_is_served_from_the_cache_on_the_second_call(
 ) -> None:
     send(tracker, 1, 3)
     send(tracker, 2, 5)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
 
     first = await rankings.top("messages", 10)
     assert first == entries((2, 5.0), (1, 3.0))
@@ -301,9 +307,9 @@ async def test_a_flush_with_messages_invalidates_only_the_messages_board(
     send(tracker, 1, 2)
     tracker.record_voice(2, here(CH))
     rank_clock.advance(50.0)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     tracker.record_voice(2, None)  # left: the next flushes carry no voice time
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((1, 2.0))
     assert await rankings.top("voice", 10) == entries((2, 50.0))
 
@@ -311,7 +317,7 @@ async def test_a_flush_with_messages_invalidates_only_the_messages_board(
     send(tracker, 1, 1)
     batches: list[ActivityBatch] = []
     tracker.add_flush_listener(batches.append)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert batches[-1].messages and not batches[-1].voice
 
     hits = rankings.cache.hits
@@ -324,7 +330,7 @@ async def test_a_flush_with_voice_invalidates_only_the_voice_board(
     rankings: Rankings, tracker: ActivityService, rank_storage: Storage, rank_clock: FakeClock
 ) -> None:
     send(tracker, 1, 2)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((1, 2.0))
     assert await rankings.top("voice", 10) == []
 
@@ -333,7 +339,7 @@ async def test_a_flush_with_voice_invalidates_only_the_voice_board(
     rank_clock.advance(25.0)
     batches: list[ActivityBatch] = []
     tracker.add_flush_listener(batches.append)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert batches[-1].voice and not batches[-1].messages
 
     hits = rankings.cache.hits
@@ -350,7 +356,7 @@ async def test_a_flush_with_both_invalidates_both_boards(
     send(tracker, 1, 1)
     tracker.record_voice(1, here(CH))
     rank_clock.advance(10.0)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((1, 1.0))
     assert await rankings.top("voice", 10) == entries((1, 10.0))
     assert rankings.cache.hits == 0
@@ -362,8 +368,8 @@ async def test_a_flush_without_counts_invalidates_nothing(
     await write_behind_cache(rank_storage, messages={1: 1})
     assert await rankings.top("messages", 10) == entries((1, 1.0))
     await write_behind_cache(rank_storage, messages={1: 1})
-    tracker.remember_name(1, "One", None)  # a name alone changes no board
-    assert await tracker.flush() is True
+    tracker.names.remember(1, "One", None)  # a name alone changes no board
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((1, 1.0))
     assert rankings.cache.hits == 1
 
@@ -380,7 +386,7 @@ async def test_a_failed_flush_invalidates_nothing(
 
     monkeypatch.setattr(repository, "apply_batch", broken)
     send(tracker, 1, 1)
-    assert await tracker.flush() is False
+    assert await rankings.seasons.flush() is False
     assert await rankings.top("messages", 10) == entries((1, 1.0))
     assert rankings.cache.hits == 1
 
@@ -389,7 +395,7 @@ async def test_a_season_switch_never_serves_the_old_seasons_top(
     rankings: Rankings, tracker: ActivityService, rank_storage: Storage
 ) -> None:
     send(tracker, 1, 4)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((1, 4.0))
     assert await rankings.top("messages", 10) == entries((1, 4.0))
     assert rankings.cache.hits == 1
@@ -397,21 +403,21 @@ async def test_a_season_switch_never_serves_the_old_seasons_top(
     # The season moves on with an empty flush: no board is invalidated, the key must differ.
     batches: list[ActivityBatch] = []
     tracker.add_flush_listener(batches.append)
-    assert await tracker.flush(roll=SeasonRoll(number=1, ended_at=tracker.clock(), period=3600.0)) is True
+    assert await rankings.seasons.roll(reason="test") is not None
     assert batches[-1].is_empty()
-    assert tracker.season == 2
+    assert rankings.seasons.current_number() == 2
     assert await rankings.top("messages", 10) == []
     assert (rankings.cache.hits, rankings.cache.misses) == (1, 2)
 
-    # Each season has its own entry: switching back serves season 1's, not season 2's.
+    # Each season has its own entry: season 1's is never served for season 2, nor the reverse.
     await write_behind_cache(rank_storage, season=1, messages={5: 99})
-    tracker.season = 1
-    assert await rankings.top("messages", 10) == entries((1, 4.0))
-    assert (rankings.cache.hits, rankings.cache.misses) == (2, 2)
+    assert await rankings.top("messages", 10, season=1) == entries((5, 99.0), (1, 4.0))
+    assert await rankings.top("messages", 10, season=1) == entries((5, 99.0), (1, 4.0))
+    assert await rankings.top("messages", 10) == []
+    assert (rankings.cache.hits, rankings.cache.misses) == (3, 3)
 
-    tracker.season = 2
     send(tracker, 2, 1)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.top("messages", 10) == entries((2, 1.0))
 
 
@@ -444,7 +450,7 @@ async def test_standing_includes_buffered_messages_and_live_voice(
     send(tracker, 1, 3)
     tracker.record_voice(1, here(CH))
     rank_clock.advance(30.0)
-    assert await tracker.flush() is True  # 3 messages and 30 s in the database
+    assert await rankings.seasons.flush() is True  # 3 messages and 30 s in the database
     send(tracker, 1, 2)  # buffered only
     rank_clock.advance(20.0)
 
@@ -469,7 +475,7 @@ async def test_standing_includes_buffered_messages_and_live_voice(
     assert standing.live_voice_channel_id is None
     assert standing.live_session_seconds is None
 
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     assert await rankings.standing(1) == Standing(1, 1, 5, 60.0, 1, 1, None, None)
 
 
@@ -499,7 +505,7 @@ async def test_standing_ranks_match_the_top_order(
     rank_clock.advance(15.0)
     tracker.record_voice(1, here(CH))
     rank_clock.advance(15.0)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
 
     messages_top = await rankings.top("messages", 10)
     voice_top = await rankings.top("voice", 10)
@@ -518,11 +524,11 @@ async def test_standing_ranks_match_the_top_order(
 
 async def test_standing_reads_the_current_season(rankings: Rankings, tracker: ActivityService) -> None:
     send(tracker, 1, 4)
-    assert await tracker.flush(roll=SeasonRoll(number=1, ended_at=tracker.clock(), period=3600.0)) is True
+    assert await rankings.seasons.roll(reason="test") is not None
     send(tracker, 1, 1)
     standing = await rankings.standing(1)
     assert (standing.messages, standing.message_rank) == (1, None)  # the 1 is still buffered
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     standing = await rankings.standing(1)
     assert (standing.messages, standing.message_rank) == (1, 1)
 
@@ -531,7 +537,7 @@ async def test_standing_during_a_concurrent_flush_counts_everything_once(
     rankings: Rankings, tracker: ActivityService, rank_storage: Storage
 ) -> None:
     send(tracker, 1, 3)
-    assert await tracker.flush() is True
+    assert await rankings.seasons.flush() is True
     send(tracker, 1, 2)  # 3 written, 2 buffered: 5 in all
 
     busy, gate = threading.Event(), threading.Event()
@@ -544,7 +550,7 @@ async def test_standing_during_a_concurrent_flush_counts_everything_once(
     assert await asyncio.to_thread(busy.wait, 10)
     reading = asyncio.create_task(rankings.standing(1))
     await asyncio.sleep(0)  # standing() has queued its totals query
-    flushing = asyncio.create_task(tracker.flush())  # the periodic flush, while standing() reads
+    flushing = asyncio.create_task(rankings.seasons.flush())  # the periodic flush, while standing() reads
     await asyncio.sleep(0)
     gate.set()
     await blocker
@@ -557,7 +563,28 @@ async def test_standing_of_an_earlier_season_leaves_out_current_activity(
     rankings: Rankings, tracker: ActivityService
 ) -> None:
     send(tracker, 1, 3)
-    assert await tracker.flush(roll=SeasonRoll(number=1, ended_at=tracker.clock(), period=3600.0)) is True
+    assert await rankings.seasons.roll(reason="test") is not None
     send(tracker, 1, 2)  # buffered for season 2
     assert (await rankings.standing(1, 1)).messages == 3
     assert (await rankings.standing(1)).messages == 2
+
+
+def test_a_changed_ttl_applies_from_the_next_entry() -> None:
+    clock = FakeClock(0.0)
+    ttl = 10.0
+    cache = TopCache(lambda: ttl, timer=clock)
+    cache.put("old", 1)
+    ttl = 100.0  # CACHE_TTL changed at run time
+    cache.put("new", 2)
+    clock.set(50.0)
+    assert (cache.get("old"), cache.get("new")) == (None, 2)
+
+
+async def test_a_roll_drops_every_cached_top(rankings: Rankings, tracker: ActivityService) -> None:
+    send(tracker, 1, 2)
+    assert await rankings.seasons.flush() is True
+    await rankings.top("voice", 10)
+    await rankings.top("messages", 10)
+    assert len(rankings.cache) == 2
+    assert await rankings.seasons.roll(reason="test") is not None
+    assert len(rankings.cache) == 0

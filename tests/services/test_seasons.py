@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ import pytest
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats, Season
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.seasons import SeasonInfo, SeasonService
-from leaderboard_bot.services.voice import VoiceTracker
-from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, fail_batches, here
+from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, fail_batches, here, runtime_settings, voice_tracker
 
 G = 6161
 CH = 99
@@ -57,11 +58,12 @@ async def start(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Start]:
         tracker = ActivityService(
             storage,
             guild_id=G,
-            voice=VoiceTracker(count_deafened=False, count_alone=True),
+            voice=voice_tracker(),
             guard=AllowAllGuard(),
+            names=NameService(storage, guild_id=G),
             clock=clock,
         )
-        seasons = SeasonService(storage, tracker, period=period, clock=clock)
+        seasons = SeasonService(storage, tracker, runtime_settings(reset_period=period), clock=clock)
         if load:
             await seasons.load()
         return Instance(storage, tracker, seasons)
@@ -105,7 +107,7 @@ async def test_load_creates_season_one_ending_one_period_from_now(start: Start, 
     info = await run.seasons.load()
     assert info == SeasonInfo(number=1, started_at=T0 + 50.0, ends_at=T0 + 50.0 + PERIOD, ended_at=None)
     assert run.seasons.current == info
-    assert run.tracker.season == 1
+    assert run.seasons.current_number() == 1
     assert await season_rows(run.storage) == [(1, T0 + 50.0, T0 + 50.0 + PERIOD, None, None)]
 
 
@@ -123,7 +125,7 @@ async def test_a_restart_reopens_the_same_season_without_moving_the_reset(start:
     clock.advance(400.0)
     second = await start()
     assert second.seasons.current == SeasonInfo(1, T0, T0 + PERIOD)
-    assert second.tracker.season == 1
+    assert second.seasons.current_number() == 1
     assert await season_rows(second.storage) == [(1, T0, T0 + PERIOD, None, None)]
     assert not second.seasons.is_due()
 
@@ -180,7 +182,7 @@ async def test_a_restart_after_a_roll_opens_the_new_season(start: Start, clock: 
     clock.advance(100.0)
     again = await start()
     assert again.seasons.current == SeasonInfo(2, T0 + 300.0, T0 + 300.0 + PERIOD)
-    assert again.tracker.season == 2
+    assert again.seasons.current_number() == 2
 
 
 # --------------------------------------------------------------------------- roll
@@ -192,7 +194,7 @@ async def test_roll_archives_the_season_and_opens_the_next(start: Start, clock: 
     finished = await run.seasons.roll(reason="manual")
     assert finished == SeasonInfo(1, T0, T0 + PERIOD, ended_at=T0 + 250.0)
     assert run.seasons.current == SeasonInfo(2, T0 + 250.0, T0 + 250.0 + PERIOD, None)
-    assert run.tracker.season == 2
+    assert run.seasons.current_number() == 2
     assert await season_rows(run.storage) == [
         (1, T0, T0 + PERIOD, T0 + 250.0, None),
         (2, T0 + 250.0, T0 + 250.0 + PERIOD, None, None),
@@ -202,7 +204,7 @@ async def test_roll_archives_the_season_and_opens_the_next(start: Start, clock: 
     finished = await run.seasons.roll(reason="again", now=T0 + 400.0)  # explicit time
     assert finished == SeasonInfo(2, T0 + 250.0, T0 + 250.0 + PERIOD, ended_at=T0 + 400.0)
     assert run.seasons.current == SeasonInfo(3, T0 + 400.0, T0 + 400.0 + PERIOD)
-    assert run.tracker.season == 3
+    assert run.seasons.current_number() == 3
 
 
 async def test_messages_before_the_roll_finish_the_season_and_later_ones_start_the_next(
@@ -210,7 +212,7 @@ async def test_messages_before_the_roll_finish_the_season_and_later_ones_start_t
 ) -> None:
     run = await start()
     send(run.tracker, 1, 2)
-    assert await run.tracker.flush() is True
+    assert await run.seasons.flush() is True
     send(run.tracker, 1, 3)  # still buffered when the season ends
     send(run.tracker, 2, 1)
     clock.advance(100.0)
@@ -220,7 +222,7 @@ async def test_messages_before_the_roll_finish_the_season_and_later_ones_start_t
     send(run.tracker, 1, 1)
     send(run.tracker, 3, 4)
     clock.advance(10.0)
-    assert await run.tracker.flush() is True
+    assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {
         (1, 1): (5, 0.0),
         (1, 2): (1, 0.0),
@@ -242,7 +244,7 @@ async def test_voice_in_progress_is_split_exactly_at_the_roll(start: Start, cloc
     clock.set(T0 + 180.0)
     run.tracker.record_voice(2, None)
     clock.set(T0 + 200.0)
-    assert await run.tracker.flush() is True
+    assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {
         (1, 1): (0, 60.0),
         (1, 2): (0, 30.0),
@@ -257,7 +259,7 @@ async def test_roll_at_an_explicit_time_splits_voice_there(start: Start, clock: 
     run.tracker.record_voice(1, here(CH))
     clock.set(T0 + 200.0)
     assert await run.seasons.roll(reason="test", now=T0 + 150.0) is not None
-    assert await run.tracker.flush() is True
+    assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {(1, 1): (0, 50.0), (2, 1): (0, 50.0)}
 
 
@@ -276,7 +278,7 @@ async def test_a_failed_write_rolls_nothing_and_a_later_roll_succeeds(
     assert await run.seasons.roll(reason="test") is None
     assert len(attempts) == 1
     assert run.seasons.current == SeasonInfo(1, T0, T0 + PERIOD)
-    assert run.tracker.season == 1
+    assert run.seasons.current_number() == 1
     assert await season_rows(run.storage) == [(1, T0, T0 + PERIOD, None, None)]
     assert await stats_by_season(run.storage) == {}
     assert run.tracker.pending_messages(1) == 2  # kept for the retry
@@ -288,10 +290,10 @@ async def test_a_failed_write_rolls_nothing_and_a_later_roll_succeeds(
     finished = await run.seasons.roll(reason="retry")
     assert finished == SeasonInfo(1, T0, T0 + PERIOD, ended_at=T0 + 170.0)
     assert run.seasons.current == SeasonInfo(2, T0 + 170.0, T0 + 170.0 + PERIOD)
-    assert run.tracker.season == 2
+    assert run.seasons.current_number() == 2
     assert calls == [(finished, run.seasons.current)]
     clock.set(T0 + 200.0)
-    assert await run.tracker.flush() is True
+    assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {(1, 1): (2, 70.0), (2, 1): (0, 30.0)}
 
 
@@ -315,9 +317,10 @@ async def test_a_failed_season_write_leaves_tracker_and_current_in_agreement(
         result: object = await run.seasons.roll(reason="test")
     except sqlite3.OperationalError as error:
         result = error
-    state = (result, run.tracker.season, run.seasons.current.number)
+    state = (result, run.seasons.current.number)
     assert result is None, state
-    assert run.tracker.season == run.seasons.current.number, state
+    assert run.seasons.current.number == 1, state
+    assert run.tracker.pending_messages(1) == 1  # kept for the retry
 
 
 async def test_roll_listeners_get_the_finished_and_the_new_season(start: Start, clock: FakeClock) -> None:
@@ -358,7 +361,7 @@ async def test_roll_listeners_see_the_new_season_already_in_place(start: Start, 
     run = await start()
     observed: list[tuple[int, int]] = []
     run.seasons.add_roll_listener(
-        lambda finished, current: observed.append((run.tracker.season, run.seasons.current.number))
+        lambda finished, current: observed.append((run.seasons.current_number(), current.number))
     )
     clock.advance(10.0)
     await run.seasons.roll(reason="test")
@@ -389,3 +392,36 @@ async def test_unannounced_lists_finished_seasons_until_marked(start: Start, clo
     await again.seasons.mark_announced(2)
     assert await again.seasons.unannounced() == []
     assert again.seasons.current.number == 3
+
+
+async def test_a_flush_waiting_while_a_season_ends_writes_into_the_new_season(start: Start, clock: FakeClock) -> None:
+    run = await start()
+    send(run.tracker, 1, 2)  # belongs to season 1
+    busy, gate = threading.Event(), threading.Event()
+
+    def occupy_db_thread() -> None:  # any query in progress: the roll's write has to wait for it
+        busy.set()
+        assert gate.wait(10)
+
+    blocker = asyncio.ensure_future(run.storage.run(occupy_db_thread))
+    assert await asyncio.to_thread(busy.wait, 10)
+    rolling = asyncio.create_task(run.seasons.roll(reason="test"))
+    periodic = asyncio.create_task(run.tracker.flush(run.seasons.current_number))  # waits for the lock
+    await asyncio.sleep(0)  # the roll has taken season 1's counts and waits for the database
+    send(run.tracker, 1, 3)  # after the roll took its batch: season 2's
+    gate.set()
+    await blocker
+    finished = await rolling
+    assert finished is not None and finished.number == 1
+    assert await periodic is True
+    assert await stats_by_season(run.storage) == {(1, 1): (2, 0.0), (2, 1): (3, 0.0)}
+
+
+async def test_the_season_length_follows_the_live_setting(start: Start, clock: FakeClock) -> None:
+    run = await start(period=PERIOD)
+    assert run.seasons.period == PERIOD
+    run.seasons.settings.update(reset_period=5 * PERIOD)
+    assert run.seasons.period == 5 * PERIOD
+    clock.advance(10.0)
+    await run.seasons.roll(reason="test")
+    assert run.seasons.current.ends_at == run.seasons.current.started_at + 5 * PERIOD

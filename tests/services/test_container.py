@@ -1,0 +1,90 @@
+"""build_services: one season owner for everyone, and runtime setting changes that reach the services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leaderboard_bot.config import SpamLimit, load_settings
+from leaderboard_bot.db import Storage
+from leaderboard_bot.services.container import Services, build_services, recovery_file
+from leaderboard_bot.services.ratelimit import NullGuard, SpamGuard
+from tests.factories import MIDNIGHT, FakeClock, here
+
+G = 7373
+
+
+def services_for(tmp_path: Path, clock: FakeClock, **env: str) -> Services:
+    url = f"sqlite:///{tmp_path}/c.db"
+    config = load_settings({"BOT_TOKEN": "x", "GUILD_ID": str(G), "DATABASE_URL": url, **env})
+    return build_services(config, Storage(url), None, clock=clock)
+
+
+def test_every_service_shares_the_one_season_owner_and_settings(tmp_path: Path) -> None:
+    services = services_for(tmp_path, FakeClock(MIDNIGHT))
+    assert services.rankings.seasons is services.seasons
+    assert services.boards.seasons is services.seasons
+    assert services.seasons.activity is services.activity
+    assert services.activity.names is services.names and services.boards.names is services.names
+    assert services.seasons.settings is services.settings and services.boards.settings is services.settings
+    assert not hasattr(services.activity, "season")  # the activity buffer does not keep a copy
+
+
+def test_the_recovery_file_sits_beside_the_database(tmp_path: Path) -> None:
+    file = recovery_file(f"sqlite:///{tmp_path}/c.db")
+    assert file is not None and file.path == tmp_path / "c.db.unsaved.json"
+    assert recovery_file("sqlite:///:memory:") is None
+
+
+async def test_a_flush_writes_into_the_season_the_owner_names(tmp_path: Path) -> None:
+    clock = FakeClock(MIDNIGHT)
+    services = services_for(tmp_path, clock)
+    await services.open()
+    try:
+        services.activity.record_message(1)
+        assert await services.seasons.flush() is True
+        clock.advance(10.0)
+        assert await services.seasons.roll(reason="test") is not None
+        services.activity.record_message(1)
+        assert await services.seasons.flush() is True
+        assert (await services.rankings.standing(1, 1)).messages == 1
+        assert (await services.rankings.standing(1)).messages == 1
+        assert (await services.rankings.standing(1)).season == 2
+    finally:
+        await services.storage.close()
+
+
+def test_changing_the_voice_rules_at_run_time_re_decides_who_counts(tmp_path: Path) -> None:
+    clock = FakeClock(MIDNIGHT)
+    services = services_for(tmp_path, clock, VOICE_COUNT_DEAFENED="false")
+    voice = services.activity.voice
+    services.activity.record_voice(1, here(5, deafened=True))
+    assert not voice.is_counting(1)
+    clock.advance(30.0)
+    services.settings.update(voice_count_deafened=True)
+    assert voice.is_counting(1)
+    assert voice.session_seconds(1, clock()) == 0.0  # from the change on, nothing before it
+    services.settings.update(voice_count_deafened=False)
+    assert not voice.is_counting(1)
+
+
+def test_changing_the_spam_limit_reconfigures_or_swaps_the_guard(tmp_path: Path) -> None:
+    services = services_for(tmp_path, FakeClock(MIDNIGHT), SPAM_LIMIT="5/5s")
+    guard = services.activity.guard
+    assert isinstance(guard, SpamGuard)
+    services.settings.update(spam_limit=SpamLimit(burst=2, per_seconds=10.0))
+    assert services.activity.guard is guard  # same buckets, new limits
+    assert [guard.allow(9, 0.0) for _ in range(3)] == [True, True, False]
+    services.settings.update(spam_limit=None)
+    assert isinstance(services.activity.guard, NullGuard)
+    services.settings.update(spam_limit=SpamLimit(burst=1, per_seconds=1.0))
+    assert isinstance(services.activity.guard, SpamGuard)
+
+
+def test_a_changed_cache_ttl_reaches_the_ranking_cache(tmp_path: Path) -> None:
+    services = services_for(tmp_path, FakeClock(MIDNIGHT), CACHE_TTL="30s")
+    cache = services.rankings.cache
+    cache.put(("messages", 1, 10), ())
+    services.settings.update(cache_ttl=0.0)  # entries from now on expire at once
+    cache.put(("voice", 1, 10), ())
+    assert cache.get(("messages", 1, 10)) == ()
+    assert cache.get(("voice", 1, 10)) is None
