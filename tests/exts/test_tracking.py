@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock
+from unittest.mock import AsyncMock
 
-import disnake
 import pytest
 
 from leaderboard_bot.exts.tracking import Tracking
 from leaderboard_bot.services.activity import ActivityService
-from leaderboard_bot.services.voice import VoicePresence, VoiceTracker
-from tests.factories import AllowAllGuard, FakeClock
+from leaderboard_bot.services.names import NameService
+from leaderboard_bot.services.voice import VoicePresence
+from tests.factories import AllowAllGuard, FakeClock, runtime_settings, voice_tracker
+from tests.helpers import mock_guild, mock_member, mock_voice_channel, mock_voice_state
 
 GUILD, LOUNGE = 1, 10
 ALICE, BOB, ROBOT = 101, 102, 103
@@ -25,46 +26,36 @@ class NoStorage:
         return None
 
 
-def voice_channel(channel_id: int) -> MagicMock:
-    channel = MagicMock(spec=disnake.VoiceChannel)
-    channel.id = channel_id
-    channel.voice_states = {}
-    return channel
-
-
-def member(user_id: int, *, bot: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(id=user_id, bot=bot, display_name=f"user{user_id}", name=f"user{user_id}")
+def member(user_id: int, *, bot: bool = False) -> Any:
+    return mock_member(user_id, bot=bot)
 
 
 class World:
     def __init__(self) -> None:
         self.clock = FakeClock()
-        self.lounge = voice_channel(LOUNGE)
-        self.members: dict[int, SimpleNamespace] = {}
-        self.guild = MagicMock(spec=disnake.Guild)
-        self.guild.id = GUILD
-        self.guild.unavailable = False
-        self.guild.afk_channel = None
-        self.guild.voice_channels = [self.lounge]
-        self.guild.stage_channels = []
+        self.lounge = mock_voice_channel(LOUNGE)
+        self.members: dict[int, Any] = {}
+        self.guild = mock_guild(GUILD, voice_channels=[self.lounge], stage_channels=[])
         self.guild.get_member.side_effect = self.members.get
         self.guild.query_members = AsyncMock(return_value=[])
+        self.names = NameService(NoStorage(), guild_id=GUILD)  # type: ignore[arg-type]
         self.tracker = ActivityService(
             NoStorage(),  # type: ignore[arg-type]
             guild_id=GUILD,
-            voice=VoiceTracker(count_deafened=False, count_alone=False),
+            voice=voice_tracker(count_deafened=False, count_alone=False),
             guard=AllowAllGuard(),
+            names=self.names,
             clock=self.clock,
         )
         self.bot = SimpleNamespace(
-            tracker=self.tracker,
-            settings=SimpleNamespace(guild_id=GUILD, flush_interval=3600.0),
+            services=SimpleNamespace(activity=self.tracker, names=self.names, settings=runtime_settings()),
+            config=SimpleNamespace(guild_id=GUILD),
             ws=SimpleNamespace(open=True),
             get_guild=lambda guild_id: self.guild if guild_id == GUILD else None,
         )
 
     def in_voice(self, user_id: int) -> None:
-        self.lounge.voice_states[user_id] = SimpleNamespace(channel=self.lounge, deaf=False, self_deaf=False)
+        self.lounge.voice_states[user_id] = mock_voice_state(self.lounge)
 
 
 @pytest.fixture
@@ -147,3 +138,31 @@ async def test_no_reconcile_while_disconnected_or_while_the_guild_is_unavailable
     w.bot.ws.open = True
     await cog.on_guild_available(w.guild)
     assert not w.tracker.voice.suspended and w.tracker.voice.counting_users() == {ALICE, BOB}
+
+
+async def test_cog_load_starts_the_flush_loop_at_the_live_interval_and_follows_changes(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    settings = w.bot.services.settings
+    settings.update(flush_interval=3600.0)
+    await cog.cog_load()
+    try:
+        assert cog.flush_loop.is_running()
+        assert cog.flush_loop.seconds == 3600.0
+        settings.update(flush_interval=1800.0)
+        assert cog.flush_loop.seconds == 1800.0
+    finally:
+        cog.cog_unload()
+    settings.update(flush_interval=900.0)  # unsubscribed: the unloaded cog is not touched
+    assert cog.flush_loop.seconds == 1800.0
+
+
+async def test_names_seen_in_messages_and_voice_go_to_the_name_service(world: tuple[World, Tracking]) -> None:
+    w, cog = world
+    alice = mock_member(ALICE, display_name="Ali", name="alice")
+    alice.guild = w.guild
+    w.in_voice(ALICE)
+    await cog.on_voice_state_update(alice, mock_voice_state(None), w.lounge.voice_states[ALICE])
+    assert w.names.known_name(ALICE) == "Ali"
+    assert w.tracker.voice.presence(ALICE) == VoicePresence(LOUNGE)

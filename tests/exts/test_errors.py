@@ -1,4 +1,4 @@
-"""Unit tests for the commands' answer-in-time helper and guards, with a fake interaction."""
+"""Answering in time and apologising (exts/errors.py), with a fake interaction that records calls."""
 
 from __future__ import annotations
 
@@ -12,13 +12,7 @@ import pytest
 from disnake.ext import commands
 from loguru import logger
 
-from leaderboard_bot.exts.leaderboards import (
-    APOLOGY,
-    SERVER_ONLY,
-    Leaderboards,
-    Reply,
-    respond_in_time,
-)
+from leaderboard_bot.exts.errors import APOLOGY, Errors, Reply, respond_in_time
 from leaderboard_bot.ui.embeds import notice_embed
 
 # Short enough to keep the suite fast, long enough that "fast" work never misses it on a busy CI box.
@@ -203,46 +197,21 @@ async def test_work_cancelled_from_elsewhere_still_gets_an_apology() -> None:
     assert inter.calls == [("send", APOLOGY, True)]
 
 
-# --------------------------------------------------------------------------- the cog
+# --------------------------------------------------------------------------- the error handler
 
 
-def cog() -> Leaderboards:
-    bot = SimpleNamespace(settings=SimpleNamespace(guild_id=GUILD_ID))
-    return Leaderboards(bot)  # type: ignore[arg-type]
-
-
-async def test_outside_the_server_the_answer_is_ephemeral_and_nothing_is_built() -> None:
-    built: list[bool] = []
-
-    async def build() -> Reply:
-        built.append(True)
-        return reply("should not be built")
-
-    inter = FakeInter(guild_id=None)
-    await cog()._answer(inter, "stats", build)  # type: ignore[arg-type]
-    assert inter.calls == [("send", SERVER_ONLY, True)]
-    assert built == []
-
-
-async def test_inside_the_server_the_built_reply_is_sent() -> None:
-    inter = FakeInter()
-    await cog()._answer(inter, "stats", lambda: answer("numbers"))  # type: ignore[arg-type]
-    assert inter.calls == [("send", "numbers", False)]
-
-
-async def test_the_cog_error_handler_apologises_and_stops_propagation(logs: list[Any]) -> None:
+async def test_the_error_handler_logs_and_apologises(logs: list[Any]) -> None:
     inter = FakeInter()
     error = commands.CommandInvokeError(RuntimeError("boom"))
-    handled = await cog().cog_slash_command_error(inter, error)  # type: ignore[arg-type]
-    assert handled is True
+    await Errors().on_slash_command_error(inter, error)  # type: ignore[arg-type]
     assert inter.calls == [("send", APOLOGY, True)]
     assert any(m.record["message"] == "/stats failed for user 42" for m in logs)
 
 
-async def test_the_cog_error_handler_edits_when_already_deferred() -> None:
+async def test_the_error_handler_edits_when_already_deferred() -> None:
     inter = FakeInter()
     await inter.response.defer()
-    await cog().cog_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
+    await Errors().on_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
     assert inter.calls == [("defer", {}), ("delete",), ("followup", APOLOGY, True)]
 
 
@@ -251,3 +220,13 @@ async def test_when_the_thinking_message_cannot_be_removed_it_becomes_the_apolog
     inter.delete_failures = 1
     await respond(inter, fail(after=DEFER_AFTER * 2))
     assert inter.calls == [("defer", {}), ("edit", APOLOGY)]
+
+
+async def test_the_errors_cog_is_the_bot_wide_handler_so_disnake_prints_nothing() -> None:
+    from leaderboard_bot.exts import errors
+
+    bot = commands.InteractionBot()
+    errors.setup(bot)  # type: ignore[arg-type]
+    assert len(bot.extra_events.get("on_slash_command_error", [])) == 1
+    bot.remove_cog("Errors")
+    assert not bot.extra_events.get("on_slash_command_error")
