@@ -22,8 +22,8 @@ from leaderboard_bot.db.models import (
     VoiceSession,
     database_proxy,
 )
-from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
 from leaderboard_bot.db.storage import Storage, open_database
+from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
 
 G = 111  # guild id
 OTHER_G = 222

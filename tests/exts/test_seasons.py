@@ -13,8 +13,9 @@ from unittest.mock import AsyncMock, MagicMock
 import disnake
 import pytest
 
-from leaderboard_bot.exts.seasons import Seasons
+from leaderboard_bot.exts.seasons import Seasons, check_interval
 from leaderboard_bot.services.seasons import SeasonInfo
+from tests.factories import runtime_settings
 
 GUILD, CHAT, VOICE = 1, 20, 30
 
@@ -61,23 +62,28 @@ async def cog() -> AsyncIterator[tuple[Seasons, Any]]:
     season = SeasonInfo(number=1, started_at=0.0, ends_at=10.0, ended_at=10.0)
     announced: list[int] = []
     channels = {CHAT: text_channel(CHAT), VOICE: text_channel(VOICE)}
+    settings = runtime_settings(chat_lb_channel_id=CHAT, vc_lb_channel_id=VOICE, reset_period=3600.0, arrow_emoji=">")
+    storage = SettingsStore()
     bot = SimpleNamespace(
-        settings=SimpleNamespace(
-            guild_id=GUILD, chat_lb_channel_id=CHAT, vc_lb_channel_id=VOICE, reset_period=3600.0, arrow_emoji=">"
+        config=SimpleNamespace(guild_id=GUILD),
+        services=SimpleNamespace(
+            settings=settings,
+            storage=storage,
+            boards=SimpleNamespace(lines=AsyncMock(return_value=[])),
+            seasons=SimpleNamespace(
+                unannounced=AsyncMock(side_effect=lambda: [] if 1 in announced else [season]),
+                mark_announced=AsyncMock(side_effect=announced.append),
+            ),
         ),
-        storage=SettingsStore(),
+        storage=storage,
         guild=None,
         get_channel=channels.get,
-        board_lines=AsyncMock(return_value=[]),
         wait_until_ready=never_ready,  # the extension's own loop stays idle in these tests
-        seasons=SimpleNamespace(
-            unannounced=AsyncMock(side_effect=lambda: [] if 1 in announced else [season]),
-            mark_announced=AsyncMock(side_effect=announced.append),
-        ),
         channels=channels,
         announced=announced,
     )
     seasons = Seasons(bot)  # type: ignore[arg-type]
+    await seasons.cog_load()
     try:
         yield seasons, bot
     finally:
@@ -116,3 +122,24 @@ async def test_a_forbidden_channel_is_retried_later_without_blocking_the_other(c
     seasons._retries["season:1:final:messages"].until = 0.0  # the back-off has passed
     await seasons.announce_pending()
     assert bot.announced == [1] and bot.channels[VOICE].send.await_count == 1
+
+
+@pytest.mark.parametrize(("period", "expected"), [(6.0, 1.0), (60.0, 3.0), (30 * 86400.0, 30.0)])
+def test_season_checks_are_frequent_for_short_seasons_and_cheap_for_long_ones(period: float, expected: float) -> None:
+    assert check_interval(period) == expected
+
+
+async def test_the_check_interval_follows_a_changed_reset_period(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    assert seasons.season_loop.seconds == check_interval(3600.0)
+    bot.services.settings.update(reset_period=60.0)
+    assert seasons.season_loop.seconds == check_interval(60.0)
+
+
+async def test_announcements_go_to_the_channels_set_now(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    moved = text_channel(40)
+    bot.channels[40] = moved
+    bot.services.settings.update(chat_lb_channel_id=40)
+    await seasons.announce_pending()
+    assert moved.send.await_count == 1 and bot.channels[CHAT].send.await_count == 0
