@@ -27,7 +27,8 @@ def mock_member(user_id: int, *, bot: bool = False, display_name: str | None = N
 
 def mock_user(user_id: int, *, bot: bool = False, global_name: str | None = None, name: str | None = None) -> Any:
     name = name or f"user{user_id}"
-    return _mock(disnake.User, id=user_id, bot=bot, global_name=global_name, name=name, display_name=global_name or name)
+    display_name = global_name or name
+    return _mock(disnake.User, id=user_id, bot=bot, global_name=global_name, name=name, display_name=display_name)
 
 
 def mock_voice_channel(channel_id: int) -> Any:

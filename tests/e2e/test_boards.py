@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 from .harness import World, make_world
 
@@ -16,7 +17,7 @@ def bot_posts(w: World, channel: int) -> list:
     return [m for m in w.fc.channel_messages(channel) if m.author_id == w.fc.bot_id and m.type == 0]
 
 
-async def the_board(w: World, channel: int, timeout: float = 15.0):
+async def the_board(w: World, channel: int, timeout: float = 15.0) -> Any:
     return await w.fc.wait_for(lambda: next(iter(bot_posts(w, channel)), None), timeout, f"a board in {channel}")
 
 
