@@ -1,0 +1,235 @@
+"""The pinned-board scheduler's decisions, against real services and spec'd disnake channels:
+post, pin and store a new board; edit only on change; re-post when deleted; back off on 403 and on
+Discord's edit limit; retry a failed pin later; follow a channel change; install and remove itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import disnake
+import pytest
+from loguru import logger
+
+from leaderboard_bot.config import load_settings
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.exts.scheduler import BoardPost, Scheduler
+from leaderboard_bot.services.container import Services, build_services
+from tests.helpers import mock_message, mock_text_channel
+
+GUILD, CHAT, VC, MOVED, BOT_ID = 1, 20, 30, 40, 999
+
+
+def http_error(cls: type[disnake.HTTPException], status: int, code: int) -> disnake.HTTPException:
+    response = SimpleNamespace(status=status, reason="error")
+    return cls(response, {"code": code, "message": "injected"})  # type: ignore[arg-type]
+
+
+async def no_pins() -> AsyncIterator[Any]:
+    for message in ():
+        yield message
+
+
+async def never_ready() -> None:
+    await asyncio.Event().wait()
+
+
+@dataclass
+class Board:
+    """A spec'd text channel recording what the scheduler did to it."""
+
+    channel: Any
+    partial: Any
+    posted: list[int]
+
+    @classmethod
+    def make(cls, channel_id: int) -> Board:
+        channel = mock_text_channel(channel_id)
+        partial = MagicMock(spec_set=disnake.PartialMessage)
+        channel.get_partial_message.return_value = partial
+        posted: list[int] = []
+
+        async def send(**kwargs: Any) -> Any:
+            posted.append(channel_id * 100 + len(posted) + 1)
+            return mock_message(posted[-1], pinned=False)
+
+        channel.send = AsyncMock(side_effect=send)
+        # Pins are per message: what fetch_message reports is what pin() really did.
+        pinned: set[int] = set()
+        partial.pin = AsyncMock(side_effect=lambda **kwargs: pinned.add(posted[-1]))
+        channel.fetch_message = AsyncMock(
+            side_effect=lambda message_id: mock_message(message_id, pinned=message_id in pinned)
+        )
+        channel.pins = lambda **kwargs: no_pins()
+        return cls(channel, partial, posted)
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    url = f"sqlite:///{tmp_path}/s.db"
+    env = {"BOT_TOKEN": "x", "GUILD_ID": str(GUILD), "CHAT_LB_CHANNEL_ID": str(CHAT), "VC_LB_CHANNEL_ID": str(VC)}
+    built = build_services(load_settings({**env, "DATABASE_URL": url}), Storage(url), None)
+    await built.open()
+    try:
+        yield built
+    finally:
+        await built.storage.close()
+
+
+@pytest.fixture
+def boards() -> dict[int, Board]:
+    return {channel_id: Board.make(channel_id) for channel_id in (CHAT, VC, MOVED)}
+
+
+@pytest.fixture
+def scheduler(services: Services, boards: dict[int, Board]) -> Iterator[Scheduler]:
+    bot = SimpleNamespace(
+        config=SimpleNamespace(guild_id=GUILD),
+        services=services,
+        get_channel=lambda channel_id: boards[channel_id].channel if channel_id in boards else None,
+        guild=None,
+        user=SimpleNamespace(id=BOT_ID),
+        http=SimpleNamespace(),  # no global-limit flag: the adapter never cancels
+        wait_until_ready=never_ready,  # the loop itself stays idle in these tests
+    )
+    cog = Scheduler(bot)  # type: ignore[arg-type]
+    yield cog
+    cog.cog_unload()
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="WARNING")
+    yield seen
+    logger.remove(sink)
+
+
+async def stored_post(services: Services) -> Any:
+    return await services.storage.run(repository.get_setting, GUILD, "board:messages")
+
+
+async def test_a_first_refresh_posts_pins_and_stores_the_board(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    assert chat.channel.send.await_count == 1
+    chat.partial.pin.assert_awaited_once()
+    stored = await stored_post(services)
+    assert stored["message_id"] == chat.posted[0] and stored["pinned"] is True and stored["channel_id"] == CHAT
+    assert boards[VC].channel.send.await_count == 0  # boards are refreshed one by one
+
+
+async def test_an_unchanged_board_is_never_edited_and_a_changed_one_is_edited_in_place(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    chat.partial.edit.assert_not_awaited()
+    services.activity.record_message(7)
+    assert await services.seasons.flush() is True
+    await scheduler.refresh("messages")
+    chat.partial.edit.assert_awaited_once()
+    assert chat.channel.send.await_count == 1  # edited, never re-posted
+    assert services.boards.changed_at("messages") is not None
+
+
+async def test_a_deleted_board_is_posted_again(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    chat.partial.edit.side_effect = http_error(disnake.NotFound, 404, 10008)
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    await scheduler.refresh("messages")
+    assert chat.channel.send.await_count == 2
+    assert (await stored_post(services))["message_id"] == chat.posted[1]
+
+
+async def test_a_forbidden_channel_backs_off_and_is_warned_about_once(
+    scheduler: Scheduler, boards: dict[int, Board], warnings: list[str]
+) -> None:
+    chat = boards[CHAT]
+    chat.channel.send.side_effect = http_error(disnake.Forbidden, 403, 50013)
+    await scheduler.refresh("messages")
+    await scheduler.refresh("messages")  # still backing off: no second 403
+    assert chat.channel.send.await_count == 1
+    assert sum("could not update the messages leaderboard" in w for w in warnings) == 1
+    assert scheduler._backoff["messages"].waiting()
+
+
+async def test_discords_edit_limit_backs_off_for_at_least_ten_minutes(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    boards[CHAT].partial.edit.side_effect = http_error(disnake.HTTPException, 429, 30046)
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    await scheduler.refresh("messages")
+    assert scheduler._backoff["messages"].until - time.monotonic() > 590
+
+
+async def test_a_failed_pin_is_retried_later_not_at_once(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services, warnings: list[str]
+) -> None:
+    chat = boards[CHAT]
+    chat.partial.pin.side_effect = http_error(disnake.Forbidden, 403, 50013)
+    await scheduler.refresh("messages")
+    await scheduler.refresh("messages")
+    assert chat.partial.pin.await_count == 1  # backing off
+    assert sum("could not pin the messages leaderboard" in w for w in warnings) == 1
+    assert chat.channel.send.await_count == 1  # the board itself is fine
+    chat.partial.pin.side_effect = None
+    scheduler._pin_backoff["messages"].until = 0.0  # the back-off has passed
+    await scheduler.refresh("messages")
+    assert chat.partial.pin.await_count == 2
+    assert (await stored_post(services))["pinned"] is True
+
+
+async def test_a_changed_channel_setting_moves_the_board(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    services.settings.update(chat_lb_channel_id=MOVED)
+    await scheduler.refresh("messages")
+    assert boards[MOVED].channel.send.await_count == 1
+    assert (await stored_post(services))["channel_id"] == MOVED
+
+
+def test_board_state_round_trips_without_the_board_name() -> None:
+    post = BoardPost("voice", 42, message_id=7, embed_hash="b", pinned=True)
+    assert post.setting_key == "board:voice"
+    assert post.to_setting() == {"channel_id": 42, "message_id": 7, "embed_hash": "b", "pinned": True}
+
+
+async def test_load_and_unload_install_and_remove_everything_without_stacking(
+    scheduler: Scheduler, services: Services
+) -> None:
+    http_log = logging.getLogger("disnake.http")
+    before = list(http_log.filters)
+    for _ in range(2):  # loaded, unloaded, loaded again (a reload): never two filters
+        await scheduler.cog_load()
+        assert len(http_log.filters) == len(before) + 1
+        scheduler.cog_unload()
+        assert http_log.filters == before
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler.refresh_loop.get_task()  # type: ignore[misc]
+    await scheduler.cog_load()
+    assert scheduler.refresh_loop.seconds == services.settings.current.update_interval
+    services.settings.update(update_interval=300.0)
+    assert scheduler.refresh_loop.seconds == 300.0
+    scheduler.cog_unload()
+    assert http_log.filters == before
+    services.settings.update(update_interval=600.0)  # unsubscribed
+    assert scheduler.refresh_loop.seconds == 300.0
