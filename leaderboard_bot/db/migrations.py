@@ -51,13 +51,74 @@ def _v2_seasons_and_ranking(db: Database) -> None:
         db.execute_sql(sql)
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_core, _v2_seasons_and_ranking)
+# Portable types from v3 on: 64-bit integers and double precision (SQLite's INTEGER and REAL would be
+# 32-bit on PostgreSQL), natural primary keys instead of rowids. Each table is rebuilt and copied.
+_V3_TABLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "setting",
+        '"guild_id" BIGINT NOT NULL, "key" VARCHAR(255) NOT NULL, "value" TEXT NOT NULL, '
+        'PRIMARY KEY ("guild_id", "key")',
+        '"guild_id", "key", "value"',
+    ),
+    (
+        "member_stats",
+        '"guild_id" BIGINT NOT NULL, "season" BIGINT NOT NULL, "user_id" BIGINT NOT NULL, '
+        '"messages" BIGINT NOT NULL DEFAULT 0, "voice_seconds" DOUBLE PRECISION NOT NULL DEFAULT 0, '
+        'PRIMARY KEY ("guild_id", "season", "user_id")',
+        '"guild_id", "season", "user_id", "messages", "voice_seconds"',
+    ),
+    (
+        "daily_activity",
+        '"guild_id" BIGINT NOT NULL, "day" VARCHAR(10) NOT NULL, "user_id" BIGINT NOT NULL, '
+        '"messages" BIGINT NOT NULL DEFAULT 0, "voice_seconds" DOUBLE PRECISION NOT NULL DEFAULT 0, '
+        'PRIMARY KEY ("guild_id", "day", "user_id")',
+        '"guild_id", "day", "user_id", "messages", "voice_seconds"',
+    ),
+    (
+        "voice_session",
+        '"key" VARCHAR(255) NOT NULL PRIMARY KEY, "guild_id" BIGINT NOT NULL, "user_id" BIGINT NOT NULL, '
+        '"channel_id" BIGINT NOT NULL, "started_at" DOUBLE PRECISION NOT NULL, '
+        '"last_seen_at" DOUBLE PRECISION NOT NULL, "ended_at" DOUBLE PRECISION',
+        '"key", "guild_id", "user_id", "channel_id", "started_at", "last_seen_at", "ended_at"',
+    ),
+    (
+        "member_name",
+        '"guild_id" BIGINT NOT NULL, "user_id" BIGINT NOT NULL, "display_name" VARCHAR(255) NOT NULL, '
+        '"username" VARCHAR(255), "updated_at" DOUBLE PRECISION NOT NULL, PRIMARY KEY ("guild_id", "user_id")',
+        '"guild_id", "user_id", "display_name", "username", "updated_at"',
+    ),
+    (
+        "season",
+        '"guild_id" BIGINT NOT NULL, "number" BIGINT NOT NULL, "started_at" DOUBLE PRECISION NOT NULL, '
+        '"ends_at" DOUBLE PRECISION NOT NULL, "ended_at" DOUBLE PRECISION, "announced_at" DOUBLE PRECISION, '
+        'PRIMARY KEY ("guild_id", "number")',
+        '"guild_id", "number", "started_at", "ends_at", "ended_at", "announced_at"',
+    ),
+)
+_V3_INDEXES = (
+    'CREATE INDEX "voice_session_open" ON "voice_session" ("guild_id", "ended_at")',
+    'CREATE INDEX "member_stats_rank_messages" ON "member_stats" ("guild_id", "season", "messages")',
+    'CREATE INDEX "member_stats_rank_voice" ON "member_stats" ("guild_id", "season", "voice_seconds")',
+)
+
+
+def _v3_portable_types(db: Database) -> None:
+    for table, columns, names in _V3_TABLES:
+        db.execute_sql(f'CREATE TABLE "{table}_v3" ({columns})')
+        db.execute_sql(f'INSERT INTO "{table}_v3" ({names}) SELECT {names} FROM "{table}"')
+        db.execute_sql(f'DROP TABLE "{table}"')  # its indexes go with it
+        db.execute_sql(f'ALTER TABLE "{table}_v3" RENAME TO "{table}"')
+    for sql in _V3_INDEXES:
+        db.execute_sql(sql)
+
+
+MIGRATIONS: Sequence[Migration] = (_v1_core, _v2_seasons_and_ranking, _v3_portable_types)
 LATEST_VERSION = len(MIGRATIONS)
 
 
 def current_version(db: Database) -> int:
     db.execute_sql(
-        'CREATE TABLE IF NOT EXISTS "schema_version" ("id" INTEGER NOT NULL PRIMARY KEY, "version" INTEGER NOT NULL)'
+        'CREATE TABLE IF NOT EXISTS "schema_version" ("id" BIGINT NOT NULL PRIMARY KEY, "version" BIGINT NOT NULL)'
     )
     row = db.execute_sql('SELECT "version" FROM "schema_version" WHERE "id" = 1').fetchone()
     return int(row[0]) if row else 0
@@ -76,7 +137,7 @@ def migrate(db: Database, *, target: int = LATEST_VERSION, migrations: Sequence[
             step(db)
             version += 1
             db.execute_sql(
-                'INSERT INTO "schema_version" ("id", "version") VALUES (1, ?) '
+                f'INSERT INTO "schema_version" ("id", "version") VALUES (1, {db.param}) '
                 'ON CONFLICT ("id") DO UPDATE SET "version" = excluded."version"',
                 (version,),
             )

@@ -1,4 +1,8 @@
-"""peewee models. Times are Unix seconds (UTC) stored as floats; days are UTC ``YYYY-MM-DD`` strings."""
+"""peewee models. Times are Unix seconds (UTC) as doubles; days are UTC ``YYYY-MM-DD`` strings.
+
+Only portable types: 64-bit integers, double precision, natural primary keys (no rowids), so that
+the schema the migrations build is the same on SQLite and PostgreSQL (checked by a test).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ from peewee import (
     CharField,
     CompositeKey,
     DatabaseProxy,
-    FloatField,
-    IntegerField,
+    DoubleField,
     Model,
     TextField,
 )
@@ -25,8 +28,8 @@ class BaseModel(Model):
 class SchemaVersion(BaseModel):
     """A single row holding the number of the last migration applied."""
 
-    id = IntegerField(primary_key=True)
-    version = IntegerField()
+    id = BigIntegerField(primary_key=True)
+    version = BigIntegerField()
 
 
 class Setting(BaseModel):
@@ -44,13 +47,15 @@ class MemberStats(BaseModel):
     """Running totals of one member in one season: what the leaderboards rank."""
 
     guild_id = BigIntegerField()
-    season = IntegerField()
+    season = BigIntegerField()
     user_id = BigIntegerField()
-    messages = IntegerField(default=0)
-    voice_seconds = FloatField(default=0.0)
+    messages = BigIntegerField(default=0)
+    voice_seconds = DoubleField(default=0.0)
 
     class Meta:
         primary_key = CompositeKey("guild_id", "season", "user_id")
+        # Leaderboard queries rank one season of one guild by one column.
+        indexes = ((("guild_id", "season", "messages"), False), (("guild_id", "season", "voice_seconds"), False))
 
 
 class DailyActivity(BaseModel):
@@ -59,8 +64,8 @@ class DailyActivity(BaseModel):
     guild_id = BigIntegerField()
     day = CharField(max_length=10)
     user_id = BigIntegerField()
-    messages = IntegerField(default=0)
-    voice_seconds = FloatField(default=0.0)
+    messages = BigIntegerField(default=0)
+    voice_seconds = DoubleField(default=0.0)
 
     class Meta:
         primary_key = CompositeKey("guild_id", "day", "user_id")
@@ -70,13 +75,16 @@ class VoiceSession(BaseModel):
     """One stretch of counted voice time in one channel. ``last_seen_at`` is the heartbeat:
     time up to it has been credited, and a session left open by a crash is closed there."""
 
-    key = CharField(unique=True)
+    key = CharField(primary_key=True)
     guild_id = BigIntegerField()
     user_id = BigIntegerField()
     channel_id = BigIntegerField()
-    started_at = FloatField()
-    last_seen_at = FloatField()
-    ended_at = FloatField(null=True)
+    started_at = DoubleField()
+    last_seen_at = DoubleField()
+    ended_at = DoubleField(null=True)
+
+    class Meta:
+        indexes = ((("guild_id", "ended_at"), False),)
 
 
 class MemberName(BaseModel):
@@ -86,7 +94,7 @@ class MemberName(BaseModel):
     user_id = BigIntegerField()
     display_name = CharField()
     username = CharField(null=True)
-    updated_at = FloatField()
+    updated_at = DoubleField()
 
     class Meta:
         primary_key = CompositeKey("guild_id", "user_id")
@@ -96,14 +104,14 @@ class Season(BaseModel):
     """A leaderboard season. The open one has ``ended_at`` NULL; finished ones are the archive."""
 
     guild_id = BigIntegerField()
-    number = IntegerField()
-    started_at = FloatField()
-    ends_at = FloatField()
-    ended_at = FloatField(null=True)
-    announced_at = FloatField(null=True)  # final standings posted
+    number = BigIntegerField()
+    started_at = DoubleField()
+    ends_at = DoubleField()
+    ended_at = DoubleField(null=True)
+    announced_at = DoubleField(null=True)  # final standings posted
 
     class Meta:
-        indexes = ((("guild_id", "number"), True),)
+        primary_key = CompositeKey("guild_id", "number")
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (
