@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from leaderboard_bot.db.migrations import LATEST_VERSION
+
 from .harness import GUILD_MESSAGES_INTENT, GUILD_VOICE_STATES_INTENT, GUILDS_INTENT, World, make_world
 
 
@@ -16,7 +18,7 @@ async def test_starts_with_only_the_intents_it_uses_and_never_logs_the_token(wor
     bot = await world.start_bot()
     identify = next(e for e in world.fc.gateway_log if e["kind"] == "op" and e["op"] == 2)
     assert identify["d"]["intents"] == GUILDS_INTENT | GUILD_MESSAGES_INTENT | GUILD_VOICE_STATES_INTENT
-    assert world.query("SELECT version FROM schema_version") == [(2,)]
+    assert world.query("SELECT version FROM schema_version") == [(LATEST_VERSION,)]
     assert world.query("PRAGMA journal_mode") == [("wal",)]
     bot.proc.send_signal(signal.SIGTERM)
     assert await bot.stop(timeout=15) == 0
