@@ -8,8 +8,6 @@ forbidden channels and throttling back off and retry on later cycles.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +21,7 @@ from ..config import Tunables
 from ..db import repository
 from ..domain import BOARDS, Board
 from ..services.backoff import Backoff
+from ..services.boards import digest
 from ..services.seasons import SeasonInfo
 from ..ui.embeds import board_title, format_value, guild_icon_url, leaderboard_embed
 
@@ -58,10 +57,6 @@ class BoardPost:
         data = asdict(self)
         data.pop("board")
         return data
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class Scheduler(commands.Cog):
@@ -218,7 +213,7 @@ class Scheduler(commands.Cog):
             season_ends_at=season.ends_at,
             changed_at=changed_at,
         )
-        embed_hash = _digest(embed.to_dict())
+        embed_hash = digest(embed.to_dict())
         if post.message_id is None:
             post.message_id = await self._adopt_pinned(channel, post.board)
         if post.message_id is not None and post.board not in self._verified:

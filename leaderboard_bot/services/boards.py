@@ -29,6 +29,11 @@ class _LastChange:
         return {"standings_hash": self.shown_hash, "changed_at": self.changed_at}
 
 
+def digest(value: object) -> str:
+    """A stable fingerprint of a JSON-able value: how the boards tell "unchanged" cheaply."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _setting_key(board: Board) -> str:
     return f"standings:{board}"
 
@@ -89,7 +94,7 @@ class BoardService:
         """Record what the board shows now (any JSON-able value, as displayed); returns when it last
         changed. The moment is kept in the database, so a restart does not make it "just now"."""
         change = self._changes[board]
-        shown_hash = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
+        shown_hash = digest(shown)
         if shown_hash != change.shown_hash:
             change.shown_hash, change.changed_at = shown_hash, self.clock()
         state = change.to_setting()
