@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from dotenv import load_dotenv
 from loguru import logger
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, sqlite_path
 from .logs import complete_logging, setup_logging
 
 if TYPE_CHECKING:
@@ -21,15 +21,69 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-async def run(settings: Settings) -> int:
+LOGIN_RETRY_MAX = 300.0
+
+
+async def login_with_retry(bot: LeaderboardBot, token: str) -> None:
+    """Discord unreachable at start (DNS, network down, a 5xx): retry with back-off, one line each."""
     import aiohttp
     import disnake
-    import peewee
 
+    delay = 5.0
+    attempt = 1
+    while not bot.closing:
+        try:
+            await bot.login(token)
+            return
+        except (OSError, aiohttp.ClientError, TimeoutError, disnake.DiscordServerError) as error:
+            logger.error(
+                "cannot reach Discord (attempt {}: {}: {}); check the network and DNS. Retrying in {:.0f}s",
+                attempt,
+                type(error).__name__,
+                error,
+                delay,
+            )
+        await _sleep_unless_closing(bot, delay)
+        delay = min(LOGIN_RETRY_MAX, delay * 2)
+        attempt += 1
+
+
+async def _sleep_unless_closing(bot: LeaderboardBot, seconds: float) -> None:
+    for _ in range(int(seconds * 10)):  # wakes for a stop asked meanwhile
+        if bot.closing:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def run(settings: Settings) -> int:
     from .bot import LeaderboardBot
     from .db import Storage
+    from .db.lock import AlreadyRunning, InstanceLock
 
-    bot = LeaderboardBot(settings, Storage(settings.database_url))
+    path = sqlite_path(settings.database_url)
+    instance = InstanceLock(path) if path != ":memory:" else None
+    if instance is not None:
+        try:
+            instance.acquire()
+        except AlreadyRunning as error:
+            logger.error("{}", error)
+            return EXIT_FAILURE
+        except OSError as error:
+            logger.error("cannot open the database {}: {}", settings.database_url, error)
+            return EXIT_FAILURE
+    try:
+        return await _run_locked(settings, LeaderboardBot(settings, Storage(settings.database_url)))
+    finally:
+        if instance is not None:
+            instance.release()
+
+
+async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
+    import aiohttp
+    import disnake
+
+    from .db.storage import StorageError
+
     loop = asyncio.get_running_loop()
 
     def quiet_shutdown_noise(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -46,10 +100,15 @@ async def run(settings: Settings) -> int:
     try:
         try:
             await bot.prepare()
-        except (OSError, peewee.DatabaseError) as error:
+        except StorageError as error:
+            advice = f": {error.advice}" if error.advice and error.kind != "damaged" else ""
+            logger.error("cannot open the database {}: {}{}", settings.database_url, error, advice)
+            return EXIT_FAILURE
+        except OSError as error:
             logger.error("cannot open the database {}: {}", settings.database_url, error)
             return EXIT_FAILURE
-        await bot.start(settings.bot_token)
+        await login_with_retry(bot, settings.bot_token)
+        await bot.connect()
     except disnake.LoginFailure:
         logger.error("Discord rejected BOT_TOKEN: check the token in .env (Developer Portal > Bot > Token)")
         return EXIT_FAILURE

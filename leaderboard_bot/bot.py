@@ -103,5 +103,6 @@ class LeaderboardBot(commands.InteractionBot):
             logger.exception("error while closing the Discord connection")
         if self._prepared:
             self.shutdown_clean = await self.services.activity.shutdown(self.services.seasons.current_number)
-        await self.services.storage.close()
+        # A database stuck in a busy wait does not hold the stop: its thread is a daemon.
+        await self.services.storage.close(wait=2.0 if self.shutdown_clean else 0.2)
         logger.info("shutdown complete")

@@ -71,7 +71,10 @@ class ActivityBatch:
     closed: list[SessionClose] = field(default_factory=list)
     names: dict[int, NameInfo] = field(default_factory=dict)  # user -> (display, username)
     roll: SeasonRoll | None = None
-    recovery_id: str | None = None  # set when re-applying a saved batch: marks it as applied
+    # Every write is numbered; the database keeps the highest number written, in the same
+    # transaction. A saved batch whose number is not above it was written already.
+    sequence: int | None = None
+    recovery_id: str | None = None  # only in recovery files of format 1: their applied-marker
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)

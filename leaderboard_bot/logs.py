@@ -156,7 +156,21 @@ class InterceptHandler(logging.Handler):
             frame = frame.f_back
             depth += 1
 
-        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+        message = record.getMessage()
+        exc_info = record.exc_info
+        if exc_info and exc_info[1] is not None and _is_network_noise(record, exc_info[1]):
+            # A dropped connection is routine: one line saying what happened, not 60 of traceback.
+            message = f"{message} ({type(exc_info[1]).__name__}: {exc_info[1]})"
+            exc_info = None
+        logger.opt(depth=depth, exception=exc_info).log(level, message)
+
+
+def _is_network_noise(record: logging.LogRecord, error: BaseException) -> bool:
+    import aiohttp
+    from disnake.errors import ConnectionClosed
+
+    noise = OSError | aiohttp.ClientError | TimeoutError | ConnectionClosed
+    return record.name.startswith("disnake") and isinstance(error, noise)
 
 
 def setup_logging(

@@ -13,7 +13,7 @@ from leaderboard_bot.config import Tunables, load_settings
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.domain import ActivityBatch, NameInfo
 from leaderboard_bot.services.settings import RuntimeSettings
-from leaderboard_bot.services.voice import CreditedInterval, VoicePresence, VoiceRules, VoiceTracker
+from leaderboard_bot.services.voice import VoiceDrain, VoicePresence, VoiceRules, VoiceTracker
 
 # 2024-03-10 00:00:00 UTC: a round midnight to build day-crossing scenarios around.
 MIDNIGHT = datetime(2024, 3, 10, tzinfo=UTC).timestamp()
@@ -123,10 +123,10 @@ def here(channel_id: int, *, deafened: bool = False, is_bot: bool = False) -> Vo
     return VoicePresence(channel_id=channel_id, deafened=deafened, is_bot=is_bot)
 
 
-def seconds_by_user(intervals: Iterable[CreditedInterval]) -> dict[int, float]:
+def seconds_by_user(drain: VoiceDrain) -> dict[int, float]:
     out: dict[int, float] = {}
-    for interval in intervals:
-        out[interval.user_id] = out.get(interval.user_id, 0.0) + interval.seconds
+    for (_, user), seconds in drain.seconds.items():
+        out[user] = out.get(user, 0.0) + seconds
     return out
 
 

@@ -14,6 +14,10 @@ from peewee import Database
 Migration = Callable[[Database], None]
 
 
+class SchemaTooNew(Exception):
+    """The database was made by a newer version of the bot."""
+
+
 def _v1_core(db: Database) -> None:
     for sql in (
         'CREATE TABLE IF NOT EXISTS "setting" ("guild_id" INTEGER NOT NULL, "key" VARCHAR(255) NOT NULL, '
@@ -128,7 +132,7 @@ def migrate(db: Database, *, target: int = LATEST_VERSION, migrations: Sequence[
     """Apply every migration above the stored version, each in its own transaction. Returns the version."""
     version = current_version(db)
     if version > len(migrations):
-        raise RuntimeError(
+        raise SchemaTooNew(
             f"database schema version {version} is newer than this bot knows ({len(migrations)}): upgrade the bot"
         )
     while version < target:

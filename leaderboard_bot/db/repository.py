@@ -14,6 +14,8 @@ from .models import DailyActivity, MemberName, MemberStats, Season, Setting, Voi
 
 # SQLite caps bound variables per statement; 5 columns x 100 rows stays far below it.
 CHUNK_ROWS = 100
+WRITE_SEQUENCE_KEY = "write_sequence"  # the highest numbered batch committed (see services.recovery)
+RECOVERY_MARKER_PREFIX = "recovered:"  # format-1 recovery files' applied-markers
 
 
 # --------------------------------------------------------------------------- writes
@@ -94,9 +96,10 @@ def apply_batch(batch: ActivityBatch) -> None:
                     MemberName.updated_at: EXCLUDED.updated_at,
                 },
             ).execute()
-        _set_setting(batch.guild_id, "heartbeat", batch.heartbeat_at)
+        if batch.sequence is not None and batch.sequence > int(get_setting(batch.guild_id, WRITE_SEQUENCE_KEY, 0)):
+            _set_setting(batch.guild_id, WRITE_SEQUENCE_KEY, batch.sequence)
         if batch.recovery_id is not None:
-            _set_setting(batch.guild_id, f"recovered:{batch.recovery_id}", batch.heartbeat_at)
+            _set_setting(batch.guild_id, f"{RECOVERY_MARKER_PREFIX}{batch.recovery_id}", batch.heartbeat_at)
         if batch.roll is not None:
             roll_season(batch.guild_id, batch.roll.number, batch.roll.ended_at, batch.roll.period)
 
@@ -120,6 +123,41 @@ def close_orphan_sessions(guild_id: int) -> int:
         .where((VoiceSession.guild_id == guild_id) & VoiceSession.ended_at.is_null())
         .execute()
     )
+
+
+def prune_closed_sessions(guild_id: int, ended_before: float, limit: int = 500) -> int:
+    """Delete up to ``limit`` voice sessions that ended before ``ended_before`` (small batches, so
+    the write lock is held briefly). The time they counted stays in the totals and daily buckets."""
+    keys = [
+        row.key
+        for row in VoiceSession.select(VoiceSession.key)
+        .where(
+            (VoiceSession.guild_id == guild_id)
+            & VoiceSession.ended_at.is_null(False)
+            & (VoiceSession.ended_at < ended_before)
+        )
+        .limit(limit)
+    ]
+    if not keys:
+        return 0
+    with database_proxy.atomic():
+        return int(VoiceSession.delete().where(VoiceSession.key.in_(keys)).execute())
+
+
+def prune_recovery_markers(guild_id: int, older_than: float) -> int:
+    """Format-1 applied-markers only matter while such a file may still exist; drop old ones.
+    The retired ``heartbeat`` setting (written, never read) goes too."""
+    rows = list(
+        Setting.select().where(
+            (Setting.guild_id == guild_id)
+            & ((Setting.key.startswith(RECOVERY_MARKER_PREFIX)) | (Setting.key == "heartbeat"))
+        )
+    )
+    stale = [r.key for r in rows if r.key == "heartbeat" or float(json.loads(r.value)) < older_than]
+    if not stale:
+        return 0
+    with database_proxy.atomic():
+        return int(Setting.delete().where((Setting.guild_id == guild_id) & Setting.key.in_(stale)).execute())
 
 
 def _set_setting(guild_id: int, key: str, value: Any) -> None:

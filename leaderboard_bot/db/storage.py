@@ -2,21 +2,30 @@
 
 SQLite has one write lock, and peewee connections are per thread, so all database work runs
 on one dedicated worker thread: no "database is locked" fights, no blocking of the event loop.
+
+Nothing made on that thread reaches the loop except plain results and :class:`StorageError`:
+a failed query's exception holds frames that hold a ``sqlite3.Cursor``, and freeing that cursor
+on the loop thread waits for the connection mutex the database thread holds through its busy
+timeout. So errors are translated, and their frames cleared, on the database thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sqlite3
+import time
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import ParamSpec, TypeVar
 
 from peewee import SqliteDatabase
 
 from ..config import sqlite_path
-from .migrations import migrate
+from ..worker import DaemonWorker
+from .migrations import SchemaTooNew, migrate
 from .models import database_proxy
 
 P = ParamSpec("P")
@@ -29,15 +38,128 @@ SQLITE_PRAGMAS = {
     "cache_size": -16_000,  # 16 MB page cache
     "temp_store": "memory",
 }
-BUSY_TIMEOUT_SECONDS = 5.0  # also bounds how long a shutdown waits for a locked database
+BUSY_TIMEOUT_SECONDS = 5.0
+INTEGRITY_CHECK_SECONDS = 20.0  # a quick_check of a huge file stops here rather than delay the start
+
+
+class StorageError(Exception):
+    """A database failure, described in words, carrying nothing from the database thread."""
+
+    def __init__(self, message: str, *, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind  # "locked", "disk full", "damaged", "newer schema", "read-only", "error"
+
+    @classmethod
+    def describe(cls, error: BaseException) -> StorageError:
+        cause = _real_cause(error)
+        text = str(cause) or type(cause).__name__
+        lowered = text.lower()
+        if isinstance(cause, SchemaTooNew):
+            kind = "newer schema"
+        elif "locked" in lowered or "busy" in lowered:
+            kind = "locked"
+        elif "disk is full" in lowered or (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+            kind = "disk full"
+        elif "malformed" in lowered or "not a database" in lowered:
+            kind = "damaged"
+        elif "readonly" in lowered or "read-only" in lowered:
+            kind = "read-only"
+        else:
+            kind = "error"
+        return cls(f"{type(cause).__name__}: {text}", kind=kind)
+
+    @property
+    def advice(self) -> str:
+        return {
+            "locked": "another program (a backup, an admin shell) holds the database's write lock",
+            "disk full": "the disk is full: free some space; counting resumes by itself",
+            "read-only": "the database file or its folder is not writable by the bot",
+            "damaged": "the database file is damaged: restore a backup",
+            "newer schema": "the database was made by a newer version of leaderboard-bot: upgrade the bot",
+        }.get(self.kind, "")
+
+
+class DatabaseDamaged(StorageError):
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"the database file {path} is damaged ({detail}). Nothing was written to it. Stop the bot, move "
+            f"{path} (and any {path}-wal, {path}-shm) aside, copy your latest backup to {path}, then start again",
+            kind="damaged",
+        )
+
+
+def _real_cause(error: BaseException) -> BaseException:
+    """peewee's rollback after a failed statement can fail too ("cannot rollback - no transaction
+    is active" once SQLite rolled back by itself, as on a full disk): report what failed first."""
+    seen = error
+    while "cannot rollback" in str(seen) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen
+
+
+def _release(error: BaseException) -> None:
+    """Drop every frame (and so every cursor) an exception chain holds, on this thread."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if item.__traceback__ is not None:
+            traceback.clear_frames(item.__traceback__)
+            item.__traceback__ = None
+        stack.extend((item.__context__, item.__cause__))
+
+
+def _guarded(func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except Exception as error:  # every failure is translated, none escapes raw
+        clean = StorageError.describe(error)
+        _release(error)
+    raise clean  # outside the except block: no __context__ pointing back at the original
+
+
+def check_integrity(path: str, budget: float = INTEGRITY_CHECK_SECONDS) -> None:
+    """``PRAGMA quick_check`` on a read-only connection (nothing is written to a damaged file).
+    Raises DatabaseDamaged; a check that runs out of time is abandoned, not failed."""
+    if path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    deadline = time.monotonic() + budget
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    except sqlite3.Error as error:
+        raise DatabaseDamaged(path, str(error)) from None
+    try:
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.OperationalError as error:
+            if "interrupted" in str(error):
+                from loguru import logger
+
+                logger.warning("the integrity check of {} took over {:.0f}s and was skipped", path, budget)
+                return
+            if "locked" in str(error) or "busy" in str(error):
+                return  # held by another program: the instance lock and the flushes deal with that
+            raise DatabaseDamaged(path, str(error)) from None
+        except sqlite3.DatabaseError as error:
+            raise DatabaseDamaged(path, str(error)) from None
+        problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+        if problems:
+            raise DatabaseDamaged(path, "; ".join(problems)[:300])
+    finally:
+        conn.close()
 
 
 def open_database(database_url: str) -> SqliteDatabase:
-    """Connect, set pragmas and migrate to the latest schema (blocking)."""
+    """Check, connect, set pragmas and migrate to the latest schema (blocking)."""
     path = sqlite_path(database_url)
     if path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
+        check_integrity(path)
     db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
@@ -50,22 +172,38 @@ class Storage:
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leaderboard-db")
+        self._thread = DaemonWorker("leaderboard-db", wrap=_guarded)
         self._db: SqliteDatabase | None = None
+        self._closed = False
 
     async def open(self) -> None:
         self._db = await self.run(open_database, self.database_url)
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(func, *args, **kwargs))
+        """Run ``func`` on the database thread; failures arrive as :class:`StorageError`."""
+        if self._closed:
+            raise StorageError("the database is closed")
+        return await self._thread.run(partial(func, *args, **kwargs))
+
+    def busy_for(self) -> float:
+        """How long the database thread has been on its current job (0 when idle)."""
+        return self._thread.busy_for()
 
     def _close_db(self) -> None:
         if self._db is not None and not self._db.is_closed():
             self._db.close()
 
-    async def close(self) -> None:
+    async def close(self, wait: float = 2.0) -> bool:
+        """Close the database; gives up after ``wait`` seconds if a query is stuck (the thread is
+        a daemon, so the process can still exit). Returns whether it closed cleanly."""
+        closed = True
+        if self._closed:
+            return True
         if self._db is not None:
-            await self.run(self._close_db)
+            try:
+                await asyncio.wait_for(self.run(self._close_db), wait)
+            except (TimeoutError, StorageError):
+                closed = False
             self._db = None
-        self._executor.shutdown(wait=True)
+        self._closed = True
+        return self._thread.stop(0.5 if closed else 0.0) and closed

@@ -121,9 +121,7 @@ class Errors(commands.Cog):
     """The one handler for command errors that escape a command: logged, and apologised for."""
 
     @commands.Cog.listener()
-    async def on_slash_command_error(
-        self, inter: ApplicationCommandInteraction, error: commands.CommandError
-    ) -> None:
+    async def on_slash_command_error(self, inter: ApplicationCommandInteraction, error: commands.CommandError) -> None:
         await report_command_error(inter, error)
 
 

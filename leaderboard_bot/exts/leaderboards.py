@@ -105,9 +105,7 @@ class Leaderboards(commands.Cog):
         value = standing.messages if board == "messages" else standing.voice_seconds
         return BoardLine(rank=rank, name=caller.display_name, user_id=caller.id, value=value)
 
-    async def _stats_reply(
-        self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member
-    ) -> Reply:
+    async def _stats_reply(self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member) -> Reply:
         if target.bot:
             name = _safe(target.display_name, target.id)
             return Reply(notice_embed(f"Bots aren't tracked, so {name} has no stats."), ephemeral=True)

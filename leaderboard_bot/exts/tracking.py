@@ -74,7 +74,8 @@ class Tracking(commands.Cog):
         author = message.author
         if author.bot or message.webhook_id is not None or message.type not in COUNTED_MESSAGE_TYPES:
             return
-        if self.tracker.record_message(author.id):
+        # The snowflake's time, not ours: a burst handled late is judged as it was sent.
+        if self.tracker.record_message(author.id, message.created_at.timestamp()):
             self.names.remember(author.id, author.display_name, author.name)
 
     # ------------------------------------------------------------------ voice
@@ -91,10 +92,16 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
+        # A new gateway session: whatever happened while disconnected is not replayed, so the
+        # gap is not credited (sessions close when the connection dropped).
+        self._contact_epoch += 1
+        self.tracker.suspend_voice()
         await self.reconcile("ready")
 
     @commands.Cog.listener()
     async def on_resumed(self) -> None:
+        # Discord replayed the missed events (replayed leaves closed their sessions): the gap counts.
+        self.tracker.resume_voice()
         await self.reconcile("resumed")
 
     @commands.Cog.listener()
@@ -109,17 +116,16 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_disconnect(self) -> None:
-        self._lose_contact()
+        # Nobody knows yet whether the session resumes (gap replayed) or not (events lost).
+        self._contact_epoch += 1  # any reconcile already under way is now out of date
+        self.tracker.hold_voice()
 
     @commands.Cog.listener()
     async def on_guild_unavailable(self, guild: disnake.Guild) -> None:
         if guild.id == self.guild_id:
-            self._lose_contact()
-
-    def _lose_contact(self) -> None:
-        # Until contact is back nobody knows who left: the gap is never credited.
-        self._contact_epoch += 1  # any reconcile already under way is now out of date
-        self.tracker.suspend_voice()
+            # Discord's outage: no events for this guild until it is back, none replayed.
+            self._contact_epoch += 1
+            self.tracker.suspend_voice()
 
     async def reconcile(self, reason: str) -> None:
         """Align voice tracking with the guild's real voice states: events may have been missed."""

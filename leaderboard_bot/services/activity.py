@@ -3,28 +3,38 @@
 Everything here runs on the event loop (no locks needed for the in-memory state); the only
 blocking work, the batch write, goes through ``Storage.run`` to the database thread. Which
 season a flush writes is not known here: the caller (the season owner) says so.
+
+While the database refuses writes, the buffers stay merged per member and day (the work of a
+retry does not grow with the outage) and everything unwritten is saved to the recovery file at
+every failed attempt, and every ``snapshot_every`` seconds while a write hangs, so a crash
+loses at most that much.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 
 from loguru import logger
 
 from ..db import Storage, repository
+from ..db.storage import StorageError
 from ..domain import ActivityBatch, NameInfo, SeasonRoll
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
-from .voice import VoiceDrain, VoicePresence, VoiceTracker, split_by_day, utc_day
+from .voice import VoiceDrain, VoicePresence, VoiceTracker, utc_day
 
 Clock = Callable[[], float]
 SeasonNumber = Callable[[], int]  # the season owner's answer to "which season is it now?"
 FlushListener = Callable[[ActivityBatch], None]  # runs inside the write lock: must not block
+
+FUTURE_TOLERANCE = 10.0  # a message stamped later than this after our clock is clamped to now
+PAST_TOLERANCE = 15 * 60.0  # ... and one stamped this long before the last good write, to it
+FAILURE_REMINDER_EVERY = 300.0  # while writes keep failing, one reminder line this often
+SHUTDOWN_BUDGET = 4.0  # a stop ends within this, with the data in the database or on disk
 
 
 class ActivityService:
@@ -38,6 +48,8 @@ class ActivityService:
         names: NameService,
         clock: Clock = time.time,
         recovery: RecoveryFile | None = None,
+        snapshot_every: Callable[[], float] = lambda: 60.0,
+        earliest_event: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.storage = storage
         self.recovery = recovery
@@ -46,23 +58,61 @@ class ActivityService:
         self.guard = guard
         self.names = names
         self.clock = clock
+        self.snapshot_every = snapshot_every
+        self.earliest_event = earliest_event  # the current season's start: nothing counts before it
         self._messages: Counter[tuple[str, int]] = Counter()
         self._flush_lock = asyncio.Lock()
         self._listeners: list[FlushListener] = []
+        self._next_sequence = 1
+        self._in_flight: ActivityBatch | None = None
+        self._failing_since: float | None = None
+        self._last_failure_line = 0.0
+        self._saved_to_disk = False
+        self._clamped_logged = False
         self.flush_failures = 0
         self.messages_counted = 0
+        self.timestamps_clamped = 0
         self.last_flush_at: float | None = None
+        self.last_error: StorageError | None = None
 
     # ------------------------------------------------------------------ recording
 
-    def record_message(self, user_id: int, now: float | None = None) -> bool:
-        """Count one message if the member's anti-spam bucket allows it."""
-        if not self.guard.allow(user_id):
+    def record_message(self, user_id: int, sent_at: float | None = None) -> bool:
+        """Count one message if the member's anti-spam bucket allows it. ``sent_at`` is when it
+        was sent (its snowflake): it decides the day and the spam bucket, so messages handled
+        late in one burst (after a stall or a RESUME) are judged as they were sent."""
+        at = self._event_time(sent_at)
+        if not self.guard.allow(user_id, at):
             return False
-        now = self.clock() if now is None else now
-        self._messages[(utc_day(now), user_id)] += 1
+        self._messages[(utc_day(at), user_id)] += 1
         self.messages_counted += 1
         return True
+
+    def _event_time(self, sent_at: float | None) -> float:
+        now = self.clock()
+        if sent_at is None:
+            return now
+        floor = self.earliest_event()
+        if self.last_flush_at is not None:
+            floor = max(floor, self.last_flush_at - PAST_TOLERANCE)
+        if sent_at > now + FUTURE_TOLERANCE:
+            return self._clamped(sent_at, now, "in the future")
+        if sent_at < floor:
+            return self._clamped(sent_at, min(floor, now), "too far in the past")
+        return sent_at
+
+    def _clamped(self, sent_at: float, to: float, why: str) -> float:
+        self.timestamps_clamped += 1
+        if not self._clamped_logged:
+            self._clamped_logged = True
+            logger.warning(
+                "a message's timestamp is {} ({:.0f}s from this machine's clock); it is counted at {:.0f} "
+                "instead. Check the system clock (NTP) if this repeats (logged once)",
+                why,
+                sent_at - self.clock(),
+                to,
+            )
+        return to
 
     def record_voice(self, user_id: int, presence: VoicePresence | None, now: float | None = None) -> None:
         self.voice.update(user_id, presence, self.clock() if now is None else now)
@@ -70,15 +120,25 @@ class ActivityService:
     def reconcile_voice(self, actual: dict[int, VoicePresence], gone_at: float | None = None) -> None:
         self.voice.reconcile(actual, self.clock(), gone_at)
 
+    def hold_voice(self) -> None:
+        """The gateway connection dropped: credit nothing past now until it resumes or not."""
+        self.voice.hold(self.clock())
+
+    def resume_voice(self) -> None:
+        """The session resumed and Discord replayed the gap: it counts."""
+        self.voice.release()
+
     def suspend_voice(self) -> None:
-        """Contact with Discord is lost: the gap is never credited (see VoiceTracker.suspend)."""
+        """Events were lost: the gap is never credited (see VoiceTracker.suspend)."""
         self.voice.suspend(self.clock())
 
     def pending_messages(self, user_id: int) -> int:
         return sum(n for (_, user), n in self._messages.items() if user == user_id)
 
     def unflushed_voice_seconds(self, user_id: int) -> float:
-        return self.voice.unflushed_seconds(user_id, self.clock())
+        in_flight = self._in_flight
+        extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
+        return self.voice.unflushed_seconds(user_id, self.clock()) + extra
 
     def live_session_seconds(self, user_id: int) -> float | None:
         return self.voice.session_seconds(user_id, self.clock())
@@ -86,13 +146,26 @@ class ActivityService:
     def add_flush_listener(self, listener: FlushListener) -> None:
         self._listeners.append(listener)
 
+    @property
+    def failing_since(self) -> float | None:
+        """When writes started failing (None while they work)."""
+        return self._failing_since
+
+    def buffered(self) -> tuple[int, int]:
+        """(message rows, voice rows) waiting to be written."""
+        return len(self._messages), len(self.voice.pending().seconds)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> int:
-        """Write what a failed shutdown saved to disk, then close sessions a crash left open (at
+        """Write what earlier runs saved to disk, then close sessions a crash left open (at
         their heartbeat, so downtime is never credited)."""
         if self.recovery is not None:
-            await self.recovery.apply_all(self.storage, self.guild_id)
+            stored = await self.recovery.apply_all(self.storage, self.guild_id)
+        else:
+            key = repository.WRITE_SEQUENCE_KEY
+            stored = int(await self.storage.run(repository.get_setting, self.guild_id, key, 0))
+        self._next_sequence = stored + 1
         closed = await self.storage.run(repository.close_orphan_sessions, self.guild_id)
         if closed:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
@@ -111,31 +184,25 @@ class ActivityService:
 
     async def write_locked(self, season: int, now: float | None = None, *, roll: SeasonRoll | None = None) -> bool:
         """Write everything buffered into ``season`` in one transaction; the caller holds
-        :meth:`quiescent`. On failure the data goes back into the buffers and the next flush
-        retries it: nothing counted is dropped. With ``roll``, the same transaction ends the
-        season, and the caller moves on to the next one before releasing the lock."""
+        :meth:`quiescent`. On failure the data goes back into the buffers (and to the recovery
+        file) and the next flush retries it: nothing counted is dropped. With ``roll``, the same
+        transaction ends the season, and the caller moves on to the next one before releasing."""
         now = self.clock() if now is None else now
-        messages, self._messages = self._messages, Counter()
-        names = self.names.take_unwritten()
-        drained = self.voice.checkpoint(now)
-        batch = self._batch(season, now, messages, drained, names)
+        batch = self._take(season, now)
         batch.roll = roll
-        error, cancelled = await self._write(batch)
+        self._in_flight = batch
+        try:
+            error, cancelled = await self._write(batch)
+        finally:
+            self._in_flight = None
         if error is not None:
-            self._messages.update(messages)
-            self.names.restore_unwritten(names)
-            self.voice.restore(drained)
-            self.flush_failures += 1
-            logger.warning(
-                "could not write activity ({}: {}); keeping {} buffered message(s) and retrying next flush",
-                type(error).__name__,
-                error,
-                sum(messages.values()),
-            )
+            self._give_back(batch)
+            self._note_failure(error, now)
+            await self._save_snapshot(season)  # the roll did not happen: all of it is still ``season``
             if cancelled:
                 raise asyncio.CancelledError
             return False
-        self.last_flush_at = now
+        self._note_success(now)
         for listener in self._listeners:
             try:
                 listener(batch)
@@ -145,14 +212,70 @@ class ActivityService:
             raise asyncio.CancelledError
         return True
 
+    def _take(self, season: int, now: float) -> ActivityBatch:
+        messages, self._messages = self._messages, Counter()
+        drained = self.voice.checkpoint(now)
+        batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
+        batch.sequence = self._next_sequence
+        self._next_sequence += 1
+        return batch
+
+    def _give_back(self, batch: ActivityBatch) -> None:
+        self._messages.update(batch.messages)
+        self.names.restore_unwritten(batch.names)
+        self.voice.restore(
+            VoiceDrain(
+                seconds=dict(batch.voice),
+                opened={o.key: o for o in batch.opened},
+                closed={c.key: c for c in batch.closed},
+            )
+        )
+
+    def _note_failure(self, error: BaseException, now: float) -> None:
+        self.flush_failures += 1
+        self.last_error = error if isinstance(error, StorageError) else StorageError.describe(error)
+        first = self._failing_since is None
+        if first:
+            self._failing_since = now
+        if first or now - self._last_failure_line >= FAILURE_REMINDER_EVERY:
+            self._last_failure_line = now
+            advice = self.last_error.advice
+            logger.warning(
+                "{} activity ({}){}; {} message(s) kept in memory{} and retried every flush",
+                "cannot write" if first else f"still cannot write, since {now - (self._failing_since or now):.0f}s,",
+                self.last_error,
+                f": {advice}" if advice else "",
+                sum(self._messages.values()),
+                "" if self.recovery is None else " and on disk",
+            )
+
+    def _note_success(self, now: float) -> None:
+        self.last_flush_at = now
+        if self._failing_since is not None:
+            logger.info(
+                "the database accepts writes again after {:.0f}s; everything kept meanwhile is written",
+                now - self._failing_since,
+            )
+        self._failing_since = None
+        self.last_error = None
+        if self._saved_to_disk and self.recovery is not None:
+            self._saved_to_disk = False
+            task = asyncio.ensure_future(self.recovery.clear())
+            task.add_done_callback(lambda t: t.exception())
+
     async def _write(self, batch: ActivityBatch) -> tuple[BaseException | None, bool]:
         """Run the batch write to its end even if the caller is cancelled meanwhile (a task loop
-        being stopped): the data is already out of the buffers, so the outcome must be known."""
+        being stopped): the data is already out of the buffers, so the outcome must be known.
+        While it hangs (a locked database), the unwritten data is saved to disk regularly."""
         write = asyncio.ensure_future(self.storage.run(repository.apply_batch, batch))
         cancelled = False
+        next_snapshot = self.clock() + self.snapshot_every()
         while not write.done():
             try:
-                await asyncio.shield(write)
+                await asyncio.wait_for(asyncio.shield(write), max(0.05, next_snapshot - self.clock()))
+            except TimeoutError:
+                await self._save_snapshot(batch.season + (1 if batch.roll else 0))
+                next_snapshot = self.clock() + self.snapshot_every()
             except asyncio.CancelledError:
                 cancelled = True
             except Exception:
@@ -161,37 +284,81 @@ class ActivityService:
             return asyncio.CancelledError("the database write was cancelled"), cancelled
         return write.exception(), cancelled
 
-    async def shutdown(self, season: SeasonNumber, *, attempts: int = 2, retry_delay: float = 0.5) -> bool:
-        """Close voice sessions at shutdown time and flush, retrying a transient failure a few
-        times. If the database stays unavailable, the data is saved to the recovery file and
-        written at the next start; returns False so the process can say it did not stop cleanly."""
+    # ------------------------------------------------------------------ the recovery file
+
+    def _snapshot(self, season: int, now: float) -> list[ActivityBatch]:
+        """Everything unwritten as numbered parts: the write under way (if any) keeps its own
+        number; the rest gets the number of the next write, which will include all of it."""
+        parts = [self._in_flight] if self._in_flight is not None else []
+        drained = self.voice.checkpoint(now)
+        self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
+        rest = self._batch(season, now, Counter(self._messages), self.voice.pending(), self.names.unwritten())
+        rest.sequence = self._next_sequence
+        if not rest.is_empty():
+            parts.append(rest)
+        return parts
+
+    async def _save_snapshot(self, season: int) -> bool:
+        if self.recovery is None:
+            return False
+        parts = self._snapshot(season, self.clock())
+        if not parts:
+            return True
+        saved = await self.recovery.save(parts)
+        self._saved_to_disk = self._saved_to_disk or saved
+        return saved
+
+    async def shutdown(self, season: SeasonNumber, *, budget: float = SHUTDOWN_BUDGET) -> bool:
+        """Close voice sessions at shutdown time and write everything, within ``budget`` seconds
+        whatever the database does: what cannot be written in time goes to the recovery file
+        and is written at the next start. Returns False when the database did not take it all."""
+        started = time.monotonic()
         now = self.clock()
         self.voice.stop_all(now)
-        for attempt in range(1, attempts + 1):
-            if await self.flush(season, now):
-                return True
-            if attempt < attempts:
-                await asyncio.sleep(retry_delay)
-        logger.error("could not write buffered activity at shutdown after {} attempts", attempts)
-        self._save_unsaved(season(), now)
-        return False
 
-    def _save_unsaved(self, season: int, now: float) -> None:
+        def left() -> float:
+            return max(0.0, budget - (time.monotonic() - started))
+
+        try:
+            await asyncio.wait_for(self._flush_lock.acquire(), left() / 2)
+        except TimeoutError:
+            # A write is hanging (a locked database); the file keeps it under its own number.
+            await self._save_at_shutdown(season())
+            return False
+        write = asyncio.ensure_future(self.write_locked(season(), now))
+        try:
+            done, _ = await asyncio.wait({write}, timeout=left() * 0.6)
+            if write in done and not write.cancelled() and write.exception() is None and write.result():
+                return True
+            # Failed, or still waiting on the database (then the batch in flight keeps its number).
+            await self._save_at_shutdown(season())
+            return False
+        finally:
+            if write.done():
+                self._flush_lock.release()
+
+    async def _save_at_shutdown(self, season: int) -> None:
         if self.recovery is None:
             logger.error("no recovery file for an in-memory database: the unwritten activity is lost")
             return
-        drained = self.voice.checkpoint(now)
-        self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
-        batch = self._batch(season, now, self._messages, drained, self.names.unwritten())
-        batch.recovery_id = uuid.uuid4().hex
-        path = self.recovery.save(batch)
-        if path is not None:
-            logger.error(
-                "saved {} unwritten message(s) and {:.0f}s of voice time to {}; they are written at the next start",
-                sum(batch.messages.values()),
-                sum(batch.voice.values()),
-                path,
-            )
+        parts = self._snapshot(season, self.clock())
+        if not parts:
+            return
+        try:
+            saved = await asyncio.wait_for(self.recovery.save(parts), 1.0)
+        except TimeoutError:
+            saved = False
+        if not saved:
+            logger.error("could not save the unwritten counts to disk: they are lost")
+            return
+        self._saved_to_disk = True
+        logger.error(
+            "the database could not be written at shutdown; saved {} message(s) and {:.0f}s of voice time to {}: "
+            "they are written at the next start",
+            sum(sum(p.messages.values()) for p in parts),
+            sum(sum(p.voice.values()) for p in parts),
+            self.recovery.own_path,
+        )
 
     def _batch(
         self,
@@ -201,17 +368,13 @@ class ActivityService:
         drained: VoiceDrain,
         names: dict[int, NameInfo],
     ) -> ActivityBatch:
-        voice: dict[tuple[str, int], float] = {}
-        for interval in drained.intervals:
-            for day, seconds in split_by_day(interval.start, interval.end):
-                voice[(day, interval.user_id)] = voice.get((day, interval.user_id), 0.0) + seconds
         return ActivityBatch(
             guild_id=self.guild_id,
             season=season,
             heartbeat_at=now,
             messages=dict(messages),
-            voice=voice,
-            opened=list(drained.opened),
-            closed=list(drained.closed),
+            voice=dict(drained.seconds),
+            opened=list(drained.opened.values()),
+            closed=list(drained.closed.values()),
             names=dict(names),
         )

@@ -27,7 +27,8 @@ def recovery_file(database_url: str) -> RecoveryFile | None:
 
 
 def build_guard(limit: SpamLimit | None) -> MessageGuard:
-    return NullGuard() if limit is None else SpamGuard(limit.burst, limit.refill_rate)
+    # Judged on message times (wall clock), not on when a message happened to be processed.
+    return NullGuard() if limit is None else SpamGuard(limit.burst, limit.refill_rate, clock=time.time)
 
 
 def voice_rules(settings: RuntimeSettings) -> Callable[[], VoiceRules]:
@@ -70,8 +71,10 @@ def build_services(
         names=names,
         clock=clock,
         recovery=recovery_file(config.database_url),
+        snapshot_every=lambda: settings.current.flush_interval,
     )
     seasons = SeasonService(storage, activity, settings, clock=clock)
+    activity.earliest_event = lambda: seasons.current.started_at
     rankings = Rankings(storage, activity, seasons, TopCache(lambda: settings.current.cache_ttl))
     boards = BoardService(
         storage, guild_id=guild_id, rankings=rankings, names=names, seasons=seasons, settings=settings, clock=clock

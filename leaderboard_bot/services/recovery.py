@@ -1,27 +1,38 @@
-"""The recovery file: what a shutdown could not write, saved beside the database and applied once.
+"""The recovery file: what could not be written yet, kept on disk so that a crash loses nothing.
 
-Format: versioned JSON lists. Writing is atomic (a temporary file, then a rename), an existing
-file is never overwritten, and files are applied in name order, each in the same transaction
-as a marker that makes a second application a no-op.
+While the database refuses writes (and at every stop that cannot reach it), the activity
+service saves everything unwritten here, rewriting one file per process atomically (a
+temporary file, then a rename). The file holds numbered parts; the database stores the
+highest write number it committed, so at the next start each part is applied exactly once,
+whatever happened in between: a part whose number is not above the stored one is already in.
+
+Format 2 (current): ``{"version": 2, "written_at", "pid", "parts": [batch, ...]}``, each batch
+with its ``sequence``. Format 1 (one batch, an applied-marker by id) is still read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from ..db import Storage, repository
-from ..domain import ActivityBatch, SessionClose, SessionOpen
+from ..domain import ActivityBatch, SeasonRoll, SessionClose, SessionOpen
+from ..worker import DaemonWorker
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
+    roll = batch.roll
     return {
-        "version": FORMAT_VERSION,
         "guild_id": batch.guild_id,
         "season": batch.season,
         "heartbeat_at": batch.heartbeat_at,
@@ -30,13 +41,15 @@ def batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
         "opened": [[o.key, o.user_id, o.channel_id, o.started_at] for o in batch.opened],
         "closed": [[c.key, c.ended_at] for c in batch.closed],
         "names": [[user, display, username] for user, (display, username) in batch.names.items()],
+        "roll": None if roll is None else [roll.number, roll.ended_at, roll.period],
+        "sequence": batch.sequence,
         "recovery_id": batch.recovery_id,
     }
 
 
 def batch_from_json(data: dict[str, Any]) -> ActivityBatch:
-    if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unknown recovery file version {data.get('version')!r}")
+    roll = data.get("roll")
+    sequence = data.get("sequence")
     return ActivityBatch(
         guild_id=int(data["guild_id"]),
         season=int(data["season"]),
@@ -46,57 +59,145 @@ def batch_from_json(data: dict[str, Any]) -> ActivityBatch:
         opened=[SessionOpen(str(k), int(u), int(c), float(t)) for k, u, c, t in data["opened"]],
         closed=[SessionClose(str(k), float(t)) for k, t in data["closed"]],
         names={int(u): (str(d), n) for u, d, n in data["names"]},
-        recovery_id=str(data["recovery_id"]),
+        roll=None if roll is None else SeasonRoll(int(roll[0]), float(roll[1]), float(roll[2])),
+        sequence=None if sequence is None else int(sequence),
+        recovery_id=None if data.get("recovery_id") is None else str(data["recovery_id"]),
     )
 
 
+@dataclass
+class SavedFile:
+    path: Path
+    written_at: float
+    parts: list[ActivityBatch]
+
+
+def read_file(path: Path) -> SavedFile:
+    data = json.loads(path.read_text())
+    version = data.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"unknown recovery file version {version!r}")
+    if version == 1:
+        return SavedFile(path, path.stat().st_mtime, [batch_from_json(data)])
+    return SavedFile(path, float(data["written_at"]), [batch_from_json(part) for part in data["parts"]])
+
+
 class RecoveryFile:
-    """``<database>.unsaved.json`` and, when that one still waits, ``<database>.unsaved-<id>.json``."""
+    """``<database>.unsaved-<started>-<pid>.json``, one per process; all of them are read at start."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+        self.path = path  # the base name: <database>.unsaved.json
+        self.clock = clock
+        started = datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%dT%H%M%S")
+        self.own_path = path.with_name(f"{path.name.removesuffix('.json')}-{started}-{os.getpid()}.json")
+        self._worker: DaemonWorker | None = None
+        self.save_failing = False
 
-    def save(self, batch: ActivityBatch) -> Path | None:
-        """Write ``batch`` (which must carry a ``recovery_id``) atomically; None when the disk refused."""
-        path = self.path
-        if path.exists():  # an older file still waits (e.g. unreadable): never overwrite it
-            path = path.with_name(f"{path.name.removesuffix('.json')}-{batch.recovery_id}.json")
+    @property
+    def worker(self) -> DaemonWorker:
+        # File writes get their own thread: a slow disk must not stall the loop, and the
+        # database thread may be stuck in a busy wait exactly when a save is needed.
+        if self._worker is None:
+            self._worker = DaemonWorker("leaderboard-recovery")
+        return self._worker
+
+    # ------------------------------------------------------------------ writing (on the worker)
+
+    def write(self, parts: list[ActivityBatch]) -> None:
+        """Replace this process's file with ``parts``, atomically (blocking; raises OSError)."""
+        payload = {"version": FORMAT_VERSION, "written_at": self.clock(), "pid": os.getpid()}
+        payload["parts"] = [batch_to_json(part) for part in parts]
+        self.own_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.own_path.with_name(self.own_path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(batch_to_json(batch)))
-            tmp.replace(path)  # atomic: never a half-written file
+            with open(tmp, "w") as handle:
+                json.dump(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())  # the rename must never expose an empty file after a power cut
+            tmp.replace(self.own_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        """Everything in this process's file is in the database now (blocking)."""
+        self.own_path.unlink(missing_ok=True)
+
+    async def save(self, parts: list[ActivityBatch]) -> bool:
+        """Write ``parts`` off the loop. On failure (a full disk) says so once, until it works again."""
+        try:
+            await self.worker.run(lambda: self.write(parts))
         except OSError as error:
-            logger.error("could not save the unwritten activity to {}: {}", path, error)
-            return None
-        return path
+            if not self.save_failing:
+                logger.error(
+                    "cannot save the unwritten counts to {} ({}); if the bot stops or is killed before the "
+                    "database is writable again, they are lost. Free disk space or fix the folder's permissions",
+                    self.own_path,
+                    error.strerror or error,
+                )
+            self.save_failing = True
+            return False
+        if self.save_failing:
+            logger.info("the unwritten counts are saved to {} again", self.own_path)
+        self.save_failing = False
+        return True
+
+    async def clear(self) -> None:
+        try:
+            await self.worker.run(self.discard)
+        except OSError as error:
+            # Harmless: the parts in it are numbered, so the next start skips them.
+            logger.warning("could not remove {}: {}", self.own_path, error)
+
+    # ------------------------------------------------------------------ reading (at start)
 
     def files(self) -> list[Path]:
         base = self.path
         if not base.parent.is_dir():
             return []
-        return sorted(base.parent.glob(f"{base.name.removesuffix('.json')}*.json"))
+        return [p for p in base.parent.glob(f"{base.name.removesuffix('.json')}*.json") if p.is_file()]
 
-    async def apply_all(self, storage: Storage, guild_id: int) -> None:
-        """Write every saved batch of ``guild_id`` into the database once, then remove its file.
-        Unreadable files and other guilds' files are left in place, with one error line each."""
+    async def apply_all(self, storage: Storage, guild_id: int) -> int:
+        """Write every saved part of ``guild_id`` not yet in the database, once, in the order the
+        parts were written, then remove the files. Unreadable files and other guilds' files are
+        left in place, with one error line each. Returns the highest write number stored."""
+        saved: list[SavedFile] = []
         for path in self.files():
             try:
-                batch = batch_from_json(json.loads(path.read_text()))
-            except (OSError, ValueError, KeyError, TypeError) as error:
+                saved.append(read_file(path))
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
                 logger.error("could not read the recovery file {} ({}); it is left in place", path, error)
+        saved.sort(key=lambda f: f.written_at)
+        stored = int(await storage.run(repository.get_setting, guild_id, repository.WRITE_SEQUENCE_KEY, 0))
+        messages = 0
+        seconds = 0.0
+        done: list[Path] = []
+        for file in saved:
+            if any(part.guild_id != guild_id for part in file.parts):
+                logger.error("the recovery file {} belongs to another guild; it is left in place", file.path)
                 continue
-            if batch.guild_id != guild_id:
-                logger.error("the recovery file {} belongs to guild {}; it is left in place", path, batch.guild_id)
-                continue
-            marker = f"recovered:{batch.recovery_id}"
-            if not await storage.run(repository.get_setting, guild_id, marker):
-                # The marker is written in the same transaction, so a crash before the unlink
-                # below never applies the file twice.
-                await storage.run(repository.apply_batch, batch)
-                logger.info(
-                    "wrote {} message(s) and {:.0f}s of voice time saved by an earlier shutdown",
-                    sum(batch.messages.values()),
-                    sum(batch.voice.values()),
-                )
-            path.unlink()
+            for part in sorted(file.parts, key=lambda p: p.sequence or 0):
+                if part.sequence is not None:
+                    if part.sequence <= stored:
+                        continue  # written before the stop, or covered by a later write
+                    stored = part.sequence
+                elif part.recovery_id is not None and await storage.run(
+                    repository.get_setting, guild_id, f"recovered:{part.recovery_id}"
+                ):
+                    continue
+                # The write number (or format 1's marker) is stored in the same transaction,
+                # so a crash before the unlink below never applies a part twice.
+                await storage.run(repository.apply_batch, part)
+                messages += sum(part.messages.values())
+                seconds += sum(part.voice.values())
+            done.append(file.path)
+        for path in done:
+            path.unlink(missing_ok=True)
+        if done:
+            logger.info(
+                "wrote {} message(s) and {:.0f}s of voice time saved before the last stop ({} file(s))",
+                messages,
+                seconds,
+                len(done),
+            )
+        return stored

@@ -4,7 +4,8 @@ The tracker knows where every member is and decides, per member, whether time co
 in a tracked channel (the caller passes ``channel_id=None`` for AFK and untracked places),
 not a bot, not deafened unless deafened time counts, and not alone unless alone time counts.
 Every change re-evaluates the channels it touches, because one member leaving can make
-another one alone. Counted time accrues into intervals that a flush collects.
+another one alone. Counted time accrues into per-member, per-day totals that a flush collects:
+the pending work is bounded by members and days, never by how many flushes failed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from loguru import logger
 
 from ..domain import SessionClose, SessionOpen
 
@@ -32,17 +36,6 @@ class VoicePresence:
     is_bot: bool = False
 
 
-@dataclass(frozen=True)
-class CreditedInterval:
-    user_id: int
-    start: float
-    end: float
-
-    @property
-    def seconds(self) -> float:
-        return max(0.0, self.end - self.start)
-
-
 @dataclass
 class _OpenSession:
     key: str
@@ -51,13 +44,36 @@ class _OpenSession:
     credited_until: float
 
 
+# Sessions opened and closed while writes fail are kept as history up to this many; past it the
+# oldest finished ones are dropped (their time is kept: it is in the per-day totals).
+MAX_PENDING_SESSIONS = 50_000
+
+
 @dataclass
 class VoiceDrain:
     """What a flush takes from the tracker (and gives back if the write fails)."""
 
-    intervals: list[CreditedInterval] = field(default_factory=list)
-    opened: list[SessionOpen] = field(default_factory=list)
-    closed: list[SessionClose] = field(default_factory=list)
+    seconds: dict[tuple[str, int], float] = field(default_factory=dict)  # (day, user) -> seconds
+    opened: dict[str, SessionOpen] = field(default_factory=dict)  # by session key
+    closed: dict[str, SessionClose] = field(default_factory=dict)
+
+    def credit(self, user_id: int, start: float, end: float) -> None:
+        for day, seconds in split_by_day(start, end):
+            key = (day, user_id)
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+
+    def absorb(self, newer: VoiceDrain) -> None:
+        """Add ``newer`` (recorded after this one) into this one."""
+        for key, seconds in newer.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        self.opened.update(newer.opened)
+        self.closed.update(newer.closed)
+
+    def copy(self) -> VoiceDrain:
+        return VoiceDrain(dict(self.seconds), dict(self.opened), dict(self.closed))
+
+    def is_empty(self) -> bool:
+        return not (self.seconds or self.opened or self.closed)
 
 
 class VoiceTracker:
@@ -68,6 +84,8 @@ class VoiceTracker:
         self._open: dict[int, _OpenSession] = {}
         self._pending = VoiceDrain()
         self._suspended = False
+        self._held_since: float | None = None
+        self._dropped_sessions = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -90,7 +108,7 @@ class VoiceTracker:
 
     def unflushed_seconds(self, user_id: int, now: float) -> float:
         """Time not yet written to the database: drained-but-pending intervals plus the live session."""
-        pending = sum(i.seconds for i in self._pending.intervals if i.user_id == user_id)
+        pending = sum(seconds for (_, user), seconds in self._pending.seconds.items() if user == user_id)
         session = self._open.get(user_id)
         live = max(0.0, now - session.credited_until) if session else 0.0
         return pending + live
@@ -111,13 +129,31 @@ class VoiceTracker:
     def suspended(self) -> bool:
         return self._suspended
 
+    def hold(self, now: float) -> None:
+        """The connection dropped: until it resumes nobody knows who left, so nothing past ``now``
+        is credited yet. A RESUME (:meth:`release`) credits the gap, because Discord replays what
+        happened in it; a new session (:meth:`suspend`) never does."""
+        if self._held_since is None:
+            self._held_since = now
+
+    def release(self) -> None:
+        """The session resumed and missed events were replayed: the gap counts after all."""
+        self._held_since = None
+
+    @property
+    def held_since(self) -> float | None:
+        return self._held_since
+
     def suspend(self, now: float) -> None:
-        """Contact with Discord was lost: stop every session now, because nobody can tell what
-        happens until contact is back. Presence is kept; reconcile() resumes counting."""
+        """Events were lost (a new gateway session, a guild outage): stop every session at the
+        moment contact was lost (``now``, or when the connection dropped if that was earlier).
+        Presence is kept; reconcile() resumes counting."""
+        at = now if self._held_since is None else min(now, self._held_since)
+        self._held_since = None
         if self._suspended:
             return
         for user_id in list(self._open):
-            self._close(user_id, now)
+            self._close(user_id, at)
         self._suspended = True
 
     def reconcile(self, actual: dict[int, VoicePresence], now: float, gone_at: float | None = None) -> None:
@@ -138,27 +174,50 @@ class VoiceTracker:
         self._reevaluate({p.channel_id for p in self._presence.values()}, now)
 
     def stop_all(self, now: float) -> None:
-        """Close every session at ``now`` (shutdown): the members are no longer watched."""
+        """Close every session at ``now`` (shutdown): the members are no longer watched. While the
+        connection is down, only up to when it dropped: the gap can no longer be replayed."""
+        at = now if self._held_since is None else min(now, self._held_since)
         for user_id in list(self._open):
-            self._close(user_id, now)
+            self._close(user_id, at)
         self._presence.clear()
 
     def checkpoint(self, now: float) -> VoiceDrain:
         """Credit live sessions up to ``now`` and hand over everything not yet written."""
+        pending = self._pending
+        until = now if self._held_since is None else min(now, self._held_since)
         for user_id, session in self._open.items():
-            if now > session.credited_until:
-                self._pending.intervals.append(CreditedInterval(user_id, session.credited_until, now))
-                session.credited_until = now
-        drained, self._pending = self._pending, VoiceDrain()
+            if until > session.credited_until:
+                pending.credit(user_id, session.credited_until, until)
+                session.credited_until = until
+        drained, self._pending = pending, VoiceDrain()
         return drained
 
     def restore(self, drained: VoiceDrain) -> None:
-        """Put back a drain whose write failed, ahead of anything recorded since."""
-        self._pending = VoiceDrain(
-            intervals=drained.intervals + self._pending.intervals,
-            opened=drained.opened + self._pending.opened,
-            closed=drained.closed + self._pending.closed,
-        )
+        """Put back a drain whose write failed, merged with anything recorded since."""
+        drained.absorb(self._pending)
+        self._pending = drained
+        self._bound_pending()
+
+    def pending(self) -> VoiceDrain:
+        """A copy of what is credited but not yet handed to a flush (for the recovery file)."""
+        return self._pending.copy()
+
+    def _bound_pending(self) -> None:
+        pending = self._pending
+        excess = len(pending.opened) - MAX_PENDING_SESSIONS
+        if excess <= 0:
+            return
+        finished = [key for key in pending.opened if key in pending.closed][:excess]
+        for key in finished:
+            del pending.opened[key]
+            del pending.closed[key]
+        if self._dropped_sessions == 0:
+            logger.warning(
+                "over {} voice sessions waiting for the database: the history of the oldest finished ones is "
+                "dropped (their time still counts)",
+                MAX_PENDING_SESSIONS,
+            )
+        self._dropped_sessions += len(finished)
 
     # ------------------------------------------------------------------ internals
 
@@ -192,18 +251,26 @@ class VoiceTracker:
     def _start(self, user_id: int, channel_id: int, now: float) -> None:
         key = uuid.uuid4().hex
         self._open[user_id] = _OpenSession(key=key, channel_id=channel_id, started_at=now, credited_until=now)
-        self._pending.opened.append(SessionOpen(key, user_id, channel_id, now))
+        self._pending.opened[key] = SessionOpen(key, user_id, channel_id, now)
 
     def _close(self, user_id: int, now: float) -> None:
         session = self._open.pop(user_id)
         end = max(now, session.credited_until)  # never negative, never before what was credited
         if end > session.credited_until:
-            self._pending.intervals.append(CreditedInterval(user_id, session.credited_until, end))
-        self._pending.closed.append(SessionClose(session.key, end))
+            self._pending.credit(user_id, session.credited_until, end)
+        self._pending.closed[session.key] = SessionClose(session.key, end)
+
+
+DAY_SECONDS = 86_400  # POSIX time has no leap seconds: every UTC day is exactly this long
+
+
+@lru_cache(maxsize=4096)
+def _day_name(index: int) -> str:
+    return datetime.fromtimestamp(index * DAY_SECONDS, UTC).strftime("%Y-%m-%d")
 
 
 def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    return _day_name(int(ts // DAY_SECONDS))
 
 
 def split_by_day(start: float, end: float) -> list[tuple[str, float]]:
@@ -211,9 +278,8 @@ def split_by_day(start: float, end: float) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     cursor = start
     while cursor < end:
-        day_start = datetime.fromtimestamp(cursor, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        next_midnight = (day_start + timedelta(days=1)).timestamp()
-        stop = min(end, next_midnight)
-        out.append((day_start.strftime("%Y-%m-%d"), stop - cursor))
+        index = int(cursor // DAY_SECONDS)
+        stop = min(end, (index + 1) * DAY_SECONDS)
+        out.append((_day_name(index), stop - cursor))
         cursor = stop
     return out

@@ -49,6 +49,7 @@ EMPTY_BOARD_TEXT: dict[str, str] = {
 EMPTY_FINAL_TEXT = "Nobody made it onto this board this season."
 NO_CHANGE_YET = "—"
 
+
 def board_title(board: Board) -> str:
     return "Message Leaderboard" if board == "messages" else "Voice Leaderboard"
 

@@ -13,7 +13,7 @@ import pytest
 from peewee import SqliteDatabase
 
 from leaderboard_bot.db import repository
-from leaderboard_bot.db.migrations import LATEST_VERSION, MIGRATIONS, current_version, migrate
+from leaderboard_bot.db.migrations import LATEST_VERSION, MIGRATIONS, SchemaTooNew, current_version, migrate
 from leaderboard_bot.db.models import (
     DailyActivity,
     MemberName,
@@ -22,7 +22,7 @@ from leaderboard_bot.db.models import (
     VoiceSession,
     database_proxy,
 )
-from leaderboard_bot.db.storage import Storage, open_database
+from leaderboard_bot.db.storage import Storage, StorageError, open_database
 from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
 
 G = 111  # guild id
@@ -194,11 +194,11 @@ def test_database_newer_than_the_bot_raises(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{path}")
     db.execute_sql('UPDATE "schema_version" SET "version" = ? WHERE "id" = 1', (LATEST_VERSION + 1,))
     db.close()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="newer"):
         open_database(f"sqlite:///{path}")
     reopened = SqliteDatabase(str(path))
     try:
-        with pytest.raises(RuntimeError):
+        with pytest.raises((SchemaTooNew, StorageError)):
             migrate(reopened)
         assert current_version(reopened) == LATEST_VERSION + 1  # untouched
     finally:
@@ -317,8 +317,15 @@ def test_heartbeat_moves_last_seen_of_open_sessions_only_in_its_guild(storage_db
     repository.apply_batch(batch(heartbeat_at=70.0))
     assert session("a").last_seen_at == 70.0
     assert session("z").last_seen_at == 10.0
-    assert repository.get_setting(G, "heartbeat") == 70.0
-    assert repository.get_setting(OTHER_G, "heartbeat") == 10.0
+
+
+def test_the_write_sequence_only_moves_up(storage_db: SqliteDatabase) -> None:
+    for number in (3, 2, 5, None):
+        b = batch(heartbeat_at=1.0)
+        b.sequence = number
+        repository.apply_batch(b)
+    assert repository.get_setting(G, repository.WRITE_SEQUENCE_KEY) == 5
+    assert repository.get_setting(OTHER_G, repository.WRITE_SEQUENCE_KEY) is None
 
 
 def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: SqliteDatabase) -> None:
@@ -530,9 +537,74 @@ async def test_storage_run_propagates_exceptions(tmp_path: Path) -> None:
         raise sqlite3.OperationalError("database is locked")
 
     try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(StorageError, match="locked") as caught:
             await storage.run(fail)
+        assert caught.value.kind == "locked"
         assert await storage.run(lambda: 5) == 5  # the thread survives
+    finally:
+        await storage.close()
+
+
+def _objects_reachable_from(error: BaseException) -> list[object]:
+    """Everything an exception keeps alive through its chain and its traceback's frames."""
+    found: list[object] = []
+    chain: list[BaseException | None] = [error]
+    while chain:
+        item = chain.pop()
+        if item is None:
+            continue
+        chain += [item.__context__, item.__cause__]
+        tb = item.__traceback__
+        while tb is not None:
+            found.extend(tb.tb_frame.f_locals.values())
+            tb = tb.tb_next
+    return found
+
+
+async def test_a_query_failing_on_a_lock_held_by_another_process_hands_the_loop_no_cursor(tmp_path: Path) -> None:
+    """A cursor freed on the loop thread waits for the connection mutex, which the database
+    thread holds through its busy timeout: the loop froze for seconds (issue: the SQLite lock)."""
+    path = tmp_path / "locked.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a backup or an admin shell
+    try:
+        await storage.run(lambda: database_proxy.obj.execute_sql("PRAGMA busy_timeout = 50"))
+        with pytest.raises(StorageError) as caught:
+            await storage.run(repository.set_setting, G, "k", 1)
+        error = caught.value
+        assert error.kind == "locked" and "database is locked" in str(error)
+        assert error.__context__ is None and error.__cause__ is None
+        reachable = _objects_reachable_from(error)
+        assert not [o for o in reachable if isinstance(o, sqlite3.Cursor | BaseException) and o is not error]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await storage.close()
+
+
+async def test_a_full_disk_is_reported_as_such_not_as_a_failed_rollback(tmp_path: Path) -> None:
+    storage = Storage(f"sqlite:///{tmp_path}/full.db")
+    await storage.open()
+
+    def fill() -> None:
+        db = database_proxy.obj
+        pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+        db.execute_sql(f"PRAGMA max_page_count = {pages + 2}")  # the disk has two pages left
+        repository.apply_batch(
+            ActivityBatch(guild_id=G, season=1, heartbeat_at=1.0, messages={("2024-01-01", u): 1 for u in range(5000)})
+        )
+
+    try:
+        with pytest.raises(StorageError) as caught:
+            await storage.run(fill)
+        assert caught.value.kind == "disk full"
+        assert "full" in str(caught.value) and "rollback" not in str(caught.value)
+        # Space is back: the next write works.
+        await storage.run(lambda: database_proxy.obj.execute_sql("PRAGMA max_page_count = 1073741823"))
+        await storage.run(repository.set_setting, G, "k", 1)
+        assert await storage.run(repository.get_setting, G, "k") == 1
     finally:
         await storage.close()
 
@@ -549,7 +621,7 @@ async def test_storage_close_closes_the_database_and_the_thread(tmp_path: Path) 
     await storage.close()
     # SQLite removes the WAL file when the last connection closes: the DB-thread connection is gone.
     assert not await asyncio.to_thread(os.path.exists, wal)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StorageError, match="closed"):
         await storage.run(lambda: None)
     # The file is intact and reopenable.
     reopened = open_database(f"sqlite:///{path}")
@@ -558,3 +630,25 @@ async def test_storage_close_closes_the_database_and_the_thread(tmp_path: Path) 
         assert repository.get_setting(G, "k") == 1
     finally:
         reopened.close()
+
+
+async def test_a_rollback_failing_after_the_real_error_reports_the_real_error(tmp_path: Path) -> None:
+    """On a full disk SQLite rolls back by itself, then peewee's own rollback fails with "cannot
+    rollback - no transaction is active", hiding the cause."""
+    storage = Storage(f"sqlite:///{tmp_path}/r.db")
+    await storage.open()
+
+    def write_then_rollback() -> None:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError:
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")  # noqa: B904
+
+    try:
+        with pytest.raises(StorageError) as caught:
+            await storage.run(write_then_rollback)
+        assert caught.value.kind == "disk full"
+        assert str(caught.value) == "OperationalError: database or disk is full"
+        assert "free some space" in caught.value.advice
+    finally:
+        await storage.close()

@@ -31,5 +31,3 @@ async def test_inside_the_server_the_built_reply_is_sent() -> None:
     inter = FakeInter()
     await cog()._answer(inter, "stats", lambda: answer("numbers"))  # type: ignore[arg-type]
     assert inter.calls == [("send", "numbers", False)]
-
-

@@ -111,7 +111,7 @@ async def test_messages_are_written_exactly_on_flush(
     for _ in range(3):
         assert activity_service.record_message(1) is True
     activity_service.record_message(2)
-    activity_service.record_message(2, now=T0 + 86_400.0)  # explicit time: the next day
+    activity_service.record_message(2, sent_at=MIDNIGHT - 10.0)  # sent yesterday, handled today
     assert activity_service.messages_counted == 5
 
     assert await activity_service.flush(season_one) is True
@@ -120,7 +120,7 @@ async def test_messages_are_written_exactly_on_flush(
     assert await daily(activity_storage) == {
         (TODAY, 1): (3, 0.0),
         (TODAY, 2): (1, 0.0),
-        (day(T0 + 86_400.0), 2): (1, 0.0),
+        (day(MIDNIGHT - 10.0), 2): (1, 0.0),
     }
     assert activity_service.pending_messages(1) == 0
 
@@ -385,7 +385,7 @@ async def test_shutdown_closes_voice_sessions_at_clock_time_and_writes_them(
     activity_clock.advance(55.0)
     activity_service.record_message(2)
 
-    assert await activity_service.shutdown(season_one, retry_delay=0) is True
+    assert await activity_service.shutdown(season_one) is True
     assert activity_service.voice.counting_users() == set()
     assert activity_service.voice.present_users() == set()
     assert await sessions(activity_storage) == [(1, CH, T0, T0 + 75.0, T0 + 75.0)]
@@ -393,23 +393,7 @@ async def test_shutdown_closes_voice_sessions_at_clock_time_and_writes_them(
     assert await activity_storage.run(repository.open_sessions, G) == []
 
 
-async def test_shutdown_retries_a_transient_failure(
-    activity_service: ActivityService,
-    activity_storage: Storage,
-    activity_clock: FakeClock,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    attempts = fail_batches(monkeypatch, times=2)
-    activity_service.record_voice(1, here(CH))
-    activity_service.record_message(1)
-    activity_clock.advance(30.0)
-    assert await activity_service.shutdown(season_one, attempts=3, retry_delay=0) is True
-    assert len(attempts) == 3
-    assert await stats(activity_storage) == {1: (1, 30.0)}
-    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
-
-
-async def test_shutdown_gives_up_after_the_attempts_but_keeps_the_buffer(
+async def test_a_shutdown_whose_write_fails_keeps_the_buffer(
     activity_service: ActivityService,
     activity_storage: Storage,
     activity_clock: FakeClock,
@@ -419,8 +403,8 @@ async def test_shutdown_gives_up_after_the_attempts_but_keeps_the_buffer(
     activity_service.record_voice(1, here(CH))
     activity_service.record_message(1)
     activity_clock.advance(30.0)
-    assert await activity_service.shutdown(season_one, attempts=2, retry_delay=0) is False
-    assert activity_service.flush_failures == 2
+    assert await activity_service.shutdown(season_one) is False
+    assert activity_service.flush_failures == 1
     assert activity_service.pending_messages(1) == 1
     assert activity_service.unflushed_voice_seconds(1) == 30.0
     assert await stats(activity_storage) == {}
@@ -572,8 +556,6 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
         await flushing
 
     activity_clock.advance(10.0)
-    assert await activity_service.shutdown(season_one, retry_delay=0) is True
+    assert await activity_service.shutdown(season_one) is True
     assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
     assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]
-
-

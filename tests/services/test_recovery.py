@@ -1,21 +1,27 @@
-"""The recovery file: its format, atomic saving, and applying saved batches exactly once."""
+"""The recovery file: its format, atomic rewriting, and applying saved parts exactly once,
+whatever moment a crash (kill -9) picks."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats
-from leaderboard_bot.domain import ActivityBatch, SessionClose, SessionOpen
-from leaderboard_bot.services.recovery import FORMAT_VERSION, RecoveryFile, batch_from_json, batch_to_json
+from leaderboard_bot.domain import ActivityBatch, SeasonRoll, SessionClose, SessionOpen
+from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.recovery import FORMAT_VERSION, RecoveryFile, batch_from_json, batch_to_json, read_file
 from tests.factories import FakeClock, fail_batches, here
 from tests.services.test_activity import CH, T0, G, make_service, season_one, sessions, stats
 
 
-def sample_batch(recovery_id: str = "abc") -> ActivityBatch:
+def sample_batch(sequence: int | None = 7) -> ActivityBatch:
     return ActivityBatch(
         guild_id=G,
         season=3,
@@ -25,8 +31,13 @@ def sample_batch(recovery_id: str = "abc") -> ActivityBatch:
         opened=[SessionOpen("k1", 5, CH, T0)],
         closed=[SessionClose("k0", T0 - 1.5)],
         names={5: ("Fünf 🎧", None), 6: ("Six", "six")},
-        recovery_id=recovery_id,
+        roll=SeasonRoll(3, T0, 86_400.0),
+        sequence=sequence,
     )
+
+
+def files_of(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in tmp_path.glob("*.unsaved*.json"))
 
 
 def test_a_batch_survives_the_json_round_trip() -> None:
@@ -34,75 +45,99 @@ def test_a_batch_survives_the_json_round_trip() -> None:
     assert batch_from_json(json.loads(json.dumps(batch_to_json(batch)))) == batch
 
 
-def test_an_unknown_format_version_is_refused() -> None:
-    data = batch_to_json(sample_batch())
-    data["version"] = FORMAT_VERSION + 1
+def test_an_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.unsaved.json"
+    path.write_text(json.dumps({"version": FORMAT_VERSION + 1, "parts": []}))
     with pytest.raises(ValueError, match="version"):
-        batch_from_json(data)
+        read_file(path)
 
 
-def test_save_is_atomic_and_never_overwrites(tmp_path: Path) -> None:
+def test_write_replaces_the_process_file_atomically(tmp_path: Path) -> None:
     file = RecoveryFile(tmp_path / "db.unsaved.json")
-    first = file.save(sample_batch("one"))
-    second = file.save(sample_batch("two"))
-    assert first == tmp_path / "db.unsaved.json"
-    assert second == tmp_path / "db.unsaved-two.json"
+    file.write([sample_batch(1)])
+    file.write([sample_batch(2), sample_batch(3)])
+    assert file.files() == [file.own_path]
     assert not list(tmp_path.glob("*.tmp"))
-    assert file.files() == sorted([first, second])
-    assert batch_from_json(json.loads(first.read_text())).recovery_id == "one"
+    assert [p.sequence for p in read_file(file.own_path).parts] == [2, 3]
 
 
-def test_a_disk_that_refuses_the_file_is_reported_not_raised(tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    file = RecoveryFile(blocker / "db.unsaved.json")
-    assert file.save(sample_batch()) is None
-    assert file.files() == []
+async def test_a_disk_that_refuses_the_file_is_reported_once_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_lines: list[dict]
+) -> None:
+    file = RecoveryFile(tmp_path / "db.unsaved.json")
+
+    def full(parts: list[ActivityBatch]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(file, "write", full)
+        assert await file.save([sample_batch()]) is False
+        assert await file.save([sample_batch()]) is False
+    errors = [r for r in log_lines if r["level"] == "ERROR"]
+    assert len(errors) == 1 and "No space left on device" in errors[0]["message"]
+    assert "lost" in errors[0]["message"]
+    assert await file.save([sample_batch()]) is True  # space is back
+    assert any("saved to" in r["message"] and "again" in r["message"] for r in log_lines)
 
 
 async def test_another_guilds_file_is_left_in_place(activity_storage: Storage, tmp_path: Path) -> None:
     file = RecoveryFile(tmp_path / "db.unsaved.json")
     other = sample_batch()
     other.guild_id = G + 1
-    path = file.save(other)
+    file.write([other])
     await file.apply_all(activity_storage, G)
-    assert path is not None and path.exists()
+    assert file.own_path.exists()
     assert await stats(activity_storage) == {}
 
 
-async def test_files_are_applied_in_name_order_each_once(activity_storage: Storage, tmp_path: Path) -> None:
-    file = RecoveryFile(tmp_path / "db.unsaved.json")
-    file.save(sample_batch("one"))
-    file.save(sample_batch("two"))
-    await file.apply_all(activity_storage, G)
-    assert file.files() == []
+def _legacy(path: Path, recovery_id: str, messages: int, mtime: float) -> None:
+    data = batch_to_json(sample_batch(None))
+    data.update(version=1, recovery_id=recovery_id, roll=None, messages=[["2024-03-10", 9, messages]])
+    path.write_text(json.dumps(data))
+    import os
+
+    os.utime(path, (mtime, mtime))
+
+
+async def test_parts_are_applied_in_the_order_written_each_once(activity_storage: Storage, tmp_path: Path) -> None:
+    base = tmp_path / "db.unsaved.json"
+    # Two processes' files, named so that name order is the reverse of the order written.
+    later = RecoveryFile(base)
+    later.own_path = tmp_path / "db.unsaved-a.json"
+    earlier = RecoveryFile(base)
+    earlier.own_path = tmp_path / "db.unsaved-b.json"
+    first, second = sample_batch(1), sample_batch(2)
+    first.roll = None
+    second.roll = None
+    second.season = 4
+    earlier.clock = lambda: 100.0
+    earlier.write([first])
+    later.clock = lambda: 200.0
+    later.write([second])
+    _legacy(tmp_path / "db.unsaved.json", "old", 3, 50.0)
+
+    applied: list[tuple[int, int | None]] = []
+    real = repository.apply_batch
+
+    def spy(batch: ActivityBatch) -> None:
+        applied.append((batch.season, batch.sequence))
+        real(batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repository, "apply_batch", spy)
+        assert await earlier.apply_all(activity_storage, G) == 2
+    assert applied == [(3, None), (3, 1), (4, 2)]  # the format-1 file (oldest) first
+    assert files_of(tmp_path) == []
     rows = await activity_storage.run(lambda: sorted((r.season, r.user_id, r.messages) for r in MemberStats.select()))
-    assert rows == [(3, 5, 0), (3, 2**63 - 1, 8)]
+    assert rows == [(3, 5, 0), (3, 9, 3), (3, 2**63 - 1, 4), (4, 5, 0), (4, 2**63 - 1, 4)]
 
-
-async def test_a_shutdown_that_cannot_write_saves_to_disk_and_the_next_start_writes_it(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    recovery = tmp_path / "activity.db.unsaved.json"
-    first = make_service(activity_storage, activity_clock, recovery=recovery)
-    first.names.remember(1, "Ali", "alice")
-    first.record_voice(1, here(CH))
-    for _ in range(4):
-        first.record_message(1)
-    activity_clock.advance(30.0)
-    with monkeypatch.context() as patch:
-        fail_batches(patch, times=10)
-        assert await first.shutdown(season_one, attempts=2, retry_delay=0) is False
-    assert recovery.exists() and await stats(activity_storage) == {}
-
-    second = make_service(activity_storage, activity_clock, recovery=recovery)
-    await second.start()
-    assert not recovery.exists()
-    assert await stats(activity_storage) == {1: (4, 30.0)}
-    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
-    assert await activity_storage.run(repository.names, G, [1]) == {1: "Ali"}
-    await second.start()  # nothing left to recover: nothing counted twice
-    assert await stats(activity_storage) == {1: (4, 30.0)}
+    # The same files again (a crash before they were removed): nothing is counted twice.
+    earlier.write([first])
+    later.write([second])
+    _legacy(tmp_path / "db.unsaved.json", "old", 3, 50.0)
+    await earlier.apply_all(activity_storage, G)
+    again = await activity_storage.run(lambda: sorted((r.season, r.user_id, r.messages) for r in MemberStats.select()))
+    assert again == rows
 
 
 async def test_an_unreadable_recovery_file_is_left_alone(
@@ -116,40 +151,120 @@ async def test_an_unreadable_recovery_file_is_left_alone(
     assert await stats(activity_storage) == {}
 
 
-async def test_a_recovery_file_is_never_applied_twice(
+# --------------------------------------------------------------------------- with the activity service
+
+
+async def restart(storage: Storage, clock: FakeClock, recovery: Path) -> ActivityService:
+    """A new process on the same files: the old one died without any shutdown (kill -9)."""
+    service = make_service(storage, clock, recovery=recovery)
+    await service.start()
+    return service
+
+
+async def test_a_shutdown_that_cannot_write_saves_to_disk_and_the_next_start_writes_it(
     activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recovery = tmp_path / "activity.db.unsaved.json"
     first = make_service(activity_storage, activity_clock, recovery=recovery)
-    first.record_message(1)
+    await first.start()
+    first.names.remember(1, "Ali", "alice")
+    first.record_voice(1, here(CH))
+    for _ in range(4):
+        first.record_message(1)
+    activity_clock.advance(30.0)
     with monkeypatch.context() as patch:
         fail_batches(patch, times=10)
-        assert await first.shutdown(season_one, attempts=1, retry_delay=0) is False
-    saved = recovery.read_text()
+        assert await first.shutdown(season_one) is False
+    assert files_of(tmp_path) and await stats(activity_storage) == {}
 
-    second = make_service(activity_storage, activity_clock, recovery=recovery)
-    await second.start()
-    recovery.write_text(saved)  # as if the process died after writing but before removing the file
-    third = make_service(activity_storage, activity_clock, recovery=recovery)
-    await third.start()
-    assert await stats(activity_storage) == {1: (1, 0.0)}
-    assert not recovery.exists()
+    second = await restart(activity_storage, activity_clock, recovery)
+    assert files_of(tmp_path) == []
+    assert await stats(activity_storage) == {1: (4, 30.0)}
+    assert await sessions(activity_storage) == [(1, CH, T0, T0 + 30.0, T0 + 30.0)]
+    assert await activity_storage.run(repository.names, G, [1]) == {1: "Ali"}
+    await second.start()  # nothing left to recover: nothing counted twice
+    assert await stats(activity_storage) == {1: (4, 30.0)}
 
 
-async def test_a_waiting_recovery_file_is_never_overwritten(
+async def test_every_failed_flush_rewrites_the_file_so_kill_9_loses_nothing_flushed(
     activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recovery = tmp_path / "activity.db.unsaved.json"
-    recovery.write_text("{damaged")
-    service = make_service(activity_storage, activity_clock, recovery=recovery)
-    service.record_message(7)
+    first = make_service(activity_storage, activity_clock, recovery=recovery)
+    await first.start()
     with monkeypatch.context() as patch:
-        fail_batches(patch, times=10)
-        assert await service.shutdown(season_one, attempts=1, retry_delay=0) is False
-    assert recovery.read_text() == "{damaged"
-    (extra,) = [p for p in tmp_path.glob("activity.db.unsaved-*.json")]
+        fail_batches(patch, times=100)
+        for _second in range(12):  # 12 messages, a flush after each, the database locked throughout
+            first.record_message(1)
+            activity_clock.advance(1.0)
+            assert await first.flush(season_one) is False
+            assert len(files_of(tmp_path)) == 1
+        first.record_message(1)  # the 13th arrives after the last flush: the one interval at risk
+    # kill -9: no shutdown at all.
+    await restart(activity_storage, activity_clock, recovery)
+    assert await stats(activity_storage) == {1: (12, 0.0)}
+    assert files_of(tmp_path) == []
 
-    restarted = make_service(activity_storage, activity_clock, recovery=recovery)
-    await restarted.start()
-    assert await stats(activity_storage) == {7: (1, 0.0)}
-    assert not extra.exists() and recovery.exists()  # the damaged one waits for a human
+
+async def test_a_write_that_commits_just_before_the_kill_is_not_applied_again(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    first = make_service(activity_storage, activity_clock, recovery=recovery)
+    await first.start()
+    with monkeypatch.context() as patch:
+        fail_batches(patch, times=1)
+        first.record_message(1)
+        assert await first.flush(season_one) is False  # the file holds message 1
+    first.record_message(1)
+    saved = {p: p.read_text() for p in files_of(tmp_path)}
+    assert await first.flush(season_one) is True  # both are in the database...
+    await asyncio.sleep(0.1)
+    assert files_of(tmp_path) == []  # ...and the file is removed...
+    for path, text in saved.items():
+        path.write_text(text)  # ...but the process died before removing the file
+    await restart(activity_storage, activity_clock, recovery)
+    assert await stats(activity_storage) == {1: (2, 0.0)}
+
+
+@pytest.mark.parametrize("commits", [True, False])
+async def test_a_snapshot_taken_while_a_write_hangs_keeps_that_write_apart(
+    commits: bool, activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write in flight keeps its own number in the file: if it commits, a restart skips it
+    and still applies what arrived during the hang; if it never commits, both are applied."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.snapshot_every = lambda: 0.05
+    await service.start()
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+
+    def hanging(batch: ActivityBatch) -> None:  # a busy wait on a lock held elsewhere
+        busy.set()
+        assert gate.wait(10)
+        if not commits:
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", hanging)
+    service.record_message(5)
+    flushing = asyncio.ensure_future(service.flush(season_one))
+    assert await asyncio.to_thread(busy.wait, 10)
+    service.record_message(5)  # arrives while the write hangs
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        files = files_of(tmp_path)
+        if files and len(read_file(files[0]).parts) == 2:
+            break
+    (path,) = files_of(tmp_path)
+    snapshot = path.read_text()
+    assert [sum(p.messages.values()) for p in read_file(path).parts] == [1, 1]
+    gate.set()
+    assert await flushing is commits
+    await asyncio.sleep(0.1)  # let a successful flush remove the file first
+    monkeypatch.setattr(repository, "apply_batch", real)
+    path.write_text(snapshot)  # kill -9 during the hang: the file as it was then
+    await restart(activity_storage, activity_clock, recovery)
+    assert await stats(activity_storage) == {5: (2, 0.0)}
+    assert files_of(tmp_path) == []

@@ -6,7 +6,6 @@ import pytest
 
 from leaderboard_bot.domain import SessionClose, SessionOpen
 from leaderboard_bot.services.voice import (
-    CreditedInterval,
     VoiceDrain,
     VoiceRules,
     VoiceTracker,
@@ -44,11 +43,11 @@ def test_join_then_leave_credits_exactly_the_time_in_between() -> None:
     assert t.presence(1) is None
 
     drain = t.checkpoint(500.0)
-    assert drain.intervals == [CreditedInterval(1, 100.0, 160.0)]
-    assert len(drain.opened) == 1
-    key = drain.opened[0].key
-    assert drain.opened == [SessionOpen(key, 1, A, 100.0)]
-    assert drain.closed == [SessionClose(key, 160.0)]
+    assert seconds_by_user(drain) == {1: 60.0}
+    assert len(list(drain.opened.values())) == 1
+    key = next(iter(drain.opened.values())).key
+    assert list(drain.opened.values()) == [SessionOpen(key, 1, A, 100.0)]
+    assert list(drain.closed.values()) == [SessionClose(key, 160.0)]
     # Nothing left behind: the member is gone, so later checkpoints are empty.
     assert t.checkpoint(900.0) == VoiceDrain()
 
@@ -60,7 +59,7 @@ def test_join_leave_with_company_credits_exact_seconds(count_alone: bool, count_
     t.update(2, here(A), 0.0)
     t.update(1, None, 90.0)
     t.update(2, None, 120.0)
-    credited = seconds_by_user(t.checkpoint(1_000.0).intervals)
+    credited = seconds_by_user(t.checkpoint(1_000.0))
     if count_alone:
         assert credited == {1: 90.0, 2: 120.0}
     else:
@@ -72,9 +71,9 @@ def test_live_session_is_credited_by_checkpoint_up_to_now() -> None:
     t = tracker()
     t.update(1, here(A), 100.0)
     drain = t.checkpoint(130.0)
-    assert drain.intervals == [CreditedInterval(1, 100.0, 130.0)]
-    assert [o.user_id for o in drain.opened] == [1]
-    assert drain.closed == []
+    assert seconds_by_user(drain) == {1: 30.0}
+    assert [o.user_id for o in list(drain.opened.values())] == [1]
+    assert list(drain.closed.values()) == []
     assert t.is_counting(1)
 
 
@@ -84,21 +83,21 @@ def test_checkpoint_twice_never_credits_the_same_time_twice() -> None:
     first = t.checkpoint(40.0)
     second = t.checkpoint(40.0)
     third = t.checkpoint(100.0)
-    assert first.intervals == [CreditedInterval(1, 0.0, 40.0)]
-    assert second.intervals == []
-    assert second.opened == [] and second.closed == []
-    assert third.intervals == [CreditedInterval(1, 40.0, 100.0)]
+    assert seconds_by_user(first) == {1: 40.0}
+    assert seconds_by_user(second) == {}
+    assert list(second.opened.values()) == [] and list(second.closed.values()) == []
+    assert seconds_by_user(third) == {1: 60.0}
     t.update(1, None, 100.0)
     last = t.checkpoint(200.0)
-    assert last.intervals == []  # already credited up to 100
-    assert len(last.closed) == 1 and last.closed[0].ended_at == 100.0
+    assert seconds_by_user(last) == {}  # already credited up to 100
+    assert len(list(last.closed.values())) == 1 and next(iter(last.closed.values())).ended_at == 100.0
 
 
 def test_checkpoint_with_a_clock_behind_the_credited_time_credits_nothing() -> None:
     t = tracker()
     t.update(1, here(A), 0.0)
     t.checkpoint(100.0)
-    assert t.checkpoint(50.0).intervals == []
+    assert seconds_by_user(t.checkpoint(50.0)) == {}
     assert t.unflushed_seconds(1, 50.0) == 0.0
 
 
@@ -108,8 +107,8 @@ def test_leave_reported_before_the_last_checkpoint_closes_at_the_credited_time()
     t.checkpoint(100.0)
     t.update(1, None, 90.0)  # late, out-of-order event
     drain = t.checkpoint(200.0)
-    assert drain.intervals == []
-    assert drain.closed[0].ended_at == 100.0
+    assert seconds_by_user(drain) == {}
+    assert next(iter(drain.closed.values())).ended_at == 100.0
 
 
 # --------------------------------------------------------------------------- moves
@@ -123,12 +122,12 @@ def test_move_between_channels_closes_one_session_and_opens_another(count_deafen
     t.update(1, None, 100.0)
     drain = t.checkpoint(100.0)
 
-    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [(1, A, 0.0), (1, B, 40.0)]
-    key_a, key_b = (o.key for o in drain.opened)
+    assert [(o.user_id, o.channel_id, o.started_at) for o in list(drain.opened.values())] == [(1, A, 0.0), (1, B, 40.0)]
+    key_a, key_b = (o.key for o in list(drain.opened.values()))
     assert key_a != key_b
-    assert drain.closed == [SessionClose(key_a, 40.0), SessionClose(key_b, 100.0)]
-    assert drain.intervals == [CreditedInterval(1, 0.0, 40.0), CreditedInterval(1, 40.0, 100.0)]
-    assert sum(i.seconds for i in drain.intervals) == 100.0  # == wall time, nothing doubled
+    assert list(drain.closed.values()) == [SessionClose(key_a, 40.0), SessionClose(key_b, 100.0)]
+    assert seconds_by_user(drain) == {1: 100.0}
+    assert sum(drain.seconds.values()) == 100.0  # == wall time, nothing doubled
 
 
 def test_move_with_a_checkpoint_in_between_sums_to_wall_time() -> None:
@@ -139,10 +138,10 @@ def test_move_with_a_checkpoint_in_between_sums_to_wall_time() -> None:
     d2 = t.checkpoint(70.0)
     t.update(1, None, 130.0)
     d3 = t.checkpoint(500.0)
-    total = sum(i.seconds for d in (d1, d2, d3) for i in d.intervals)
+    total = sum(sum(d.seconds.values()) for d in (d1, d2, d3))
     assert total == 130.0
-    assert len(d1.opened) + len(d2.opened) + len(d3.opened) == 2
-    assert len(d1.closed) + len(d2.closed) + len(d3.closed) == 2
+    assert len(list(d1.opened.values())) + len(list(d2.opened.values())) + len(list(d3.opened.values())) == 2
+    assert len(list(d1.closed.values())) + len(list(d2.closed.values())) + len(list(d3.closed.values())) == 2
 
 
 def test_move_with_count_alone_off_stops_both_and_restarts_when_reunited() -> None:
@@ -156,7 +155,7 @@ def test_move_with_count_alone_off_stops_both_and_restarts_when_reunited() -> No
     assert t.counting_users() == {1, 2}
     t.update(1, None, 80.0)
     t.update(2, None, 80.0)
-    assert seconds_by_user(t.checkpoint(80.0).intervals) == {1: 60.0, 2: 60.0}
+    assert seconds_by_user(t.checkpoint(80.0)) == {1: 60.0, 2: 60.0}
 
 
 # --------------------------------------------------------------------------- AFK
@@ -174,8 +173,8 @@ def test_moving_into_afk_stops_and_back_out_resumes(count_alone: bool, count_dea
     assert t.is_counting(1)
     t.update(1, None, 100.0)
     drain = t.checkpoint(100.0)
-    assert seconds_by_user(drain.intervals)[1] == 70.0
-    assert len([o for o in drain.opened if o.user_id == 1]) == 2
+    assert seconds_by_user(drain)[1] == 70.0
+    assert len([o for o in list(drain.opened.values()) if o.user_id == 1]) == 2
 
 
 def test_afk_leaves_the_other_member_alone_when_alone_time_does_not_count() -> None:
@@ -186,7 +185,7 @@ def test_afk_leaves_the_other_member_alone_when_alone_time_does_not_count() -> N
     assert t.counting_users() == set()
     t.update(1, here(A), 45.0)
     assert t.counting_users() == {1, 2}
-    assert seconds_by_user(t.checkpoint(60.0).intervals) == {1: 45.0, 2: 45.0}
+    assert seconds_by_user(t.checkpoint(60.0)) == {1: 45.0, 2: 45.0}
 
 
 # --------------------------------------------------------------------------- deafen / mute
@@ -203,8 +202,8 @@ def test_self_deafen_stops_when_deafened_time_does_not_count(count_alone: bool) 
     assert t.is_counting(1)
     t.update(1, None, 100.0)
     drain = t.checkpoint(100.0)
-    assert seconds_by_user(drain.intervals)[1] == 80.0
-    mine = [o for o in drain.opened if o.user_id == 1]
+    assert seconds_by_user(drain)[1] == 80.0
+    mine = [o for o in list(drain.opened.values()) if o.user_id == 1]
     assert [o.started_at for o in mine] == [0.0, 50.0]
 
 
@@ -218,13 +217,13 @@ def test_self_deafen_keeps_counting_when_deafened_time_counts(count_alone: bool)
     t.update(1, here(A), 50.0)
     t.update(1, None, 100.0)
     drain = t.checkpoint(100.0)
-    assert seconds_by_user(drain.intervals)[1] == 100.0
+    assert seconds_by_user(drain)[1] == 100.0
     # One session from start to end: no restart on deafen or undeafen.
-    key = next(o.key for o in first.opened if o.user_id == 1)
-    assert [o for o in drain.opened if o.user_id == 1] == []
-    assert [c for c in drain.closed if c.key == key] == [SessionClose(key, 100.0)]
+    key = next(o.key for o in list(first.opened.values()) if o.user_id == 1)
+    assert [o for o in list(drain.opened.values()) if o.user_id == 1] == []
+    assert [c for c in list(drain.closed.values()) if c.key == key] == [SessionClose(key, 100.0)]
     # The friend's session ends too only if being alone does not count.
-    assert len(drain.closed) == (1 if count_alone else 2)
+    assert len(list(drain.closed.values())) == (1 if count_alone else 2)
 
 
 @BOTH_FLAGS
@@ -232,17 +231,17 @@ def test_mute_changes_do_not_restart_the_session(count_alone: bool, count_deafen
     t = tracker(count_alone=count_alone, count_deafened=count_deafened)
     join_with_friend(t, 1, A, 0.0)
     first = t.checkpoint(0.0)
-    key = next(o.key for o in first.opened if o.user_id == 1)
+    key = next(o.key for o in list(first.opened.values()) if o.user_id == 1)
     # Mute / unmute / stream etc. arrive as updates with the same tracked presence.
     for ts in (10.0, 20.0, 30.0):
         t.update(1, here(A), ts)
         assert t.is_counting(1)
     drain = t.checkpoint(60.0)
-    assert drain.opened == []
-    assert drain.closed == []
-    assert [i for i in drain.intervals if i.user_id == 1] == [CreditedInterval(1, 0.0, 60.0)]
+    assert list(drain.opened.values()) == []
+    assert list(drain.closed.values()) == []
+    assert seconds_by_user(drain)[1] == 60.0
     t.update(1, None, 70.0)
-    assert [c for c in t.checkpoint(70.0).closed if c.key == key] == [SessionClose(key, 70.0)]
+    assert [c for c in list(t.checkpoint(70.0).closed.values()) if c.key == key] == [SessionClose(key, 70.0)]
 
 
 def test_mute_while_alone_and_not_counting_starts_nothing() -> None:
@@ -259,7 +258,7 @@ def test_lone_member_counts_when_alone_time_counts() -> None:
     t = tracker(count_alone=True)
     t.update(1, here(A), 0.0)
     assert t.is_counting(1)
-    assert seconds_by_user(t.checkpoint(30.0).intervals) == {1: 30.0}
+    assert seconds_by_user(t.checkpoint(30.0)) == {1: 30.0}
 
 
 def test_alone_member_does_not_count_until_company_arrives_and_stops_when_it_leaves() -> None:
@@ -276,8 +275,8 @@ def test_alone_member_does_not_count_until_company_arrives_and_stops_when_it_lea
     t.update(1, None, 100.0)
 
     drain = t.checkpoint(100.0)
-    assert sorted((i.user_id, i.start, i.end) for i in drain.intervals) == [(1, 10.0, 40.0), (2, 10.0, 40.0)]
-    assert sorted(c.ended_at for c in drain.closed) == [40.0, 40.0]
+    assert seconds_by_user(drain) == {1: 30.0, 2: 30.0}
+    assert sorted(c.ended_at for c in list(drain.closed.values())) == [40.0, 40.0]
 
 
 def test_company_in_another_channel_does_not_count() -> None:
@@ -295,10 +294,10 @@ def test_third_member_leaving_keeps_the_remaining_pair_counting() -> None:
     t.update(3, None, 20.0)
     assert t.counting_users() == {1, 2}
     drain = t.checkpoint(50.0)
-    assert drain.opened == []  # 1 and 2 kept their sessions
-    assert [c.ended_at for c in drain.closed] == [20.0]
-    assert len(first.opened) == 3
-    assert seconds_by_user(drain.intervals) == {1: 50.0, 2: 50.0, 3: 20.0}
+    assert list(drain.opened.values()) == []  # 1 and 2 kept their sessions
+    assert [c.ended_at for c in list(drain.closed.values())] == [20.0]
+    assert len(list(first.opened.values())) == 3
+    assert seconds_by_user(drain) == {1: 50.0, 2: 50.0, 3: 20.0}
 
 
 # --------------------------------------------------------------------------- bots
@@ -314,8 +313,8 @@ def test_bots_never_count(count_alone: bool, count_deafened: bool) -> None:
     assert 50 not in t.counting_users() and 51 not in t.counting_users()
     assert t.present_users() == {1, 2, 50, 51}
     drain = t.checkpoint(100.0)
-    assert set(seconds_by_user(drain.intervals)) == {1, 2}
-    assert {o.user_id for o in drain.opened} == {1, 2}
+    assert set(seconds_by_user(drain)) == {1, 2}
+    assert {o.user_id for o in list(drain.opened.values())} == {1, 2}
 
 
 def test_bots_are_not_company() -> None:
@@ -328,7 +327,7 @@ def test_bots_are_not_company() -> None:
     assert t.counting_users() == {1, 2}
     t.update(2, None, 30.0)  # only bots left with 1
     assert t.counting_users() == set()
-    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 20.0, 2: 20.0}
+    assert seconds_by_user(t.checkpoint(100.0)) == {1: 20.0, 2: 20.0}
 
 
 # --------------------------------------------------------------------------- unflushed / restore
@@ -374,15 +373,11 @@ def test_restore_after_a_failed_write_puts_things_back_in_order() -> None:
     t.restore(failed)
 
     retry = t.checkpoint(70.0)
-    key1 = failed.opened[0].key
-    assert [o.user_id for o in retry.opened] == [1, 2]
-    assert retry.opened[0] == failed.opened[0]
-    assert retry.closed == [SessionClose(key1, 50.0)]
-    assert retry.intervals == [
-        CreditedInterval(1, 0.0, 30.0),  # restored first
-        CreditedInterval(1, 30.0, 50.0),
-        CreditedInterval(2, 60.0, 70.0),
-    ]
+    key1 = next(iter(failed.opened.values())).key
+    assert [o.user_id for o in list(retry.opened.values())] == [1, 2]
+    assert next(iter(retry.opened.values())) == next(iter(failed.opened.values()))
+    assert list(retry.closed.values()) == [SessionClose(key1, 50.0)]
+    assert seconds_by_user(retry) == {1: 50.0, 2: 10.0}  # restored and new, merged
     # An opened session is always before its close in the list (the repository applies in order).
     assert t.checkpoint(70.0) == VoiceDrain()
 
@@ -394,8 +389,8 @@ def test_restore_of_several_failed_drains_keeps_each_interval_once() -> None:
         t.restore(t.checkpoint(now))  # three writes fail in a row
         assert t.unflushed_seconds(1, now) == now
     final = t.checkpoint(40.0)
-    assert final.intervals == [CreditedInterval(1, s, s + 10.0) for s in (0.0, 10.0, 20.0, 30.0)]
-    assert len(final.opened) == 1
+    assert seconds_by_user(final) == {1: 40.0}
+    assert len(list(final.opened.values())) == 1
     assert t.unflushed_seconds(1, 40.0) == 0.0
 
 
@@ -408,17 +403,17 @@ def test_reconcile_closes_gone_members_at_gone_at_and_starts_unknown_ones_at_now
     t.update(2, here(A), 0.0)
     t.update(3, here(B), 0.0)
     before = t.checkpoint(100.0)
-    key1 = next(o.key for o in before.opened if o.user_id == 1)
+    key1 = next(o.key for o in list(before.opened.values()) if o.user_id == 1)
 
     t.reconcile({1: here(A), 4: here(B)}, now=500.0, gone_at=300.0)
 
     assert t.present_users() == {1, 4}
     assert t.counting_users() == {1, 4}
     drain = t.checkpoint(500.0)
-    assert {(c.ended_at) for c in drain.closed} == {300.0}
-    assert len(drain.closed) == 2 and key1 not in {c.key for c in drain.closed}
-    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [(4, B, 500.0)]
-    assert seconds_by_user(drain.intervals) == {1: 400.0, 2: 200.0, 3: 200.0}
+    assert {(c.ended_at) for c in list(drain.closed.values())} == {300.0}
+    assert len(list(drain.closed.values())) == 2 and key1 not in {c.key for c in list(drain.closed.values())}
+    assert [(o.user_id, o.channel_id, o.started_at) for o in list(drain.opened.values())] == [(4, B, 500.0)]
+    assert seconds_by_user(drain) == {1: 400.0, 2: 200.0, 3: 200.0}
 
 
 def test_reconcile_keeps_unchanged_members_sessions() -> None:
@@ -428,8 +423,8 @@ def test_reconcile_keeps_unchanged_members_sessions() -> None:
     t.checkpoint(0.0)
     t.reconcile({1: here(A), 2: here(A)}, now=100.0, gone_at=50.0)
     drain = t.checkpoint(100.0)
-    assert drain.opened == [] and drain.closed == []
-    assert seconds_by_user(drain.intervals) == {1: 100.0, 2: 100.0}
+    assert list(drain.opened.values()) == [] and list(drain.closed.values()) == []
+    assert seconds_by_user(drain) == {1: 100.0, 2: 100.0}
 
 
 def test_reconcile_without_gone_at_closes_at_now() -> None:
@@ -437,8 +432,8 @@ def test_reconcile_without_gone_at_closes_at_now() -> None:
     t.update(1, here(A), 0.0)
     t.reconcile({}, now=80.0)
     drain = t.checkpoint(200.0)
-    assert drain.closed[0].ended_at == 80.0
-    assert seconds_by_user(drain.intervals) == {1: 80.0}
+    assert next(iter(drain.closed.values())).ended_at == 80.0
+    assert seconds_by_user(drain) == {1: 80.0}
 
 
 def test_reconcile_never_closes_after_now() -> None:
@@ -446,8 +441,8 @@ def test_reconcile_never_closes_after_now() -> None:
     t.update(1, here(A), 0.0)
     t.reconcile({}, now=80.0, gone_at=500.0)
     drain = t.checkpoint(80.0)
-    assert drain.closed[0].ended_at == 80.0
-    assert seconds_by_user(drain.intervals) == {1: 80.0}
+    assert next(iter(drain.closed.values())).ended_at == 80.0
+    assert seconds_by_user(drain) == {1: 80.0}
 
 
 def test_reconcile_stops_a_member_left_alone_at_gone_at() -> None:
@@ -457,7 +452,7 @@ def test_reconcile_stops_a_member_left_alone_at_gone_at() -> None:
     t.reconcile({1: here(A)}, now=100.0, gone_at=60.0)
     assert t.counting_users() == set()
     assert t.presence(1) == here(A)
-    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 60.0, 2: 60.0}
+    assert seconds_by_user(t.checkpoint(100.0)) == {1: 60.0, 2: 60.0}
 
 
 def test_reconcile_applies_changed_state_at_now() -> None:
@@ -467,8 +462,8 @@ def test_reconcile_applies_changed_state_at_now() -> None:
     t.reconcile({1: here(A, deafened=True), 2: here(B)}, now=100.0, gone_at=40.0)
     assert t.counting_users() == {2}
     drain = t.checkpoint(150.0)
-    assert seconds_by_user(drain.intervals) == {1: 100.0, 2: 150.0}
-    assert [(o.user_id, o.channel_id, o.started_at) for o in drain.opened] == [
+    assert seconds_by_user(drain) == {1: 100.0, 2: 150.0}
+    assert [(o.user_id, o.channel_id, o.started_at) for o in list(drain.opened.values())] == [
         (1, A, 0.0),
         (2, A, 0.0),
         (2, B, 100.0),
@@ -481,8 +476,8 @@ def test_reconcile_with_company_arriving_starts_both_at_now() -> None:
     t.reconcile({1: here(A), 2: here(A)}, now=100.0, gone_at=50.0)
     assert t.counting_users() == {1, 2}
     drain = t.checkpoint(130.0)
-    assert sorted(o.started_at for o in drain.opened) == [100.0, 100.0]
-    assert seconds_by_user(drain.intervals) == {1: 30.0, 2: 30.0}
+    assert sorted(o.started_at for o in list(drain.opened.values())) == [100.0, 100.0]
+    assert seconds_by_user(drain) == {1: 30.0, 2: 30.0}
 
 
 # --------------------------------------------------------------------------- stop_all
@@ -498,8 +493,8 @@ def test_stop_all_closes_every_session_at_the_given_time() -> None:
     assert t.counting_users() == set()
     assert t.present_users() == set()
     drain = t.checkpoint(1_000.0)
-    assert sorted(c.ended_at for c in drain.closed) == [75.0, 75.0]
-    assert seconds_by_user(drain.intervals) == {1: 55.0, 2: 55.0}
+    assert sorted(c.ended_at for c in list(drain.closed.values())) == [75.0, 75.0]
+    assert seconds_by_user(drain) == {1: 55.0, 2: 55.0}
     assert t.checkpoint(2_000.0) == VoiceDrain()
 
 
@@ -552,7 +547,7 @@ def test_suspend_stops_every_session_at_the_moment_contact_is_lost() -> None:
     t.update(2, here(A), 10.0)
     t.suspend(30.0)
     assert t.suspended and t.counting_users() == set()
-    assert seconds_by_user(t.checkpoint(500.0).intervals) == {1: 30.0, 2: 20.0}  # nothing after 30 s
+    assert seconds_by_user(t.checkpoint(500.0)) == {1: 30.0, 2: 20.0}  # nothing after 30 s
 
 
 def test_nothing_counts_while_suspended_even_new_joins() -> None:
@@ -560,7 +555,7 @@ def test_nothing_counts_while_suspended_even_new_joins() -> None:
     t.suspend(0.0)
     t.update(1, here(A), 5.0)  # e.g. replayed before the RESUMED event
     assert t.counting_users() == set()
-    assert t.checkpoint(100.0).intervals == []
+    assert seconds_by_user(t.checkpoint(100.0)) == {}
 
 
 def test_reconcile_resumes_counting_from_then_for_those_still_there() -> None:
@@ -572,7 +567,7 @@ def test_reconcile_resumes_counting_from_then_for_those_still_there() -> None:
     t.reconcile({2: here(A)}, now=300.0)  # 1 left during the gap
     assert not t.suspended and t.counting_users() == {2}
     drained = t.checkpoint(360.0)
-    assert seconds_by_user(drained.intervals) == {2: 60.0}  # the gap is never credited to anyone
+    assert seconds_by_user(drained) == {2: 60.0}  # the gap is never credited to anyone
 
 
 def test_suspend_twice_keeps_the_first_moment() -> None:
@@ -580,7 +575,7 @@ def test_suspend_twice_keeps_the_first_moment() -> None:
     t.update(1, here(A), 0.0)
     t.suspend(10.0)
     t.suspend(50.0)
-    assert seconds_by_user(t.checkpoint(100.0).intervals) == {1: 10.0}
+    assert seconds_by_user(t.checkpoint(100.0)) == {1: 10.0}
 
 
 def test_rules_are_read_live_and_a_change_applies_from_rules_changed() -> None:
@@ -592,7 +587,7 @@ def test_rules_are_read_live_and_a_change_applies_from_rules_changed() -> None:
     t.rules_changed(MIDNIGHT + 10)
     assert t.is_counting(1)
     t.update(1, None, MIDNIGHT + 25)
-    assert seconds_by_user(t.checkpoint(MIDNIGHT + 30).intervals) == {1: 15.0}
+    assert seconds_by_user(t.checkpoint(MIDNIGHT + 30)) == {1: 15.0}
 
 
 def test_a_rules_change_to_stricter_rules_stops_counting_at_that_moment() -> None:
@@ -602,4 +597,4 @@ def test_a_rules_change_to_stricter_rules_stops_counting_at_that_moment() -> Non
     rules = VoiceRules(count_deafened=False, count_alone=False)  # alone no longer counts
     t.rules_changed(MIDNIGHT + 40)
     assert not t.is_counting(1)
-    assert seconds_by_user(t.checkpoint(MIDNIGHT + 100).intervals) == {1: 40.0}
+    assert seconds_by_user(t.checkpoint(MIDNIGHT + 100)) == {1: 40.0}
