@@ -56,6 +56,11 @@ class SeasonRoll:
     number: int
     ended_at: float
     period: float
+    next_starts_at: float | None = None  # the scheduled boundary; None: the next starts at ended_at
+
+    @property
+    def next_start(self) -> float:
+        return self.ended_at if self.next_starts_at is None else self.next_starts_at
 
 
 @dataclass

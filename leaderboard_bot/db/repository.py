@@ -101,7 +101,8 @@ def apply_batch(batch: ActivityBatch) -> None:
         if batch.recovery_id is not None:
             _set_setting(batch.guild_id, f"{RECOVERY_MARKER_PREFIX}{batch.recovery_id}", batch.heartbeat_at)
         if batch.roll is not None:
-            roll_season(batch.guild_id, batch.roll.number, batch.roll.ended_at, batch.roll.period)
+            roll = batch.roll
+            roll_season(batch.guild_id, roll.number, roll.ended_at, roll.period, starts_at=roll.next_start)
 
 
 def _add_counts(model: type[MemberStats] | type[DailyActivity], key: tuple[Any, ...], rows: list[dict]) -> None:
@@ -280,15 +281,19 @@ def ensure_season(guild_id: int, now: float, period: float) -> Season:
         return season
 
 
-def roll_season(guild_id: int, number: int, ended_at: float, period: float) -> Season:
-    """Archive season ``number`` (ended at ``ended_at``) and open the next; idempotent."""
+def roll_season(
+    guild_id: int, number: int, ended_at: float, period: float, *, starts_at: float | None = None
+) -> Season:
+    """Archive season ``number`` (ended at ``ended_at``) and open the next, starting at
+    ``starts_at`` (default: ``ended_at``) and lasting ``period``; idempotent."""
+    start = ended_at if starts_at is None else starts_at
     with database_proxy.atomic():
         Season.update(ended_at=ended_at).where(
             (Season.guild_id == guild_id) & (Season.number == number) & Season.ended_at.is_null()
         ).execute()
         nxt = Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number + 1))
         if nxt is None:
-            nxt = Season.create(guild_id=guild_id, number=number + 1, started_at=ended_at, ends_at=ended_at + period)
+            nxt = Season.create(guild_id=guild_id, number=number + 1, started_at=start, ends_at=start + period)
         return nxt
 
 

@@ -92,10 +92,8 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
-        # A new gateway session: whatever happened while disconnected is not replayed, so the
-        # gap is not credited (sessions close when the connection dropped).
-        self._contact_epoch += 1
-        self.tracker.suspend_voice()
+        # After a drop this is a new gateway session: the gap is not replayed, so it is not
+        # credited (VoiceTracker.reconcile closes held sessions when the connection dropped).
         await self.reconcile("ready")
 
     @commands.Cog.listener()

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+MAX_EXPONENT = 30  # 2**30 x any sane base is past every maximum; 2.0**1024 overflows a float
+
 
 @dataclass
 class Backoff:
@@ -25,7 +27,8 @@ class Backoff:
         failure of the streak (the one worth a warning)."""
         self.failures += 1
         base = self.base() if callable(self.base) else self.base
-        delay = max(at_least, min(self.maximum, base * 2 ** (self.failures - 1)))
+        exponent = min(self.failures - 1, MAX_EXPONENT)
+        delay = max(at_least, min(self.maximum, base * 2.0**exponent))
         self.until = self.clock() + delay
         first, self.warned = not self.warned, True
         return delay, first

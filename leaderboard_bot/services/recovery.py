@@ -41,7 +41,7 @@ def batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
         "opened": [[o.key, o.user_id, o.channel_id, o.started_at] for o in batch.opened],
         "closed": [[c.key, c.ended_at] for c in batch.closed],
         "names": [[user, display, username] for user, (display, username) in batch.names.items()],
-        "roll": None if roll is None else [roll.number, roll.ended_at, roll.period],
+        "roll": None if roll is None else [roll.number, roll.ended_at, roll.period, roll.next_starts_at],
         "sequence": batch.sequence,
         "recovery_id": batch.recovery_id,
     }
@@ -59,10 +59,15 @@ def batch_from_json(data: dict[str, Any]) -> ActivityBatch:
         opened=[SessionOpen(str(k), int(u), int(c), float(t)) for k, u, c, t in data["opened"]],
         closed=[SessionClose(str(k), float(t)) for k, t in data["closed"]],
         names={int(u): (str(d), n) for u, d, n in data["names"]},
-        roll=None if roll is None else SeasonRoll(int(roll[0]), float(roll[1]), float(roll[2])),
+        roll=None if roll is None else _roll(roll),
         sequence=None if sequence is None else int(sequence),
         recovery_id=None if data.get("recovery_id") is None else str(data["recovery_id"]),
     )
+
+
+def _roll(data: list[Any]) -> SeasonRoll:
+    next_start = data[3] if len(data) > 3 else None
+    return SeasonRoll(int(data[0]), float(data[1]), float(data[2]), None if next_start is None else float(next_start))
 
 
 @dataclass

@@ -29,6 +29,13 @@ class SeasonInfo:
     ended_at: float | None = None
 
 
+def next_boundary(ends_at: float, period: float, now: float) -> float:
+    """The latest scheduled season boundary not after ``now`` (``ends_at`` itself when on time)."""
+    if now <= ends_at:
+        return ends_at
+    return ends_at + ((now - ends_at) // period) * period
+
+
 def _info(row: object) -> SeasonInfo:
     return SeasonInfo(
         number=int(row.number),  # type: ignore[attr-defined]
@@ -97,11 +104,15 @@ class SeasonService:
             if (only_if_due and not self.is_due(now)) or (expected is not None and expected != finished.number):
                 return None
             period = self.period
-            roll = SeasonRoll(number=finished.number, ended_at=now, period=period)
+            # A scheduled reset keeps the cadence: the next season starts at the boundary it was
+            # due on (the latest one passed, after a long downtime), not when this check ran.
+            # A manual reset starts the next season now.
+            start = next_boundary(finished.ends_at, period, now) if only_if_due else now
+            roll = SeasonRoll(number=finished.number, ended_at=now, period=period, next_starts_at=start)
             if not await self.activity.write_locked(finished.number, now, roll=roll):
                 return None
             # Still under the write lock: no flush can write into the finished season after this.
-            self.current = SeasonInfo(number=finished.number + 1, started_at=now, ends_at=now + period)
+            self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
             finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
             logger.info("season {} ended ({}); season {} started", finished.number, reason, self.current.number)
         for listener in self._listeners:

@@ -159,7 +159,12 @@ class VoiceTracker:
     def reconcile(self, actual: dict[int, VoicePresence], now: float, gone_at: float | None = None) -> None:
         """Align with the guild's real voice states (start-up, reconnects) and resume counting if
         suspended. Members no longer there stop counting at ``gone_at`` (the last time they were
-        known to be there); members present start or keep counting from ``now``."""
+        known to be there); members present start or keep counting from ``now``. Called while
+        held (the connection dropped and did not resume), it first suspends at the drop."""
+        if self._held_since is not None:
+            # Contact is back without a RESUME (a new session): what happened in the gap was not
+            # replayed, so it is not credited.
+            self.suspend(now)
         gone_at = now if gone_at is None else min(gone_at, now)
         for user_id in [u for u in self._presence if u not in actual]:
             self.update(user_id, None, gone_at)

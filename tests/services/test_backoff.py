@@ -44,3 +44,12 @@ def test_a_callable_base_is_read_at_each_failure() -> None:
     assert backoff.failed() == (10.0, True)
     base = 30.0  # e.g. UPDATE_INTERVAL changed at run time
     assert backoff.failed() == (60.0, False)
+
+
+def test_two_thousand_failures_keep_waiting_the_maximum_without_overflow() -> None:
+    """About 10.6 days of a forbidden channel at 15 min waits: 2.0 ** 1024 used to overflow."""
+    clock = FakeClock(0.0)
+    backoff = Backoff(base=60.0, maximum=900.0, clock=clock)
+    delays = [backoff.failed()[0] for _ in range(2_000)]
+    assert delays[-1] == 900.0 and max(delays) == 900.0
+    assert backoff.failures == 2_000

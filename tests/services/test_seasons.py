@@ -425,3 +425,42 @@ async def test_the_season_length_follows_the_live_setting(start: Start, clock: F
     clock.advance(10.0)
     await run.seasons.roll(reason="test")
     assert run.seasons.current.ends_at == run.seasons.current.started_at + 5 * PERIOD
+
+
+async def test_seasons_keep_a_fixed_cadence_across_downtime_and_late_checks(start: Start, clock: FakeClock) -> None:
+    """Down on days 29 to 33 of a 30-day season: the reset happens when the bot is back, and
+    season 2 still ends on day 60, not 63."""
+    day_s = 86_400.0
+    run = await start(30 * day_s)
+    assert run.seasons.current.ends_at == T0 + 30 * day_s
+    clock.set(T0 + 33 * day_s)  # back after the downtime
+    run = await start(30 * day_s)
+    finished = await run.seasons.roll(reason="due", only_if_due=True)
+    assert finished is not None and finished.ended_at == T0 + 33 * day_s
+    assert run.seasons.current.started_at == T0 + 30 * day_s
+    assert run.seasons.current.ends_at == T0 + 60 * day_s
+    clock.set(T0 + 60 * day_s + 29)  # the 30 s check cadence runs a little late
+    await run.seasons.roll(reason="due", only_if_due=True)
+    assert run.seasons.current.ends_at == T0 + 90 * day_s
+    # A restart reads the same schedule back.
+    run = await start(30 * day_s)
+    assert (run.seasons.current.number, run.seasons.current.ends_at) == (3, T0 + 90 * day_s)
+
+
+async def test_after_downtime_longer_than_a_season_the_next_one_is_the_current_slot(
+    start: Start, clock: FakeClock
+) -> None:
+    run = await start()
+    clock.set(T0 + 3.5 * PERIOD)  # three boundaries passed while down
+    await run.seasons.roll(reason="due", only_if_due=True)
+    assert run.seasons.current.started_at == T0 + 3 * PERIOD
+    assert run.seasons.current.ends_at == T0 + 4 * PERIOD
+    assert not run.seasons.is_due()  # no burst of empty seasons
+
+
+async def test_a_manual_reset_starts_the_next_season_now(start: Start, clock: FakeClock) -> None:
+    run = await start()
+    clock.advance(100.0)
+    await run.seasons.roll(reason="manual")
+    assert run.seasons.current.started_at == T0 + 100.0
+    assert run.seasons.current.ends_at == T0 + 100.0 + PERIOD

@@ -598,3 +598,68 @@ def test_a_rules_change_to_stricter_rules_stops_counting_at_that_moment() -> Non
     t.rules_changed(MIDNIGHT + 40)
     assert not t.is_counting(1)
     assert seconds_by_user(t.checkpoint(MIDNIGHT + 100)) == {1: 40.0}
+
+
+# --------------------------------------------------------------------------- reconnects
+
+
+def test_a_resumed_connection_credits_the_gap() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.hold(10.0)  # the connection drops
+    assert seconds_by_user(t.checkpoint(20.0)) == {1: 10.0}  # a flush meanwhile credits up to the drop
+    t.release()  # RESUME: Discord replays the gap
+    t.update(1, None, 30.0)  # the replayed leave
+    assert seconds_by_user(t.checkpoint(40.0)) == {1: 20.0}  # 10 -> 30: the whole stay, once
+
+
+def test_a_new_session_after_a_drop_credits_nothing_past_the_drop() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A), 0.0)
+    t.hold(10.0)
+    t.hold(15.0)  # a second drop while down keeps the first moment
+    assert seconds_by_user(t.checkpoint(20.0)) == {1: 10.0, 2: 10.0}
+    t.reconcile({1: here(A)}, 50.0)  # a new session: 1 is still there, 2 left at some point
+    drain = t.checkpoint(60.0)
+    assert seconds_by_user(drain) == {1: 10.0}  # 50 -> 60 only; the gap is lost, 2 gets nothing more
+    assert sorted(c.ended_at for c in drain.closed.values()) == [10.0, 10.0]
+    assert t.held_since is None
+
+
+def test_a_stop_while_disconnected_closes_at_the_drop() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.hold(10.0)
+    t.stop_all(100.0)
+    assert seconds_by_user(t.checkpoint(100.0)) == {1: 10.0}
+
+
+def test_pending_work_stays_one_entry_per_member_and_day_over_many_failed_flushes() -> None:
+    """A long outage: every flush fails and gives its drain back. What waits is merged, so
+    the next attempt's work does not grow with the number of attempts."""
+    t = tracker()
+    members = 500
+    for user in range(members):
+        t.update(user, here(A), 0.0)
+    sizes = []
+    for attempt in range(1, 31):  # 30 one-minute flushes, each failing
+        drain = t.checkpoint(attempt * 60.0)
+        sizes.append((len(drain.seconds), len(drain.opened), len(drain.closed)))
+        t.restore(drain)
+    assert set(sizes) == {(members, members, 0)}
+    assert seconds_by_user(t.checkpoint(1_800.0)) == dict.fromkeys(range(members), 1_800.0)
+
+
+def test_session_history_waiting_for_the_database_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from leaderboard_bot.services import voice
+
+    monkeypatch.setattr(voice, "MAX_PENDING_SESSIONS", 10)
+    t = tracker()
+    for n in range(50):  # churn: 50 short visits, every flush failing
+        t.update(1, here(A), n * 10.0)
+        t.update(1, None, n * 10.0 + 5.0)
+        t.restore(t.checkpoint(n * 10.0 + 6.0))
+    drain = t.checkpoint(600.0)
+    assert len(drain.opened) <= 10 and len(drain.closed) <= 10
+    assert seconds_by_user(drain) == {1: 250.0}  # the time is all there
