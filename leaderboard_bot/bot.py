@@ -8,6 +8,7 @@ import disnake
 from disnake.ext import commands
 from loguru import logger
 
+from .adapters.disnake_names import name_info
 from .config import Settings
 from .db import Storage
 from .domain import NameInfo
@@ -58,21 +59,21 @@ class LeaderboardBot(commands.InteractionBot):
     def live_name(self, user_id: int) -> NameInfo | None:
         guild = self.guild
         member = guild.get_member(user_id) if guild else None
-        return (member.display_name, member.name) if member else None
+        return name_info(member) if member else None
 
     async def fetch_name(self, user_id: int) -> NameInfo | None:
         guild = self.guild
         if guild is not None:
             try:
                 member = await guild.fetch_member(user_id)
-                return member.display_name, member.name
+                return name_info(member)
             except disnake.NotFound:
                 pass  # left the server: the account name is still better than an ID
         try:
             user = await self.fetch_user(user_id)
         except disnake.NotFound:
             return None
-        return user.global_name or user.name, user.name
+        return name_info(user)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -16,6 +16,30 @@ UNKNOWN_MEMBER = "Unknown member"
 
 # Line breaks and other control characters would break one-line layouts (board lines, titles).
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Bidirectional embeddings, overrides and isolates: a name holding one could reverse the rest
+# of its board line ("#1 Alice — 42" shown backwards). Removed from every name.
+BIDI_CONTROLS = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# Characters that render as nothing; a name made only of these (zero-width spaces, the Hangul
+# filler trick) is as good as blank for readers.
+INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff")
+
+
+def visible_name(name: str | None) -> str | None:
+    """The name on one line, without control or direction characters; None if nothing visible is left."""
+    if name is None:
+        return None
+    text = BIDI_CONTROLS.sub("", CONTROL_CHARACTERS.sub(" ", name)).strip()
+    if all(ch.isspace() or ch in INVISIBLE_CHARACTERS for ch in text):
+        return None
+    return text
+
+
+def best_name(*candidates: str | None) -> str | None:
+    """The first candidate (nickname, global name, username) that shows something."""
+    for candidate in candidates:
+        if (shown := visible_name(candidate)) is not None:
+            return shown
+    return None
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,25 @@ def _mock(spec: type, **attributes: Any) -> MagicMock:
     return mock
 
 
-def mock_member(user_id: int, *, bot: bool = False, display_name: str | None = None, name: str | None = None) -> Any:
+def mock_member(
+    user_id: int,
+    *,
+    bot: bool = False,
+    display_name: str | None = None,
+    name: str | None = None,
+    global_name: str | None = None,
+) -> Any:
+    """A member whose nickname is ``display_name`` (when given)."""
     name = name or f"user{user_id}"
-    return _mock(disnake.Member, id=user_id, bot=bot, display_name=display_name or name, name=name)
+    return _mock(
+        disnake.Member,
+        id=user_id,
+        bot=bot,
+        display_name=display_name or global_name or name,
+        nick=display_name,
+        global_name=global_name,
+        name=name,
+    )
 
 
 def mock_user(user_id: int, *, bot: bool = False, global_name: str | None = None, name: str | None = None) -> Any:

@@ -12,6 +12,7 @@ import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
 
+from ..adapters.disnake_names import shown_name
 from ..domain import Board, BoardLine
 from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, stats_embed
 from ..ui.format import display_name
@@ -103,15 +104,15 @@ class Leaderboards(commands.Cog):
         if rank is None:
             return None
         value = standing.messages if board == "messages" else standing.voice_seconds
-        return BoardLine(rank=rank, name=caller.display_name, user_id=caller.id, value=value)
+        return BoardLine(rank=rank, name=shown_name(caller), user_id=caller.id, value=value)
 
     async def _stats_reply(self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member) -> Reply:
         if target.bot:
-            name = _safe(target.display_name, target.id)
+            name = _safe(shown_name(target), target.id)
             return Reply(notice_embed(f"Bots aren't tracked, so {name} has no stats."), ephemeral=True)
         bot = self.bot
         if isinstance(target, disnake.Member):
-            name = target.display_name  # nick > global name > username
+            name = shown_name(target)  # nick > global name > username, skipping invisible ones
         else:
             # Not a member (any more): the name we kept from their time here beats the account name.
             name = (await bot.services.names.resolve([target.id]))[target.id]

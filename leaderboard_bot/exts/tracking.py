@@ -10,6 +10,7 @@ import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
+from ..adapters.disnake_names import name_info
 from ..config import Tunables
 from ..services.voice import VoicePresence
 
@@ -76,7 +77,7 @@ class Tracking(commands.Cog):
             return
         # The snowflake's time, not ours: a burst handled late is judged as it was sent.
         if self.tracker.record_message(author.id, message.created_at.timestamp()):
-            self.names.remember(author.id, author.display_name, author.name)
+            self.names.remember(author.id, *name_info(author))
 
     # ------------------------------------------------------------------ voice
 
@@ -87,7 +88,7 @@ class Tracking(commands.Cog):
         if member.guild.id != self.guild_id:
             return
         if not member.bot:
-            self.names.remember(member.id, member.display_name, member.name)
+            self.names.remember(member.id, *name_info(member))
         self.tracker.record_voice(member.id, voice_presence(member.guild, after, is_bot=member.bot))
 
     @commands.Cog.listener()
@@ -153,7 +154,7 @@ class Tracking(commands.Cog):
                     continue
                 actual[user_id] = presence
                 if member is not None and not member.bot:
-                    self.names.remember(member.id, member.display_name, member.name)
+                    self.names.remember(member.id, *name_info(member))
         before = self.tracker.voice.counting_users()
         self.tracker.reconcile_voice(actual)
         logger.info(

@@ -6,13 +6,16 @@ seen live are remembered here and handed to the next flush only when they change
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from loguru import logger
 
 from ..db import Storage, repository
 from ..domain import UNKNOWN_MEMBER, NameInfo
+
+NOT_FOUND_TTL = 3_600.0
 
 
 class NameSource(Protocol):
@@ -33,6 +36,7 @@ class NameService:
         guild_id: int,
         source: NameSource | None = None,
         max_fetches_per_call: int = 10,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.guild_id = guild_id
@@ -40,7 +44,10 @@ class NameService:
         self.max_fetches_per_call = max_fetches_per_call
         self._known: dict[int, NameInfo] = {}
         self._unwritten: dict[int, NameInfo] = {}
-        self._unfetchable: set[int] = set()
+        self.clock = clock
+        # Only a definite "no such user" is remembered, and only for a while: an account
+        # can come back, and a 5xx or a timeout says nothing about the user at all.
+        self._not_found_until: dict[int, float] = {}
 
     # ------------------------------------------------------------------ what was seen
 
@@ -68,6 +75,15 @@ class NameService:
 
     # ------------------------------------------------------------------ lookups
 
+    def _known_missing(self, user_id: int) -> bool:
+        until = self._not_found_until.get(user_id)
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._not_found_until[user_id]
+            return False
+        return True
+
     async def resolve(self, user_ids: Iterable[int]) -> dict[int, str]:
         ids = list(dict.fromkeys(user_ids))
         found: dict[int, str] = {}
@@ -84,7 +100,7 @@ class NameService:
             found.update(await self.storage.run(repository.names, self.guild_id, missing))
         fetches = 0
         for user_id in ids:
-            if user_id in found or source is None or user_id in self._unfetchable:
+            if user_id in found or source is None or self._known_missing(user_id):
                 continue
             if fetches >= self.max_fetches_per_call:
                 break
@@ -92,10 +108,10 @@ class NameService:
             try:
                 info = await source.fetch_name(user_id)
             except Exception as error:
-                logger.warning("could not fetch the name of {}: {}", user_id, error)
-                info = None
+                logger.warning("could not fetch the name of {} ({}); will ask again next time", user_id, error)
+                continue
             if info is None:
-                self._unfetchable.add(user_id)
+                self._not_found_until[user_id] = self.clock() + NOT_FOUND_TTL
                 continue
             self.remember(user_id, *info)
             found[user_id] = info[0]

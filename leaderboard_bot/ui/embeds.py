@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import disnake
 
-from ..domain import CONTROL_CHARACTERS, UNKNOWN_MEMBER, Board, BoardLine
+from ..domain import UNKNOWN_MEMBER, Board, BoardLine, visible_name
 from .format import (
     discord_timestamp,
     display_name,
@@ -96,7 +96,7 @@ def _clip(text: str, limit: int) -> str:
 def _plain_name(name: str, limit: int) -> str:
     """Single-line name for places where markdown is not rendered (titles), truncated to ``limit``."""
     # Titles are not markdown-rendered, so only line breaks / control characters need removing.
-    cleaned = CONTROL_CHARACTERS.sub(" ", name).strip() or UNKNOWN_MEMBER
+    cleaned = visible_name(name) or UNKNOWN_MEMBER
     return _clip(cleaned, limit)
 
 

@@ -6,7 +6,7 @@ import logging
 import math
 import re
 
-from ..domain import CONTROL_CHARACTERS, UNKNOWN_MEMBER
+from ..domain import UNKNOWN_MEMBER, visible_name
 
 # Discord's own limit for usernames / nicknames.
 NAME_MAX_LEN = 32
@@ -16,9 +16,6 @@ log = logging.getLogger(__name__)
 
 _ZWSP = "\u200b"
 
-# Characters that render as nothing; a name made only of these (e.g. the Hangul filler
-# trick) is as good as blank for readers.
-_INVISIBLE = "\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff"
 # Inline markdown: bold/italic, underline, strike, code, spoiler, masked link, and the
 # backslash itself so a trailing "\" cannot escape whatever the embed puts after the name.
 _INLINE_MD_RE = re.compile(r"([\\*_~`|\[\]])")
@@ -56,12 +53,7 @@ def ordinal_rank(rank: int) -> str:
 
 def _clean(name: str | None) -> str | None:
     """Single-line, stripped name, or None if nothing visible is left."""
-    if name is None:
-        return None
-    text = CONTROL_CHARACTERS.sub(" ", name).strip()
-    if all(ch.isspace() or ch in _INVISIBLE for ch in text):
-        return None
-    return text
+    return visible_name(name)
 
 
 def _truncate(text: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.domain import UNKNOWN_MEMBER, ActivityBatch, NameInfo
 from leaderboard_bot.services.activity import ActivityService
-from leaderboard_bot.services.names import NameService
+from leaderboard_bot.services.names import NOT_FOUND_TTL, NameService
 from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, open_storage, voice_tracker
 
 G = 7171
@@ -189,21 +189,33 @@ async def test_fetched_names_are_remembered_and_not_fetched_again(
 # --------------------------------------------------------------------------- failed fetches
 
 
-@pytest.mark.parametrize(
-    "outcome",
-    [None, RuntimeError("HTTP 500"), LookupError("no such user")],
-    ids=["returns-none", "raises-runtime-error", "raises-lookup-error"],
-)
-async def test_an_unfetchable_member_is_unknown_and_not_retried(
-    name_storage: Storage, tracker: ActivityService, outcome: NameInfo | Exception | None
+async def test_a_member_discord_does_not_know_is_not_asked_about_again_for_an_hour(
+    name_storage: Storage, tracker: ActivityService
 ) -> None:
-    fetch = Fetcher({9: outcome, 8: ("Eight", None)})
+    fetch = Fetcher({9: None, 8: ("Eight", None)})
     names = directory(name_storage, tracker, live=Live(), fetch=fetch)
+    clock = FakeClock(0.0)
+    names.clock = clock
     assert await names.resolve([9, 8]) == {9: UNKNOWN_MEMBER, 8: "Eight"}  # one failure spoils nothing
     assert await names.resolve([9]) == {9: UNKNOWN_MEMBER}
-    assert await names.resolve([9, 8]) == {9: UNKNOWN_MEMBER, 8: "Eight"}
     assert fetch.calls == [9, 8]
-    assert tracker.names.known_name(9) is None
+    clock.advance(NOT_FOUND_TTL)
+    fetch.results[9] = ("Nine", None)  # the account came back
+    assert await names.resolve([9]) == {9: "Nine"}
+    assert fetch.calls == [9, 8, 9]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("HTTP 500"), TimeoutError()], ids=["5xx", "timeout"])
+async def test_a_lookup_that_failed_is_tried_again_next_time(
+    name_storage: Storage, tracker: ActivityService, error: Exception
+) -> None:
+    """A 5xx or a timeout says nothing about the member: no "Unknown member" until restart."""
+    fetch = Fetcher({9: error})
+    names = directory(name_storage, tracker, live=Live(), fetch=fetch)
+    assert await names.resolve([9]) == {9: UNKNOWN_MEMBER}
+    fetch.results[9] = ("Nine", None)  # Discord answers again
+    assert await names.resolve([9]) == {9: "Nine"}
+    assert fetch.calls == [9, 9]
 
 
 async def test_an_unfetchable_member_still_resolves_from_other_sources_later(
@@ -261,9 +273,9 @@ async def test_failed_fetches_count_against_the_cap_and_known_failures_do_not(
         4: UNKNOWN_MEMBER,
     }
     assert fetch.calls == [1, 2]
-    # 1 and 2 are known to be unfetchable: skipped without using the budget.
-    assert await names.resolve([1, 2, 3, 4]) == {1: UNKNOWN_MEMBER, 2: UNKNOWN_MEMBER, 3: "Three", 4: "Four"}
-    assert fetch.calls == [1, 2, 3, 4]
+    # 1 is known not to exist: skipped without using the budget; 2 only failed, so it is asked again.
+    assert await names.resolve([1, 2, 3, 4]) == {1: UNKNOWN_MEMBER, 2: UNKNOWN_MEMBER, 3: "Three", 4: UNKNOWN_MEMBER}
+    assert fetch.calls == [1, 2, 2, 3]
 
 
 async def test_a_zero_cap_never_fetches(name_storage: Storage, tracker: ActivityService) -> None:
