@@ -51,8 +51,10 @@ def mock_voice_channel(channel_id: int) -> Any:
     return _mock(disnake.VoiceChannel, id=channel_id, voice_states={})
 
 
-def mock_text_channel(channel_id: int) -> Any:
-    return _mock(disnake.TextChannel, id=channel_id)
+def mock_text_channel(channel_id: int, *, guild_id: int | None = None) -> Any:
+    """A text channel, in the guild ``guild_id`` when given."""
+    guild = mock_guild(guild_id) if guild_id is not None else None
+    return _mock(disnake.TextChannel, id=channel_id, guild=guild)
 
 
 def mock_voice_state(channel: Any, *, deaf: bool = False, self_deaf: bool = False) -> Any:
@@ -65,7 +67,9 @@ def mock_guild(guild_id: int, **attributes: Any) -> Any:
 
 
 def mock_message(message_id: int, **attributes: Any) -> Any:
-    return _mock(disnake.Message, id=message_id, **attributes)
+    """A message that shows an embed and has no flags unless told otherwise."""
+    defaults: dict[str, Any] = {"flags": disnake.MessageFlags(), "embeds": [disnake.Embed(title="board")]}
+    return _mock(disnake.Message, id=message_id, **{**defaults, **attributes})
 
 
 def mock_interaction(**attributes: Any) -> Any:

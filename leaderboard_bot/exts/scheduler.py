@@ -36,6 +36,9 @@ REFRESH_TIMEOUT = 120.0
 # disnake sleeps through every 429, even one asking to wait an hour (edit limit 30046).
 # A wait longer than this while refreshing is abandoned and becomes a back-off instead.
 LONG_RATE_LIMIT_SECONDS = 30.0
+# Each stored board is fetched this often to see that it is still there, pinned and showing its
+# embed (one GET per board; events cover the rest: delete, bulk delete, edit, pins update).
+VERIFY_EVERY_SECONDS = 10 * 60.0
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Scheduler(commands.Cog):
         # Boards whose stored message was checked on this connection: a deletion while the bot
         # was offline sends no event, and an unchanged board would otherwise never notice.
         self._verified: set[Board] = set()
+        self._verified_at: dict[Board, float] = {}
         self._saved: dict[Board, dict[str, object]] = {}
         self._loaded = False
         self._rate_limits = RateLimitWatch(
@@ -198,6 +202,9 @@ class Scheduler(commands.Cog):
         channel = self.bot.get_channel(post.channel_id)
         if not isinstance(channel, disnake.abc.Messageable) or not hasattr(channel, "get_partial_message"):
             raise _ChannelMissing(post.channel_id)
+        owner = getattr(channel, "guild", None)
+        if owner is None or owner.id != self.bot.config.guild_id:
+            raise _ForeignChannel(post.channel_id, getattr(owner, "name", "a direct message"))
         bot = self.bot
         season = bot.services.seasons.current  # read once: a roll during the refresh must not mislabel the lines
         lines = await bot.services.boards.lines(post.board, season=season.number)
@@ -216,6 +223,9 @@ class Scheduler(commands.Cog):
         embed_hash = digest(embed.to_dict())
         if post.message_id is None:
             post.message_id = await self._adopt_pinned(channel, post.board)
+        now = asyncio.get_running_loop().time()
+        if now - self._verified_at.get(post.board, now) >= VERIFY_EVERY_SECONDS:
+            self._verified.discard(post.board)
         if post.message_id is not None and post.board not in self._verified:
             try:
                 stored = await channel.fetch_message(post.message_id)
@@ -224,10 +234,15 @@ class Scheduler(commands.Cog):
                 post.message_id = None
             else:
                 post.pinned = stored.pinned
+                if stored.flags.suppress_embeds or not stored.embeds:
+                    logger.warning("the {} leaderboard's embed was hidden; restoring it", post.board)
+                    post.embed_hash = None
             self._verified.add(post.board)
+            self._verified_at[post.board] = now
         if post.message_id is not None and embed_hash != post.embed_hash:
             try:
-                await channel.get_partial_message(post.message_id).edit(embed=embed)
+                # suppress_embeds=False also undoes a moderator's "remove embed".
+                await channel.get_partial_message(post.message_id).edit(embed=embed, suppress_embeds=False)
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 post.message_id = None
@@ -282,6 +297,16 @@ class Scheduler(commands.Cog):
     def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
         at_least = 0.0
         channel_id = self.posts[board].channel_id
+        if isinstance(error, _ForeignChannel):
+            reason = (
+                f"that channel belongs to another server ({error.server}), and this server's standings are "
+                f"never posted there: set {_setting_name(board)} to a channel of server {self.bot.config.guild_id}"
+            )
+            if self._backoff[board].failures == 0:
+                logger.error("refusing to post the {} leaderboard in <#{}>: {}", board, channel_id, reason)
+            self._backoff[board].failed(at_least=MAX_BACKOFF_SECONDS)
+            self._backoff[board].warned = True
+            return
         if isinstance(error, _ChannelMissing) or error.code in MISSING_ACCESS_CODES or error.status == 403:
             reason = "the bot cannot see or post in the channel: check its permissions there"
         elif isinstance(error, _Throttled) and error.retry_after is None:
@@ -316,11 +341,60 @@ class Scheduler(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: disnake.RawMessageDeleteEvent) -> None:
+        await self._deleted({payload.message_id})
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: disnake.RawBulkMessageDeleteEvent) -> None:
+        await self._deleted(set(payload.message_ids))  # a moderator's purge
+
+    async def _deleted(self, message_ids: set[int]) -> None:
         for post in self.posts.values():
-            if payload.message_id == post.message_id:
+            if post.message_id in message_ids:
                 post.message_id = None
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 await self.refresh(post.board, force=True)
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: disnake.RawMessageUpdateEvent) -> None:
+        for post in self.posts.values():
+            if payload.message_id != post.message_id:
+                continue
+            data = payload.data
+            suppressed = bool(int(data.get("flags") or 0) & disnake.MessageFlags.suppress_embeds.flag)
+            unpinned = data.get("pinned") is False
+            if suppressed or ("embeds" in data and not data["embeds"]):
+                logger.warning("the {} leaderboard's embed was hidden; restoring it", post.board)
+                post.embed_hash = None
+            elif unpinned and post.pinned:
+                logger.warning("the {} leaderboard was unpinned; pinning it again", post.board)
+                post.pinned = False
+            else:
+                continue
+            await self.refresh(post.board, force=True)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_pins_update(
+        self, channel: disnake.abc.GuildChannel | disnake.Thread, last_pin: object
+    ) -> None:
+        for post in self.posts.values():
+            if channel.id == post.channel_id and post.message_id is not None:
+                self._verified.discard(post.board)  # the next refresh checks it is still pinned
+                await self.refresh(post.board, force=True)
+
+
+def _setting_name(board: Board) -> str:
+    return "CHAT_LB_CHANNEL_ID" if board == "messages" else "VC_LB_CHANNEL_ID"
+
+
+class _ForeignChannel(disnake.HTTPException):
+    """The board channel belongs to another server (or is not in a server at all)."""
+
+    def __init__(self, channel_id: int, server: str) -> None:
+        Exception.__init__(self, f"channel {channel_id} is in {server}")
+        self.server = server
+        self.status = 0
+        self.code = 0
+        self.text = "channel of another server"
 
 
 class _ChannelMissing(disnake.HTTPException):

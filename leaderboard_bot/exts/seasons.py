@@ -23,8 +23,9 @@ from ..ui.embeds import final_standings_embed, guild_icon_url, notice_embed
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
 
-CONFIRM_ID = "leaderboard-reset:confirm"
-CANCEL_ID = "leaderboard-reset:cancel"
+RESET_ID_PREFIX = "leaderboard-reset:"
+CONFIRM_ID = f"{RESET_ID_PREFIX}confirm"
+CANCEL_ID = f"{RESET_ID_PREFIX}cancel"
 CONFIRM_TIMEOUT = 60.0
 ANNOUNCE_FIRST_RETRY = 5.0
 ANNOUNCE_MAX_BACKOFF = 15 * 60.0
@@ -43,6 +44,9 @@ class Seasons(commands.Cog):
         self._retries: dict[str, Backoff] = {}
         self._posted: dict[str, int] = {}  # announcement key -> message id, posted by this process
         self._unsubscribe: Callable[[], None] | None = None
+        # Button ids of confirmations this process showed and that have not timed out; a click
+        # on any other (e.g. one shown before a restart) gets "expired" instead of a failure.
+        self.live_confirmations: set[str] = set()
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
@@ -124,8 +128,9 @@ class Seasons(commands.Cog):
                 continue
             channel = bot.get_channel(channel_id)
             try:
-                if not isinstance(channel, disnake.abc.Messageable):
-                    raise _NoChannel
+                owner = getattr(channel, "guild", None)
+                if not isinstance(channel, disnake.abc.Messageable) or owner is None or owner.id != guild_id:
+                    raise _NoChannel  # never this server's standings in another server's channel
                 embed = final_standings_embed(
                     board=board,
                     lines=await bot.services.boards.lines(board, season=season.number),
@@ -172,6 +177,12 @@ class Seasons(commands.Cog):
 
     @leaderboard.sub_command(name="reset", description="End the season now: archive it and start both boards from zero")
     async def reset(self, inter: ApplicationCommandInteraction) -> None:
+        if inter.guild_id != self.bot.config.guild_id:
+            await inter.response.send_message(
+                embed=notice_embed("`/leaderboard reset` only works in the server whose leaderboards it resets."),
+                ephemeral=True,
+            )
+            return
         # Server admins can change who sees the command, so check the permission here too.
         if not inter.permissions.manage_guild:
             await inter.response.send_message(
@@ -191,6 +202,16 @@ class Seasons(commands.Cog):
             ephemeral=True,
         )
 
+    @commands.Cog.listener()
+    async def on_button_click(self, inter: MessageInteraction) -> None:
+        custom_id = inter.component.custom_id or ""
+        if not custom_id.startswith(RESET_ID_PREFIX) or custom_id in self.live_confirmations:
+            return
+        await inter.response.send_message(
+            embed=notice_embed("This confirmation has expired. Nothing was reset; run `/leaderboard reset` again."),
+            ephemeral=True,
+        )
+
 
 class _NoChannel(Exception):
     """The board channel is not visible to the bot."""
@@ -198,7 +219,7 @@ class _NoChannel(Exception):
 
 def _announce_failure(error: Exception) -> str:
     if isinstance(error, _NoChannel):
-        return "the channel is not visible to the bot"
+        return "the channel is not visible to the bot, or belongs to another server"
     if isinstance(error, disnake.Forbidden):
         return "missing permissions (Send Messages, Embed Links)"
     return f"Discord answered {getattr(error, 'status', '?')}"
@@ -215,8 +236,10 @@ class ConfirmReset(disnake.ui.View):
         # have confirmations open at once.
         self.confirm.custom_id = f"{CONFIRM_ID}:{origin.id}"
         self.cancel.custom_id = f"{CANCEL_ID}:{origin.id}"
+        cog.live_confirmations.update((self.confirm.custom_id, self.cancel.custom_id))
 
     async def on_timeout(self) -> None:
+        self.cog.live_confirmations.difference_update((self.confirm.custom_id, self.cancel.custom_id))
         # If the member dismissed the message there is nothing left to tidy up.
         with contextlib.suppress(disnake.HTTPException):
             await self.origin.edit_original_response(

@@ -195,6 +195,10 @@ class ActivityService:
             error, cancelled = await self._write(batch)
         finally:
             self._in_flight = None
+        if isinstance(error, asyncio.CancelledError):
+            # The loop itself is closing (the end of a stop that saved everything to disk).
+            self._give_back(batch)
+            raise asyncio.CancelledError
         if error is not None:
             self._give_back(batch)
             self._note_failure(error, now)

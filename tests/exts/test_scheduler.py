@@ -52,7 +52,7 @@ class Board:
 
     @classmethod
     def make(cls, channel_id: int) -> Board:
-        channel = mock_text_channel(channel_id)
+        channel = mock_text_channel(channel_id, guild_id=GUILD)
         partial = MagicMock(spec_set=disnake.PartialMessage)
         channel.get_partial_message.return_value = partial
         posted: list[int] = []

@@ -43,6 +43,7 @@ class SettingsStore:
 def text_channel(channel_id: int) -> MagicMock:
     channel = MagicMock(spec=disnake.TextChannel)
     channel.id = channel_id
+    channel.guild = SimpleNamespace(id=GUILD)
     sent: list[int] = []
 
     async def send(**kwargs: Any) -> SimpleNamespace:
