@@ -82,7 +82,10 @@ class ActivityService:
         was sent (its snowflake): it decides the day and the spam bucket, so messages handled
         late in one burst (after a stall or a RESUME) are judged as they were sent."""
         at = self._event_time(sent_at)
-        if not self.guard.allow(user_id, at):
+        # The spam bucket takes the message's own time even when it is older than the floor
+        # (an old time can never mint tokens); clamping it too would turn a calm replay into a burst.
+        judged = sent_at if sent_at is not None and sent_at <= self.clock() + FUTURE_TOLERANCE else at
+        if not self.guard.allow(user_id, judged):
             return False
         self._messages[(utc_day(at), user_id)] += 1
         self.messages_counted += 1

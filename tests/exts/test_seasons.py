@@ -16,6 +16,7 @@ import pytest
 from leaderboard_bot.exts.seasons import Seasons, check_interval
 from leaderboard_bot.services.seasons import SeasonInfo
 from tests.factories import runtime_settings
+from tests.helpers import mock_interaction
 
 GUILD, CHAT, VOICE = 1, 20, 30
 
@@ -144,3 +145,31 @@ async def test_announcements_go_to_the_channels_set_now(cog: tuple[Seasons, Any]
     bot.services.settings.update(chat_lb_channel_id=40)
     await seasons.announce_pending()
     assert moved.send.await_count == 1 and bot.channels[CHAT].send.await_count == 0
+
+
+async def test_reset_outside_the_server_is_refused_kindly(cog: tuple[Seasons, Any]) -> None:
+    seasons, bot = cog
+    inter = mock_interaction(guild_id=None)
+    inter.response.send_message = AsyncMock()
+    await seasons.reset.callback(seasons, inter)  # type: ignore[arg-type]
+    (call,) = inter.response.send_message.await_args_list
+    assert call.kwargs["ephemeral"] is True
+    assert "only works in the server" in call.kwargs["embed"].description
+    assert bot.announced == []
+
+
+async def test_a_click_on_a_confirmation_this_process_never_showed_has_expired(cog: tuple[Seasons, Any]) -> None:
+    seasons, _ = cog
+    inter = MagicMock(spec_set=disnake.MessageInteraction)
+    inter.component = SimpleNamespace(custom_id="leaderboard-reset:confirm:123")
+    inter.response = MagicMock(spec_set=disnake.InteractionResponse)
+    inter.response.send_message = AsyncMock()
+    await seasons.on_button_click(inter)
+    assert "expired" in inter.response.send_message.await_args.kwargs["embed"].description
+    seasons.live_confirmations.add("leaderboard-reset:confirm:456")  # a live view answers that one
+    inter.component = SimpleNamespace(custom_id="leaderboard-reset:confirm:456")
+    inter.response.send_message.reset_mock()
+    await seasons.on_button_click(inter)
+    inter.component = SimpleNamespace(custom_id="someone-else:button")
+    await seasons.on_button_click(inter)
+    inter.response.send_message.assert_not_awaited()
