@@ -78,3 +78,31 @@ def test_an_unusable_database_path_stops_with_one_clear_line(tmp_path: Path) -> 
     output = result.stderr + result.stdout
     assert "cannot open the database sqlite:///not-a-directory/x.db" in output
     assert "Traceback" not in output and SECRET not in output
+
+
+def test_a_damaged_database_stops_with_exit_1_and_one_line_naming_the_file(tmp_path: Path) -> None:
+    from tests.db.test_storage import make_damaged_database
+
+    path = tmp_path / "board.db"
+    make_damaged_database(path)
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": f"sqlite:///{path}"})
+    assert result.returncode == 1
+    output = result.stderr + result.stdout
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(path) in errors[0] and "damaged" in errors[0] and "backup" in errors[0]
+    assert "Traceback" not in output
+
+
+def test_a_database_from_a_newer_version_stops_with_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE "schema_version" ("id" BIGINT NOT NULL PRIMARY KEY, "version" BIGINT NOT NULL)')
+    conn.execute('INSERT INTO "schema_version" VALUES (1, 99)')
+    conn.commit()
+    conn.close()
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": f"sqlite:///{path}"})
+    assert result.returncode == 1
+    errors = [line for line in (result.stderr + result.stdout).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "newer" in errors[0] and "upgrade the bot" in errors[0]

@@ -652,3 +652,45 @@ async def test_a_rollback_failing_after_the_real_error_reports_the_real_error(tm
         assert "free some space" in caught.value.advice
     finally:
         await storage.close()
+
+
+def make_damaged_database(path: Path) -> bytes:
+    """A real database with thousands of rows whose middle pages were overwritten; returns its bytes."""
+    db = open_database(f"sqlite:///{path}")
+    try:
+        repository.apply_batch(
+            ActivityBatch(guild_id=G, season=1, heartbeat_at=1.0, messages={("2024-01-01", u): u for u in range(5000)})
+        )
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    pages = len(data) // page
+    assert pages > 10
+    for number in range(pages // 2, pages // 2 + 4):  # four pages of garbage, as a bad sector or a bad copy
+        data[number * page : (number + 1) * page] = bytes((i * 37 + 11) % 256 for i in range(page))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_a_damaged_database_is_refused_at_open_and_left_untouched(tmp_path: Path) -> None:
+    from leaderboard_bot.db.storage import DatabaseDamaged
+
+    path = tmp_path / "damaged.db"
+    damaged = make_damaged_database(path)
+    with pytest.raises(DatabaseDamaged) as caught:
+        open_database(f"sqlite:///{path}")
+    message = str(caught.value)
+    assert str(path) in message and "damaged" in message and "backup" in message
+    assert path.read_bytes() == damaged  # nothing was written to it
+
+
+def test_a_healthy_database_passes_the_check_and_an_overlong_check_is_skipped(tmp_path: Path) -> None:
+    from leaderboard_bot.db.storage import check_integrity
+
+    path = tmp_path / "fine.db"
+    open_database(f"sqlite:///{path}").close()
+    check_integrity(str(path))  # no error
+    check_integrity(str(path), budget=0.0)  # out of time at once: skipped, not failed
+    check_integrity(str(tmp_path / "missing.db"))  # a new database has nothing to check
