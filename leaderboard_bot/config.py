@@ -70,6 +70,7 @@ class Tunables:
     arrow_emoji: str
     leaderboard_size: int
     cache_ttl: float
+    voice_session_retention: float
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,12 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("ARROW_EMOJI", "arrow_emoji", "<a:purp_arrow:1403295268505522187>", _parse_emoji),
     ("LEADERBOARD_SIZE", "leaderboard_size", "10", _parse_leaderboard_size),
     ("CACHE_TTL", "cache_ttl", "30s", _duration_at_most(_DAY, "1d")),
+    (
+        "VOICE_SESSION_RETENTION",
+        "voice_session_retention",
+        "90d",
+        _duration_at_most(3660 * _DAY, "3660d (10 years)"),
+    ),
 )
 
 

@@ -215,6 +215,7 @@ def test_defaults_with_only_token() -> None:
             arrow_emoji="<a:purp_arrow:1403295268505522187>",
             leaderboard_size=10,
             cache_ttl=30.0,
+            voice_session_retention=90 * 86400.0,
         ),
     )
     # Exact types matter to code doing arithmetic / Discord API calls with these.
@@ -247,6 +248,7 @@ def test_every_variable_overridden() -> None:
             ARROW_EMOJI="➡️",
             LEADERBOARD_SIZE="25",
             CACHE_TTL="1h",
+            VOICE_SESSION_RETENTION="7d",
         )
     )
     assert settings == Settings(
@@ -267,6 +269,7 @@ def test_every_variable_overridden() -> None:
             arrow_emoji="➡️",
             leaderboard_size=25,
             cache_ttl=3600.0,
+            voice_session_retention=7 * 86400.0,
         ),
     )
 
@@ -516,5 +519,5 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
     assert ENVIRONMENT_VARIABLES == (
         "BOT_TOKEN", "GUILD_ID", "CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID", "DATABASE_URL", "FLUSH_INTERVAL",
         "UPDATE_INTERVAL", "RESET_PERIOD", "SPAM_LIMIT", "VOICE_COUNT_DEAFENED", "VOICE_COUNT_ALONE", "LOG_LEVEL",
-        "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL",
+        "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION",
     )  # fmt: skip

@@ -48,9 +48,11 @@ class Tracking(commands.Cog):
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()
+        self.prune_loop.start()
 
     def cog_unload(self) -> None:
         self.flush_loop.cancel()
+        self.prune_loop.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
 
@@ -65,6 +67,15 @@ class Tracking(commands.Cog):
             await self.bot.services.seasons.flush()
         except Exception:
             logger.exception("flush failed unexpectedly; will retry on the next interval")
+
+    @tasks.loop(hours=1)
+    async def prune_loop(self) -> None:
+        try:
+            retention = self.bot.services.settings.current.voice_session_retention
+            if pruned := await self.tracker.prune_history(retention):
+                logger.info("removed {} voice session record(s) older than the retention period", pruned)
+        except Exception as error:
+            logger.warning("could not prune old voice sessions ({}); will retry in an hour", error)
 
     # ------------------------------------------------------------------ messages
 

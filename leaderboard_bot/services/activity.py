@@ -35,6 +35,8 @@ FUTURE_TOLERANCE = 10.0  # a message stamped later than this after our clock is 
 PAST_TOLERANCE = 15 * 60.0  # ... and one stamped this long before the last good write, to it
 FAILURE_REMINDER_EVERY = 300.0  # while writes keep failing, one reminder line this often
 SHUTDOWN_BUDGET = 4.0  # a stop ends within this, with the data in the database or on disk
+PRUNE_BATCH = 500  # closed voice sessions deleted per transaction: the write lock is held briefly
+RECOVERY_MARKER_RETENTION = 30 * 86_400.0
 
 
 class ActivityService:
@@ -169,10 +171,25 @@ class ActivityService:
             key = repository.WRITE_SEQUENCE_KEY
             stored = int(await self.storage.run(repository.get_setting, self.guild_id, key, 0))
         self._next_sequence = stored + 1
+        await self.storage.run(
+            repository.prune_recovery_markers, self.guild_id, self.clock() - RECOVERY_MARKER_RETENTION
+        )
         closed = await self.storage.run(repository.close_orphan_sessions, self.guild_id)
         if closed:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
         return closed
+
+    async def prune_history(self, retention: float, pause: float = 0.1) -> int:
+        """Delete voice sessions that ended over ``retention`` seconds ago, in small batches with
+        a pause between them so flushes and commands get the database in between."""
+        cutoff = self.clock() - retention
+        total = 0
+        while True:
+            deleted = await self.storage.run(repository.prune_closed_sessions, self.guild_id, cutoff, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
+            await asyncio.sleep(pause)
 
     def quiescent(self) -> asyncio.Lock:
         """Hold this to read stored totals and the buffers together, or to write with
@@ -248,8 +265,10 @@ class ActivityService:
             self._last_failure_line = now
             advice = self.last_error.advice
             logger.warning(
-                "{} activity ({}){}; {} message(s) kept in memory{} and retried every flush",
-                "cannot write" if first else f"still cannot write, since {now - (self._failing_since or now):.0f}s,",
+                "{} ({}){}; {} message(s) kept in memory{} and retried every flush",
+                "cannot write activity"
+                if first
+                else f"still cannot write activity after {now - (self._failing_since or now):.0f}s",
                 self.last_error,
                 f": {advice}" if advice else "",
                 sum(self._messages.values()),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from leaderboard_bot.db import Storage, repository
-from leaderboard_bot.db.models import DailyActivity, MemberStats, VoiceSession
+from leaderboard_bot.db.models import DailyActivity, MemberStats, Setting, VoiceSession
 from leaderboard_bot.domain import ActivityBatch
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.names import NameService
@@ -559,3 +559,86 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
     assert await activity_service.shutdown(season_one) is True
     assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
     assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]
+
+
+async def test_old_voice_sessions_are_pruned_in_batches_and_the_time_stays(
+    activity_storage: Storage, activity_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leaderboard_bot.services import activity as activity_module
+
+    monkeypatch.setattr(activity_module, "PRUNE_BATCH", 3)
+    service = make_service(activity_storage, activity_clock)
+    for user in range(7):  # seven short visits, long ago
+        service.record_voice(user, here(CH))
+        activity_clock.advance(10.0)
+        service.record_voice(user, None)
+    service.record_voice(99, here(CH))  # still in voice
+    assert await service.flush(season_one) is True
+    before = await stats(activity_storage)
+    activity_clock.advance(100 * 86_400.0)
+    service.record_voice(50, here(CH))
+    activity_clock.advance(10.0)
+    service.record_voice(50, None)  # a recent visit
+    assert await service.flush(season_one) is True
+    batches: list[int] = []
+    real = repository.prune_closed_sessions
+
+    def spy(guild_id: int, ended_before: float, limit: int = 500) -> int:
+        batches.append(limit)
+        return real(guild_id, ended_before, limit)
+
+    monkeypatch.setattr(repository, "prune_closed_sessions", spy)
+    assert await service.prune_history(90 * 86_400.0, pause=0) == 7
+    assert batches == [3, 3, 3]  # small transactions: 3 + 3 + 1
+    kept = {user for user, *_ in await sessions(activity_storage)}
+    assert kept == {50, 99}
+    after = await stats(activity_storage)
+    assert {u: v for u, v in after.items() if u in before} == before  # the counted time stays
+
+
+async def test_old_recovery_markers_and_the_retired_heartbeat_are_pruned_at_start(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    await activity_storage.run(repository.set_setting, G, "recovered:old", activity_clock.now - 40 * 86_400.0)
+    await activity_storage.run(repository.set_setting, G, "recovered:new", activity_clock.now - 86_400.0)
+    await activity_storage.run(repository.set_setting, G, "heartbeat", activity_clock.now)
+    await make_service(activity_storage, activity_clock).start()
+    keys = await activity_storage.run(lambda: sorted(s.key for s in Setting.select().where(Setting.guild_id == G)))
+    assert "recovered:old" not in keys and "heartbeat" not in keys and "recovered:new" in keys
+
+
+async def test_a_30_minute_outage_with_5000_in_voice_keeps_each_attempt_the_same_size(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work of a retried flush and the memory held do not grow with the outage: pending
+    voice is one entry per member and day, however many attempts failed (timings: bench/outage.py)."""
+    import tracemalloc
+
+    members = 5_000
+    service = make_service(activity_storage, activity_clock, recovery=tmp_path / "activity.db.unsaved.json")
+    await service.start()
+    for user in range(members):
+        service.record_voice(user, here(CH))
+        service.record_message(user)
+    sizes: list[tuple[int, int, int]] = []
+
+    def locked(batch: ActivityBatch) -> None:  # keeps only sizes: holding the batches would grow memory
+        sizes.append((len(batch.voice), len(batch.messages), len(batch.opened)))
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(repository, "apply_batch", locked)
+    file_sizes: list[int] = []
+    memory: list[int] = []
+    tracemalloc.start()
+    try:
+        for _ in range(30):  # one flush a minute, every one failing
+            activity_clock.advance(60.0)
+            assert await service.flush(season_one) is False
+            file_sizes.append(sum(p.stat().st_size for p in tmp_path.glob("activity.db.unsaved*.json")))
+            memory.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert set(sizes) == {(members, members, members)} and len(sizes) == 30
+    assert max(file_sizes) - min(file_sizes) < 0.05 * max(file_sizes)  # the file is rewritten, not appended to
+    assert memory[-1] - memory[4] < 1_000_000  # flat: under 1 MB drift from minute 5 to 30
+    assert service.unflushed_voice_seconds(0) == 1_800.0
