@@ -214,11 +214,21 @@ def setup_logging(
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     # disnake's DEBUG output (every gateway payload) is too chatty to ever be useful here.
     logging.getLogger("disnake").setLevel(max(logging.INFO, level_no))
+    # "PyNaCl ... voice will NOT be supported": the bot never joins voice (it reads voice states,
+    # which need no voice library), so the warning only alarms owners.
+    client_log = logging.getLogger("disnake.client")
+    if not any(isinstance(f, _NoVoiceLibraryWarning) for f in client_log.filters):
+        client_log.addFilter(_NoVoiceLibraryWarning())
     # The scheduler watches disnake.http's rate-limit warnings to avoid hour-long sleeps, so they
     # must be emitted whatever LOG_LEVEL says (the sink still drops them below its level).
     logging.getLogger("disnake.http").setLevel(min(logging.WARNING, max(logging.INFO, level_no)))
     # peewee logs every SQL query at DEBUG; only show that when debugging.
     logging.getLogger("peewee").setLevel(logging.DEBUG if level_no <= logging.DEBUG else logging.WARNING)
+
+
+class _NoVoiceLibraryWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in record.getMessage()
 
 
 async def complete_logging() -> None:

@@ -353,3 +353,24 @@ async def test_complete_logging() -> None:
     logger.info("before shutdown")
     await complete_logging()
     assert json_lines(stream)[0]["message"] == "before shutdown"
+
+
+def test_the_voice_library_warning_is_silenced_because_the_bot_never_joins_voice() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "text", stream=stream)
+    logging.getLogger("disnake.client").warning("PyNaCl and dave.py are not installed, voice will NOT be supported")
+    logging.getLogger("disnake.client").warning("something else")
+    assert "voice will NOT be supported" not in stream.getvalue() and "something else" in stream.getvalue()
+
+
+def test_a_dropped_connection_is_one_line_not_a_traceback() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "text", stream=stream)
+    try:
+        raise ConnectionResetError("Connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("disnake.client").exception("Attempting a reconnect in %.2fs", 1.5)
+    output = stream.getvalue()
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "reconnect" in line]
+    assert len(lines) == 1 and "ConnectionResetError: Connection reset by peer" in lines[0]
