@@ -280,3 +280,17 @@ async def test_discord_unreachable_at_start_is_retried_with_one_line_per_attempt
     assert len(attempts) == 2 and "attempt 1" in attempts[0] and "attempt 2" in attempts[1]
     assert "Traceback" not in output
     assert proc.returncode == 0
+
+
+async def test_an_invisible_nickname_shows_the_global_name_on_the_board(world: World) -> None:
+    fc, w = world.fc, world
+    ghost = fc.add_user("ghost", global_name="Casper")
+    fc.add_member(w.guild, ghost, nick="\u200b\u3164")  # zero-width space and a Hangul filler
+    await w.start_bot(UPDATE_INTERVAL="1s", SPAM_LIMIT="off")
+    await fc.send_message(w.guild, w.general, ghost, "boo")
+    board = await fc.wait_for(
+        lambda: (m := board_message(w, w.chat_lb)) is not None and "Casper" in m.embeds[0]["description"] and m,
+        15,
+        "Casper on the board",
+    )
+    assert "Unknown member" not in board.embeds[0]["description"]

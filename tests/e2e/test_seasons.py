@@ -119,13 +119,18 @@ async def test_a_bot_offline_at_reset_time_resets_when_back(world: World) -> Non
     import sqlite3
 
     conn = sqlite3.connect(w.db_path)
-    conn.execute("UPDATE season SET started_at = started_at - 7200, ends_at = ends_at - 7200 WHERE number = 1")
+    conn.execute("UPDATE season SET started_at = started_at - 5400, ends_at = ends_at - 5400 WHERE number = 1")
     conn.commit()
     conn.close()
     await w.start_bot(RESET_PERIOD="1h")
     await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 15, "final standings after the downtime")
     assert "Bobby" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     await w.wait_db(lambda: w.query("SELECT number FROM season WHERE ended_at IS NULL") == [(2,)], "season 2 open")
+    # The cadence holds: season 2 began at season 1's scheduled end (30 min ago), not at the restart.
+    ((scheduled_end,),) = w.query("SELECT ends_at FROM season WHERE number = 1")
+    assert w.query("SELECT started_at, ends_at FROM season WHERE number = 2") == [
+        (scheduled_end, scheduled_end + 3600.0)
+    ]
 
 
 async def test_final_standings_owed_to_a_forbidden_channel_are_posted_once_it_is_allowed(world: World) -> None:
