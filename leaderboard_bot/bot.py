@@ -20,6 +20,7 @@ EXTENSIONS = (
     "leaderboard_bot.exts.leaderboards",
     "leaderboard_bot.exts.scheduler",
     "leaderboard_bot.exts.seasons",
+    "leaderboard_bot.exts.health",
 )
 
 

@@ -84,6 +84,8 @@ class Settings:
     log_level: str
     log_format: str
     tunables: Tunables
+    health_port: int | None = None  # HEALTH_PORT: the /healthz and /metrics server, off by default
+    health_host: str = "127.0.0.1"
 
 
 # --------------------------------------------------------------------------- parsers
@@ -239,6 +241,22 @@ def _parse_leaderboard_size(text: str) -> int:
     return int(cleaned)
 
 
+def _parse_port(text: str) -> int | None:
+    cleaned = text.strip().lower()
+    if cleaned in ("off", "none", "false", "no"):
+        return None
+    if not (cleaned.isascii() and cleaned.isdecimal()) or not 1 <= int(cleaned) <= 65535:
+        raise ValueError(f"{_show(text)} is not a port: use a number from 1 to 65535, or off")
+    return int(cleaned)
+
+
+def _parse_host(text: str) -> str:
+    host = text.strip()
+    if not host or any(ch.isspace() for ch in host):
+        raise ValueError(f"{_show(text)} is not a host: use an address like 127.0.0.1 or 0.0.0.0")
+    return host
+
+
 def _duration_at_most(limit: float, limit_text: str) -> Callable[[str], float]:
     """A duration parser with an upper bound: absurd values would overflow timers and dates."""
 
@@ -276,6 +294,8 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
         "90d",
         _duration_at_most(3660 * _DAY, "3660d (10 years)"),
     ),
+    ("HEALTH_PORT", "health_port", "off", _parse_port),
+    ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
 )
 
 

@@ -8,6 +8,7 @@ forbidden channels and throttling back off and retry on later cycles.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -156,6 +157,19 @@ class Scheduler(commands.Cog):
     # ------------------------------------------------------------------ one board
 
     async def refresh(self, board: Board, *, force: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            await self._refresh_locked(board, force=force)
+        finally:
+            failures = self._backoff[board].failures
+            detail = f"backing off after {failures} failure(s)" if failures else ""
+            self.bot.services.health.refreshed(board, time.perf_counter() - started, not failures, detail)
+
+    def backing_off(self) -> list[str]:
+        """Boards whose last refresh failed (for the health status)."""
+        return [board for board in BOARDS if self._backoff[board].failures > 0]
+
+    async def _refresh_locked(self, board: Board, *, force: bool) -> None:
         async with self._locks[board]:
             await self._load_state()
             backoff = self._backoff[board]

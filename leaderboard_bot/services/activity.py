@@ -52,6 +52,7 @@ class ActivityService:
         recovery: RecoveryFile | None = None,
         snapshot_every: Callable[[], float] = lambda: 60.0,
         earliest_event: Callable[[], float] = lambda: 0.0,
+        observe_flush: Callable[[float, bool, str], None] | None = None,
     ) -> None:
         self.storage = storage
         self.recovery = recovery
@@ -62,11 +63,13 @@ class ActivityService:
         self.clock = clock
         self.snapshot_every = snapshot_every
         self.earliest_event = earliest_event  # the current season's start: nothing counts before it
+        self.observe_flush = observe_flush  # (seconds, ok, detail) after every write attempt
         self._messages: Counter[tuple[str, int]] = Counter()
         self._flush_lock = asyncio.Lock()
         self._listeners: list[FlushListener] = []
         self._next_sequence = 1
         self._in_flight: ActivityBatch | None = None
+        self._in_flight_since = 0.0
         self._failing_since: float | None = None
         self._last_failure_line = 0.0
         self._saved_to_disk = False
@@ -151,6 +154,15 @@ class ActivityService:
     def add_flush_listener(self, listener: FlushListener) -> None:
         self._listeners.append(listener)
 
+    def write_waiting(self) -> float:
+        """How long the write under way has been waiting for the database (0 when none is)."""
+        return 0.0 if self._in_flight is None else max(0.0, self.clock() - self._in_flight_since)
+
+    @property
+    def saved_to_disk(self) -> bool:
+        """Whether unwritten counts are in this process's recovery file right now."""
+        return self._saved_to_disk
+
     @property
     def failing_since(self) -> float | None:
         """When writes started failing (None while they work)."""
@@ -158,7 +170,7 @@ class ActivityService:
 
     def buffered(self) -> tuple[int, int]:
         """(message rows, voice rows) waiting to be written."""
-        return len(self._messages), len(self.voice.pending().seconds)
+        return len(self._messages), self.voice.pending_rows()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,10 +223,15 @@ class ActivityService:
         batch = self._take(season, now)
         batch.roll = roll
         self._in_flight = batch
+        self._in_flight_since = self.clock()
+        started = time.perf_counter()
         try:
             error, cancelled = await self._write(batch)
         finally:
             self._in_flight = None
+        if self.observe_flush is not None and not isinstance(error, asyncio.CancelledError):
+            detail = "" if error is None else str(error)
+            self.observe_flush(time.perf_counter() - started, error is None, detail)
         if isinstance(error, asyncio.CancelledError):
             # The loop itself is closing (the end of a stop that saved everything to disk).
             self._give_back(batch)

@@ -11,6 +11,7 @@ from ..config import Settings, SpamLimit, Tunables, sqlite_path
 from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
+from .health import HealthMonitor, Sources
 from .names import NameService, NameSource
 from .ranking import Rankings, TopCache
 from .ratelimit import MessageGuard, NullGuard, SpamGuard
@@ -48,6 +49,7 @@ class Services:
     seasons: SeasonService
     rankings: Rankings
     boards: BoardService
+    health: HealthMonitor
 
     async def open(self) -> None:
         """Open the database and restore state (seasons, saved counts, board history)."""
@@ -76,6 +78,23 @@ def build_services(
     seasons = SeasonService(storage, activity, settings, clock=clock)
     activity.earliest_event = lambda: seasons.current.started_at
     rankings = Rankings(storage, activity, seasons, TopCache(lambda: settings.current.cache_ttl))
+    cache = rankings.cache
+    health = HealthMonitor(
+        Sources(
+            messages_counted=lambda: activity.messages_counted,
+            voice_counting=lambda: len(activity.voice.counting_users()),
+            buffered=activity.buffered,
+            failing_since=lambda: activity.failing_since,
+            write_waiting=activity.write_waiting,
+            recovery_file_saved=lambda: activity.saved_to_disk,
+            flush_interval=lambda: settings.current.flush_interval,
+            cache_counts=lambda: (cache.hits, cache.misses),
+            flush_failures=lambda: activity.flush_failures,
+            spam_blocked=lambda: activity.guard.blocked,
+        ),
+        clock=clock,
+    )
+    activity.observe_flush = health.flushed
     boards = BoardService(
         storage, guild_id=guild_id, rankings=rankings, names=names, seasons=seasons, settings=settings, clock=clock
     )
@@ -90,4 +109,4 @@ def build_services(
                 activity.guard = build_guard(new.spam_limit)
 
     settings.subscribe(apply)
-    return Services(settings, storage, names, activity, seasons, rankings, boards)
+    return Services(settings, storage, names, activity, seasons, rankings, boards, health)

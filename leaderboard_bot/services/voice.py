@@ -203,6 +203,9 @@ class VoiceTracker:
         self._pending = drained
         self._bound_pending()
 
+    def pending_rows(self) -> int:
+        return len(self._pending.seconds)
+
     def pending(self) -> VoiceDrain:
         """A copy of what is credited but not yet handed to a flush (for the recovery file)."""
         return self._pending.copy()

@@ -8,6 +8,7 @@ edit when they match, so identical inputs must give identical embeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import disnake
 
@@ -20,6 +21,9 @@ from .format import (
     ordinal_rank,
 )
 
+if TYPE_CHECKING:
+    from ..services.health import Facts
+
 __all__ = [
     "BRAND_COLOUR",
     "DEFAULT_ARROW",
@@ -28,6 +32,7 @@ __all__ = [
     "format_line",
     "format_value",
     "guild_icon_url",
+    "health_embed",
     "leaderboard_embed",
     "notice_embed",
     "stats_embed",
@@ -38,6 +43,7 @@ BRAND_COLOUR: int = 0x571173
 DEFAULT_ARROW: str = "<a:purp_arrow:1403295268505522187>"
 
 # Discord's embed limits.
+FIELD_LIMIT = 1024
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
 FIELD_VALUE_LIMIT = 1024
@@ -229,4 +235,58 @@ def notice_embed(text: str, *, title: str | None = None) -> disnake.Embed:
     embed = disnake.Embed(description=_clip(text, DESCRIPTION_LIMIT), colour=disnake.Colour(BRAND_COLOUR))
     if title:
         embed.title = _clip(title, TITLE_LIMIT)
+    return embed
+
+
+_STATUS_MARK = {"ok": "🟢", "degraded": "🟡", "failing": "🔴"}
+
+
+def _ago(at: float | None, now: float) -> str:
+    return "never" if at is None else f"{discord_timestamp(at, 'R')}"
+
+
+def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
+    """``/health``: the overall status and the facts behind it, for the server's managers."""
+    embed = disnake.Embed(
+        title=_clip(f"{_STATUS_MARK.get(facts.status, '')} Bot health: {facts.status}", TITLE_LIMIT),
+        description=_clip(facts.reason, DESCRIPTION_LIMIT),
+        colour=disnake.Colour(BRAND_COLOUR),
+    )
+    latency = "unknown" if facts.gateway_latency is None else f"{facts.gateway_latency * 1000:.0f} ms"
+    embed.add_field("Uptime", format_duration(facts.uptime))
+    embed.add_field("Gateway latency", latency)
+    embed.add_field("Events / s (1 min)", f"{facts.events_per_second:.2f}")
+    embed.add_field("Messages counted", format_count(facts.messages_counted))
+    embed.add_field("In voice, counting", format_count(facts.voice_counting))
+    waiting = (
+        f"{format_count(facts.buffered_message_rows)} message rows, "
+        f"{format_count(facts.buffered_voice_rows)} voice rows"
+    )
+    if facts.recovery_file_saved:
+        waiting += " (also saved to disk)"
+    embed.add_field("Waiting to be written", waiting, inline=False)
+    flush = facts.last_flush
+    if flush is None:
+        last_flush = "none yet"
+    else:
+        result = "ok" if flush.ok else f"failed: {flush.detail}"
+        last_flush = f"{_ago(flush.at, now)} · {flush.seconds * 1000:.0f} ms · {result}"
+    embed.add_field("Last flush", _clip(last_flush, FIELD_LIMIT), inline=False)
+    refreshes = [
+        f"{board}: {_ago(o.at, now)} · {o.seconds * 1000:.0f} ms · {'ok' if o.ok else o.detail or 'failed'}"
+        for board, o in sorted(facts.last_refresh.items())
+    ]
+    embed.add_field("Last board refresh", _clip("\n".join(refreshes) or "none yet", FIELD_LIMIT), inline=False)
+    hit_rate = "no lookups yet" if facts.cache_hit_rate is None else f"{facts.cache_hit_rate:.0%}"
+    embed.add_field("Cache hit rate", hit_rate)
+    size = "unknown" if facts.database_bytes is None else f"{facts.database_bytes / 1e6:.1f} MB"
+    embed.add_field("Database size", size)
+    embed.add_field("Process", f"CPU {facts.cpu_percent:.0f}% · {facts.memory_bytes / 1e6:.0f} MB")
+    latencies = [
+        f"/{name}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms ({n})"
+        for name, (p50, p95, n) in sorted(facts.command_latency.items())
+    ]
+    embed.add_field(
+        "Command response times", _clip("\n".join(latencies) or "no commands yet", FIELD_LIMIT), inline=False
+    )
     return embed

@@ -1,0 +1,62 @@
+"""/health in Discord, and /healthz and /metrics over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from .harness import World
+from .test_reliability import write_lock
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_health_for_managers_only_and_ephemeral(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot()
+    await fc.wait_for_commands("health", guild=w.guild)
+    await fc.send_message(w.guild, w.general, w.alice, "hi")
+    await fc.slash(w.guild, w.general, w.alice, "top messages")
+    owner = fc.guilds[w.guild].owner_id
+    answer = await fc.slash(w.guild, w.general, owner, "health")
+    assert answer.ephemeral
+    (embed,) = answer.embeds
+    assert embed["title"].endswith("Bot health: ok")
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert {"Uptime", "Gateway latency", "Events / s (1 min)", "Messages counted", "Process"} <= set(fields)
+    assert "/top" in fields["Command response times"] and "p95" in fields["Command response times"]
+    denied = await fc.slash(w.guild, w.general, w.bob, "health", permissions=0)
+    assert denied.ephemeral and "Manage Server" in denied.embeds[0]["description"]
+
+
+async def test_healthz_and_metrics_over_http_even_with_the_database_locked(world: World) -> None:
+    fc, w = world.fc, world
+    port = free_port()
+    await w.start_bot(HEALTH_PORT=str(port), FLUSH_INTERVAL="0.5s")
+    await fc.send_message(w.guild, w.general, w.alice, "hi")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 1, "alice's message")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200
+            body = await response.json()
+        assert body["status"] == "ok" and body["messages_counted"] == 1 and body["last_flush"]["ok"] is True
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"leaderboard_messages_counted", "leaderboard_flush_seconds", "leaderboard_status"} <= names
+        with write_lock(w.db_path):  # a busy database never makes a probe wait
+            await fc.send_message(w.guild, w.general, w.alice, "while locked")
+            await fc.sleep(2.0)
+            async with http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                degraded = await r.json()
+            assert degraded["status"] in ("degraded", "failing") and degraded["database_failing_since"]
+            async with http.get(f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                assert r.status == 200
+        await w.wait_db(lambda: w.messages_of(w.alice) == 2, "the message written once the lock goes")
