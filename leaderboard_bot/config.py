@@ -71,6 +71,7 @@ class Tunables:
     leaderboard_size: int
     cache_ttl: float
     voice_session_retention: float
+    command_limit: SpamLimit | None
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
         "90d",
         _duration_at_most(3660 * _DAY, "3660d (10 years)"),
     ),
+    ("COMMAND_LIMIT", "command_limit", "3/10s", parse_spam_limit),
     ("HEALTH_PORT", "health_port", "off", _parse_port),
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
 )

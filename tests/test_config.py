@@ -216,6 +216,7 @@ def test_defaults_with_only_token() -> None:
             leaderboard_size=10,
             cache_ttl=30.0,
             voice_session_retention=90 * 86400.0,
+            command_limit=SpamLimit(burst=3, per_seconds=10.0),
         ),
     )
     # Exact types matter to code doing arithmetic / Discord API calls with these.
@@ -249,6 +250,7 @@ def test_every_variable_overridden() -> None:
             LEADERBOARD_SIZE="25",
             CACHE_TTL="1h",
             VOICE_SESSION_RETENTION="7d",
+            COMMAND_LIMIT="off",
         )
     )
     assert settings == Settings(
@@ -270,6 +272,7 @@ def test_every_variable_overridden() -> None:
             leaderboard_size=25,
             cache_ttl=3600.0,
             voice_session_retention=7 * 86400.0,
+            command_limit=None,
         ),
     )
 
@@ -519,6 +522,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
     assert ENVIRONMENT_VARIABLES == (
         "BOT_TOKEN", "GUILD_ID", "CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID", "DATABASE_URL", "FLUSH_INTERVAL",
         "UPDATE_INTERVAL", "RESET_PERIOD", "SPAM_LIMIT", "VOICE_COUNT_DEAFENED", "VOICE_COUNT_ALONE", "LOG_LEVEL",
-        "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "HEALTH_PORT",
+        "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
+        "HEALTH_PORT",
         "HEALTH_HOST",
     )  # fmt: skip

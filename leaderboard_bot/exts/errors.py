@@ -9,6 +9,9 @@ a short apology instead of silence. The cog is the bot-wide handler for errors r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,9 @@ from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction, Interaction
 from loguru import logger
 
+from ..config import SpamLimit
+from ..services.ratelimit import SpamGuard
+from ..services.settings import RuntimeSettings
 from ..ui.embeds import notice_embed
 
 if TYPE_CHECKING:
@@ -117,13 +123,44 @@ async def ready(reply: Reply) -> Reply:
     return reply
 
 
+class CommandRateLimited(commands.CheckFailure):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
 class Errors(commands.Cog):
-    """The one handler for command errors that escape a command: logged, and apologised for."""
+    """The one handler for command errors that escape a command (logged, and apologised for),
+    and the per-member command rate limit (admins too: it protects the database and Discord)."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self._guard: SpamGuard | None = None
+        self._limit: SpamLimit | None = None
+
+    def _command_guard(self) -> SpamGuard | None:
+        limit = self.settings.current.command_limit  # COMMAND_LIMIT, read live
+        if limit != self._limit:
+            self._limit = limit
+            self._guard = None if limit is None else SpamGuard(limit.burst, limit.refill_rate, clock=time.monotonic)
+        return self._guard
+
+    def bot_slash_command_check_once(self, inter: ApplicationCommandInteraction) -> bool:
+        guard = self._command_guard()
+        if guard is not None and not guard.allow(inter.author.id):
+            raise CommandRateLimited(guard.retry_after(inter.author.id))
+        return True
 
     @commands.Cog.listener()
     async def on_slash_command_error(self, inter: ApplicationCommandInteraction, error: commands.CommandError) -> None:
+        if isinstance(error, CommandRateLimited):
+            wait = max(1, math.ceil(error.retry_after))
+            text = f"Slow down a little: try again in {wait} s."
+            with contextlib.suppress(disnake.HTTPException):
+                await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+            return
         await report_command_error(inter, error)
 
 
 def setup(bot: LeaderboardBot) -> None:
-    bot.add_cog(Errors())
+    bot.add_cog(Errors(bot.services.settings))

@@ -170,6 +170,15 @@ class SpamGuard:
         self._prune(now)
         return ok
 
+    def retry_after(self, member_id: int, now: float | None = None) -> float:
+        """Seconds until ``member_id`` has a token again (0 when they have one)."""
+        bucket = self._buckets.get(member_id)
+        if bucket is None:
+            return 0.0
+        now = self._clock() if now is None else now
+        missing = 1.0 - bucket._pending(now)
+        return max(0.0, missing / self._refill_rate)
+
     def _prune(self, now: float) -> None:
         buckets = self._buckets
         # A full bucket is indistinguishable from a fresh one, so dropping it loses

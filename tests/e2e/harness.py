@@ -54,6 +54,7 @@ class World:
             "UPDATE_INTERVAL": "2s",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
+            "COMMAND_LIMIT": "off",  # the scenarios fire commands faster than a member would
         }
         env.update(overrides)
         return env

@@ -60,3 +60,14 @@ async def test_healthz_and_metrics_over_http_even_with_the_database_locked(world
             async with http.get(f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=1)) as r:
                 assert r.status == 200
         await w.wait_db(lambda: w.messages_of(w.alice) == 2, "the message written once the lock goes")
+
+
+async def test_command_spam_is_asked_to_slow_down_privately(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(COMMAND_LIMIT="3/10s")
+    await fc.wait_for_commands("top", guild=w.guild)
+    answers = [await fc.slash(w.guild, w.general, w.alice, "top messages") for _ in range(4)]
+    assert [a.ephemeral for a in answers] == [False, False, False, True]
+    assert "Slow down a little: try again in" in answers[-1].embeds[0]["description"]
+    other = await fc.slash(w.guild, w.general, w.bob, "top messages")  # per member
+    assert not other.ephemeral

@@ -14,6 +14,7 @@ from loguru import logger
 
 from leaderboard_bot.exts.errors import APOLOGY, Errors, Reply, respond_in_time
 from leaderboard_bot.ui.embeds import notice_embed
+from tests.factories import runtime_settings
 
 # Short enough to keep the suite fast, long enough that "fast" work never misses it on a busy CI box.
 DEFER_AFTER = 0.2
@@ -203,7 +204,7 @@ async def test_work_cancelled_from_elsewhere_still_gets_an_apology() -> None:
 async def test_the_error_handler_logs_and_apologises(logs: list[Any]) -> None:
     inter = FakeInter()
     error = commands.CommandInvokeError(RuntimeError("boom"))
-    await Errors().on_slash_command_error(inter, error)  # type: ignore[arg-type]
+    await Errors(runtime_settings()).on_slash_command_error(inter, error)  # type: ignore[arg-type]
     assert inter.calls == [("send", APOLOGY, True)]
     assert any(m.record["message"] == "/stats failed for user 42" for m in logs)
 
@@ -211,7 +212,7 @@ async def test_the_error_handler_logs_and_apologises(logs: list[Any]) -> None:
 async def test_the_error_handler_edits_when_already_deferred() -> None:
     inter = FakeInter()
     await inter.response.defer()
-    await Errors().on_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
+    await Errors(runtime_settings()).on_slash_command_error(inter, commands.CommandError("late"))  # type: ignore[arg-type]
     assert inter.calls == [("defer", {}), ("delete",), ("followup", APOLOGY, True)]
 
 
@@ -226,7 +227,41 @@ async def test_the_errors_cog_is_the_bot_wide_handler_so_disnake_prints_nothing(
     from leaderboard_bot.exts import errors
 
     bot = commands.InteractionBot()
+    bot.services = SimpleNamespace(settings=runtime_settings())  # type: ignore[attr-defined]
     errors.setup(bot)  # type: ignore[arg-type]
     assert len(bot.extra_events.get("on_slash_command_error", [])) == 1
     bot.remove_cog("Errors")
     assert not bot.extra_events.get("on_slash_command_error")
+
+
+class RateLimitedInter:
+    def __init__(self, user_id: int) -> None:
+        self.author = SimpleNamespace(id=user_id)
+        self.sent: list[tuple[str, bool]] = []
+        self.response = SimpleNamespace(send_message=self._send)
+
+    async def _send(self, *, embed: disnake.Embed, ephemeral: bool = False) -> None:
+        self.sent.append((embed.description or "", ephemeral))
+
+
+async def test_commands_beyond_the_member_limit_are_asked_to_slow_down_privately() -> None:
+    from leaderboard_bot.config import SpamLimit
+    from leaderboard_bot.exts.errors import CommandRateLimited
+
+    cog = Errors(runtime_settings(command_limit=SpamLimit(burst=3, per_seconds=10.0)))
+    alice = RateLimitedInter(1)
+    for _ in range(3):
+        assert cog.bot_slash_command_check_once(alice) is True  # type: ignore[arg-type]
+    with pytest.raises(CommandRateLimited) as caught:
+        cog.bot_slash_command_check_once(alice)  # type: ignore[arg-type]
+    assert 0 < caught.value.retry_after <= 10 / 3
+    assert cog.bot_slash_command_check_once(RateLimitedInter(2)) is True  # type: ignore[arg-type]  (per member)
+    await cog.on_slash_command_error(alice, caught.value)  # type: ignore[arg-type]
+    ((text, ephemeral),) = alice.sent
+    assert ephemeral and text.startswith("Slow down a little: try again in") and text.endswith(" s.")
+
+
+def test_command_limit_off_lets_everything_through() -> None:
+    cog = Errors(runtime_settings(command_limit=None))
+    member = RateLimitedInter(1)
+    assert all(cog.bot_slash_command_check_once(member) for _ in range(100))  # type: ignore[arg-type]
