@@ -144,7 +144,11 @@ def main() -> None:
     except ConfigError as error:
         print(f"leaderboard-bot: configuration error: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token])
+    try:
+        setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token], log_file=settings.log_file)
+    except (OSError, ValueError) as error:
+        print(f"leaderboard-bot: configuration error: LOG_FILE {settings.log_file!r}: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     logger.info("starting leaderboard-bot for guild {} (database {})", settings.guild_id, settings.database_url)
     sys.exit(asyncio.run(run(settings)))
 

@@ -87,6 +87,7 @@ class Settings:
     tunables: Tunables
     health_port: int | None = None  # HEALTH_PORT: the /healthz and /metrics server, off by default
     health_host: str = "127.0.0.1"
+    log_file: str | None = None  # LOG_FILE: also log to this file, rotated and compressed
 
 
 # --------------------------------------------------------------------------- parsers
@@ -251,6 +252,15 @@ def _parse_port(text: str) -> int | None:
     return int(cleaned)
 
 
+def _parse_log_file(text: str) -> str | None:
+    path = text.strip()
+    if path.lower() in ("off", "none", "no", "false"):
+        return None
+    if "\x00" in path:
+        raise ValueError("is not a usable file path")
+    return path
+
+
 def _parse_host(text: str) -> str:
     host = text.strip()
     if not host or any(ch.isspace() for ch in host):
@@ -298,6 +308,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("COMMAND_LIMIT", "command_limit", "3/10s", parse_spam_limit),
     ("HEALTH_PORT", "health_port", "off", _parse_port),
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
+    ("LOG_FILE", "log_file", "off", _parse_log_file),
 )
 
 

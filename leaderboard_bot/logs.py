@@ -173,15 +173,22 @@ def _is_network_noise(record: logging.LogRecord, error: BaseException) -> bool:
     return record.name.startswith("disnake") and isinstance(error, noise)
 
 
+LOG_FILE_ROTATION = "20 MB"
+LOG_FILE_RETENTION = 10
+_file_handler_id: int | None = None
+
+
 def setup_logging(
     level: str,
     log_format: str,
     *,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    log_file: str | None = None,
 ) -> None:
-    """Send all logs (loguru and stdlib) to one redacting sink on ``stream`` (default stderr)."""
-    global _handler_id
+    """Send all logs (loguru and stdlib) to one redacting sink on ``stream`` (default stderr), and
+    with ``log_file`` also to that file as JSON lines, rotated at 20 MB, 10 kept, gzip-compressed."""
+    global _handler_id, _file_handler_id
 
     level = level.upper()
     log_format = log_format.lower()
@@ -210,6 +217,23 @@ def setup_logging(
         backtrace=False,
         enqueue=False,
     )
+
+    if _file_handler_id is not None:
+        with contextlib.suppress(ValueError):
+            logger.remove(_file_handler_id)
+        _file_handler_id = None
+    if log_file:
+        _file_handler_id = logger.add(
+            log_file,
+            level=level,
+            serialize=True,
+            rotation=LOG_FILE_ROTATION,
+            retention=LOG_FILE_RETENTION,
+            compression="gz",
+            diagnose=False,
+            backtrace=False,
+            enqueue=True,  # file writes and rotation happen on loguru's thread, not the event loop
+        )
 
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     # disnake's DEBUG output (every gateway payload) is too chatty to ever be useful here.

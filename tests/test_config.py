@@ -524,5 +524,5 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "UPDATE_INTERVAL", "RESET_PERIOD", "SPAM_LIMIT", "VOICE_COUNT_DEAFENED", "VOICE_COUNT_ALONE", "LOG_LEVEL",
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
         "HEALTH_PORT",
-        "HEALTH_HOST",
+        "HEALTH_HOST", "LOG_FILE",
     )  # fmt: skip

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -374,3 +375,16 @@ def test_a_dropped_connection_is_one_line_not_a_traceback() -> None:
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if "reconnect" in line]
     assert len(lines) == 1 and "ConnectionResetError: Connection reset by peer" in lines[0]
+
+
+async def test_log_file_gets_json_lines_with_the_token_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "bot.log"
+    setup_logging("INFO", "text", stream=io.StringIO(), secrets=["s3cret-token"], log_file=str(path))
+    try:
+        logger.info("hello with s3cret-token inside")
+        await complete_logging()
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert lines[-1]["record"]["message"] == "hello with [REDACTED] inside"
+        assert "s3cret-token" not in path.read_text()
+    finally:
+        setup_logging("INFO", "text", stream=io.StringIO())  # removes the file sink
