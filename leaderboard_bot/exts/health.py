@@ -16,6 +16,7 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import sqlite_path
+from ..domain import BOARDS
 from ..services.health import database_bytes
 from ..ui.embeds import health_embed, notice_embed
 
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
     from ..bot import LeaderboardBot
 
 SAMPLE_EVERY = 10.0
+# View Channel, Send Messages, Manage Messages (pins on older servers), Embed Links, Read Message
+# History, Pin Messages: what the README's invite link asks for.
+INVITE_PERMISSIONS = 2251799813778432
+BOARD_PERMISSIONS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+    "embed_links": "Embed Links",
+    "read_message_history": "Read Message History",
+}
 
 
 class Health(commands.Cog):
@@ -31,6 +41,7 @@ class Health(commands.Cog):
         self.monitor = bot.services.health
         self._runner: web.AppRunner | None = None
         self._db_path = sqlite_path(bot.config.database_url)
+        self._checked_setup = False
 
     async def cog_load(self) -> None:
         sources = self.monitor.sources
@@ -79,6 +90,44 @@ class Health(commands.Cog):
     @commands.Cog.listener()
     async def on_ready(self) -> None:
         self.monitor.connected()
+        if not self._checked_setup:
+            self._checked_setup = True
+            for problem in self.setup_problems():
+                logger.error("{}", problem)
+
+    def setup_problems(self) -> list[str]:
+        """What is wrong with the server set-up, in plain words, one line each (at first start)."""
+        bot, guild_id = self.bot, self.bot.config.guild_id
+        guild = bot.get_guild(guild_id)
+        if guild is None:
+            app_id = bot.application_id or (bot.user.id if bot.user else "YOUR_APP_ID")
+            return [
+                f"the bot is not in the server GUILD_ID={guild_id}: invite it with https://discord.com/oauth2/"
+                f"authorize?client_id={app_id}&scope=bot+applications.commands&permissions={INVITE_PERMISSIONS} "
+                "or set GUILD_ID to your server's id"
+            ]
+        problems = []
+        for board in BOARDS:
+            variable = "CHAT_LB_CHANNEL_ID" if board == "messages" else "VC_LB_CHANNEL_ID"
+            channel_id = bot.services.settings.board_channel(board)
+            channel = guild.get_channel(channel_id)
+            if channel is None:
+                if bot.get_channel(channel_id) is None:  # (another server's channel is reported by the board)
+                    problems.append(
+                        f"{variable}={channel_id} is not a channel the bot can see in {guild.name}: "
+                        "check the id, or give the bot View Channel there"
+                    )
+                continue
+            permissions = channel.permissions_for(guild.me)
+            missing = [label for flag, label in BOARD_PERMISSIONS.items() if not getattr(permissions, flag)]
+            if not (permissions.pin_messages or permissions.manage_messages):
+                missing.append("Pin Messages")
+            if missing:
+                problems.append(
+                    f"the bot is missing {', '.join(missing)} in #{channel.name} ({variable}): the {board} "
+                    "leaderboard cannot be posted and pinned until it has them"
+                )
+        return problems
 
     @commands.Cog.listener()
     async def on_disconnect(self) -> None:

@@ -71,3 +71,22 @@ async def test_command_spam_is_asked_to_slow_down_privately(world: World) -> Non
     assert "Slow down a little: try again in" in answers[-1].embeds[0]["description"]
     other = await fc.slash(w.guild, w.general, w.bob, "top messages")  # per member
     assert not other.ephemeral
+
+
+async def test_start_up_names_a_missing_board_channel_once(world: World) -> None:
+    bot = await world.start_bot(CHAT_LB_CHANNEL_ID="123456789012345678")
+    await world.wait_log("is not a channel the bot can see")
+    lines = [line for line in bot.output().splitlines() if "CHAT_LB_CHANNEL_ID=123456789012345678" in line]
+    assert len(lines) == 1
+    assert "the bot is missing" not in bot.output()  # the channels that exist have every permission
+
+
+async def test_start_up_outside_the_configured_server_gives_the_invite_link(world: World) -> None:
+    fc, w = world.fc, world
+    bot = await fc.start_bot(
+        ["-m", "leaderboard_bot"], env=w.env(GUILD_ID="123456789012345678"), cwd=str(w.tmp), token_env="BOT_TOKEN"
+    )
+    w.bots.append(bot)
+    await w.wait_log("is not in the server GUILD_ID=123456789012345678", timeout=30)
+    (line,) = [x for x in bot.output().splitlines() if "invite it with" in x]
+    assert "scope=bot+applications.commands" in line and "permissions=2251799813778432" in line
