@@ -21,6 +21,7 @@ EXTENSIONS = (
     "leaderboard_bot.exts.scheduler",
     "leaderboard_bot.exts.seasons",
     "leaderboard_bot.exts.health",
+    "leaderboard_bot.exts.admin",
 )
 
 

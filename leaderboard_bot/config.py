@@ -72,6 +72,8 @@ class Tunables:
     cache_ttl: float
     voice_session_retention: float
     command_limit: SpamLimit | None
+    excluded_channels: frozenset[int]  # text or voice channels (or categories) that never count
+    excluded_roles: frozenset[int]  # members with any of these roles are not counted
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,18 @@ def _parse_snowflake(text: str) -> int:
     return int(cleaned)
 
 
+def parse_id_list(text: str) -> frozenset[int]:
+    """Comma- or space-separated Discord IDs (channel mentions like <#123> work too); off or none: empty."""
+    cleaned = text.strip()
+    if cleaned.lower() in ("", "off", "none"):
+        return frozenset()
+    ids = set()
+    for part in re.split(r"[\s,]+", cleaned):
+        if part:
+            ids.add(_parse_snowflake(part.strip("<#@&>")))
+    return frozenset(ids)
+
+
 def _parse_database_url(text: str) -> str:
     cleaned = text.strip()
     sqlite_path(cleaned)  # validation only; the URL itself is what the rest of the bot stores
@@ -306,10 +320,57 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
         _duration_at_most(3660 * _DAY, "3660d (10 years)"),
     ),
     ("COMMAND_LIMIT", "command_limit", "3/10s", parse_spam_limit),
+    ("EXCLUDED_CHANNELS", "excluded_channels", "none", parse_id_list),
+    ("EXCLUDED_ROLES", "excluded_roles", "none", parse_id_list),
     ("HEALTH_PORT", "health_port", "off", _parse_port),
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
     ("LOG_FILE", "log_file", "off", _parse_log_file),
 )
+
+
+# What /leaderboard settings may change while the bot runs (stored overrides win over the environment).
+RUNTIME_VARIABLES: tuple[str, ...] = (
+    "UPDATE_INTERVAL",
+    "SPAM_LIMIT",
+    "VOICE_COUNT_DEAFENED",
+    "VOICE_COUNT_ALONE",
+    "LEADERBOARD_SIZE",
+    "ARROW_EMOJI",
+    "CHAT_LB_CHANNEL_ID",
+    "VC_LB_CHANNEL_ID",
+    "EXCLUDED_CHANNELS",
+    "EXCLUDED_ROLES",
+)
+
+
+def parse_runtime(variable: str, text: str) -> tuple[str, Any]:
+    """Validate a runtime change with the environment's own parser: (Tunables field, value)."""
+    for name, field_name, _default, parser in _VARIABLES:
+        if name == variable and variable in RUNTIME_VARIABLES:
+            try:
+                return field_name, parser(text)
+            except ValueError as exc:
+                raise ConfigError(variable, str(exc)) from None
+    raise ConfigError(variable, f"cannot be changed at runtime; these can: {', '.join(RUNTIME_VARIABLES)}")
+
+
+def field_of(variable: str) -> str:
+    return next(field_name for name, field_name, *_ in _VARIABLES if name == variable)
+
+
+def show_value(value: Any) -> str:
+    """A tunable's value in the words its variable takes."""
+    if value is None:
+        return "off"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, SpamLimit):
+        return f"{value.burst}/{value.per_seconds:g}s"
+    if isinstance(value, frozenset):
+        return ", ".join(str(v) for v in sorted(value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}s"
+    return str(value)
 
 
 # Every variable the bot reads, token first (for docs and for tests that need a clean environment).

@@ -217,6 +217,8 @@ def test_defaults_with_only_token() -> None:
             cache_ttl=30.0,
             voice_session_retention=90 * 86400.0,
             command_limit=SpamLimit(burst=3, per_seconds=10.0),
+            excluded_channels=frozenset(),
+            excluded_roles=frozenset(),
         ),
     )
     # Exact types matter to code doing arithmetic / Discord API calls with these.
@@ -251,6 +253,8 @@ def test_every_variable_overridden() -> None:
             CACHE_TTL="1h",
             VOICE_SESSION_RETENTION="7d",
             COMMAND_LIMIT="off",
+            EXCLUDED_CHANNELS="11, <#22>",
+            EXCLUDED_ROLES="33",
         )
     )
     assert settings == Settings(
@@ -273,6 +277,8 @@ def test_every_variable_overridden() -> None:
             cache_ttl=3600.0,
             voice_session_retention=7 * 86400.0,
             command_limit=None,
+            excluded_channels=frozenset({11, 22}),
+            excluded_roles=frozenset({33}),
         ),
     )
 
@@ -523,6 +529,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "BOT_TOKEN", "GUILD_ID", "CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID", "DATABASE_URL", "FLUSH_INTERVAL",
         "UPDATE_INTERVAL", "RESET_PERIOD", "SPAM_LIMIT", "VOICE_COUNT_DEAFENED", "VOICE_COUNT_ALONE", "LOG_LEVEL",
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
+        "EXCLUDED_CHANNELS", "EXCLUDED_ROLES",
         "HEALTH_PORT",
         "HEALTH_HOST", "LOG_FILE",
     )  # fmt: skip

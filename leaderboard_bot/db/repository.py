@@ -172,6 +172,16 @@ def set_setting(guild_id: int, key: str, value: Any) -> None:
         _set_setting(guild_id, key, value)
 
 
+def settings_with_prefix(guild_id: int, prefix: str) -> dict[str, Any]:
+    rows = Setting.select().where((Setting.guild_id == guild_id) & Setting.key.startswith(prefix))
+    return {str(r.key): json.loads(r.value) for r in rows}
+
+
+def delete_setting(guild_id: int, key: str) -> None:
+    with database_proxy.atomic():
+        Setting.delete().where((Setting.guild_id == guild_id) & (Setting.key == key)).execute()
+
+
 def get_setting(guild_id: int, key: str, default: Any = None) -> Any:
     row = Setting.get_or_none((Setting.guild_id == guild_id) & (Setting.key == key))
     return default if row is None else json.loads(row.value)

@@ -24,7 +24,7 @@ from ..domain import BOARDS, Board
 from ..services.backoff import Backoff
 from ..services.boards import digest
 from ..services.seasons import SeasonInfo
-from ..ui.embeds import board_title, format_value, guild_icon_url, leaderboard_embed
+from ..ui.embeds import board_title, format_value, guild_icon_url, leaderboard_embed, notice_embed
 
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
@@ -86,6 +86,7 @@ class Scheduler(commands.Cog):
         )
         self._unsubscribe: list[Callable[[], None]] = []
         self._season_refreshes: set[asyncio.Future[None]] = set()
+        self._moved: list[BoardPost] = []  # posts whose channel setting changed, awaiting their note
 
     async def cog_load(self) -> None:
         self._rate_limits.install()
@@ -201,6 +202,8 @@ class Scheduler(commands.Cog):
                 self._rate_limits.pop(task)
             if backoff.succeeded():
                 logger.info("the {} leaderboard is being updated again", board)
+        if self._moved:
+            await self._leave_moved_notes()
 
     def _post(self, board: Board) -> BoardPost:
         """The board's post, moved to a new channel when its channel setting changed."""
@@ -208,9 +211,26 @@ class Scheduler(commands.Cog):
         channel_id = self.bot.services.settings.board_channel(board)
         if post.channel_id != channel_id:
             logger.info("the {} leaderboard moves to <#{}>", board, channel_id)
+            if post.message_id is not None:
+                self._moved.append(post)
             post = self.posts[board] = BoardPost(board, channel_id)
             self._verified.discard(board)
         return post
+
+    async def _leave_moved_notes(self) -> None:
+        """The board left behind in the old channel says where it went (best effort, once)."""
+        while self._moved:
+            old = self._moved.pop()
+            channel = self.bot.get_channel(old.channel_id)
+            if old.message_id is None or not hasattr(channel, "get_partial_message"):
+                continue
+            message = channel.get_partial_message(old.message_id)  # type: ignore[union-attr]
+            note = notice_embed(f"This leaderboard moved to <#{self.posts[old.board].channel_id}>.")
+            try:
+                await message.edit(embed=note)
+                await message.unpin(reason="leaderboard moved")  # type: ignore[misc]
+            except disnake.HTTPException as error:
+                logger.info("could not leave a note on the old {} leaderboard: {}", old.board, error)
 
     async def _refresh(self, post: BoardPost) -> None:
         channel = self.bot.get_channel(post.channel_id)

@@ -167,16 +167,8 @@ class Seasons(commands.Cog):
 
     # ------------------------------------------------------------------ manual reset
 
-    @commands.slash_command(
-        name="leaderboard",
-        description="Manage the leaderboards",
-        default_member_permissions=disnake.Permissions(manage_guild=True),
-    )
-    async def leaderboard(self, inter: ApplicationCommandInteraction) -> None:
-        pass
-
-    @leaderboard.sub_command(name="reset", description="End the season now: archive it and start both boards from zero")
-    async def reset(self, inter: ApplicationCommandInteraction) -> None:
+    async def ask_reset(self, inter: ApplicationCommandInteraction) -> None:
+        """``/leaderboard reset`` (the command lives in exts/admin): ask for a confirmation."""
         if inter.guild_id != self.bot.config.guild_id:
             await inter.response.send_message(
                 embed=notice_embed("`/leaderboard reset` only works in the server whose leaderboards it resets."),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import disnake
@@ -23,11 +23,35 @@ COUNTED_MESSAGE_TYPES = (disnake.MessageType.default, disnake.MessageType.reply)
 TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
 
 
-def voice_presence(guild: disnake.Guild, state: disnake.VoiceState, *, is_bot: bool) -> VoicePresence | None:
-    """Where a voice state counts, or None when it is out of a tracked channel. Stage audience
-    time counts like speaking time: listening to a stage is taking part."""
+def excluded(channel: object, roles: Iterable[int], tunables: Tunables) -> bool:
+    """Whether EXCLUDED_CHANNELS (the channel, its parent or its category) or EXCLUDED_ROLES apply."""
+    channels = tunables.excluded_channels
+    if channels:
+        ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None), getattr(channel, "category_id", None)}
+        if ids & channels:
+            return True
+    return bool(tunables.excluded_roles and tunables.excluded_roles.intersection(roles))
+
+
+def role_ids(member: object) -> list[int]:
+    roles = getattr(member, "roles", None) or []
+    return [role.id for role in roles]
+
+
+def voice_presence(
+    guild: disnake.Guild,
+    state: disnake.VoiceState,
+    *,
+    is_bot: bool,
+    roles: Iterable[int] = (),
+    tunables: Tunables | None = None,
+) -> VoicePresence | None:
+    """Where a voice state counts, or None when it is out of a tracked channel (or excluded).
+    Stage audience time counts like speaking time: listening to a stage is taking part."""
     channel = state.channel
     if channel is None or not isinstance(channel, TRACKED_CHANNEL_TYPES):
+        return None
+    if tunables is not None and excluded(channel, roles, tunables):
         return None
     # VoiceState.afk comes from `suppress`, not from the AFK channel: compare channels instead.
     if guild.afk_channel is not None and channel.id == guild.afk_channel.id:
@@ -43,6 +67,7 @@ class Tracking(commands.Cog):
         self.guild_id = bot.config.guild_id
         self._contact_epoch = 0
         self._unsubscribe: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
@@ -51,6 +76,8 @@ class Tracking(commands.Cog):
         self.prune_loop.start()
 
     def cog_unload(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         self.flush_loop.cancel()
         self.prune_loop.cancel()
         if self._unsubscribe is not None:
@@ -59,6 +86,11 @@ class Tracking(commands.Cog):
     def _on_settings(self, old: Tunables, new: Tunables) -> None:
         if new.flush_interval != old.flush_interval:
             self.flush_loop.change_interval(seconds=new.flush_interval)
+        if (new.excluded_channels, new.excluded_roles) != (old.excluded_channels, old.excluded_roles):
+            # Who counts in voice may change right now (a member in a newly excluded channel stops).
+            task = asyncio.ensure_future(self.reconcile("exclusions changed"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     @tasks.loop(seconds=5)
     async def flush_loop(self) -> None:
@@ -86,6 +118,8 @@ class Tracking(commands.Cog):
         author = message.author
         if author.bot or message.webhook_id is not None or message.type not in COUNTED_MESSAGE_TYPES:
             return
+        if excluded(message.channel, role_ids(author), self.bot.services.settings.current):
+            return
         # The snowflake's time, not ours: a burst handled late is judged as it was sent.
         if self.tracker.record_message(author.id, message.created_at.timestamp()):
             self.names.remember(author.id, *name_info(author))
@@ -100,7 +134,14 @@ class Tracking(commands.Cog):
             return
         if not member.bot:
             self.names.remember(member.id, *name_info(member))
-        self.tracker.record_voice(member.id, voice_presence(member.guild, after, is_bot=member.bot))
+        presence = voice_presence(
+            member.guild,
+            after,
+            is_bot=member.bot,
+            roles=role_ids(member),
+            tunables=self.bot.services.settings.current,
+        )
+        self.tracker.record_voice(member.id, presence)
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
@@ -160,7 +201,9 @@ class Tracking(commands.Cog):
                 member = guild.get_member(user_id)
                 known = self.tracker.voice.presence(user_id)
                 is_bot = member.bot if member is not None else bool(known and known.is_bot)
-                presence = voice_presence(guild, state, is_bot=is_bot)
+                presence = voice_presence(
+                    guild, state, is_bot=is_bot, roles=role_ids(member), tunables=self.bot.services.settings.current
+                )
                 if presence is None:
                     continue
                 actual[user_id] = presence

@@ -17,7 +17,7 @@ from .ranking import Rankings, TopCache
 from .ratelimit import MessageGuard, NullGuard, SpamGuard
 from .recovery import RecoveryFile
 from .seasons import SeasonService
-from .settings import RuntimeSettings
+from .settings import RuntimeSettings, SettingsStore
 from .voice import VoiceRules, VoiceTracker
 
 
@@ -50,10 +50,12 @@ class Services:
     rankings: Rankings
     boards: BoardService
     health: HealthMonitor
+    settings_store: SettingsStore
 
     async def open(self) -> None:
         """Open the database and restore state (seasons, saved counts, board history)."""
         await self.storage.open()
+        await self.settings_store.load()
         await self.seasons.load()
         await self.activity.start()
         await self.boards.load()
@@ -109,4 +111,5 @@ def build_services(
                 activity.guard = build_guard(new.spam_limit)
 
     settings.subscribe(apply)
-    return Services(settings, storage, names, activity, seasons, rankings, boards, health)
+    store = SettingsStore(settings, storage, guild_id)
+    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store)

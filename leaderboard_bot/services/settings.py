@@ -8,7 +8,8 @@ from typing import Any
 
 from loguru import logger
 
-from ..config import Tunables
+from ..config import ConfigError, Tunables, field_of, parse_runtime, show_value
+from ..db import Storage, repository
 from ..domain import Board
 
 SettingsListener = Callable[[Tunables, Tunables], None]  # (old, new)
@@ -23,8 +24,10 @@ class RuntimeSettings:
     """
 
     def __init__(self, defaults: Tunables) -> None:
+        self.defaults = defaults  # from the environment
         self._current = defaults
         self._listeners: list[SettingsListener] = []
+        self.overrides: dict[str, str] = {}  # variable -> the stored text that won over the environment
 
     @property
     def current(self) -> Tunables:
@@ -53,3 +56,58 @@ class RuntimeSettings:
             except Exception:
                 logger.exception("a settings listener failed")
         return new
+
+
+OVERRIDE_PREFIX = "override:"
+
+
+class SettingsStore:
+    """Red-DiscordBot's pattern: registered defaults (the environment), persisted overrides on
+    top. Every change is validated by the environment's own parser before anything is stored."""
+
+    def __init__(self, settings: RuntimeSettings, storage: Storage, guild_id: int) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.guild_id = guild_id
+
+    async def load(self) -> None:
+        """Apply the stored overrides; a stored value that no longer parses is ignored, once, loudly."""
+        stored: dict[str, str] = await self.storage.run(repository.settings_with_prefix, self.guild_id, OVERRIDE_PREFIX)
+        changes: dict[str, Any] = {}
+        for key, text in stored.items():
+            variable = key.removeprefix(OVERRIDE_PREFIX)
+            try:
+                field_name, value = parse_runtime(variable, str(text))
+            except ConfigError as error:
+                logger.error("ignoring the stored setting {} ({}); the environment's value applies", variable, error)
+                continue
+            changes[field_name] = value
+            self.settings.overrides[variable] = str(text)
+        if changes:
+            self.settings.update(**changes)
+            logger.info("applied {} stored setting(s): {}", len(changes), ", ".join(sorted(self.settings.overrides)))
+
+    async def change(self, variable: str, text: str, *, by: str) -> tuple[str, str]:
+        """Validate, store and apply; returns (old, new) as shown. Raises ConfigError, changing nothing."""
+        variable = variable.strip().upper()
+        field_name, value = parse_runtime(variable, text)
+        old = show_value(getattr(self.settings.current, field_name))
+        await self.storage.run(repository.set_setting, self.guild_id, OVERRIDE_PREFIX + variable, text.strip())
+        self.settings.overrides[variable] = text.strip()
+        self.settings.update(**{field_name: value})
+        new = show_value(value)
+        logger.info("setting {} changed from {} to {} by {}", variable, old, new, by)
+        return old, new
+
+    async def reset(self, variable: str | None, *, by: str) -> list[str]:
+        """Back to the environment's value for ``variable`` (all overrides when None); returns what reset."""
+        names = sorted(self.settings.overrides) if variable is None else [variable.strip().upper()]
+        names = [n for n in names if n in self.settings.overrides]
+        for name in names:
+            await self.storage.run(repository.delete_setting, self.guild_id, OVERRIDE_PREFIX + name)
+            del self.settings.overrides[name]
+            field_name = field_of(name)
+            self.settings.update(**{field_name: getattr(self.settings.defaults, field_name)})
+        if names:
+            logger.info("setting(s) {} reset to the environment's values by {}", ", ".join(names), by)
+        return names

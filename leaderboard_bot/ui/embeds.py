@@ -35,6 +35,7 @@ __all__ = [
     "health_embed",
     "leaderboard_embed",
     "notice_embed",
+    "settings_embed",
     "stats_embed",
 ]
 
@@ -289,4 +290,16 @@ def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
     embed.add_field(
         "Command response times", _clip("\n".join(latencies) or "no commands yet", FIELD_LIMIT), inline=False
     )
+    return embed
+
+
+def settings_embed(rows: Sequence[tuple[str, str, bool]]) -> disnake.Embed:
+    """``/leaderboard settings show``: (variable, value as typed, changed here rather than in .env)."""
+    lines = [f"`{name}` = `{value}`{' · *changed here*' if changed else ''}" for name, value, changed in rows]
+    embed = disnake.Embed(
+        title="Leaderboard settings",
+        description=_clip("\n".join(lines), DESCRIPTION_LIMIT),
+        colour=disnake.Colour(BRAND_COLOUR),
+    )
+    embed.set_footer(text="Change one with /leaderboard settings set; values from .env apply unless changed here.")
     return embed

@@ -151,7 +151,7 @@ async def test_reset_outside_the_server_is_refused_kindly(cog: tuple[Seasons, An
     seasons, bot = cog
     inter = mock_interaction(guild_id=None)
     inter.response.send_message = AsyncMock()
-    await seasons.reset.callback(seasons, inter)  # type: ignore[arg-type]
+    await seasons.ask_reset(inter)
     (call,) = inter.response.send_message.await_args_list
     assert call.kwargs["ephemeral"] is True
     assert "only works in the server" in call.kwargs["embed"].description

@@ -1,0 +1,117 @@
+"""``/leaderboard``: the server managers' commands. ``reset`` ends the season (the confirmation flow
+lives with the seasons); ``settings`` shows and changes the runtime settings without a restart."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import disnake
+from disnake.ext import commands
+from disnake.interactions import ApplicationCommandInteraction
+
+from ..config import RUNTIME_VARIABLES, ConfigError, field_of, show_value
+from ..db.storage import StorageError
+from ..ui.embeds import notice_embed, settings_embed
+
+if TYPE_CHECKING:
+    from ..bot import LeaderboardBot
+    from .seasons import Seasons
+
+MANAGERS_ONLY = "You need the **Manage Server** permission for this, in the server."
+
+
+class Admin(commands.Cog):
+    def __init__(self, bot: LeaderboardBot) -> None:
+        self.bot = bot
+
+    def _allowed(self, inter: ApplicationCommandInteraction) -> bool:
+        # Server admins can change who sees the command, so the permission is checked here too.
+        return inter.guild_id == self.bot.config.guild_id and bool(inter.permissions.manage_guild)
+
+    async def _refuse(self, inter: ApplicationCommandInteraction) -> None:
+        await inter.response.send_message(embed=notice_embed(MANAGERS_ONLY), ephemeral=True)
+
+    @commands.slash_command(
+        name="leaderboard",
+        description="Manage the leaderboards",
+        default_member_permissions=disnake.Permissions(manage_guild=True),
+    )
+    async def leaderboard(self, inter: ApplicationCommandInteraction) -> None:
+        pass
+
+    @leaderboard.sub_command(name="reset", description="End the season now: archive it and start both boards from zero")
+    async def reset(self, inter: ApplicationCommandInteraction) -> None:
+        seasons: Seasons | None = self.bot.get_cog("Seasons")  # type: ignore[assignment]
+        if seasons is None:
+            await inter.response.send_message(embed=notice_embed("Seasons are not running."), ephemeral=True)
+            return
+        await seasons.ask_reset(inter)
+
+    @leaderboard.sub_command_group(name="settings")
+    async def settings(self, inter: ApplicationCommandInteraction) -> None:
+        pass
+
+    @settings.sub_command(name="show", description="The settings in force, and which were changed here")
+    async def show(self, inter: ApplicationCommandInteraction) -> None:
+        if not self._allowed(inter):
+            await self._refuse(inter)
+            return
+        current = self.bot.services.settings
+        rows = [
+            (variable, show_value(getattr(current.current, field_of(variable))), variable in current.overrides)
+            for variable in RUNTIME_VARIABLES
+        ]
+        await inter.response.send_message(embed=settings_embed(rows), ephemeral=True)
+
+    @settings.sub_command(name="set", description="Change a setting now; it is kept across restarts")
+    async def set_(
+        self,
+        inter: ApplicationCommandInteraction,
+        name: str = commands.Param(description="The setting", choices=list(RUNTIME_VARIABLES)),
+        value: str = commands.Param(description="The new value, as in .env (e.g. 5/5s, true, 30s, off)"),
+    ) -> None:
+        if not self._allowed(inter):
+            await self._refuse(inter)
+            return
+        try:
+            old, new = await self.bot.services.settings_store.change(
+                name, value, by=f"{inter.author} ({inter.author.id})"
+            )
+        except ConfigError as error:
+            await inter.response.send_message(
+                embed=notice_embed(f"Nothing changed: {error}"[:2000], title="Invalid value"), ephemeral=True
+            )
+            return
+        except StorageError:
+            text = "Nothing changed: the database is busy right now. Please try again in a moment."
+            await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+            return
+        await inter.response.send_message(
+            embed=notice_embed(f"**{name}** is now `{new}` (was `{old}`). It applies at once and is kept across "
+                               "restarts; `/leaderboard settings reset` returns to the value from the environment."),
+            ephemeral=True,
+        )  # fmt: skip
+
+    @settings.sub_command(name="reset", description="Return one setting (or all) to the value from the environment")
+    async def reset_setting(
+        self,
+        inter: ApplicationCommandInteraction,
+        name: str = commands.Param(
+            default="all", description="The setting, or all", choices=["all", *RUNTIME_VARIABLES]
+        ),
+    ) -> None:
+        if not self._allowed(inter):
+            await self._refuse(inter)
+            return
+        who = f"{inter.author} ({inter.author.id})"
+        names = await self.bot.services.settings_store.reset(None if name == "all" else name, by=who)
+        text = (
+            f"Back to the environment's values: {', '.join(names)}."
+            if names
+            else "Nothing to reset: those settings already come from the environment."
+        )
+        await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+
+
+def setup(bot: LeaderboardBot) -> None:
+    bot.add_cog(Admin(bot))
