@@ -167,3 +167,18 @@ async def test_names_seen_in_messages_and_voice_go_to_the_name_service(world: tu
     await cog.on_voice_state_update(alice, mock_voice_state(None), w.lounge.voice_states[ALICE])
     assert w.names.known_name(ALICE) == "Ali"
     assert w.tracker.voice.presence(ALICE) == VoicePresence(LOUNGE)
+
+
+def test_exclusions_cover_the_channel_its_parent_and_category_and_roles() -> None:
+    from types import SimpleNamespace
+
+    from leaderboard_bot.exts.tracking import excluded
+    from tests.factories import tunables
+
+    rules = tunables(excluded_channels=frozenset({10, 20}), excluded_roles=frozenset({5}))
+    assert excluded(SimpleNamespace(id=10), [], rules)
+    assert excluded(SimpleNamespace(id=99, parent_id=20), [], rules)  # a thread of an excluded channel
+    assert excluded(SimpleNamespace(id=99, category_id=20), [], rules)  # a channel in an excluded category
+    assert excluded(SimpleNamespace(id=99), [1, 5], rules)  # a muted role
+    assert not excluded(SimpleNamespace(id=99), [1], rules)
+    assert not excluded(SimpleNamespace(id=10), [5], tunables())
