@@ -151,7 +151,11 @@ class Health(commands.Cog):
 
     def _timed(self, inter: ApplicationCommandInteraction) -> None:
         seconds = max(0.0, time.time() - inter.created_at.timestamp())
-        self.monitor.command(inter.application_command.qualified_name, seconds)
+        name = inter.application_command.qualified_name
+        self.monitor.command(name, seconds)
+        logger.bind(command=name, user_id=inter.author.id, channel_id=inter.channel_id, guild_id=inter.guild_id).info(
+            "/{} by {} answered in {:.0f} ms", name, inter.author.id, seconds * 1000
+        )
 
     # ------------------------------------------------------------------ /health
 

@@ -33,6 +33,8 @@ async def test_health_for_managers_only_and_ephemeral(world: World) -> None:
     assert "/top" in fields["Command response times"] and "p95" in fields["Command response times"]
     denied = await fc.slash(w.guild, w.general, w.bob, "health", permissions=0)
     assert denied.ephemeral and "Manage Server" in denied.embeds[0]["description"]
+    lines = [r for r in w.log_records(w.bots[-1]) if r["message"].startswith("/top messages by")]
+    assert lines and lines[0]["extra"]["command"] == "top messages" and "answered in" in lines[0]["message"]
 
 
 async def test_healthz_and_metrics_over_http_even_with_the_database_locked(world: World) -> None:
