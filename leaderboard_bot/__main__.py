@@ -83,6 +83,7 @@ async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
     import disnake
 
     from .db.storage import StorageError
+    from .services.recovery import UnreadableRecoveryFile
 
     loop = asyncio.get_running_loop()
 
@@ -100,6 +101,9 @@ async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
     try:
         try:
             await bot.prepare()
+        except UnreadableRecoveryFile as error:
+            logger.error("{}", error)
+            return EXIT_FAILURE
         except StorageError as error:
             advice = f": {error.advice}" if error.advice and error.kind != "damaged" else ""
             logger.error("cannot open the database {}: {}{}", settings.database_url, error, advice)

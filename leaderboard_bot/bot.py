@@ -14,6 +14,8 @@ from .db import Storage
 from .domain import NameInfo
 from .services.container import build_services
 
+GATEWAY_CLOSE_TIMEOUT = 1.0
+
 EXTENSIONS = (
     "leaderboard_bot.exts.errors",
     "leaderboard_bot.exts.tracking",
@@ -101,7 +103,10 @@ class LeaderboardBot(commands.InteractionBot):
             except Exception:
                 logger.exception("could not unload {}", extension)
         try:
-            await super().close()
+            # disnake may wait up to 30 s for a half-open gateway to close; the stop must not.
+            await asyncio.wait_for(super().close(), GATEWAY_CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("the Discord connection did not close within {:.0f}s; going on", GATEWAY_CLOSE_TIMEOUT)
         except Exception:
             logger.exception("error while closing the Discord connection")
         if self._prepared:

@@ -144,6 +144,13 @@ class Tracking(commands.Cog):
         self.tracker.record_voice(member.id, presence)
 
     @commands.Cog.listener()
+    async def on_socket_event_type(self, event: str) -> None:
+        # READY means a new gateway session: nothing of the gap will be replayed. Stop counting
+        # at the drop now, before this session's own events are handled (not at the later reconcile).
+        if event == "READY" and self.tracker.voice.held_since is not None:
+            self.tracker.suspend_voice()
+
+    @commands.Cog.listener()
     async def on_ready(self) -> None:
         # After a drop this is a new gateway session: the gap is not replayed, so it is not
         # credited (VoiceTracker.reconcile closes held sessions when the connection dropped).

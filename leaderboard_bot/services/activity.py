@@ -34,7 +34,7 @@ FlushListener = Callable[[ActivityBatch], None]  # runs inside the write lock: m
 FUTURE_TOLERANCE = 10.0  # a message stamped later than this after our clock is clamped to now
 PAST_TOLERANCE = 15 * 60.0  # ... and one stamped this long before the last good write, to it
 FAILURE_REMINDER_EVERY = 300.0  # while writes keep failing, one reminder line this often
-SHUTDOWN_BUDGET = 4.0  # a stop ends within this, with the data in the database or on disk
+SHUTDOWN_BUDGET = 3.5  # a stop ends within this, with the data in the database or on disk
 PRUNE_BATCH = 500  # closed voice sessions deleted per transaction: the write lock is held briefly
 RECOVERY_MARKER_RETENTION = 30 * 86_400.0
 
@@ -70,9 +70,13 @@ class ActivityService:
         self._next_sequence = 1
         self._in_flight: ActivityBatch | None = None
         self._in_flight_since = 0.0
+        self._rest_season = 0
         self._failing_since: float | None = None
         self._last_failure_line = 0.0
         self._saved_to_disk = False
+        self._saved_up_to = 0  # the highest part number in this process's recovery file
+        self._shutdown_saved = False  # after a stop saved the file, nothing may remove it
+        self.committed_sequence = 0  # the number of the last batch this process committed
         self._clamped_logged = False
         self.flush_failures = 0
         self.messages_counted = 0
@@ -243,6 +247,7 @@ class ActivityService:
             if cancelled:
                 raise asyncio.CancelledError
             return False
+        self.committed_sequence = max(self.committed_sequence, batch.sequence or 0)
         self._note_success(now)
         for listener in self._listeners:
             try:
@@ -301,9 +306,15 @@ class ActivityService:
             )
         self._failing_since = None
         self.last_error = None
-        if self._saved_to_disk and self.recovery is not None:
-            self._saved_to_disk = False
-            task = asyncio.ensure_future(self.recovery.clear())
+        if self._saved_to_disk and self.recovery is not None and not self._shutdown_saved:
+            task: asyncio.Future[object]
+            if self.committed_sequence >= self._saved_up_to:
+                self._saved_to_disk = False
+                task = asyncio.ensure_future(self.recovery.clear())
+            else:
+                # The file also holds what arrived while this write hung (a higher number): it
+                # must stay until that is written too, so rewrite it with what is still unwritten.
+                task = asyncio.ensure_future(self._save_snapshot(self._rest_season))
             task.add_done_callback(lambda t: t.exception())
 
     async def _write(self, batch: ActivityBatch) -> tuple[BaseException | None, bool]:
@@ -332,7 +343,11 @@ class ActivityService:
     def _snapshot(self, season: int, now: float) -> list[ActivityBatch]:
         """Everything unwritten as numbered parts: the write under way (if any) keeps its own
         number; the rest gets the number of the next write, which will include all of it."""
-        parts = [self._in_flight] if self._in_flight is not None else []
+        in_flight = self._in_flight
+        parts = [in_flight] if in_flight is not None else []
+        if in_flight is not None and in_flight.roll is not None:
+            season = in_flight.season + 1  # the rest belongs to the season the roll opens
+        self._rest_season = season
         drained = self.voice.checkpoint(now)
         self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
         rest = self._batch(season, now, Counter(self._messages), self.voice.pending(), self.names.unwritten())
@@ -341,6 +356,10 @@ class ActivityService:
             parts.append(rest)
         return parts
 
+    def _note_saved(self, parts: list[ActivityBatch]) -> None:
+        self._saved_to_disk = True
+        self._saved_up_to = max(p.sequence or 0 for p in parts)
+
     async def _save_snapshot(self, season: int) -> bool:
         if self.recovery is None:
             return False
@@ -348,7 +367,8 @@ class ActivityService:
         if not parts:
             return True
         saved = await self.recovery.save(parts)
-        self._saved_to_disk = self._saved_to_disk or saved
+        if saved:
+            self._note_saved(parts)
         return saved
 
     async def shutdown(self, season: SeasonNumber, *, budget: float = SHUTDOWN_BUDGET) -> bool:
@@ -394,7 +414,8 @@ class ActivityService:
         if not saved:
             logger.error("could not save the unwritten counts to disk: they are lost")
             return
-        self._saved_to_disk = True
+        self._note_saved(parts)
+        self._shutdown_saved = True
         logger.error(
             "the database could not be written at shutdown; saved {} message(s) and {:.0f}s of voice time to {}: "
             "they are written at the next start",

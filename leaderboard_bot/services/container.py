@@ -56,8 +56,8 @@ class Services:
         """Open the database and restore state (seasons, saved counts, board history)."""
         await self.storage.open()
         await self.settings_store.load()
+        await self.activity.start()  # first: a season roll saved in the recovery file is applied here
         await self.seasons.load()
-        await self.activity.start()
         await self.boards.load()
 
 

@@ -70,6 +70,16 @@ def _roll(data: list[Any]) -> SeasonRoll:
     return SeasonRoll(int(data[0]), float(data[1]), float(data[2]), None if next_start is None else float(next_start))
 
 
+class UnreadableRecoveryFile(Exception):
+    def __init__(self, path: Path, error: BaseException) -> None:
+        super().__init__(
+            f"cannot read the recovery file {path} ({error}): it holds counts not yet written. Fix its "
+            "permissions (it must be readable by the bot's user) and start again, or move it away to give "
+            "those counts up"
+        )
+        self.path = path
+
+
 @dataclass
 class SavedFile:
     path: Path
@@ -171,7 +181,9 @@ class RecoveryFile:
             try:
                 saved.append(read_file(path))
             except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-                logger.error("could not read the recovery file {} ({}); it is left in place", path, error)
+                # Starting anyway would reuse its write numbers, and its counts could never be
+                # applied later: stop, and say what to do.
+                raise UnreadableRecoveryFile(path, error) from None
         saved.sort(key=lambda f: f.written_at)
         stored = int(await storage.run(repository.get_setting, guild_id, repository.WRITE_SEQUENCE_KEY, 0))
         messages = 0

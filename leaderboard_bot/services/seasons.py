@@ -109,7 +109,15 @@ class SeasonService:
             # A manual reset starts the next season now.
             start = next_boundary(finished.ends_at, period, now) if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=now, period=period, next_starts_at=start)
-            if not await self.activity.write_locked(finished.number, now, roll=roll):
+            committed_before = self.activity.committed_sequence
+            try:
+                written = await self.activity.write_locked(finished.number, now, roll=roll)
+            except asyncio.CancelledError:
+                # Cancelled (a stop) after the write committed: the season did end.
+                if self.activity.committed_sequence > committed_before:
+                    self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
+                raise
+            if not written:
                 return None
             # Still under the write lock: no flush can write into the finished season after this.
             self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)

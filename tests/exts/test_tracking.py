@@ -182,3 +182,39 @@ def test_exclusions_cover_the_channel_its_parent_and_category_and_roles() -> Non
     assert excluded(SimpleNamespace(id=99), [1, 5], rules)  # a muted role
     assert not excluded(SimpleNamespace(id=99), [1], rules)
     assert not excluded(SimpleNamespace(id=10), [5], tunables())
+
+
+async def test_a_new_gateway_session_stops_counting_at_the_drop_before_its_events_arrive(
+    world: tuple[World, Tracking],
+) -> None:
+    """READY (not a RESUME) means the gap is never replayed: sessions end at the drop at once, so
+    an event handled before the reconcile cannot credit the gap to the one member it touches."""
+    w, cog = world
+    w.in_voice(ALICE)
+    w.in_voice(BOB)
+    await cog.reconcile("test")
+    start = w.clock.now
+    w.clock.advance(10.0)
+    await cog.on_disconnect()
+    w.clock.advance(80.0)
+    await cog.on_socket_event_type("READY")
+    assert w.tracker.voice.counting_users() == set()
+    w.clock.advance(5.0)
+    w.tracker.record_voice(ALICE, None)  # alice's leave, handled before the reconcile
+    drained = w.tracker.voice.checkpoint(w.clock.now)
+    credited = {u: s for (_, u), s in drained.seconds.items()}
+    assert credited == {ALICE: 10.0, BOB: 10.0}  # both up to the drop, nobody the gap
+    assert all(c.ended_at == start + 10.0 for c in drained.closed.values())
+
+
+async def test_a_resume_keeps_counting_through_the_gap(world: tuple[World, Tracking]) -> None:
+    w, cog = world
+    w.in_voice(ALICE)
+    w.in_voice(BOB)
+    await cog.reconcile("test")
+    w.clock.advance(10.0)
+    await cog.on_disconnect()
+    w.clock.advance(20.0)
+    await cog.on_socket_event_type("RESUMED")  # not READY: nothing changes yet
+    w.tracker.resume_voice()
+    assert sum(w.tracker.voice.checkpoint(w.clock.now).seconds.values()) == 60.0  # 30 s each, gap included

@@ -140,13 +140,17 @@ async def test_parts_are_applied_in_the_order_written_each_once(activity_storage
     assert again == rows
 
 
-async def test_an_unreadable_recovery_file_is_left_alone(
+async def test_an_unreadable_recovery_file_stops_the_start_and_is_left_alone(
     activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path
 ) -> None:
+    """Starting anyway would reuse its write numbers: once fixed, its parts would look written."""
+    from leaderboard_bot.services.recovery import UnreadableRecoveryFile
+
     recovery = tmp_path / "broken.unsaved.json"
     recovery.write_text("{not json")
     service = make_service(activity_storage, activity_clock, recovery=recovery)
-    await service.start()  # starts anyway
+    with pytest.raises(UnreadableRecoveryFile, match=r"broken\.unsaved\.json"):
+        await service.start()
     assert recovery.read_text() == "{not json"
     assert await stats(activity_storage) == {}
 
