@@ -20,6 +20,7 @@ from loguru import logger
 from ..adapters.disnake_ratelimit import RateLimitWatch, global_limit_in_force, no_global_limit
 from ..config import Tunables
 from ..db import repository
+from ..db.storage import StorageError
 from ..domain import BOARDS, Board
 from ..services.backoff import Backoff
 from ..services.boards import digest
@@ -285,7 +286,12 @@ class Scheduler(commands.Cog):
             message = await channel.send(embed=embed)
             post.message_id, post.pinned = message.id, False
             self._pin_backoff[post.board].succeeded()  # a new message starts a new pin history
-            await self._save(post)  # stored before pinning, so nothing can lead to a second post
+            try:
+                await self._save(post)  # stored before pinning, so nothing can lead to a second post
+            except StorageError:
+                # Pin it anyway: a restart before the next save adopts our pinned board instead of
+                # posting a second one. The save is retried at the end of every refresh.
+                logger.warning("could not store the new {} leaderboard's id yet; will retry", post.board)
         if not post.pinned:
             await self._pin(channel, post)
         post.embed_hash = embed_hash

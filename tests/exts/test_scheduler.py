@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -233,3 +234,25 @@ async def test_load_and_unload_install_and_remove_everything_without_stacking(
     assert http_log.filters == before
     services.settings.update(update_interval=600.0)  # unsubscribed
     assert scheduler.refresh_loop.seconds == 300.0
+
+
+async def test_a_new_board_whose_id_cannot_be_stored_yet_is_still_pinned_then_stored(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned, a restart adopts it instead of posting a second board; the save is retried."""
+    real = repository.set_setting
+    calls: list[str] = []
+
+    def fail_first_board_save(guild_id: int, key: str, value: Any) -> None:
+        calls.append(key)
+        if key == "board:messages" and calls.count("board:messages") == 1:
+            raise sqlite3.OperationalError("database is locked")
+        real(guild_id, key, value)
+
+    monkeypatch.setattr(repository, "set_setting", fail_first_board_save)
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    assert chat.channel.send.await_count == 1
+    chat.partial.pin.assert_awaited_once()
+    stored = await stored_post(services)
+    assert stored["message_id"] == chat.posted[0] and stored["pinned"] is True
