@@ -101,6 +101,7 @@ _DURATION_HINT = "like 5s, 15m, 2h or 30d"
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+_OFF_WORDS = frozenset({"off", "none", "no", "false"})  # "this feature is off" for optional values
 
 _SPAM_RE = re.compile(r"(?P<count>[^/]*)/(?P<duration>.*)")
 _SPAM_HINT = "use N/duration like 5/5s (N messages per duration), or off"
@@ -211,7 +212,7 @@ def _parse_snowflake(text: str) -> int:
 def parse_id_list(text: str) -> frozenset[int]:
     """Comma- or space-separated Discord IDs (channel mentions like <#123> work too); off or none: empty."""
     cleaned = text.strip()
-    if cleaned.lower() in ("", "off", "none"):
+    if not cleaned or cleaned.lower() in _OFF_WORDS:
         return frozenset()
     ids = set()
     for part in re.split(r"[\s,]+", cleaned):
@@ -259,7 +260,7 @@ def _parse_leaderboard_size(text: str) -> int:
 
 def _parse_port(text: str) -> int | None:
     cleaned = text.strip().lower()
-    if cleaned in ("off", "none", "false", "no"):
+    if cleaned in _OFF_WORDS:
         return None
     if not (cleaned.isascii() and cleaned.isdecimal()) or not 1 <= int(cleaned) <= 65535:
         raise ValueError(f"{_show(text)} is not a port: use a number from 1 to 65535, or off")
@@ -268,7 +269,7 @@ def _parse_port(text: str) -> int | None:
 
 def _parse_log_file(text: str) -> str | None:
     path = text.strip()
-    if path.lower() in ("off", "none", "no", "false"):
+    if path.lower() in _OFF_WORDS:
         return None
     if "\x00" in path:
         raise ValueError("is not a usable file path")
