@@ -533,3 +533,33 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "HEALTH_PORT",
         "HEALTH_HOST", "LOG_FILE",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HEALTH_PORT", "0"),
+        ("HEALTH_PORT", "70000"),
+        ("HEALTH_PORT", "http"),
+        ("HEALTH_HOST", "local host"),
+        ("EXCLUDED_CHANNELS", "12, general"),
+        ("EXCLUDED_ROLES", "-5"),
+        ("COMMAND_LIMIT", "3 per 10s"),
+        ("VOICE_SESSION_RETENTION", "forever"),
+    ],
+)
+def test_the_operations_settings_refuse_bad_values_with_one_line(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BOT_TOKEN": "x", variable: value})
+    assert variable in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_operations_settings_parse() -> None:
+    settings = load_settings(
+        {"BOT_TOKEN": "x", "HEALTH_PORT": "9100", "EXCLUDED_CHANNELS": "<#12> 34,56", "LOG_FILE": "logs/bot.log"}
+    )
+    assert settings.health_port == 9100 and settings.health_host == "127.0.0.1"
+    assert settings.tunables.excluded_channels == frozenset({12, 34, 56})
+    assert settings.log_file == "logs/bot.log"
+    assert load_settings({"BOT_TOKEN": "x"}).health_port is None
