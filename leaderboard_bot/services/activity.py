@@ -328,7 +328,7 @@ class ActivityService:
             try:
                 await asyncio.wait_for(asyncio.shield(write), max(0.05, next_snapshot - self.clock()))
             except TimeoutError:
-                await self._save_snapshot(batch.season + (1 if batch.roll else 0))
+                await self._save_snapshot(batch.season)  # (_snapshot files the rest of a roll under the next season)
                 next_snapshot = self.clock() + self.snapshot_every()
             except asyncio.CancelledError:
                 cancelled = True
