@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +23,6 @@ class DaemonWorker:
         self._wrap = wrap or (lambda func: func())
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
-        self.busy_since: float | None = None  # monotonic start of the job under way
 
     def submit(self, func: Callable[[], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -34,25 +32,18 @@ class DaemonWorker:
     async def run(self, func: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self.submit(func))
 
-    def busy_for(self) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else time.monotonic() - since
-
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             future, func = job
             del job
             if not future.set_running_or_notify_cancel():
                 continue
-            self.busy_since = time.monotonic()
             try:
                 future.set_result(self._wrap(func))
             except BaseException as error:  # handed to whoever waits on the future
                 future.set_exception(error)
                 del error
-            finally:
-                self.busy_since = None
-                del future, func
+            del future, func
 
     def stop(self, timeout: float) -> bool:
         """Let queued jobs finish, then end; False when still busy after ``timeout``."""

@@ -185,10 +185,6 @@ class Storage:
             raise StorageError("the database is closed")
         return await self._thread.run(partial(func, *args, **kwargs))
 
-    def busy_for(self) -> float:
-        """How long the database thread has been on its current job (0 when idle)."""
-        return self._thread.busy_for()
-
     def _close_db(self) -> None:
         if self._db is not None and not self._db.is_closed():
             self._db.close()
