@@ -90,6 +90,7 @@ class Settings:
     health_port: int | None = None  # HEALTH_PORT: the /healthz and /metrics server, off by default
     health_host: str = "127.0.0.1"
     log_file: str | None = None  # LOG_FILE: also log to this file, rotated and compressed
+    max_pending_rows: int = 1_000_000  # MAX_PENDING_ROWS: unwritten rows kept in memory before spilling to disk
 
 
 # --------------------------------------------------------------------------- parsers
@@ -276,6 +277,18 @@ def _parse_log_file(text: str) -> str | None:
     return path
 
 
+_PENDING_MIN, _PENDING_MAX = 10, 100_000_000
+
+
+def _parse_pending_rows(text: str) -> int:
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    if not (cleaned.isascii() and cleaned.isdecimal()) or not (_PENDING_MIN <= int(cleaned) <= _PENDING_MAX):
+        raise ValueError(
+            f"{_show(text)} is not a valid row count: use a whole number from {_PENDING_MIN:,} to {_PENDING_MAX:,}"
+        )
+    return int(cleaned)
+
+
 def _parse_host(text: str) -> str:
     host = text.strip()
     if not host or any(ch.isspace() for ch in host):
@@ -326,6 +339,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("HEALTH_PORT", "health_port", "off", _parse_port),
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
     ("LOG_FILE", "log_file", "off", _parse_log_file),
+    ("MAX_PENDING_ROWS", "max_pending_rows", "1000000", _parse_pending_rows),
 )
 
 

@@ -531,7 +531,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
         "EXCLUDED_CHANNELS", "EXCLUDED_ROLES",
         "HEALTH_PORT",
-        "HEALTH_HOST", "LOG_FILE",
+        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS",
     )  # fmt: skip
 
 
@@ -546,6 +546,9 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         ("EXCLUDED_ROLES", "-5"),
         ("COMMAND_LIMIT", "3 per 10s"),
         ("VOICE_SESSION_RETENTION", "forever"),
+        ("MAX_PENDING_ROWS", "9"),
+        ("MAX_PENDING_ROWS", "lots"),
+        ("MAX_PENDING_ROWS", "1e6"),
     ],
 )
 def test_the_operations_settings_refuse_bad_values_with_one_line(variable: str, value: str) -> None:
@@ -563,3 +566,5 @@ def test_the_operations_settings_parse() -> None:
     assert settings.tunables.excluded_channels == frozenset({12, 34, 56})
     assert settings.log_file == "logs/bot.log"
     assert load_settings({"BOT_TOKEN": "x"}).health_port is None
+    assert load_settings({"BOT_TOKEN": "x"}).max_pending_rows == 1_000_000
+    assert load_settings({"BOT_TOKEN": "x", "MAX_PENDING_ROWS": "250,000"}).max_pending_rows == 250_000

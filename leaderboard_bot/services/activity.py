@@ -7,7 +7,9 @@ season a flush writes is not known here: the caller (the season owner) says so.
 While the database refuses writes, the buffers stay merged per member and day (the work of a
 retry does not grow with the outage) and everything unwritten is saved to the recovery file at
 every failed attempt, and every ``snapshot_every`` seconds while a write hangs, so a crash
-loses at most that much.
+loses at most that much. The buffers are bounded: at ``max_pending_rows`` rows (member x day) the
+oldest tenth is spilled to the recovery file (see services.recovery) and written back, first,
+once the database accepts writes again. Nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import islice
 
 from loguru import logger
 
@@ -37,6 +40,9 @@ FAILURE_REMINDER_EVERY = 300.0  # while writes keep failing, one reminder line t
 SHUTDOWN_BUDGET = 3.5  # a stop ends within this, with the data in the database or on disk
 PRUNE_BATCH = 500  # closed voice sessions deleted per transaction: the write lock is held briefly
 RECOVERY_MARKER_RETENTION = 30 * 86_400.0
+MAX_PENDING_ROWS = 1_000_000  # (member, day) rows held in memory; past it the oldest go to disk
+SPILL_SHARE = 0.1  # the share of the bound moved to disk at once (so a full buffer spills rarely)
+SPILL_RETRY_AFTER = 30.0  # after the disk refused a spill, the rows stay in memory this long
 
 
 class ActivityService:
@@ -52,7 +58,9 @@ class ActivityService:
         recovery: RecoveryFile | None = None,
         snapshot_every: Callable[[], float] = lambda: 60.0,
         earliest_event: Callable[[], float] = lambda: 0.0,
+        current_season: SeasonNumber = lambda: 1,
         observe_flush: Callable[[float, bool, str], None] | None = None,
+        max_pending_rows: int = MAX_PENDING_ROWS,
     ) -> None:
         self.storage = storage
         self.recovery = recovery
@@ -63,6 +71,7 @@ class ActivityService:
         self.clock = clock
         self.snapshot_every = snapshot_every
         self.earliest_event = earliest_event  # the current season's start: nothing counts before it
+        self.current_season = current_season  # where spilled rows belong if read back at the next start
         self.observe_flush = observe_flush  # (seconds, ok, detail) after every write attempt
         self._messages: Counter[tuple[str, int]] = Counter()
         self._flush_lock = asyncio.Lock()
@@ -83,6 +92,13 @@ class ActivityService:
         self.timestamps_clamped = 0
         self.last_flush_at: float | None = None
         self.last_error: StorageError | None = None
+        self.max_pending_rows = max_pending_rows
+        self._spilled: dict[int, int] = {}  # write number -> rows, of parts only in the recovery file
+        self._spill_task: asyncio.Task[None] | None = None
+        self._spill_retry_at = 0.0
+        self._unbounded_logged = False
+        self.rows_spilled = 0
+        self._started_at = clock()
 
     # ------------------------------------------------------------------ recording
 
@@ -98,6 +114,8 @@ class ActivityService:
             return False
         self._messages[(utc_day(at), user_id)] += 1
         self.messages_counted += 1
+        if len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows:
+            self._request_spill()
         return True
 
     def _event_time(self, sent_at: float | None) -> float:
@@ -173,8 +191,21 @@ class ActivityService:
         return self._failing_since
 
     def buffered(self) -> tuple[int, int]:
-        """(message rows, voice rows) waiting to be written."""
+        """(message rows, voice rows) waiting to be written, in memory."""
         return len(self._messages), self.voice.pending_rows()
+
+    def unsaved_since(self) -> float | None:
+        """When the oldest activity not yet in the database was recorded (None when all is written):
+        everything waiting arrived after the last good write (or this process's start)."""
+        in_memory = self._messages or self.voice.pending_rows() or self._in_flight is not None
+        if not (in_memory or self._spilled):
+            return None
+        return self.last_flush_at if self.last_flush_at is not None else self._started_at
+
+    @property
+    def spilled_rows(self) -> int:
+        """Rows waiting to be written that were moved from memory to the recovery file."""
+        return sum(self._spilled.values())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,10 +253,32 @@ class ActivityService:
         """Write everything buffered into ``season`` in one transaction; the caller holds
         :meth:`quiescent`. On failure the data goes back into the buffers (and to the recovery
         file) and the next flush retries it: nothing counted is dropped. With ``roll``, the same
-        transaction ends the season, and the caller moves on to the next one before releasing."""
+        transaction ends the season, and the caller moves on to the next one before releasing.
+        Spilled parts are written first, each in its own transaction: their numbers are lower."""
         now = self.clock() if now is None else now
+        if self._spilled and not await self._write_spilled(season, now):
+            return False
         batch = self._take(season, now)
         batch.roll = roll
+        return await self._commit(batch, now, spilled=False)
+
+    async def _write_spilled(self, season: int, now: float) -> bool:
+        assert self.recovery is not None  # only a recovery file takes spills
+        for sequence in sorted(self._spilled):
+            part = await self.recovery.load_spilled(sequence)
+            if part is None:
+                if sequence in self._spilled:  # (not a spill the disk refused meanwhile: that one is in memory)
+                    logger.error("the spilled counts numbered {} are gone from {}", sequence, self.recovery.own_path)
+                    self._spilled.pop(sequence, None)
+                continue
+            part.season = season  # like the buffers, they belong to the season being written
+            part.heartbeat_at = now if self.last_flush_at is None else self.last_flush_at  # no session credit
+            if not await self._commit(part, now, spilled=True):
+                return False
+            self._spilled.pop(sequence, None)
+        return True
+
+    async def _commit(self, batch: ActivityBatch, now: float, *, spilled: bool) -> bool:
         self._in_flight = batch
         self._in_flight_since = self.clock()
         started = time.perf_counter()
@@ -238,16 +291,20 @@ class ActivityService:
             self.observe_flush(time.perf_counter() - started, error is None, detail)
         if isinstance(error, asyncio.CancelledError):
             # The loop itself is closing (the end of a stop that saved everything to disk).
-            self._give_back(batch)
+            if not spilled:
+                self._give_back(batch)
             raise asyncio.CancelledError
         if error is not None:
-            self._give_back(batch)
+            if not spilled:  # a spilled part stays in the file, under its own number
+                self._give_back(batch)
             self._note_failure(error, now)
-            await self._save_snapshot(season)  # the roll did not happen: all of it is still ``season``
+            await self._save_snapshot(batch.season)  # the roll did not happen: all of it is still this season
             if cancelled:
                 raise asyncio.CancelledError
             return False
         self.committed_sequence = max(self.committed_sequence, batch.sequence or 0)
+        if spilled:
+            self._spilled.pop(batch.sequence or 0, None)
         self._note_success(now)
         for listener in self._listeners:
             try:
@@ -267,7 +324,11 @@ class ActivityService:
         return batch
 
     def _give_back(self, batch: ActivityBatch) -> None:
-        self._messages.update(batch.messages)
+        # The returned rows are older than anything recorded since: they go first, so that a
+        # spill, which takes rows in order, takes the oldest.
+        merged = Counter(batch.messages)
+        merged.update(self._messages)
+        self._messages = merged
         self.names.restore_unwritten(batch.names)
         self.voice.restore(
             VoiceDrain(
@@ -276,6 +337,8 @@ class ActivityService:
                 closed={c.key: c for c in batch.closed},
             )
         )
+        if len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows:
+            self._request_spill()  # a spill asked for during the write found the buffers empty
 
     def _note_failure(self, error: BaseException, now: float) -> None:
         self.flush_failures += 1
@@ -308,7 +371,7 @@ class ActivityService:
         self.last_error = None
         if self._saved_to_disk and self.recovery is not None and not self._shutdown_saved:
             task: asyncio.Future[object]
-            if self.committed_sequence >= self._saved_up_to:
+            if self.committed_sequence >= self._saved_up_to and not self._spilled:
                 self._saved_to_disk = False
                 task = asyncio.ensure_future(self.recovery.clear())
             else:
@@ -344,7 +407,8 @@ class ActivityService:
         """Everything unwritten as numbered parts: the write under way (if any) keeps its own
         number; the rest gets the number of the next write, which will include all of it."""
         in_flight = self._in_flight
-        parts = [in_flight] if in_flight is not None else []
+        # A spilled part being written is in the file already (carried over under its number).
+        parts = [in_flight] if in_flight is not None and (in_flight.sequence or 0) not in self._spilled else []
         if in_flight is not None and in_flight.roll is not None:
             season = in_flight.season + 1  # the rest belongs to the season the roll opens
         self._rest_season = season
@@ -358,18 +422,86 @@ class ActivityService:
 
     def _note_saved(self, parts: list[ActivityBatch]) -> None:
         self._saved_to_disk = True
-        self._saved_up_to = max(p.sequence or 0 for p in parts)
+        self._saved_up_to = max([p.sequence or 0 for p in parts] + list(self._spilled))
 
     async def _save_snapshot(self, season: int) -> bool:
         if self.recovery is None:
             return False
         parts = self._snapshot(season, self.clock())
-        if not parts:
+        if not parts and not self._spilled:
             return True
-        saved = await self.recovery.save(parts)
+        saved = await self.recovery.save(parts, committed=self.committed_sequence)
         if saved:
             self._note_saved(parts)
         return saved
+
+    # ------------------------------------------------------------------ spilling
+
+    def _request_spill(self) -> None:
+        if self.recovery is None:
+            if not self._unbounded_logged:
+                self._unbounded_logged = True
+                logger.warning(
+                    "{} rows of activity are waiting in memory and an in-memory database has no recovery file "
+                    "to spill them to; they stay in memory (logged once)",
+                    self.max_pending_rows,
+                )
+            return
+        if (self._spill_task is not None and not self._spill_task.done()) or self.clock() < self._spill_retry_at:
+            return
+        try:
+            self._spill_task = asyncio.get_running_loop().create_task(self._spill())
+        except RuntimeError:  # no loop (a synchronous caller): the next message asks again
+            return
+
+    async def _spill(self) -> None:
+        """Move the oldest rows out of memory into a numbered part of the recovery file. The rows
+        leave the buffers before anything is awaited, so no flush can take them twice; if the
+        disk refuses them, they come back (as the oldest) and a spill is tried again later."""
+        while len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows:
+            if not await self._spill_once():
+                return
+
+    async def _spill_once(self) -> bool:
+        assert self.recovery is not None
+        now = self.clock()
+        over = len(self._messages) + self.voice.pending_rows() - self.max_pending_rows
+        target = max(1, int(self.max_pending_rows * SPILL_SHARE)) + max(0, over)
+        messages = dict(islice(self._messages.items(), target))  # insertion order: the oldest first
+        for key in messages:
+            del self._messages[key]
+        drained = self.voice.checkpoint(now)
+        voice = dict(islice(drained.seconds.items(), max(0, target - len(messages))))
+        for key in voice:
+            del drained.seconds[key]
+        self.voice.restore(drained)
+        if not messages and not voice:
+            return False
+        in_flight = self._in_flight
+        season = self.current_season()
+        if in_flight is not None and in_flight.roll is not None:
+            season = in_flight.season + 1  # as in _snapshot: what is not in the roll belongs to the next season
+        part = ActivityBatch(guild_id=self.guild_id, season=season, heartbeat_at=now, messages=messages, voice=voice)
+        part.sequence = self._next_sequence
+        self._next_sequence += 1
+        self._spilled[part.sequence] = len(messages) + len(voice)
+        rest = self._snapshot(season, now)  # also the rest, now under a higher number
+        saved = await self.recovery.save(rest, spilled=[part], committed=self.committed_sequence)
+        if not saved:
+            self._spilled.pop(part.sequence, None)
+            self._give_back(part)
+            self._spill_retry_at = self.clock() + SPILL_RETRY_AFTER
+            return False
+        self._note_saved(rest)
+        self.rows_spilled += len(messages) + len(voice)
+        logger.warning(
+            "{} rows of activity waiting to be written were moved from memory to {} (the buffer is bounded at "
+            "{}); they are written back as soon as the database accepts writes",
+            len(messages) + len(voice),
+            self.recovery.own_path,
+            self.max_pending_rows,
+        )
+        return True
 
     async def shutdown(self, season: SeasonNumber, *, budget: float = SHUTDOWN_BUDGET) -> bool:
         """Close voice sessions at shutdown time and write everything, within ``budget`` seconds
@@ -408,7 +540,7 @@ class ActivityService:
         if not parts:
             return
         try:
-            saved = await asyncio.wait_for(self.recovery.save(parts), 1.0)
+            saved = await asyncio.wait_for(self.recovery.save(parts, committed=self.committed_sequence), 1.0)
         except TimeoutError:
             saved = False
         if not saved:

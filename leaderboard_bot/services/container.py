@@ -76,9 +76,11 @@ def build_services(
         clock=clock,
         recovery=recovery_file(config.database_url),
         snapshot_every=lambda: settings.current.flush_interval,
+        max_pending_rows=config.max_pending_rows,
     )
     seasons = SeasonService(storage, activity, settings, clock=clock)
     activity.earliest_event = lambda: seasons.current.started_at
+    activity.current_season = seasons.current_number
     rankings = Rankings(storage, activity, seasons, TopCache(lambda: settings.current.cache_ttl))
     cache = rankings.cache
     health = HealthMonitor(
@@ -86,6 +88,9 @@ def build_services(
             messages_counted=lambda: activity.messages_counted,
             voice_counting=lambda: len(activity.voice.counting_users()),
             buffered=activity.buffered,
+            spilled_rows=lambda: activity.spilled_rows,
+            unsaved_since=activity.unsaved_since,
+            timestamps_clamped=lambda: activity.timestamps_clamped,
             failing_since=lambda: activity.failing_since,
             write_waiting=activity.write_waiting,
             recovery_file_saved=lambda: activity.saved_to_disk,

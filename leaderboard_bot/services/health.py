@@ -54,6 +54,8 @@ class Facts:
     voice_counting: int
     buffered_message_rows: int
     buffered_voice_rows: int
+    spilled_rows: int  # moved from memory to the recovery file (the buffer's bound was reached)
+    unsaved_since: float | None  # when the oldest activity not yet in the database was recorded
     failing_since: float | None
     recovery_file_saved: bool
     last_flush: Outcome | None
@@ -65,6 +67,7 @@ class Facts:
     command_latency: dict[str, tuple[float, float, int]]  # command -> (p50, p95, samples)
     flush_failures: int
     spam_blocked: int
+    timestamps_clamped: int
 
     def to_json(self) -> dict[str, Any]:
         def outcome(o: Outcome | None) -> dict[str, Any] | None:
@@ -78,7 +81,12 @@ class Facts:
             "events_per_second": self.events_per_second,
             "messages_counted": self.messages_counted,
             "voice_sessions_counting": self.voice_counting,
-            "buffered": {"message_rows": self.buffered_message_rows, "voice_rows": self.buffered_voice_rows},
+            "buffered": {
+                "message_rows": self.buffered_message_rows,
+                "voice_rows": self.buffered_voice_rows,
+                "spilled_rows": self.spilled_rows,
+                "unsaved_since": self.unsaved_since,
+            },
             "database_failing_since": self.failing_since,
             "recovery_file_saved": self.recovery_file_saved,
             "last_flush": outcome(self.last_flush),
@@ -91,6 +99,7 @@ class Facts:
             },
             "flush_failures": self.flush_failures,
             "spam_blocked": self.spam_blocked,
+            "timestamps_clamped": self.timestamps_clamped,
         }
 
 
@@ -101,6 +110,9 @@ class Sources:
     messages_counted: Callable[[], int] = lambda: 0
     voice_counting: Callable[[], int] = lambda: 0
     buffered: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    spilled_rows: Callable[[], int] = lambda: 0
+    unsaved_since: Callable[[], float | None] = lambda: None
+    timestamps_clamped: Callable[[], int] = lambda: 0
     failing_since: Callable[[], float | None] = lambda: None
     write_waiting: Callable[[], float] = lambda: 0.0  # seconds the current write has been waiting
     recovery_file_saved: Callable[[], bool] = lambda: False
@@ -240,6 +252,8 @@ class HealthMonitor:
             voice_counting=self.sources.voice_counting(),
             buffered_message_rows=message_rows,
             buffered_voice_rows=voice_rows,
+            spilled_rows=self.sources.spilled_rows(),
+            unsaved_since=self.sources.unsaved_since(),
             failing_since=self._trouble_since(),
             recovery_file_saved=self.sources.recovery_file_saved(),
             last_flush=self.last_flush,
@@ -253,6 +267,7 @@ class HealthMonitor:
             },
             flush_failures=self.sources.flush_failures(),
             spam_blocked=self.sources.spam_blocked(),
+            timestamps_clamped=self.sources.timestamps_clamped(),
         )
 
 
@@ -279,7 +294,13 @@ class _FactsCollector(Collector):
         buffered = GaugeMetricFamily("leaderboard_buffered_rows", "Rows waiting to be written", labels=["kind"])
         buffered.add_metric(["messages"], facts.buffered_message_rows)
         buffered.add_metric(["voice"], facts.buffered_voice_rows)
+        buffered.add_metric(["spilled"], facts.spilled_rows)
         yield buffered
+        if facts.unsaved_since is not None:
+            yield GaugeMetricFamily("leaderboard_oldest_unsaved_seconds", "Age of the oldest activity not yet written",
+                                    value=max(0.0, self.monitor.clock() - facts.unsaved_since))  # fmt: skip
+        yield CounterMetricFamily("leaderboard_timestamps_clamped", "Messages whose timestamp was out of bounds",
+                                  value=facts.timestamps_clamped)  # fmt: skip
         if facts.cache_hit_rate is not None:
             yield GaugeMetricFamily("leaderboard_cache_hit_ratio", "Ranked-top cache hits / lookups",
                                     value=facts.cache_hit_rate)  # fmt: skip

@@ -6,6 +6,13 @@ temporary file, then a rename). The file holds numbered parts; the database stor
 highest write number it committed, so at the next start each part is applied exactly once,
 whatever happened in between: a part whose number is not above the stored one is already in.
 
+When the in-memory buffer reaches its bound during a long outage, its oldest rows are *spilled*:
+moved out of memory into a part of their own (``"spilled": true``) in the same file, under a write
+number of their own. Every later rewrite carries the spilled parts over from the file (they are not
+kept in memory), and the running process writes them, in number order, before anything newer once
+the database accepts writes again. Keeping them in the one atomically replaced file is what keeps
+the numbering exact: a part never exists in two files under two numbers.
+
 Format 2 (current): ``{"version": 2, "written_at", "pid", "parts": [batch, ...]}``, each batch
 with its ``sequence``. Format 1 (one batch, an applied-marker by id) is still read.
 """
@@ -45,6 +52,10 @@ def batch_to_json(batch: ActivityBatch) -> dict[str, Any]:
         "sequence": batch.sequence,
         "recovery_id": batch.recovery_id,
     }
+
+
+def spilled_to_json(batch: ActivityBatch) -> dict[str, Any]:
+    return batch_to_json(batch) | {"spilled": True}
 
 
 def batch_from_json(data: dict[str, Any]) -> ActivityBatch:
@@ -107,6 +118,7 @@ class RecoveryFile:
         self.own_path = path.with_name(f"{path.name.removesuffix('.json')}-{started}-{os.getpid()}.json")
         self._worker: DaemonWorker | None = None
         self.save_failing = False
+        self.holds_spilled = False  # whether the file has spilled parts to carry over
 
     @property
     def worker(self) -> DaemonWorker:
@@ -118,10 +130,17 @@ class RecoveryFile:
 
     # ------------------------------------------------------------------ writing (on the worker)
 
-    def write(self, parts: list[ActivityBatch]) -> None:
-        """Replace this process's file with ``parts``, atomically (blocking; raises OSError)."""
-        payload = {"version": FORMAT_VERSION, "written_at": self.clock(), "pid": os.getpid()}
-        payload["parts"] = [batch_to_json(part) for part in parts]
+    def write(self, parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0) -> None:
+        """Replace this process's file with ``parts`` and ``spilled``, atomically (blocking; raises
+        OSError). Spilled parts already in the file are carried over unless the database has them
+        (number up to ``committed``) or a new part has the same number."""
+        new_spilled = [spilled_to_json(part) for part in spilled or []]
+        numbers = {part.sequence for part in parts} | {part["sequence"] for part in new_spilled}
+        carried = [
+            part for part in self._spilled_in_file() if part["sequence"] > committed and part["sequence"] not in numbers
+        ]
+        payload: dict[str, Any] = {"version": FORMAT_VERSION, "written_at": self.clock(), "pid": os.getpid()}
+        payload["parts"] = carried + new_spilled + [batch_to_json(part) for part in parts]
         self.own_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.own_path.with_name(self.own_path.name + ".tmp")
         try:
@@ -133,15 +152,33 @@ class RecoveryFile:
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
+        self.holds_spilled = bool(carried or new_spilled)
+
+    def _spilled_in_file(self) -> list[dict[str, Any]]:
+        if not self.holds_spilled or not self.own_path.exists():
+            return []
+        data = json.loads(self.own_path.read_text())
+        return [part for part in data["parts"] if part.get("spilled")]
+
+    def read_spilled(self, sequence: int) -> ActivityBatch | None:
+        """The spilled part numbered ``sequence`` (blocking), None if the file no longer has it."""
+        for part in self._spilled_in_file():
+            if part["sequence"] == sequence:
+                return batch_from_json(part)
+        return None
 
     def discard(self) -> None:
         """Everything in this process's file is in the database now (blocking)."""
         self.own_path.unlink(missing_ok=True)
+        self.holds_spilled = False
 
-    async def save(self, parts: list[ActivityBatch]) -> bool:
-        """Write ``parts`` off the loop. On failure (a full disk) says so once, until it works again."""
+    async def save(
+        self, parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0
+    ) -> bool:
+        """Write ``parts`` (and newly ``spilled`` ones) off the loop. On failure (a full disk) says
+        so once, until it works again."""
         try:
-            await self.worker.run(lambda: self.write(parts))
+            await self.worker.run(lambda: self.write(parts, spilled, committed))
         except OSError as error:
             if not self.save_failing:
                 logger.error(
@@ -156,6 +193,9 @@ class RecoveryFile:
             logger.info("the unwritten counts are saved to {} again", self.own_path)
         self.save_failing = False
         return True
+
+    async def load_spilled(self, sequence: int) -> ActivityBatch | None:
+        return await self.worker.run(lambda: self.read_spilled(sequence))
 
     async def clear(self) -> None:
         try:

@@ -263,8 +263,12 @@ def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
         f"{format_count(facts.buffered_message_rows)} message rows, "
         f"{format_count(facts.buffered_voice_rows)} voice rows"
     )
+    if facts.spilled_rows:
+        waiting += f", {format_count(facts.spilled_rows)} rows moved to disk (memory bound reached)"
     if facts.recovery_file_saved:
         waiting += " (also saved to disk)"
+    if facts.unsaved_since is not None and now - facts.unsaved_since > 60:
+        waiting += f"; oldest unsaved activity {_ago(facts.unsaved_since, now)}"
     embed.add_field("Waiting to be written", waiting, inline=False)
     flush = facts.last_flush
     if flush is None:
@@ -280,6 +284,11 @@ def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
     embed.add_field("Last board refresh", _clip("\n".join(refreshes) or "none yet", FIELD_LIMIT), inline=False)
     hit_rate = "no lookups yet" if facts.cache_hit_rate is None else f"{facts.cache_hit_rate:.0%}"
     embed.add_field("Cache hit rate", hit_rate)
+    embed.add_field(
+        "Anti-spam and clock",
+        f"{format_count(facts.spam_blocked)} messages held back · "
+        f"{format_count(facts.timestamps_clamped)} timestamps corrected",
+    )
     size = "unknown" if facts.database_bytes is None else f"{facts.database_bytes / 1e6:.1f} MB"
     embed.add_field("Database size", size)
     embed.add_field("Process", f"CPU {facts.cpu_percent:.0f}% · {facts.memory_bytes / 1e6:.0f} MB")

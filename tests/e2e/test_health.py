@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import World
-from .test_reliability import write_lock
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from .test_reliability import free_port, write_lock
 
 
 async def test_health_for_managers_only_and_ephemeral(world: World) -> None:

@@ -5,6 +5,8 @@ a board channel in another server, and expired confirmations."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -30,6 +32,12 @@ def write_lock(path: Path) -> Iterator[None]:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def sessions_of(w: World, user: int) -> list[tuple[float, float | None]]:
@@ -294,3 +302,51 @@ async def test_an_invisible_nickname_shows_the_global_name_on_the_board(world: W
         "Casper on the board",
     )
     assert "Unknown member" not in board.embeds[0]["description"]
+
+
+async def test_a_full_buffer_spills_to_disk_during_an_outage_and_nothing_is_lost_or_doubled(world: World) -> None:
+    """MAX_PENDING_ROWS bounds what waits in memory: past it the oldest rows go to the recovery
+    file, /healthz says so, and they are written once when the lock goes; a kill -9 in between
+    loses none of them either."""
+    fc, w = world.fc, world
+    members = [fc.add_user(f"member{i}") for i in range(40)]
+    for member in members:
+        fc.add_member(w.guild, member)
+    port = free_port()
+    bot = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", MAX_PENDING_ROWS="20", HEALTH_PORT=str(port))
+
+    def spilled_parts() -> list[dict]:
+        return [
+            part
+            for path in w.tmp.glob("leaderboard.db.unsaved*.json")
+            for part in json.loads(path.read_text())["parts"]
+            if part.get("spilled")
+        ]
+
+    with write_lock(w.db_path):
+        for member in members[:30]:
+            await fc.send_message(w.guild, w.general, member, "hello")
+        await w.wait_db(spilled_parts, "rows spilled to the recovery file")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                body = await r.json()
+        assert body["buffered"]["spilled_rows"] > 0
+        assert body["buffered"]["message_rows"] < 20  # the bound holds
+        assert body["buffered"]["unsaved_since"] is not None
+        bot.proc.kill()  # kill -9 with rows on disk and rows in memory (saved at the last failed flush)
+        await bot.proc.wait()
+    await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", MAX_PENDING_ROWS="20")
+    await w.wait_db(lambda: all(w.messages_of(m) == 1 for m in members[:30]), "the 30 messages after a kill -9")
+
+    with write_lock(w.db_path):  # a second outage, this time ended by the lock going away
+        for member in members:
+            await fc.send_message(w.guild, w.general, member, "again")
+        await w.wait_db(spilled_parts, "rows spilled again")
+        await asyncio.sleep(1.0)
+    await w.wait_db(
+        lambda: all(w.messages_of(m) == (2 if i < 30 else 1) for i, m in enumerate(members)),
+        "every message of the second outage once the lock goes",
+    )
+    await asyncio.sleep(1.5)
+    assert [w.messages_of(m) for m in members] == [2] * 30 + [1] * 10  # nothing doubled
+    await w.wait_db(lambda: not list(w.tmp.glob("leaderboard.db.unsaved*.json")), "the recovery file removed")

@@ -99,6 +99,28 @@ def test_metrics_parse_back_with_the_expected_names_and_values() -> None:
     assert families["leaderboard_command_seconds"].type == "histogram"
 
 
+def test_spilled_rows_the_oldest_unsaved_activity_and_clamped_timestamps_are_reported() -> None:
+    health, clock = monitor(
+        buffered=lambda: (7, 0),
+        spilled_rows=lambda: 1_000,
+        unsaved_since=lambda: clock.now - 90.0,
+        timestamps_clamped=lambda: 3,
+    )
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(health.registry).decode())}
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert value[("leaderboard_buffered_rows", (("kind", "spilled"),))] == 1_000
+    assert value[("leaderboard_oldest_unsaved_seconds", ())] == 90.0
+    assert value[("leaderboard_timestamps_clamped_total", ())] == 3
+    body = health.facts().to_json()
+    assert body["buffered"] == {
+        "message_rows": 7,
+        "voice_rows": 0,
+        "spilled_rows": 1_000,
+        "unsaved_since": clock.now - 90.0,
+    }
+    assert body["timestamps_clamped"] == 3
+
+
 def test_facts_as_json_carry_the_last_flush_and_refresh() -> None:
     health, clock = monitor()
     health.flushed(0.02, False, "OperationalError: database is locked")

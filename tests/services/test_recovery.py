@@ -66,7 +66,7 @@ async def test_a_disk_that_refuses_the_file_is_reported_once_not_raised(
 ) -> None:
     file = RecoveryFile(tmp_path / "db.unsaved.json")
 
-    def full(parts: list[ActivityBatch]) -> None:
+    def full(parts: list[ActivityBatch], *_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
@@ -272,3 +272,152 @@ async def test_a_snapshot_taken_while_a_write_hangs_keeps_that_write_apart(
     await restart(activity_storage, activity_clock, recovery)
     assert await stats(activity_storage) == {5: (2, 0.0)}
     assert files_of(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- spilling a full buffer
+
+
+class Outage:
+    """repository.apply_batch refuses every write while ``down``; records what it was given."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = True
+        self.written: list[ActivityBatch] = []
+        real = repository.apply_batch
+
+        def gated(batch: ActivityBatch) -> None:
+            if self.down:
+                raise sqlite3.OperationalError("database is locked")
+            real(batch)
+            self.written.append(batch)
+
+        monkeypatch.setattr(repository, "apply_batch", gated)
+
+
+def spilled_parts(path: Path) -> list[dict]:
+    return [part for part in json.loads(path.read_text())["parts"] if part.get("spilled")]
+
+
+async def fill_during_outage(service: ActivityService, clock: FakeClock, users: int) -> None:
+    """``users`` members send one message each while every flush fails."""
+    for user in range(1, users + 1):
+        service.record_message(user)
+        if user % 25 == 0:
+            clock.advance(1.0)
+            assert await service.flush(season_one) is False
+    for _ in range(200):  # let the spill the messages asked for finish
+        if service.buffered()[0] < service.max_pending_rows:
+            break
+        await asyncio.sleep(0.01)
+
+
+async def test_a_full_buffer_spills_its_oldest_rows_and_writes_them_first_when_the_database_is_back(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 100
+    await service.start()
+    outage = Outage(monkeypatch)
+    await fill_during_outage(service, activity_clock, 350)
+    rows, _ = service.buffered()
+    assert rows <= 100  # the bound holds...
+    assert service.rows_spilled + rows == 350 and service.spilled_rows == service.rows_spilled  # ...nothing dropped
+    (path,) = files_of(tmp_path)
+    spilled = spilled_parts(path)
+    assert sum(len(p["messages"]) for p in spilled) == service.rows_spilled
+    assert min(u for p in spilled for _, u, _ in p["messages"]) == 1  # the oldest went first
+    assert max(p["sequence"] for p in spilled) < max(p.sequence or 0 for p in read_file(path).parts)
+
+    assert service.unsaved_since() == T0  # nothing written since the start
+    outage.down = False
+    assert await service.flush(season_one) is True
+    assert service.unsaved_since() is None
+    numbers = [b.sequence or 0 for b in outage.written]
+    assert numbers == sorted(numbers)  # the spilled parts first: their numbers are lower
+    assert await stats(activity_storage) == {user: (1, 0.0) for user in range(1, 351)}
+    assert service.spilled_rows == 0
+    await asyncio.sleep(0.1)
+    assert files_of(tmp_path) == []
+    assert await service.flush(season_one) is True
+    assert await stats(activity_storage) == {user: (1, 0.0) for user in range(1, 351)}  # nothing twice
+
+
+async def test_kill_9_after_a_spill_loses_and_doubles_nothing(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 100
+    await service.start()
+    with monkeypatch.context() as patch:
+        Outage(patch)
+        await fill_during_outage(service, activity_clock, 300)  # the last flush saved all 300
+        assert service.rows_spilled >= 100
+    await restart(activity_storage, activity_clock, recovery)  # kill -9, then a new start
+    assert await stats(activity_storage) == {user: (1, 0.0) for user in range(1, 301)}
+    assert files_of(tmp_path) == []
+
+
+async def test_a_spill_the_disk_refuses_keeps_the_rows_in_memory(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 50
+    await service.start()
+    outage = Outage(monkeypatch)
+    assert service.recovery is not None
+    real_write = service.recovery.write
+
+    def full(parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0) -> None:
+        if spilled:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(parts, spilled, committed)
+
+    monkeypatch.setattr(service.recovery, "write", full)
+    await fill_during_outage(service, activity_clock, 120)
+    assert service.rows_spilled == 0 and service.buffered()[0] == 120  # kept, not dropped
+    outage.down = False
+    assert await service.flush(season_one) is True
+    assert await stats(activity_storage) == {user: (1, 0.0) for user in range(1, 121)}
+
+
+async def test_a_spill_during_a_hanging_write_keeps_every_count_once(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write in flight, the spilled rows and the rest are three parts of one file: whether
+    the hanging write commits or not, a restart from that file counts everything once."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 20
+    await service.start()
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+
+    def hanging(batch: ActivityBatch) -> None:
+        busy.set()
+        assert gate.wait(10)
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", hanging)
+    service.record_message(1000)
+    flushing = asyncio.ensure_future(service.flush(season_one))
+    assert await asyncio.to_thread(busy.wait, 10)
+    for user in range(1, 31):  # arrive during the hang: past the bound, so a spill happens
+        service.record_message(user)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    assert service.rows_spilled > 0
+    (path,) = files_of(tmp_path)
+    snapshot = path.read_text()
+    parts = read_file(path).parts
+    assert sorted(sum(p.messages.values()) for p in parts)[-1] <= 30 and sum(
+        sum(p.messages.values()) for p in parts
+    ) == 31  # the write in flight (1), the spilled rows and the rest: 31 messages, each once
+    gate.set()
+    assert await flushing is True
+    monkeypatch.setattr(repository, "apply_batch", real)
+    path.write_text(snapshot)  # kill -9 during the hang: the file as it was then
+    await restart(activity_storage, activity_clock, recovery)
+    assert await stats(activity_storage) == {user: (1, 0.0) for user in [*range(1, 31), 1000]}

@@ -14,6 +14,7 @@ from leaderboard_bot.ui.embeds import (
     format_line,
     format_value,
     guild_icon_url,
+    health_embed,
     leaderboard_embed,
     notice_embed,
     stats_embed,
@@ -382,3 +383,24 @@ def test_guild_icon_url_is_the_icon_or_nothing() -> None:
     assert guild_icon_url(with_icon) == "https://cdn.example/icon.png"
     assert guild_icon_url(without_icon) is None
     assert guild_icon_url(None) is None
+
+
+def test_health_shows_spilled_rows_the_oldest_unsaved_activity_and_what_was_held_back() -> None:
+    from leaderboard_bot.services.health import HealthMonitor, Sources
+
+    now = 1_700_000_000.0
+    sources = Sources(
+        buffered=lambda: (12, 3),
+        spilled_rows=lambda: 100_000,
+        unsaved_since=lambda: now - 600.0,
+        recovery_file_saved=lambda: True,
+        spam_blocked=lambda: 4,
+        timestamps_clamped=lambda: 2,
+    )
+    embed = health_embed(HealthMonitor(sources, clock=lambda: now).facts(), now=now)
+    fields = {f.name: f.value for f in embed.fields}
+    waiting = fields["Waiting to be written"]
+    assert "12 message rows, 3 voice rows" in waiting
+    assert "100,000 rows moved to disk" in waiting and "(also saved to disk)" in waiting
+    assert f"<t:{int(now - 600)}:R>" in waiting  # the oldest unsaved activity, when it is over a minute old
+    assert fields["Anti-spam and clock"] == "4 messages held back · 2 timestamps corrected"
