@@ -327,9 +327,9 @@ async def test_a_full_buffer_spills_to_disk_during_an_outage_and_nothing_is_lost
         for member in members[:30]:
             await fc.send_message(w.guild, w.general, member, "hello")
         await w.wait_db(spilled_parts, "rows spilled to the recovery file")
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                body = await r.json()
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
+            body = await r.json()
         assert body["buffered"]["spilled_rows"] > 0
         assert body["buffered"]["message_rows"] < 20  # the bound holds
         assert body["buffered"]["unsaved_since"] is not None
