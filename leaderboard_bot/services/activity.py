@@ -286,9 +286,12 @@ class ActivityService:
             error, cancelled = await self._write(batch)
         finally:
             self._in_flight = None
+        seconds = time.perf_counter() - started
         if self.observe_flush is not None and not isinstance(error, asyncio.CancelledError):
             detail = "" if error is None else str(error)
-            self.observe_flush(time.perf_counter() - started, error is None, detail)
+            self.observe_flush(seconds, error is None, detail)
+        if error is None:
+            _log_flush(batch, seconds, spilled=spilled)
         if isinstance(error, asyncio.CancelledError):
             # The loop itself is closing (the end of a stop that saved everything to disk).
             if not spilled:
@@ -574,3 +577,28 @@ class ActivityService:
             closed=list(drained.closed.values()),
             names=dict(names),
         )
+
+
+def _log_flush(batch: ActivityBatch, seconds: float, *, spilled: bool) -> None:
+    """One line per write, with its duration; an empty flush (nothing happened) only at DEBUG.
+    Failed attempts are told by _note_failure, rate-limited, so an outage is not a log storm."""
+    messages = sum(batch.messages.values())
+    voice = sum(batch.voice.values())
+    members = len({user for _, user in batch.messages} | {user for _, user in batch.voice})
+    level = "DEBUG" if batch.is_empty() and batch.roll is None else "INFO"
+    logger.bind(
+        guild_id=batch.guild_id,
+        season=batch.season,
+        sequence=batch.sequence,
+        members=members,
+        duration_ms=round(seconds * 1000, 1),
+    ).log(
+        level,
+        "flush {}wrote {} message(s) and {:.0f}s of voice for {} member(s) into season {} in {:.0f} ms",
+        "(spilled part) " if spilled else "",
+        messages,
+        voice,
+        members,
+        batch.season,
+        seconds * 1000,
+    )

@@ -642,3 +642,20 @@ async def test_a_30_minute_outage_with_5000_in_voice_keeps_each_attempt_the_same
     assert max(file_sizes) - min(file_sizes) < 0.05 * max(file_sizes)  # the file is rewritten, not appended to
     assert memory[-1] - memory[4] < 1_000_000  # flat: under 1 MB drift from minute 5 to 30
     assert service.unflushed_voice_seconds(0) == 1_800.0
+
+
+async def test_every_write_logs_one_line_with_its_duration_and_context(
+    activity_storage: Storage, activity_clock: FakeClock, log_lines: list[dict[str, Any]]
+) -> None:
+    service = make_service(activity_storage, activity_clock)
+    service.record_message(1)
+    service.record_message(2)
+    service.record_message(2)
+    assert await service.flush(season_one) is True
+    assert await service.flush(season_one) is True  # nothing happened meanwhile
+    flushes = [r for r in log_lines if r["message"].startswith("flush ")]
+    assert [r["level"] for r in flushes] == ["INFO", "DEBUG"]
+    line = flushes[0]
+    assert "wrote 3 message(s)" in line["message"] and "for 2 member(s) into season 1" in line["message"]
+    assert line["extra"]["guild_id"] == G and line["extra"]["members"] == 2 and line["extra"]["season"] == 1
+    assert line["extra"]["duration_ms"] >= 0 and line["message"].endswith(" ms")
