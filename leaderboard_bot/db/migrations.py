@@ -116,7 +116,55 @@ def _v3_portable_types(db: Database) -> None:
         db.execute_sql(sql)
 
 
-MIGRATIONS: Sequence[Migration] = (_v1_core, _v2_seasons_and_ranking, _v3_portable_types)
+# v4: ranks at scale. The board indexes end in user_id, the tie-break, and run in board order, so
+# ``top`` is an index walk and a rank is two range counts on the index. ``board_size`` holds how many
+# members rank on each board, kept exact by triggers (so every writer, in every process, keeps it):
+# with it a rank is counted from the nearer end. Trigger syntax is SQLite's; a PostgreSQL backend
+# needs its own v4 (plpgsql triggers), with the same tables and indexes.
+_V4_STATEMENTS = (
+    'DROP INDEX IF EXISTS "member_stats_rank_messages"',
+    'DROP INDEX IF EXISTS "member_stats_rank_voice"',
+    'CREATE INDEX "member_stats_board_messages" ON "member_stats" ("guild_id", "season", "messages" DESC, "user_id")',
+    'CREATE INDEX "member_stats_board_voice" ON "member_stats" ("guild_id", "season", "voice_seconds" DESC, "user_id")',
+    'CREATE TABLE "board_size" ("guild_id" BIGINT NOT NULL, "season" BIGINT NOT NULL, '
+    '"messages" BIGINT NOT NULL DEFAULT 0, "voice" BIGINT NOT NULL DEFAULT 0, PRIMARY KEY ("guild_id", "season"))',
+    'INSERT INTO "board_size" ("guild_id", "season", "messages", "voice") '
+    'SELECT "guild_id", "season", SUM(CASE WHEN "messages" > 0 THEN 1 ELSE 0 END), '
+    'SUM(CASE WHEN "voice_seconds" > 0 THEN 1 ELSE 0 END) FROM "member_stats" GROUP BY "guild_id", "season"',
+    # A row counts on a board while its value there is above zero; the WHEN clauses keep the common
+    # case (an update that leaves both sides of zero as they were) to one comparison per row.
+    'CREATE TRIGGER "member_stats_board_size_insert" AFTER INSERT ON "member_stats" '
+    'WHEN new."messages" > 0 OR new."voice_seconds" > 0 BEGIN '
+    'INSERT INTO "board_size" ("guild_id", "season", "messages", "voice") '
+    'VALUES (new."guild_id", new."season", new."messages" > 0, new."voice_seconds" > 0) '
+    'ON CONFLICT ("guild_id", "season") DO UPDATE SET "messages" = "board_size"."messages" + excluded."messages", '
+    '"voice" = "board_size"."voice" + excluded."voice"; END',
+    'CREATE TRIGGER "member_stats_board_size_update" AFTER UPDATE OF "messages", "voice_seconds" ON "member_stats" '
+    'WHEN (old."messages" > 0) <> (new."messages" > 0) OR (old."voice_seconds" > 0) <> (new."voice_seconds" > 0) '
+    'BEGIN INSERT INTO "board_size" ("guild_id", "season", "messages", "voice") '
+    'VALUES (new."guild_id", new."season", (new."messages" > 0) - (old."messages" > 0), '
+    '(new."voice_seconds" > 0) - (old."voice_seconds" > 0)) '
+    'ON CONFLICT ("guild_id", "season") DO UPDATE SET "messages" = "board_size"."messages" + excluded."messages", '
+    '"voice" = "board_size"."voice" + excluded."voice"; END',
+    'CREATE TRIGGER "member_stats_board_size_delete" AFTER DELETE ON "member_stats" '
+    'WHEN old."messages" > 0 OR old."voice_seconds" > 0 BEGIN '
+    'UPDATE "board_size" SET "messages" = "messages" - (old."messages" > 0), '
+    '"voice" = "voice" - (old."voice_seconds" > 0) '
+    'WHERE "guild_id" = old."guild_id" AND "season" = old."season"; END',
+)
+
+
+def _v4_board_order_and_sizes(db: Database) -> None:
+    for sql in _V4_STATEMENTS:
+        db.execute_sql(sql)
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _v1_core,
+    _v2_seasons_and_ranking,
+    _v3_portable_types,
+    _v4_board_order_and_sizes,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -54,8 +54,37 @@ class MemberStats(BaseModel):
 
     class Meta:
         primary_key = CompositeKey("guild_id", "season", "user_id")
-        # Leaderboard queries rank one season of one guild by one column.
-        indexes = ((("guild_id", "season", "messages"), False), (("guild_id", "season", "voice_seconds"), False))
+
+
+# Leaderboards walk one season of one guild in board order (value descending, then user id), and a
+# rank is two range counts on that order: the index holds all of it, so neither needs the table.
+MemberStats.add_index(
+    MemberStats.guild_id,
+    MemberStats.season,
+    MemberStats.messages.desc(),
+    MemberStats.user_id,
+    name="member_stats_board_messages",
+)
+MemberStats.add_index(
+    MemberStats.guild_id,
+    MemberStats.season,
+    MemberStats.voice_seconds.desc(),
+    MemberStats.user_id,
+    name="member_stats_board_voice",
+)
+
+
+class BoardSize(BaseModel):
+    """How many members rank (value > 0) on each board of a season, kept by triggers on
+    ``member_stats`` (migration v4), so a rank can be counted from whichever end is nearer."""
+
+    guild_id = BigIntegerField()
+    season = BigIntegerField()
+    messages = BigIntegerField(default=0)
+    voice = BigIntegerField(default=0)
+
+    class Meta:
+        primary_key = CompositeKey("guild_id", "season")
 
 
 class DailyActivity(BaseModel):
@@ -118,6 +147,7 @@ ALL_MODELS: tuple[type[BaseModel], ...] = (
     SchemaVersion,
     Setting,
     MemberStats,
+    BoardSize,
     DailyActivity,
     VoiceSession,
     MemberName,

@@ -7,10 +7,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import peewee
 from peewee import EXCLUDED, chunked, fn
 
 from ..domain import ActivityBatch, Board, RankedEntry
-from .models import DailyActivity, MemberName, MemberStats, Season, Setting, VoiceSession, database_proxy
+from .models import BoardSize, DailyActivity, MemberName, MemberStats, Season, Setting, VoiceSession, database_proxy
 
 # SQLite caps bound variables per statement; 5 columns x 100 rows stays far below it.
 CHUNK_ROWS = 100
@@ -33,28 +34,8 @@ def apply_batch(batch: ActivityBatch) -> None:
         daily.setdefault((day, user), [0, 0.0])[1] += seconds
 
     with database_proxy.atomic():
-        _add_counts(
-            MemberStats,
-            (MemberStats.guild_id, MemberStats.season, MemberStats.user_id),
-            [
-                {
-                    "guild_id": batch.guild_id,
-                    "season": batch.season,
-                    "user_id": user,
-                    "messages": int(m),
-                    "voice_seconds": float(v),
-                }
-                for user, (m, v) in totals.items()
-            ],
-        )
-        _add_counts(
-            DailyActivity,
-            (DailyActivity.guild_id, DailyActivity.day, DailyActivity.user_id),
-            [
-                {"guild_id": batch.guild_id, "day": day, "user_id": user, "messages": int(m), "voice_seconds": float(v)}
-                for (day, user), (m, v) in daily.items()
-            ],
-        )
+        _add_counters("member_stats", ("guild_id", "season", "user_id"), (batch.guild_id, batch.season), totals)
+        _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), daily)
         for sessions in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
                 [
@@ -105,16 +86,56 @@ def apply_batch(batch: ActivityBatch) -> None:
             roll_season(batch.guild_id, roll.number, roll.ended_at, roll.period, starts_at=roll.next_start)
 
 
-def _add_counts(model: type[MemberStats] | type[DailyActivity], key: tuple[Any, ...], rows: list[dict]) -> None:
-    """Upsert rows whose counters add to the stored ones (never replace: that would reset them)."""
-    for chunk in chunked(rows, CHUNK_ROWS):
-        model.insert_many(chunk).on_conflict(
-            conflict_target=list(key),
-            update={
-                model.messages: model.messages + EXCLUDED.messages,
-                model.voice_seconds: model.voice_seconds + EXCLUDED.voice_seconds,
-            },
-        ).execute()
+# One prepared statement per shape, run with executemany: peewee would build the SQL of every
+# 100-row chunk in Python (about half of a 100,000-member flush, holding the GIL). Rows are split by
+# which counters moved, so a message-only row does not rewrite the voice board's index entry (an
+# UPDATE rewrites the index of every column it SETs) and leaves the update trigger one test.
+_COUNTERS = ("messages", "voice_seconds")
+_PEEWEE_ERRORS = peewee.__exception_wrapper__  # type: ignore[attr-defined]  # peewee 4: module-level, not on the Database
+_upsert_sql_cache: dict[tuple[str, tuple[str, ...], tuple[str, ...], str], str] = {}
+
+
+def _upsert_sql(table: str, key: tuple[str, ...], adding: tuple[str, ...], param: str) -> str:
+    cache_key = (table, key, adding, param)
+    sql = _upsert_sql_cache.get(cache_key)
+    if sql is None:
+        columns = (*key, *_COUNTERS)
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        conflict = ", ".join(f'"{c}"' for c in key)
+        marks = ", ".join(param for _ in columns)
+        # ON CONFLICT ... DO UPDATE with excluded: SQLite >= 3.24 and PostgreSQL alike. The counter
+        # is qualified by its table: PostgreSQL would find a bare name ambiguous with excluded's.
+        updates = ", ".join(f'"{c}" = "{table}"."{c}" + excluded."{c}"' for c in adding)
+        sql = f'INSERT INTO "{table}" ({quoted}) VALUES ({marks}) ON CONFLICT ({conflict}) DO UPDATE SET {updates}'
+        _upsert_sql_cache[cache_key] = sql
+    return sql
+
+
+def _add_counters(
+    table: str,
+    key: tuple[str, ...],
+    prefix: tuple[Any, ...],
+    counts: Mapping[Any, list[float]],
+) -> None:
+    """Upsert rows whose counters add to the stored ones (never replace: that would reset them).
+    ``counts`` maps the rest of the key (a user id, or a (day, user) pair) to [messages, seconds].
+    Runs on the current transaction's connection, so it commits or rolls back with it."""
+    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for rest, (m, v) in sorted(counts.items()):  # key order: neighbouring rows share B-tree pages
+        # A row with both zero adds both (nothing), as before: it is still created.
+        adding: tuple[str, ...] = ("messages",) if (m and not v) else ("voice_seconds",) if (v and not m) else _COUNTERS
+        shapes.setdefault(adding, []).append(
+            (*prefix, *(rest if isinstance(rest, tuple) else (rest,)), int(m), float(v))
+        )
+    database = database_proxy.obj
+    for adding, rows in shapes.items():
+        sql = _upsert_sql(table, key, adding, database.param)
+        with _PEEWEE_ERRORS:  # the same error types as peewee's own queries raise
+            cursor = database.cursor()
+            try:
+                cursor.executemany(sql, rows)
+            finally:
+                cursor.close()
 
 
 def close_orphan_sessions(guild_id: int) -> int:
@@ -215,33 +236,98 @@ def member_totals(guild_id: int, season: int, user_id: int) -> tuple[int, float]
 
 
 def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | None:
-    """1-based position the member holds in ``top`` order, or None with nothing on that board."""
-    column = _board_column(board)
-    row = MemberStats.get_or_none(
-        (MemberStats.guild_id == guild_id) & (MemberStats.season == season) & (MemberStats.user_id == user_id)
-    )
-    mine = 0 if row is None else (row.messages if board == "messages" else row.voice_seconds)
-    if not mine or mine <= 0:
+    """1-based position the member holds in ``top`` order, or None with nothing on that board.
+
+    Counted on the board index from the nearer end: from the top, the members ahead; from the
+    bottom, the ranked count (kept by triggers) minus the members behind. Either way at most about
+    half the board is counted, and rank #1 or the very last are a few index seeks."""
+    mine = _board_value(guild_id, season, board, user_id)
+    if mine is None:
         return None
-    ahead = (
-        MemberStats.select(fn.COUNT(MemberStats.user_id))
-        .where(
-            (MemberStats.guild_id == guild_id)
-            & (MemberStats.season == season)
-            & ((column > mine) | ((column == mine) & (MemberStats.user_id < user_id)))
-        )
+    ranked = ranked_count(guild_id, season, board)
+    if _nearer_the_top(guild_id, season, board, mine, user_id, ranked):
+        return rank_from_top(guild_id, season, board, mine, user_id)
+    return rank_from_bottom(guild_id, season, board, mine, user_id, ranked)
+
+
+def _board_value(guild_id: int, season: int, board: Board, user_id: int) -> float | None:
+    column = _board_column(board)
+    value = (
+        MemberStats.select(column)
+        .where((MemberStats.guild_id == guild_id) & (MemberStats.season == season) & (MemberStats.user_id == user_id))
         .scalar()
     )
-    return int(ahead) + 1
+    return None if value is None or value <= 0 else value
+
+
+def _count(guild_id: int, season: int, condition: Any) -> Any:
+    """A count over one season's board: each condition is one range on the board index."""
+    return MemberStats.select(fn.COUNT(MemberStats.user_id)).where(
+        (MemberStats.guild_id == guild_id) & (MemberStats.season == season) & condition
+    )
+
+
+def rank_queries(guild_id: int, season: int, board: Board, value: float, user_id: int) -> list[Any]:
+    """The four range counts a rank is made of (top side: ahead, tied ahead; bottom side: below,
+    tied behind); separate queries, so the planner gives each its index range (an OR of them makes
+    SQLite scan the whole season)."""
+    column = _board_column(board)
+    return [
+        _count(guild_id, season, column > value),
+        _count(guild_id, season, (column == value) & (MemberStats.user_id < user_id)),
+        _count(guild_id, season, (column > 0) & (column < value)),
+        _count(guild_id, season, (column == value) & (MemberStats.user_id > user_id)),
+    ]
+
+
+def rank_from_top(guild_id: int, season: int, board: Board, value: float, user_id: int) -> int:
+    ahead, tied_ahead, _, _ = rank_queries(guild_id, season, board, value, user_id)
+    return int(ahead.scalar()) + int(tied_ahead.scalar()) + 1
+
+
+def rank_from_bottom(guild_id: int, season: int, board: Board, value: float, user_id: int, ranked: int) -> int:
+    _, _, below, tied_behind = rank_queries(guild_id, season, board, value, user_id)
+    return ranked - int(below.scalar()) - int(tied_behind.scalar())
+
+
+# Which end is nearer is decided against the board's median entry, remembered per board. A stale
+# median only costs speed, never exactness (both ends count exactly), so it is refreshed when the
+# board has grown or shrunk by a sixteenth or is older than MEDIAN_MAX_AGE seconds: finding it walks
+# half the index once (about 12 ms at a million members).
+MEDIAN_MAX_AGE = 300.0
+_medians: dict[tuple[int, int, int, str], tuple[int, float, float, int]] = {}
+
+
+def _nearer_the_top(guild_id: int, season: int, board: Board, value: float, user_id: int, ranked: int) -> bool:
+    if ranked < 64:
+        return True  # nothing to save on a small board
+    key = (id(database_proxy.obj), guild_id, season, board)
+    now = time.monotonic()
+    cached = _medians.get(key)
+    if cached is None or abs(cached[0] - ranked) * 16 > ranked or now - cached[1] > MEDIAN_MAX_AGE:
+        column = _board_column(board)
+        row = (
+            MemberStats.select(column, MemberStats.user_id)
+            .where((MemberStats.guild_id == guild_id) & (MemberStats.season == season) & (column > 0))
+            .order_by(column.desc(), MemberStats.user_id.asc())
+            .limit(1)
+            .offset(ranked // 2)
+            .tuples()
+            .first()
+        )
+        if row is None:
+            return True
+        cached = (ranked, now, float(row[0]), int(row[1]))
+        _medians[key] = cached
+    _, _, median_value, median_user = cached
+    return value > median_value or (value == median_value and user_id <= median_user)
 
 
 def ranked_count(guild_id: int, season: int, board: Board) -> int:
-    column = _board_column(board)
-    return (
-        MemberStats.select()
-        .where((MemberStats.guild_id == guild_id) & (MemberStats.season == season) & (column > 0))
-        .count()
-    )
+    """Members with a value above zero on the board: one row, kept exact by triggers (v4)."""
+    column = BoardSize.messages if board == "messages" else BoardSize.voice
+    value = BoardSize.select(column).where((BoardSize.guild_id == guild_id) & (BoardSize.season == season)).scalar()
+    return int(value or 0)
 
 
 def names(guild_id: int, user_ids: Iterable[int]) -> dict[int, str]:

@@ -176,7 +176,7 @@ def test_old_version_1_database_upgrades_in_place_keeping_rows(tmp_path: Path) -
     try:
         assert current_version(db) == LATEST_VERSION
         assert {"season"} <= table_names(db)
-        assert {"member_stats_rank_messages", "member_stats_rank_voice"} <= index_names(db)
+        assert {"member_stats_board_messages", "member_stats_board_voice"} <= index_names(db)
         assert db.get_primary_keys("season") == ["guild_id", "number"]  # one row per season number
         assert repository.member_totals(G, 1, 7) == (12, 30.5)
         assert repository.top(G, 1, "messages", 10) == [RankedEntry(7, 12.0), RankedEntry(8, 3.0)]
