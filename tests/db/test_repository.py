@@ -1,0 +1,243 @@
+"""Ranks at scale (v4): exact against brute force from both ends, the kept board size, the planner's
+use of the board indexes; and the flush's executemany upsert (adds, never replaces; all or nothing)."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peewee import IntegrityError, SqliteDatabase
+
+from leaderboard_bot.db import repository
+from leaderboard_bot.db.migrations import LATEST_VERSION, migrate
+from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
+from leaderboard_bot.db.storage import open_database
+from leaderboard_bot.domain import ActivityBatch, Board, SeasonRoll
+
+G = 111
+BOARDS: tuple[Board, ...] = ("messages", "voice")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[SqliteDatabase]:
+    database = open_database(f"sqlite:///{tmp_path}/r.db")
+    repository._medians.clear()
+    try:
+        yield database
+    finally:
+        if not database.is_closed():
+            database.close()
+
+
+def batch(season: int = 1, **kw: object) -> ActivityBatch:
+    return ActivityBatch(guild_id=G, season=season, heartbeat_at=1_000.0, **kw)  # type: ignore[arg-type]
+
+
+def brute_force_order(season: int, board: Board) -> list[int]:
+    """The board by definition: value above zero, value descending, then user id ascending."""
+    rows = [
+        (r.user_id, r.messages if board == "messages" else r.voice_seconds)
+        for r in MemberStats.select().where((MemberStats.guild_id == G) & (MemberStats.season == season))
+    ]
+    return [user for user, value in sorted((r for r in rows if r[1] > 0), key=lambda r: (-r[1], r[0]))]
+
+
+def fill_with_ties(rng: random.Random, members: int, season: int = 1) -> None:
+    """Few distinct values, so most members tie; some on one board only; written in several flushes."""
+    users = rng.sample(range(1, 10 * members), members)
+    for part in range(0, members, members // 4):
+        chunk = users[part : part + members // 4]
+        repository.apply_batch(
+            batch(
+                season=season,
+                messages={("2024-03-10", u): rng.choice((1, 1, 1, 2, 2, 3, 7)) for u in chunk if rng.random() < 0.8},
+                voice={("2024-03-10", u): rng.choice((30.0, 30.0, 60.5, 900.25)) for u in chunk if rng.random() < 0.4},
+            )
+        )
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_rank_of_is_exact_from_both_ends_with_many_ties(db: SqliteDatabase, board: Board) -> None:
+    rng = random.Random(5)
+    fill_with_ties(rng, 400)
+    repository.apply_batch(batch(season=2, messages={("2024-03-11", 1): 9}))  # another season: not counted
+    order = brute_force_order(1, board)
+    assert len(order) > 64  # large enough for rank_of to choose an end by the median
+    ranked = repository.ranked_count(G, 1, board)
+    assert ranked == len(order)
+    value = {r.user_id: (r.messages if board == "messages" else r.voice_seconds) for r in MemberStats.select()}
+    for position, user in enumerate(order, start=1):
+        assert repository.rank_from_top(G, 1, board, value[user], user) == position
+        assert repository.rank_from_bottom(G, 1, board, value[user], user, ranked) == position
+        assert repository.rank_of(G, 1, board, user) == position
+    unranked = [u for u in value if u not in set(order)]
+    assert unranked and all(repository.rank_of(G, 1, board, u) is None for u in unranked)
+
+
+def test_rank_of_stays_exact_with_a_stale_median(db: SqliteDatabase) -> None:
+    rng = random.Random(9)
+    fill_with_ties(rng, 300)
+    before = brute_force_order(1, "messages")
+    assert repository.rank_of(G, 1, "messages", before[0]) == 1  # remembers this board's median
+    # Everyone below the old median climbs far above it: the remembered median is now wrong (the
+    # board's size did not change, so it is not refreshed).
+    climbers = before[len(before) // 2 :]
+    repository.apply_batch(batch(messages={("2024-03-12", u): 50 for u in climbers}))
+    order = brute_force_order(1, "messages")
+    for position, user in enumerate(order, start=1):
+        assert repository.rank_of(G, 1, "messages", user) == position
+
+
+def test_ranked_count_is_kept_through_inserts_updates_and_deletes(db: SqliteDatabase) -> None:
+    repository.apply_batch(batch(voice={("2024-03-10", 1): 5.0}))  # voice only: not on messages
+    assert (repository.ranked_count(G, 1, "messages"), repository.ranked_count(G, 1, "voice")) == (0, 1)
+    repository.apply_batch(batch(messages={("2024-03-10", 1): 2, ("2024-03-10", 2): 1}))
+    assert (repository.ranked_count(G, 1, "messages"), repository.ranked_count(G, 1, "voice")) == (2, 1)
+    MemberStats.insert(guild_id=G, season=1, user_id=3, messages=0, voice_seconds=0.0).execute()
+    assert repository.ranked_count(G, 1, "messages") == 2  # a zero row ranks nowhere
+    MemberStats.update(messages=4).where(MemberStats.user_id == 3).execute()
+    assert repository.ranked_count(G, 1, "messages") == 3
+    MemberStats.update(messages=0).where(MemberStats.user_id == 2).execute()
+    MemberStats.delete().where(MemberStats.user_id == 1).execute()
+    assert (repository.ranked_count(G, 1, "messages"), repository.ranked_count(G, 1, "voice")) == (1, 0)
+    assert repository.ranked_count(G, 2, "messages") == 0
+    for board in BOARDS:
+        count = MemberStats.select().where((MemberStats.guild_id == G) & (repository._board_column(board) > 0)).count()
+        assert repository.ranked_count(G, 1, board) == count
+
+
+def query_plan(database: SqliteDatabase, query: object) -> str:
+    sql, params = query.sql()  # type: ignore[attr-defined]
+    return " | ".join(str(row[-1]) for row in database.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params).fetchall())
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "after-analyze"])
+@pytest.mark.parametrize("board", BOARDS)
+def test_every_rank_count_and_the_top_walk_the_board_index(db: SqliteDatabase, board: Board, analyzed: bool) -> None:
+    rng = random.Random(3)
+    fill_with_ties(rng, 400)
+    if analyzed:
+        db.execute_sql("ANALYZE")  # what PRAGMA optimize may do: the plan must not move to the primary key
+    index = f"member_stats_board_{board}"
+    for query in repository.rank_queries(G, 1, board, 2.0, 1234):
+        plan = query_plan(db, query)
+        assert f"COVERING INDEX {index}" in plan, plan
+        assert "sqlite_autoindex" not in plan and "SCAN" not in plan, plan
+    top = (
+        MemberStats.select(MemberStats.user_id)
+        .where((MemberStats.guild_id == G) & (MemberStats.season == 1) & (repository._board_column(board) > 0))
+        .order_by(repository._board_column(board).desc(), MemberStats.user_id.asc())
+        .limit(10)
+    )
+    plan = query_plan(db, top)
+    assert index in plan and "TEMP B-TREE" not in plan, plan  # the index is in board order: no sort
+
+
+def test_open_database_runs_optimize_and_sizes_the_cache(db: SqliteDatabase) -> None:
+    assert db.execute_sql("PRAGMA cache_size").fetchone()[0] <= -64_000  # at least 64 MB
+    assert db.execute_sql("PRAGMA mmap_size").fetchone()[0] >= 256 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- migration v4
+
+
+def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(tmp_path: Path) -> None:
+    database = SqliteDatabase(str(tmp_path / "v3.db"))
+    assert migrate(database, target=3) == 3
+    rows = [(G, 1, u, u % 4, float(u % 3) * 10.5) for u in range(1, 201)] + [(G, 2, 7, 3, 0.0), (222, 1, 7, 0, 1.5)]
+    database.execute_sql(
+        "INSERT INTO member_stats VALUES " + ", ".join("(?, ?, ?, ?, ?)" for _ in rows),
+        [v for r in rows for v in r],
+    )
+    database.execute_sql(
+        'INSERT INTO "daily_activity" VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)',
+        (G, "2024-03-10", 5, 2, 1.5, G, "2024-03-11", 5, 1, 0.0),
+    )
+    assert migrate(database) == LATEST_VERSION == 4
+    assert sorted(database.execute_sql('SELECT * FROM "member_stats"').fetchall()) == sorted(rows)
+    assert database.execute_sql('SELECT * FROM "daily_activity" ORDER BY "day"').fetchall() == [
+        (G, "2024-03-10", 5, 2, 1.5),
+        (G, "2024-03-11", 5, 1, 0.0),
+    ]
+    sizes = database.execute_sql('SELECT * FROM "board_size" ORDER BY "guild_id", "season"').fetchall()
+    expected_1 = (sum(1 for r in rows[:200] if r[3] > 0), sum(1 for r in rows[:200] if r[4] > 0))
+    assert sizes == [(G, 1, *expected_1), (G, 2, 1, 0), (222, 1, 0, 1)]
+    names = {r[0] for r in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+    assert {"member_stats_board_messages", "member_stats_board_voice"} <= names
+    assert not {"member_stats_rank_messages", "member_stats_rank_voice"} & names  # superseded
+    # And the migrated file ranks exactly.
+    database_proxy.initialize(database)
+    repository._medians.clear()
+    for board in BOARDS:
+        for position, user in enumerate(brute_force_order(1, board), start=1):
+            assert repository.rank_of(G, 1, board, user) == position
+    database.close()
+
+
+# --------------------------------------------------------------------------- the flush's upsert
+
+
+def totals() -> dict[int, tuple[int, float]]:
+    return {r.user_id: (r.messages, r.voice_seconds) for r in MemberStats.select().where(MemberStats.guild_id == G)}
+
+
+def test_the_upsert_adds_to_stored_counters_in_every_shape(db: SqliteDatabase) -> None:
+    MemberStats.insert(guild_id=G, season=1, user_id=1, messages=10, voice_seconds=100.0).execute()
+    MemberStats.insert(guild_id=G, season=1, user_id=2, messages=10, voice_seconds=100.0).execute()
+    MemberStats.insert(guild_id=G, season=1, user_id=3, messages=10, voice_seconds=100.0).execute()
+    day = "2024-03-10"
+    repository.apply_batch(
+        batch(
+            messages={(day, 1): 2, (day, 3): 1, (day, 4): 5},  # 1: messages only; 3: both; 4: new
+            voice={(day, 2): 7.5, (day, 3): 0.5, (day, 5): 60.0},  # 2: voice only; 5: new, voice only
+        )
+    )
+    assert totals() == {1: (12, 100.0), 2: (10, 107.5), 3: (11, 100.5), 4: (5, 0.0), 5: (0, 60.0)}
+    repository.apply_batch(batch(messages={(day, 1): 1, ("2024-03-11", 1): 1}, voice={(day, 5): 0.25}))
+    assert totals()[1] == (14, 100.0) and totals()[5] == (0, 60.25)
+    daily = {(r.day, r.user_id): (r.messages, r.voice_seconds) for r in DailyActivity.select()}
+    assert daily[(day, 1)] == (3, 0.0) and daily[("2024-03-11", 1)] == (1, 0.0) and daily[(day, 3)] == (1, 0.5)
+
+
+def test_the_upsert_uses_the_databases_placeholder(db: SqliteDatabase) -> None:
+    sql = repository._upsert_sql("member_stats", ("guild_id", "season", "user_id"), ("messages",), "%s")
+    assert sql.count("%s") == 5 and "?" not in sql
+    assert 'ON CONFLICT ("guild_id", "season", "user_id") DO UPDATE SET' in sql
+    assert '"messages" = "member_stats"."messages" + excluded."messages"' in sql
+    assert 'voice_seconds" = ' not in sql  # a message-only row leaves the voice column (and its index) alone
+
+
+def test_a_failure_late_in_the_batch_rolls_the_upserts_back_whole(db: SqliteDatabase) -> None:
+    day = "2024-03-10"
+    repository.apply_batch(batch(messages={(day, u): 1 for u in range(1, 101)}, sequence=1))
+    before = (totals(), repository.ranked_count(G, 1, "messages"), repository.get_setting(G, "write_sequence"))
+    db.execute_sql(  # the season roll, last in the transaction, fails after every upsert ran
+        "CREATE TRIGGER fail_roll BEFORE INSERT ON season BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    bad = batch(
+        messages={(day, u): 5 for u in range(1, 201)},
+        voice={(day, u): 9.0 for u in range(50, 150)},
+        sequence=2,
+        roll=SeasonRoll(number=1, ended_at=2_000.0, period=10.0),
+    )
+    with pytest.raises(IntegrityError, match="disk on fire"):  # peewee's error types, as from its own queries
+        repository.apply_batch(bad)
+    assert (totals(), repository.ranked_count(G, 1, "messages"), repository.get_setting(G, "write_sequence")) == before
+    assert DailyActivity.select().count() == 100
+    db.execute_sql("DROP TRIGGER fail_roll")
+    repository.apply_batch(bad)  # the same batch once the cause is gone: applied exactly once
+    assert totals()[1] == (6, 0.0) and totals()[150] == (5, 0.0) and totals()[60] == (6, 9.0)
+    assert repository.get_setting(G, "write_sequence") == 2
+
+
+def test_the_upsert_fails_cleanly_on_a_constraint(db: SqliteDatabase) -> None:
+    with pytest.raises(IntegrityError):
+        repository.apply_batch(batch(messages={("2024-03-10", None): 1}))
+    assert totals() == {}
+    assert sqlite3.sqlite_version_info >= (3, 24)  # ON CONFLICT ... DO UPDATE needs it
