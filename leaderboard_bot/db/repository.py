@@ -235,6 +235,17 @@ def member_totals(guild_id: int, season: int, user_id: int) -> tuple[int, float]
     return (0, 0.0) if row is None else (int(row.messages), float(row.voice_seconds))
 
 
+def member_standing(guild_id: int, season: int, user_id: int) -> tuple[int, int, float, int | None, int | None]:
+    """(write number, messages, voice seconds, message rank, voice rank) from one read transaction:
+    the write number says which batches the figures include (see services.ranking)."""
+    with database_proxy.atomic():
+        sequence = int(get_setting(guild_id, WRITE_SEQUENCE_KEY, 0))
+        messages, voice = member_totals(guild_id, season, user_id)
+        message_rank = rank_of(guild_id, season, "messages", user_id) if messages > 0 else None
+        voice_rank = rank_of(guild_id, season, "voice", user_id) if voice > 0 else None
+        return sequence, messages, voice, message_rank, voice_rank
+
+
 def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | None:
     """1-based position the member holds in ``top`` order, or None with nothing on that board.
 

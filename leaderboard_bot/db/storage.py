@@ -184,16 +184,38 @@ def optimize(db: SqliteDatabase) -> None:
 
 
 class Storage:
-    """Owns the database and the single thread every query runs on."""
+    """Owns the database, the one thread every write runs on, and a reader thread.
+
+    The reader has its own connection (peewee keeps one per thread): in WAL mode it reads the last
+    commit while a write waits on a lock, so a write stuck behind a backup never holds up a
+    command, and a long read never delays a write. An in-memory database is one connection, so
+    there reads share the database thread.
+    """
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._thread = DaemonWorker("leaderboard-db", wrap=_guarded)
+        self._reader: DaemonWorker | None = None
         self._db: SqliteDatabase | None = None
         self._closed = False
 
     async def open(self) -> None:
         self._db = await self.run(open_database, self.database_url)
+        if sqlite_path(self.database_url) != ":memory:":
+            self._reader = DaemonWorker("leaderboard-db-read", wrap=_guarded)
+
+    async def read(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the read-only ``func`` on the reader thread (it must not write: SQLite has one
+        writer, the database thread); failures arrive as :class:`StorageError`."""
+        if self._closed:
+            raise StorageError("the database is closed")
+        if self._reader is None:
+            return await self._thread.run(partial(func, *args, **kwargs))
+        return await self._reader.run(partial(func, *args, **kwargs))
+
+    def _close_reader_connection(self) -> None:
+        if self._db is not None and not self._db.is_closed():
+            self._db.close()  # this thread's connection only
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``func`` on the database thread; failures arrive as :class:`StorageError`."""
@@ -221,10 +243,16 @@ class Storage:
         if self._closed:
             return True
         if self._db is not None:
+            if self._reader is not None:
+                try:
+                    await asyncio.wait_for(self._reader.run(self._close_reader_connection), wait / 2)
+                except (TimeoutError, StorageError):
+                    closed = False
             try:
                 await asyncio.wait_for(self.run(self._close_db), wait)
             except (TimeoutError, StorageError):
                 closed = False
             self._db = None
         self._closed = True
-        return self._thread.stop(0.5 if closed else 0.0) and closed
+        reader_stopped = self._reader is None or self._reader.stop(0.5 if closed else 0.0)
+        return self._thread.stop(0.5 if closed else 0.0) and reader_stopped and closed

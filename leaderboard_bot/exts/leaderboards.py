@@ -78,7 +78,8 @@ class Leaderboards(commands.Cog):
     async def _top_reply(self, inter: ApplicationCommandInteraction, board: Board) -> Reply:
         bot = self.bot
         season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the lines
-        lines = await bot.services.boards.lines(board, season=season.number)
+        lines, stale = await bot.services.boards.lines_for_reply(board, season=season.number)
+        caller_line, caller_stale = await self._caller_line(inter.author, board, lines, season.number)
         return Reply(
             leaderboard_embed(
                 board=board,
@@ -88,23 +89,25 @@ class Leaderboards(commands.Cog):
                 season_number=season.number,
                 season_ends_at=season.ends_at,
                 changed_at=bot.services.boards.changed_at(board),
-                caller_line=await self._caller_line(inter.author, board, lines, season.number),
+                caller_line=caller_line,
+                stale=stale or caller_stale,
             )
         )
 
     async def _caller_line(
         self, caller: disnake.User | disnake.Member, board: Board, lines: list[BoardLine], season: int
-    ) -> BoardLine | None:
-        """The caller's own place when the shown top does not include them (None without activity)."""
+    ) -> tuple[BoardLine | None, bool]:
+        """The caller's own place when the shown top does not include them (None without
+        activity), and whether it is stale."""
         if any(line.user_id == caller.id for line in lines):
-            return None
+            return None, False
         # One read gives rank and value together, for the same season as the lines shown.
-        standing = await self.bot.services.rankings.standing(caller.id, season)
+        standing = await self.bot.services.rankings.standing_for_reply(caller.id, season)
         rank = standing.message_rank if board == "messages" else standing.voice_rank
         if rank is None:
-            return None
+            return None, standing.stale
         value = standing.messages if board == "messages" else standing.voice_seconds
-        return BoardLine(rank=rank, name=shown_name(caller), user_id=caller.id, value=value)
+        return BoardLine(rank=rank, name=shown_name(caller), user_id=caller.id, value=value), standing.stale
 
     async def _stats_reply(self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member) -> Reply:
         if target.bot:
@@ -117,7 +120,7 @@ class Leaderboards(commands.Cog):
             # Not a member (any more): the name we kept from their time here beats the account name.
             name = (await bot.services.names.resolve([target.id]))[target.id]
         season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the numbers
-        standing = await bot.services.rankings.standing(target.id, season.number)
+        standing = await bot.services.rankings.standing_for_reply(target.id, season.number)
         if standing.messages <= 0 and standing.voice_seconds <= 0 and standing.live_voice_channel_id is None:
             return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active this season yet."))
         return Reply(
@@ -132,6 +135,7 @@ class Leaderboards(commands.Cog):
                 live_session_seconds=standing.live_session_seconds,
                 season_number=season.number,
                 season_ends_at=season.ends_at,
+                stale=standing.stale,
             )
         )
 

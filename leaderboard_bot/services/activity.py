@@ -170,6 +170,21 @@ class ActivityService:
         extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
         return self.voice.unflushed_seconds(user_id, self.clock()) + extra
 
+    def unwritten_beyond(self, stored_sequence: int, season: int, user_id: int) -> tuple[int, float] | None:
+        """The member's messages and voice seconds of ``season`` missing from a database snapshot
+        that holds every write numbered up to ``stored_sequence``: the write under way if the
+        snapshot predates its commit, plus the buffers. None when a write committed after the
+        snapshot and is no longer in memory (read again). Needs no lock: it runs between awaits."""
+        if self.committed_sequence > stored_sequence:
+            return None
+        messages = self.pending_messages(user_id)
+        voice = self.voice.unflushed_seconds(user_id, self.clock())
+        in_flight = self._in_flight
+        if in_flight is not None and (in_flight.sequence or 0) > stored_sequence and in_flight.season == season:
+            messages += sum(n for (_, user), n in in_flight.messages.items() if user == user_id)
+            voice += sum(s for (_, user), s in in_flight.voice.items() if user == user_id)
+        return messages, voice
+
     def live_session_seconds(self, user_id: int) -> float | None:
         return self.voice.session_seconds(user_id, self.clock())
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..db import Storage, repository
-from ..domain import BOARDS, Board, BoardLine
+from ..domain import BOARDS, Board, BoardLine, RankedEntry
 from .names import NameService
 from .ranking import Rankings
 from .seasons import SeasonService
@@ -80,6 +80,15 @@ class BoardService:
         """The top of a board with display names, for the current season or an archived one."""
         season = self.seasons.current_number() if season is None else season
         entries = await self.rankings.top(board, self.settings.current.leaderboard_size, season)
+        return await self._named(entries)
+
+    async def lines_for_reply(self, board: Board, *, season: int) -> tuple[list[BoardLine], bool]:
+        """:meth:`lines` for a command: (lines, stale), from the last figures read when the
+        database does not answer in time (see Rankings.top_for_reply)."""
+        reply = await self.rankings.top_for_reply(board, self.settings.current.leaderboard_size, season)
+        return await self._named(reply.entries), reply.stale
+
+    async def _named(self, entries: list[RankedEntry]) -> list[BoardLine]:
         names = await self.names.resolve(e.user_id for e in entries)
         return [
             BoardLine(rank=i, name=names[e.user_id], user_id=e.user_id, value=e.value)

@@ -97,7 +97,11 @@ class NameService:
                 found[user_id] = known
         missing = [u for u in ids if u not in found]
         if missing:
-            found.update(await self.storage.run(repository.names, self.guild_id, missing))
+            stored = await self.storage.read(repository.names, self.guild_id, missing)
+            for user_id, name in stored.items():
+                # Kept (not marked unwritten): a board shown again while the database is away needs no read.
+                self._known.setdefault(user_id, (name, None))
+            found.update(stored)
         fetches = 0
         for user_id in ids:
             if user_id in found or source is None or self._known_missing(user_id):

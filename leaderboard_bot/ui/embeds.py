@@ -57,6 +57,9 @@ EMPTY_FINAL_TEXT = "Nobody made it onto this board this season."
 NO_CHANGE_YET = "—"
 
 
+STALE_NOTE = "⚠ The database is busy right now, so these figures may be a little out of date."
+
+
 def board_title(board: Board) -> str:
     return "Message Leaderboard" if board == "messages" else "Voice Leaderboard"
 
@@ -133,8 +136,10 @@ def leaderboard_embed(
     season_ends_at: float,
     changed_at: float | None,
     caller_line: BoardLine | None = None,
+    stale: bool = False,
 ) -> disnake.Embed:
-    """The live board. ``caller_line`` is the invoking member's rank when outside the shown top."""
+    """The live board. ``caller_line`` is the invoking member's rank when outside the shown top;
+    ``stale`` says the figures could not be brought up to date just now."""
     suffix = ""
     if caller_line is not None:
         suffix = "\n\nYour rank: " + format_line(caller_line, arrow=None, board=board)
@@ -156,6 +161,8 @@ def leaderboard_embed(
         value=NO_CHANGE_YET if changed_at is None else discord_timestamp(changed_at, "R"),
         inline=True,
     )
+    if stale:
+        embed.set_footer(text=STALE_NOTE)
     return embed
 
 
@@ -205,6 +212,7 @@ def stats_embed(
     live_session_seconds: float | None,
     season_number: int,
     season_ends_at: float,
+    stale: bool = False,
 ) -> disnake.Embed:
     """A member's own numbers for the current season."""
     prefix = "Stats for "
@@ -228,6 +236,8 @@ def stats_embed(
         value=f"{discord_timestamp(season_ends_at, 'D')} ({discord_timestamp(season_ends_at, 'R')})",
         inline=True,
     )
+    if stale:
+        embed.set_footer(text=STALE_NOTE)
     return embed
 
 

@@ -350,3 +350,32 @@ async def test_a_full_buffer_spills_to_disk_during_an_outage_and_nothing_is_lost
     await asyncio.sleep(1.5)
     assert [w.messages_of(m) for m in members] == [2] * 30 + [1] * 10  # nothing doubled
     await w.wait_db(lambda: not list(w.tmp.glob("leaderboard.db.unsaved*.json")), "the recovery file removed")
+
+
+async def test_commands_answer_from_the_last_figures_with_a_note_while_the_database_is_locked(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")
+    await fc.wait_for_commands("stats", guild=w.guild)
+    for _ in range(3):
+        await fc.send_message(w.guild, w.general, w.alice, "hi")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 3, "alice's messages")
+    fresh = await fc.slash(w.guild, w.general, w.alice, "top messages")
+    assert "footer" not in fresh.embeds[0] or not fresh.embeds[0]["footer"].get("text")
+    await fc.slash(w.guild, w.general, w.alice, "stats")
+    with write_lock(w.db_path):
+        await fc.send_message(w.guild, w.general, w.alice, "while locked")
+        await asyncio.sleep(3.0)  # a flush has been hanging on the lock for over 2 s now
+        for command in ("top messages", "stats"):
+            asked = time.monotonic()
+            answer = await fc.slash(w.guild, w.general, w.alice, command)
+            assert time.monotonic() - asked < 3.0  # answered, not only acknowledged
+            (embed,) = answer.embeds
+            assert "may be a little out of date" in embed["footer"]["text"], command
+            assert not answer.ephemeral
+        top = (await fc.slash(w.guild, w.general, w.bob, "top messages")).embeds[0]["description"]
+        assert "Ali" in top and "3" in top  # the last figures read, names included
+    await w.wait_db(lambda: w.messages_of(w.alice) == 4, "the message written once the lock goes")
+    await asyncio.sleep(1.0)
+    after = await fc.slash(w.guild, w.general, w.alice, "stats")
+    assert not after.embeds[0].get("footer", {}).get("text")
+    assert "4" in after.embeds[0]["fields"][0]["value"]

@@ -588,3 +588,174 @@ async def test_a_roll_drops_every_cached_top(rankings: Rankings, tracker: Activi
     assert len(rankings.cache) == 2
     assert await rankings.seasons.roll(reason="test") is not None
     assert len(rankings.cache) == 0
+
+
+# --------------------------------------------------------------------------- answers while the database is away
+
+
+async def occupy_database(storage: Storage) -> tuple[threading.Event, asyncio.Future[bool]]:
+    """Reads are stuck (a stalled disk, a file locked against readers too)."""
+    gate, busy = threading.Event(), threading.Event()
+
+    def stuck() -> bool:
+        busy.set()
+        return gate.wait(10)
+
+    job = asyncio.ensure_future(storage.read(stuck))
+    assert await asyncio.to_thread(busy.wait, 5)
+    return gate, job
+
+
+async def test_a_command_answers_from_the_last_top_read_when_the_database_is_stuck(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    send(tracker, 1, 3)
+    assert await rankings.seasons.flush() is True
+    fresh = await rankings.top_for_reply("messages", 10)
+    assert fresh.entries == entries((1, 3.0)) and fresh.stale is False
+    rankings.cache.invalidate()
+    gate, job = await occupy_database(rankings.storage)
+    try:
+        reply = await asyncio.wait_for(rankings.top_for_reply("messages", 10, patience=0.05), 1.0)
+        assert reply.entries == entries((1, 3.0)) and reply.stale is True
+        assert rankings.stale_answers == 1
+    finally:
+        gate.set()
+    assert await job is True
+    again = await rankings.top_for_reply("messages", 10)
+    assert again.stale is False  # the database is back: fresh figures, no note
+
+
+async def test_with_nothing_read_before_a_command_waits_for_the_database(rankings: Rankings) -> None:
+    gate, job = await occupy_database(rankings.storage)
+    reply = asyncio.ensure_future(rankings.top_for_reply("voice", 10, patience=0.05))
+    await asyncio.sleep(0.2)
+    assert not reply.done()  # no figures to fall back on: it waits rather than show nothing
+    gate.set()
+    assert (await reply).stale is False
+    await job
+
+
+async def test_a_failing_read_falls_back_to_the_last_top_read(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send(tracker, 2, 1)
+    assert await rankings.seasons.flush() is True
+    await rankings.top_for_reply("messages", 10)
+    rankings.cache.invalidate()
+
+    def broken(*_: object) -> list[RankedEntry]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(repository, "top", broken)
+    reply = await rankings.top_for_reply("messages", 10)
+    assert reply.entries == entries((2, 1.0)) and reply.stale is True
+
+
+async def test_stats_answer_from_the_last_standing_when_reads_are_stuck(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    send(tracker, 7, 4)
+    assert await rankings.seasons.flush() is True
+    first = await rankings.standing_for_reply(7)
+    assert (first.messages, first.message_rank, first.stale) == (4, 1, False)
+    gate, job = await occupy_database(rankings.storage)
+    try:
+        reply = await asyncio.wait_for(rankings.standing_for_reply(7, patience=0.05), 1.0)
+    finally:
+        gate.set()
+    assert (reply.messages, reply.message_rank, reply.stale) == (4, 1, True)
+    await job
+
+
+async def test_a_command_never_waits_for_a_flush_nor_a_write_stuck_on_the_database_thread(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    send(tracker, 7, 4)
+    assert await rankings.seasons.flush() is True
+    send(tracker, 7, 1)
+    gate, busy = threading.Event(), threading.Event()
+
+    def stuck_write() -> bool:  # a write in its busy wait on a lock a backup holds
+        busy.set()
+        return gate.wait(10)
+
+    async with tracker.quiescent():  # ...holding the flush lock meanwhile
+        job = asyncio.ensure_future(rankings.storage.run(stuck_write))
+        assert await asyncio.to_thread(busy.wait, 5)
+        try:
+            standing = await asyncio.wait_for(rankings.standing_for_reply(7), 1.0)
+            top = await asyncio.wait_for(rankings.top_for_reply("messages", 10), 1.0)
+        finally:
+            gate.set()
+        await job
+    assert (standing.messages, standing.message_rank, standing.stale) == (5, 1, False)
+    assert top.entries == entries((7, 4.0))
+
+
+async def test_figures_read_while_writes_fail_are_marked_stale(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send(tracker, 3, 1)
+    with monkeypatch.context() as patch:
+
+        def locked(batch: ActivityBatch) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        patch.setattr(repository, "apply_batch", locked)
+        assert await rankings.seasons.flush() is False
+        # The database reads fine, but what was counted is not in it yet.
+        assert (await rankings.top_for_reply("messages", 10)).stale is True
+        standing = await rankings.standing_for_reply(3)
+        assert standing.messages == 1 and standing.stale is True
+    assert await rankings.seasons.flush() is True
+    rankings.cache.invalidate()
+    assert (await rankings.top_for_reply("messages", 10)).stale is False
+
+
+async def test_a_standing_read_while_a_write_is_under_way_counts_the_write_once(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send(tracker, 9, 2)
+    assert await rankings.seasons.flush() is True
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+
+    def slow(batch: ActivityBatch) -> None:
+        busy.set()
+        assert gate.wait(10)
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", slow)
+    send(tracker, 9, 3)
+    flushing = asyncio.ensure_future(rankings.seasons.flush())
+    assert await asyncio.to_thread(busy.wait, 5)
+    send(tracker, 9, 1)  # arrives while the write of 3 is under way
+    during = await rankings.standing(9)
+    assert during.messages == 6  # 2 stored + 3 in the write + 1 buffered
+    gate.set()
+    assert await flushing is True
+    assert (await rankings.standing(9)).messages == 6
+
+
+async def test_a_write_committing_between_the_read_and_the_check_means_reading_again(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send(tracker, 4, 2)
+    assert await rankings.seasons.flush() is True
+    send(tracker, 4, 3)
+    real = repository.member_standing
+    calls: list[tuple[int, int]] = []
+    loop = asyncio.get_running_loop()
+
+    def racing(guild: int, season: int, user: int) -> tuple[int, int, float, int | None, int | None]:
+        seen = real(guild, season, user)
+        calls.append((seen[0], seen[1]))
+        if len(calls) == 1:  # the flush of the 3 buffered commits after this snapshot, before the check
+            asyncio.run_coroutine_threadsafe(rankings.seasons.flush(), loop).result(5)
+        return seen
+
+    monkeypatch.setattr(repository, "member_standing", racing)
+    standing = await rankings.standing(4)
+    assert standing.messages == 5  # not 2 (the write missed) nor 8 (counted twice)
+    assert [messages for _, messages in calls] == [2, 5]  # the stale snapshot was read again

@@ -404,3 +404,13 @@ def test_health_shows_spilled_rows_the_oldest_unsaved_activity_and_what_was_held
     assert "100,000 rows moved to disk" in waiting and "(also saved to disk)" in waiting
     assert f"<t:{int(now - 600)}:R>" in waiting  # the oldest unsaved activity, when it is over a minute old
     assert fields["Anti-spam and clock"] == "4 messages held back · 2 timestamps corrected"
+
+
+def test_stale_figures_carry_a_note_and_fresh_ones_do_not() -> None:
+    from leaderboard_bot.ui.embeds import STALE_NOTE
+
+    assert board(lines=make_lines(3)).footer.text is None
+    assert stats().footer.text is None
+    assert board(lines=make_lines(3), stale=True).footer.text == STALE_NOTE
+    assert stats(stale=True).footer.text == STALE_NOTE
+    assert "may be a little out of date" in STALE_NOTE
