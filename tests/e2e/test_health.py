@@ -84,3 +84,18 @@ async def test_start_up_outside_the_configured_server_gives_the_invite_link(worl
     await w.wait_log("is not in the server GUILD_ID=123456789012345678", timeout=30)
     (line,) = [x for x in bot.output().splitlines() if "invite it with" in x]
     assert "scope=bot+applications.commands" in line and "permissions=2251799813778432" in line
+
+
+async def test_start_up_names_each_permission_missing_in_a_board_channel_once(world: World) -> None:
+    fc, w = world.fc, world
+    fc.set_channel_forbidden(w.vc_lb)  # an overwrite denying Send Messages, Embed Links, Pin Messages, ...
+    bot = await w.start_bot()
+    await w.wait_log("the bot is missing")
+    lines = [line for line in bot.output().splitlines() if "the bot is missing" in line]
+    assert len(lines) == 1
+    (line,) = lines
+    assert "#vc-lb" in line and "VC_LB_CHANNEL_ID" in line
+    assert "Send Messages" in line and "Embed Links" in line
+    assert bot.returncode is None  # it keeps running: the other board and the commands still work
+    await fc.send_message(w.guild, w.general, w.alice, "hi")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 1, "a message counted despite the bad channel")
