@@ -3,15 +3,18 @@
 The tracker knows where every member is and decides, per member, whether time counts now:
 in a tracked channel (the caller passes ``channel_id=None`` for AFK and untracked places),
 not a bot, not deafened unless deafened time counts, and not alone unless alone time counts.
-Every change re-evaluates the channels it touches, because one member leaving can make
-another one alone. Counted time accrues into per-member, per-day totals that a flush collects:
-the pending work is bounded by members and days, never by how many flushes failed.
+A change re-evaluates the member and, when it makes a channel gain or lose company (one member
+leaving can make another one alone), that channel's members. Members are indexed by channel with
+the count of humans in each, so a voice event costs at most the members of the channels it
+touches, and a reconcile is one pass over the members in voice. Counted time accrues into
+per-member, per-day totals that a flush collects: the pending work is bounded by members and
+days, never by how many flushes failed.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -81,6 +84,13 @@ class VoiceTracker:
         # Read at every decision, so a runtime change applies from the next re-evaluation.
         self.rules = rules
         self._presence: dict[int, VoicePresence] = {}
+        # The index: members per channel and how many of them are humans (company: a deafened
+        # human is company, a bot is not). Empty channels are removed.
+        self._members: dict[int, set[int]] = {}
+        self._humans: dict[int, int] = {}
+        # The rules each channel was last fully decided with: rules are read live, so an event in
+        # a channel decided under other rules re-decides all of it (a change without rules_changed).
+        self._decided_with: dict[int, VoiceRules] = {}
         self._open: dict[int, _OpenSession] = {}
         self._pending = VoiceDrain()
         self._suspended = False
@@ -116,14 +126,23 @@ class VoiceTracker:
     # ------------------------------------------------------------------ changes
 
     def update(self, user_id: int, presence: VoicePresence | None, now: float) -> None:
-        """A member joined, left, moved or changed mute/deafen state (None: not in a tracked channel)."""
+        """A member joined, left, moved or changed mute/deafen state (None: not in a tracked channel).
+        Costs O(1) unless the change gives or takes a channel's company (then O(its members))."""
         old = self._presence.get(user_id)
-        if presence is None:
-            self._presence.pop(user_id, None)
-        else:
-            self._presence[user_id] = presence
-        channels = {p.channel_id for p in (old, presence) if p is not None}
-        self._reevaluate(channels, now, also={user_id})
+        flipped = self._place(user_id, old, presence)
+        rules = self.rules()
+        users = {user_id}
+        for channel in {p.channel_id for p in (old, presence) if p is not None}:
+            members = self._members.get(channel)
+            if members is None:
+                self._decided_with.pop(channel, None)
+                continue
+            # Others in the channel can only change if their company did (and it matters), or if
+            # the channel was decided under other rules.
+            if (channel in flipped and not rules.count_alone) or self._decided_with.get(channel) != rules:
+                users |= members
+                self._decided_with[channel] = rules
+        self._reevaluate(users, now, rules)
 
     @property
     def suspended(self) -> bool:
@@ -166,17 +185,30 @@ class VoiceTracker:
             # replayed, so it is not credited.
             self.suspend(now)
         gone_at = now if gone_at is None else min(gone_at, now)
-        for user_id in [u for u in self._presence if u not in actual]:
-            self.update(user_id, None, gone_at)
+        rules = self.rules()
+        # Leaves first, all at gone_at: the gone stop, and so do those they left alone.
+        gone = [u for u in self._presence if u not in actual]
+        if gone:
+            touched: set[int] = set()
+            for user_id in gone:
+                touched.add(self._presence[user_id].channel_id)
+                self._place(user_id, self._presence[user_id], None)
+            users = set(gone)
+            for channel in touched:
+                users |= self._members.get(channel, set())
+            self._reevaluate(users, gone_at, rules)
+        # Then every arrival and change at once, and one decision for everyone from now (deciding
+        # after each change would only add zero-length sessions at now).
         for user_id, presence in actual.items():
-            if self._presence.get(user_id) != presence:
-                self.update(user_id, presence, now)
+            old = self._presence.get(user_id)
+            if old != presence:
+                self._place(user_id, old, presence)
         self._suspended = False
-        self._reevaluate({p.channel_id for p in self._presence.values()}, now)
+        self._decide_all(now, rules)
 
     def rules_changed(self, now: float) -> None:
         """The counting rules changed: decide again for everyone, from ``now``."""
-        self._reevaluate({p.channel_id for p in self._presence.values()}, now)
+        self._decide_all(now, self.rules())
 
     def stop_all(self, now: float) -> None:
         """Close every session at ``now`` (shutdown): the members are no longer watched. While the
@@ -185,6 +217,9 @@ class VoiceTracker:
         for user_id in list(self._open):
             self._close(user_id, at)
         self._presence.clear()
+        self._members.clear()
+        self._humans.clear()
+        self._decided_with.clear()
 
     def checkpoint(self, now: float) -> VoiceDrain:
         """Credit live sessions up to ``now`` and hand over everything not yet written."""
@@ -229,26 +264,55 @@ class VoiceTracker:
 
     # ------------------------------------------------------------------ internals
 
-    def _should_count(self, user_id: int, presence: VoicePresence, rules: VoiceRules) -> bool:
+    def _place(self, user_id: int, old: VoicePresence | None, new: VoicePresence | None) -> set[int]:
+        """Record the member's presence and keep the index; return the channels that gained or
+        lost company (two humans or more)."""
+        if new is None:
+            self._presence.pop(user_id, None)
+        else:
+            self._presence[user_id] = new
+        if old == new:
+            return set()
+        flipped: set[int] = set()
+        if old is not None:
+            channel = old.channel_id
+            members = self._members[channel]
+            members.discard(user_id)
+            if not old.is_bot:
+                self._humans[channel] -= 1
+                if self._humans[channel] == 1:
+                    flipped.add(channel)
+            if not members:
+                del self._members[channel]
+                del self._humans[channel]
+        if new is not None:
+            channel = new.channel_id
+            self._members.setdefault(channel, set()).add(user_id)
+            humans = self._humans.get(channel, 0)
+            if not new.is_bot:
+                humans += 1
+                if humans == 2:
+                    flipped ^= {channel}  # a deafen toggle leaves and re-enters the same channel
+            self._humans[channel] = humans
+        return flipped
+
+    def _should_count(self, presence: VoicePresence, rules: VoiceRules) -> bool:
         if presence.is_bot:
             return False
         if presence.deafened and not rules.count_deafened:
             return False
-        if not rules.count_alone:
-            company = any(
-                other != user_id and p.channel_id == presence.channel_id and not p.is_bot
-                for other, p in self._presence.items()
-            )
-            if not company:
-                return False
-        return True
+        # A human is one of the channel's humans: company is at least one other.
+        return rules.count_alone or self._humans.get(presence.channel_id, 0) >= 2
 
-    def _reevaluate(self, channels: set[int], now: float, also: set[int] | None = None) -> None:
-        users = {u for u, p in self._presence.items() if p.channel_id in channels} | (also or set())
-        rules = self.rules()
+    def _decide_all(self, now: float, rules: VoiceRules) -> None:
+        self._decided_with = dict.fromkeys(self._members, rules)
+        self._reevaluate(self._presence, now, rules)
+
+    def _reevaluate(self, users: Iterable[int], now: float, rules: VoiceRules) -> None:
+        # In member order, so sessions open and close in a stable order.
         for user_id in sorted(users):
             presence = self._presence.get(user_id)
-            should = presence is not None and not self._suspended and self._should_count(user_id, presence, rules)
+            should = presence is not None and not self._suspended and self._should_count(presence, rules)
             session = self._open.get(user_id)
             if session is not None and (not should or presence is None or session.channel_id != presence.channel_id):
                 self._close(user_id, now)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from leaderboard_bot.domain import SessionClose, SessionOpen
 from leaderboard_bot.services.voice import (
     VoiceDrain,
+    VoicePresence,
     VoiceRules,
     VoiceTracker,
     split_by_day,
@@ -663,3 +668,296 @@ def test_session_history_waiting_for_the_database_is_bounded(monkeypatch: pytest
     drain = t.checkpoint(600.0)
     assert len(drain.opened) <= 10 and len(drain.closed) <= 10
     assert seconds_by_user(drain) == {1: 250.0}  # the time is all there
+
+
+# --------------------------------------------------------------------------- scale: the channel index
+
+
+class BruteForceTracker(VoiceTracker):
+    """The tracker before the channel index, kept as the reference: every event re-decides every
+    member of the channels it touches, found by scanning all presences, and company is found by
+    scanning them again per member; reconcile replays one update per changed member."""
+
+    def update(self, user_id: int, presence: VoicePresence | None, now: float) -> None:
+        old = self._presence.get(user_id)
+        if presence is None:
+            self._presence.pop(user_id, None)
+        else:
+            self._presence[user_id] = presence
+        channels = {p.channel_id for p in (old, presence) if p is not None}
+        self._scan(channels, now, also={user_id})
+
+    def reconcile(self, actual: dict[int, VoicePresence], now: float, gone_at: float | None = None) -> None:
+        if self._held_since is not None:
+            self.suspend(now)
+        gone_at = now if gone_at is None else min(gone_at, now)
+        for user_id in [u for u in self._presence if u not in actual]:
+            self.update(user_id, None, gone_at)
+        for user_id, presence in actual.items():
+            if self._presence.get(user_id) != presence:
+                self.update(user_id, presence, now)
+        self._suspended = False
+        self._scan({p.channel_id for p in self._presence.values()}, now)
+
+    def rules_changed(self, now: float) -> None:
+        self._scan({p.channel_id for p in self._presence.values()}, now)
+
+    def scan_counts(self, user_id: int, presence: VoicePresence, rules: VoiceRules) -> bool:
+        if presence.is_bot or (presence.deafened and not rules.count_deafened):
+            return False
+        return rules.count_alone or any(
+            other != user_id and p.channel_id == presence.channel_id and not p.is_bot
+            for other, p in self._presence.items()
+        )
+
+    def _scan(self, channels: set[int], now: float, also: set[int] | None = None) -> None:
+        users = {u for u, p in self._presence.items() if p.channel_id in channels} | (also or set())
+        rules = self.rules()
+        for user_id in sorted(users):
+            presence = self._presence.get(user_id)
+            should = presence is not None and not self._suspended and self.scan_counts(user_id, presence, rules)
+            session = self._open.get(user_id)
+            if session is not None and (not should or presence is None or session.channel_id != presence.channel_id):
+                self._close(user_id, now)
+                session = None
+            if should and session is None and presence is not None:
+                self._start(user_id, presence.channel_id, now)
+
+
+class CountingPresence(dict[int, VoicePresence]):
+    """The tracker's presence map, counting how many entries each operation touches."""
+
+    touched = 0
+
+    def get(self, key: int, default: Any = None) -> Any:
+        self.touched += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: int) -> VoicePresence:
+        self.touched += 1
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Iterator[int]:
+        self.touched += len(self)
+        return super().__iter__()
+
+    def items(self) -> Any:
+        self.touched += len(self)
+        return super().items()
+
+    def values(self) -> Any:
+        self.touched += len(self)
+        return super().values()
+
+
+def counting(t: VoiceTracker) -> CountingPresence:
+    presence = CountingPresence(t._presence)
+    t._presence = presence
+    return presence
+
+
+def assert_index_matches_a_full_scan(t: VoiceTracker) -> None:
+    members: dict[int, set[int]] = {}
+    humans: dict[int, int] = {}
+    for user_id, presence in dict.items(t._presence):
+        members.setdefault(presence.channel_id, set()).add(user_id)
+        humans[presence.channel_id] = humans.get(presence.channel_id, 0) + (not presence.is_bot)
+    assert t._members == members
+    assert t._humans == humans
+    assert set(t._decided_with) <= set(members)
+
+
+def brute_force_counting(t: VoiceTracker, rules: VoiceRules) -> set[int]:
+    """Who counts by the rule itself, from a scan of every presence."""
+    if t.suspended:
+        return set()
+    out = set()
+    for user_id, p in dict.items(t._presence):
+        if p.is_bot or (p.deafened and not rules.count_deafened):
+            continue
+        company = any(
+            o != user_id and q.channel_id == p.channel_id and not q.is_bot for o, q in dict.items(t._presence)
+        )
+        if rules.count_alone or company:
+            out.add(user_id)
+    return out
+
+
+def crowd(t: VoiceTracker, members: int, channels: int, now: float) -> None:
+    """``members`` humans spread over ``channels`` channels (ids 1000..), every tenth a bot."""
+    t.reconcile({u: here(1000 + u % channels, is_bot=u % 10 == 0) for u in range(members)}, now)
+
+
+@pytest.mark.parametrize("count_alone", [True, False])
+def test_an_event_in_a_small_channel_does_not_touch_the_members_of_others(count_alone: bool) -> None:
+    t = tracker(count_alone=count_alone)
+    crowd(t, 10_000, 100, 0.0)
+    presence = counting(t)
+    t.update(1, here(A), 10.0)  # a member of a big channel moves to an empty one
+    t.update(2, here(A), 11.0)  # company arrives
+    t.update(2, here(A, deafened=True), 12.0)
+    t.update(1, None, 13.0)
+    t.update(2, None, 14.0)
+    # Each event reads its own member, plus the one other member when company comes or goes;
+    # the scanning tracker read all 10,000 presences per event (and again per member).
+    assert presence.touched <= 20
+    assert_index_matches_a_full_scan(t)
+
+
+def test_an_event_that_changes_company_touches_only_that_channel() -> None:
+    t = tracker(count_alone=False)
+    crowd(t, 10_000, 100, 0.0)
+    t.update(20_000, here(A), 5.0)
+    presence = counting(t)
+    t.update(20_001, here(A), 10.0)  # both now count
+    assert t.counting_users() >= {20_000, 20_001}
+    t.update(20_001, None, 20.0)  # 20_000 is alone again
+    assert not t.is_counting(20_000)
+    assert presence.touched <= 10
+
+
+def test_reconcile_is_one_pass_over_the_members_in_voice() -> None:
+    for count_alone in (True, False):
+        t = tracker(count_alone=count_alone)
+        presence = counting(t)
+        crowd(t, 10_000, 20, 0.0)  # start-up: everyone unknown
+        assert presence.touched <= 3 * 10_000  # the scanning tracker: about 10,000² / 2
+        presence.touched = 0
+        # After an outage: a quarter left, a quarter moved, the rest unchanged.
+        actual = {u: here(1000 + (u + (u % 4 == 1)) % 20, is_bot=u % 10 == 0) for u in range(10_000) if u % 4}
+        t.reconcile(actual, 100.0, gone_at=50.0)
+        assert presence.touched <= 5 * 10_000
+        assert t.present_users() == set(actual)
+        assert_index_matches_a_full_scan(t)
+
+
+def test_index_drops_channels_once_empty() -> None:
+    t = tracker(count_alone=False)
+    t.update(1, here(A), 0.0)
+    t.update(2, here(A, is_bot=True), 0.0)
+    t.update(1, here(B), 5.0)
+    t.update(2, None, 6.0)
+    assert t._members == {B: {1}} and t._humans == {B: 1}
+    t.stop_all(10.0)
+    assert t._members == {} and t._humans == {} and t._decided_with == {}
+
+
+def merged_intervals(drains: list[VoiceDrain]) -> dict[int, list[tuple[int, float, float]]]:
+    """Every member's counted stays (channel, start, end) from session records: zero-length ones
+    dropped, a session closed and reopened in the same channel at the same moment joined up."""
+    opened: dict[str, SessionOpen] = {}
+    closed: dict[str, float] = {}
+    for drain in drains:
+        opened.update(drain.opened)
+        closed.update({key: c.ended_at for key, c in drain.closed.items()})
+    stays: dict[int, list[tuple[int, float, float]]] = {}
+    for key, o in opened.items():
+        if closed[key] > o.started_at:
+            stays.setdefault(o.user_id, []).append((o.channel_id, o.started_at, closed[key]))
+    out: dict[int, list[tuple[int, float, float]]] = {}
+    for user, parts in stays.items():
+        merged: list[tuple[int, float, float]] = []
+        for channel, start, end in sorted(parts, key=lambda p: p[1]):
+            if merged and merged[-1][0] == channel and merged[-1][2] == start:
+                merged[-1] = (channel, merged[-1][1], end)
+            else:
+                merged.append((channel, start, end))
+        out[user] = merged
+    return out
+
+
+def run_random_sequence(seed: int, *, reconciles: bool) -> tuple[list[VoiceDrain], list[VoiceDrain]]:
+    """Drive the indexed tracker and the brute-force reference with one random sequence of joins,
+    moves, leaves, deafens, bots, rule changes (announced or only read live), reconciles, lost
+    contact and failed flushes; check the index and the counting set after every step."""
+    rng = random.Random(seed)
+    rules = VoiceRules(count_deafened=rng.random() < 0.5, count_alone=rng.random() < 0.5)
+    stale = False  # rules changed since everyone was last decided
+    t, ref = VoiceTracker(lambda: rules), BruteForceTracker(lambda: rules)
+    users, channels = range(1, 13), [A, B, 30, 40]
+    bots = {u for u in users if rng.random() < 0.2}
+    now = MIDNIGHT - 120  # crosses a UTC midnight
+    drains: tuple[list[VoiceDrain], list[VoiceDrain]] = ([], [])
+    for _ in range(300):
+        now += rng.choice([0, 0, 1, 2, 5])
+        op = rng.random()
+        user = rng.choice(users)
+        current = t.presence(user)
+        if op < 0.45:
+            presence = None if rng.random() < 0.2 else here(rng.choice(channels), deafened=rng.random() < 0.3)
+            if presence is not None and user in bots:
+                presence = here(presence.channel_id, deafened=presence.deafened, is_bot=True)
+            for x in (t, ref):
+                x.update(user, presence, now)
+        elif op < 0.55 and current is not None:  # deafen toggle or a mute (same presence)
+            flag = not current.deafened if rng.random() < 0.7 else current.deafened
+            for x in (t, ref):
+                x.update(user, here(current.channel_id, deafened=flag, is_bot=current.is_bot), now)
+        elif op < 0.62:
+            rules = VoiceRules(count_deafened=rng.random() < 0.5, count_alone=rng.random() < 0.5)
+            stale = rng.random() < 0.4  # if so, read live at the next decisions only
+            if not stale:
+                for x in (t, ref):
+                    x.rules_changed(now)
+        elif op < 0.72 and reconciles:
+            actual = {}
+            for u in users:
+                p = t.presence(u)
+                if rng.random() < 0.3:
+                    p = None if rng.random() < 0.4 else here(rng.choice(channels), deafened=rng.random() < 0.3)
+                if p is not None:
+                    is_bot = (u in bots) != (rng.random() < 0.05)  # sometimes learnt differently
+                    actual[u] = here(p.channel_id, deafened=p.deafened, is_bot=is_bot)
+            gone_at = now - rng.choice([0, 1, 3])
+            for x in (t, ref):
+                x.reconcile(dict(actual), now, gone_at)
+            stale = False
+        elif op < 0.76 and reconciles:
+            drop = rng.random() < 0.5
+            for x in (t, ref):
+                x.hold(now) if drop else x.suspend(now)
+        elif op < 0.78 and reconciles:
+            for x in (t, ref):
+                x.release()
+        elif op < 0.9:
+            failed = rng.random() < 0.3
+            for x, out in zip((t, ref), drains, strict=True):
+                drain = x.checkpoint(now)
+                if failed:
+                    x.restore(drain)
+                else:
+                    out.append(drain)
+        assert_index_matches_a_full_scan(t)
+        assert {u: t.presence(u) for u in users} == {u: ref.presence(u) for u in users}
+        assert t.counting_users() == ref.counting_users()
+        assert t.suspended == ref.suspended
+        if not stale:
+            assert t.counting_users() == brute_force_counting(t, rules)
+    for x, out in zip((t, ref), drains, strict=True):
+        x.stop_all(now)
+        out.append(x.checkpoint(now))
+    return drains
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_sequences_credit_exactly_what_the_scanning_tracker_credited(seed: int) -> None:
+    mine, reference = run_random_sequence(seed, reconciles=True)
+    totals = [VoiceDrain() for _ in range(2)]
+    for total, drains in zip(totals, (mine, reference), strict=True):
+        for drain in drains:
+            total.absorb(drain)
+    assert totals[0].seconds == totals[1].seconds  # integer times: the sums are exact
+    # The same stays; the reference could also cut a stay in two, or open and close a session, at
+    # one reconcile's moment when members changed one by one.
+    assert merged_intervals(mine) == merged_intervals(reference)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_events_open_and_close_the_same_sessions_in_the_same_order(seed: int) -> None:
+    mine, reference = run_random_sequence(seed, reconciles=False)
+    for a, b in zip(mine, reference, strict=True):
+        assert list(a.seconds.items()) == list(b.seconds.items())
+        assert [(o.user_id, o.channel_id, o.started_at) for o in a.opened.values()] == [
+            (o.user_id, o.channel_id, o.started_at) for o in b.opened.values()
+        ]
+        assert [c.ended_at for c in a.closed.values()] == [c.ended_at for c in b.closed.values()]
