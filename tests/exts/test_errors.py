@@ -235,8 +235,9 @@ async def test_the_errors_cog_is_the_bot_wide_handler_so_disnake_prints_nothing(
 
 
 class RateLimitedInter:
-    def __init__(self, user_id: int) -> None:
+    def __init__(self, user_id: int, *, manager: bool = False) -> None:
         self.author = SimpleNamespace(id=user_id)
+        self.permissions = disnake.Permissions(manage_guild=manager)
         self.sent: list[tuple[str, bool]] = []
         self.response = SimpleNamespace(send_message=self._send)
 
@@ -259,6 +260,16 @@ async def test_commands_beyond_the_member_limit_are_asked_to_slow_down_privately
     await cog.on_slash_command_error(alice, caught.value)  # type: ignore[arg-type]
     ((text, ephemeral),) = alice.sent
     assert ephemeral and text.startswith("Slow down a little: try again in") and text.endswith(" s.")
+
+
+def test_managers_are_exempt_from_the_command_limit_only() -> None:
+    from leaderboard_bot.config import SpamLimit
+
+    cog = Errors(runtime_settings(command_limit=SpamLimit(burst=3, per_seconds=10.0)))
+    manager = RateLimitedInter(1, manager=True)
+    assert all(cog.bot_slash_command_check_once(manager) for _ in range(50))  # type: ignore[arg-type]
+    member = RateLimitedInter(2)
+    assert [cog.bot_slash_command_check_once(member) for _ in range(3)] == [True] * 3  # type: ignore[arg-type]
 
 
 def test_command_limit_off_lets_everything_through() -> None:
