@@ -17,7 +17,9 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-__all__ = ["InterceptHandler", "complete_logging", "redact", "setup_logging"]
+from .services.logthrottle import LogThrottle, span
+
+__all__ = ["InterceptHandler", "complete_logging", "is_expected_failure", "redact", "setup_logging"]
 
 REDACTED = "[REDACTED]"
 
@@ -157,6 +159,14 @@ class InterceptHandler(logging.Handler):
             depth += 1
 
         message = record.getMessage()
+        if _is_rate_limit_line(record):
+            # disnake warns on every 429 it sleeps through: in a storm, one line per bucket a window.
+            bucket = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+            verdict = _rate_limit_lines.failed(str(record.msg), str(bucket))
+            if not verdict.log:
+                return
+            if not verdict.first:
+                message += f" (still rate limited: {verdict.repeats} more times in the last {span(verdict.seconds)})"
         exc_info = record.exc_info
         if exc_info and exc_info[1] is not None and _is_network_noise(record, exc_info[1]):
             # A dropped connection is routine: one line saying what happened, not 60 of traceback.
@@ -171,6 +181,26 @@ def _is_network_noise(record: logging.LogRecord, error: BaseException) -> bool:
 
     noise = OSError | aiohttp.ClientError | TimeoutError | ConnectionClosed
     return record.name.startswith("disnake") and isinstance(error, noise)
+
+
+RATE_LIMIT_LINES = ("We are being rate limited", "Global rate limit has been hit")
+_rate_limit_lines = LogThrottle()
+
+
+def _is_rate_limit_line(record: logging.LogRecord) -> bool:
+    return record.name == "disnake.http" and str(record.msg).startswith(RATE_LIMIT_LINES)
+
+
+def is_expected_failure(error: BaseException) -> bool:
+    """A failure the bot expects and handles (a Discord HTTP error, network trouble, the database
+    unavailable): logged as one line. Anything else is a bug, worth its traceback."""
+    import aiohttp
+    from disnake.errors import ConnectionClosed, HTTPException
+
+    from .db.storage import StorageError
+
+    expected = OSError | aiohttp.ClientError | TimeoutError | ConnectionClosed | HTTPException | StorageError
+    return isinstance(error, expected)
 
 
 LOG_FILE_ROTATION = "20 MB"

@@ -388,3 +388,57 @@ async def test_log_file_gets_json_lines_with_the_token_redacted(tmp_path: Path) 
         assert "s3cret-token" not in path.read_text()
     finally:
         setup_logging("INFO", "text", stream=io.StringIO())  # removes the file sink
+
+
+# --------------------------------------------------------------------------- storms
+
+
+RATE_LIMITED = 'We are being rate limited. Retrying in %.2f seconds. Handled under the bucket "%s"'
+
+
+def test_disnakes_rate_limit_warnings_are_one_line_per_bucket_then_a_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    from leaderboard_bot import logs
+    from leaderboard_bot.services.logthrottle import LogThrottle
+    from tests.factories import FakeClock
+
+    clock = FakeClock()
+    monkeypatch.setattr(logs, "_rate_limit_lines", LogThrottle(clock=clock))
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    http = logging.getLogger("disnake.http")
+    for _ in range(50):  # a 429 storm: disnake warns before every sleep
+        http.warning(RATE_LIMITED, 0.25, "channel-20")
+        http.warning(RATE_LIMITED, 0.25, "channel-30")
+        clock.advance(2)
+    http.warning(RATE_LIMITED, 1.0, "channel-20")  # 100 s later: still inside the window
+    clock.advance(300)
+    http.warning(RATE_LIMITED, 1.0, "channel-20")
+    messages = [line["message"] for line in json_lines(stream)]
+    assert messages == [
+        'We are being rate limited. Retrying in 0.25 seconds. Handled under the bucket "channel-20"',
+        'We are being rate limited. Retrying in 0.25 seconds. Handled under the bucket "channel-30"',
+        'We are being rate limited. Retrying in 1.00 seconds. Handled under the bucket "channel-20" '
+        "(still rate limited: 51 more times in the last 7 min)",
+    ]
+    # Other disnake warnings are never held back.
+    http.warning("something else")
+    http.warning("something else")
+    assert [line["message"] for line in json_lines(stream)][-2:] == ["something else"] * 2
+
+
+def test_expected_failures_are_told_apart_from_bugs() -> None:
+    from types import SimpleNamespace
+
+    import aiohttp
+    import disnake
+
+    from leaderboard_bot.db.storage import StorageError
+    from leaderboard_bot.logs import is_expected_failure
+
+    server_error = disnake.DiscordServerError(SimpleNamespace(status=503, reason="x"), "down")  # type: ignore[arg-type]
+    expected_errors = [server_error, StorageError("locked"), ConnectionResetError(), aiohttp.ClientError()]
+    expected_errors.append(TimeoutError())
+    for expected in expected_errors:
+        assert is_expected_failure(expected), expected
+    for bug in (KeyError("x"), AttributeError("x"), ValueError("x")):
+        assert not is_expected_failure(bug), bug

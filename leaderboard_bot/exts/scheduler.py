@@ -22,8 +22,10 @@ from ..config import Tunables
 from ..db import repository
 from ..db.storage import StorageError
 from ..domain import BOARDS, Board
+from ..logs import is_expected_failure
 from ..services.backoff import Backoff
 from ..services.boards import digest
+from ..services.logthrottle import LogThrottle, report_failure, report_recovery
 from ..services.seasons import SeasonInfo
 from ..ui.embeds import board_title, format_value, guild_icon_url, leaderboard_embed, notice_embed
 
@@ -41,6 +43,8 @@ LONG_RATE_LIMIT_SECONDS = 30.0
 # Each stored board is fetched this often to see that it is still there, pinned and showing its
 # embed (one GET per board; events cover the rest: delete, bulk delete, edit, pins update).
 VERIFY_EVERY_SECONDS = 10 * 60.0
+# What one refresh did (the "result" field of its log line); the rest log at DEBUG.
+CHANGED_RESULTS = {"posted", "edited", "pinned"}
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Scheduler(commands.Cog):
         self._unsubscribe: list[Callable[[], None]] = []
         self._season_refreshes: set[asyncio.Future[None]] = set()
         self._moved: list[BoardPost] = []  # posts whose channel setting changed, awaiting their note
+        # Failures that repeat every cycle are logged once per kind, then summarised (not a storm).
+        self.log_throttle = LogThrottle()
 
     async def cog_load(self) -> None:
         self._rate_limits.install()
@@ -133,8 +139,19 @@ class Scheduler(commands.Cog):
     async def _refresh_guarded(self, board: Board, force: bool) -> None:
         try:
             await self.refresh(board, force=force)
-        except Exception:
-            logger.exception("refreshing the {} leaderboard failed; will retry next cycle", board)
+        except Exception as error:
+            # A database outage or a network error is expected and told in one line; a traceback
+            # only for the unexpected, and only the first time.
+            report_failure(
+                self.log_throttle,
+                ("refresh", board),
+                type(error).__name__,
+                f"refreshing the {board} leaderboard failed ({type(error).__name__}: {error}); will retry next cycle",
+                summary=f"refreshing the {board} leaderboard ({type(error).__name__})",
+                level="WARNING" if is_expected_failure(error) else "ERROR",
+                exception=None if is_expected_failure(error) else error,
+                board=board,
+            )
 
     async def _load_state(self) -> None:
         if self._loaded:
@@ -160,51 +177,86 @@ class Scheduler(commands.Cog):
 
     async def refresh(self, board: Board, *, force: bool = False) -> None:
         started = time.perf_counter()
+        result: str | None = "failed"  # unless the refresh says otherwise
         try:
-            await self._refresh_locked(board, force=force)
+            result = await self._refresh_locked(board, force=force)
+        except asyncio.CancelledError:
+            result = None  # a stop, not a refresh
+            raise
         finally:
+            seconds = time.perf_counter() - started
             failures = self._backoff[board].failures
             detail = f"backing off after {failures} failure(s)" if failures else ""
-            self.bot.services.health.refreshed(board, time.perf_counter() - started, not failures, detail)
+            self.bot.services.health.refreshed(board, seconds, not failures, detail)
+            if result is not None:
+                self._log_refresh(board, result, seconds)
+
+    def _log_refresh(self, board: Board, result: str, seconds: float) -> None:
+        """One line per board per refresh. Only a change is worth INFO: an unchanged board every
+        minute would bury everything else, and failures have their own (throttled) warning."""
+        channel_id = self.posts[board].channel_id
+        logger.bind(
+            board=board,
+            guild_id=self.bot.config.guild_id,
+            channel_id=channel_id,
+            result=result,
+            duration_ms=round(seconds * 1000, 1),
+        ).log(
+            "INFO" if result in CHANGED_RESULTS else "DEBUG",
+            "board refresh: the {} leaderboard in <#{}> {} in {:.0f} ms",
+            board,
+            channel_id,
+            result,
+            seconds * 1000,
+        )
 
     def backing_off(self) -> list[str]:
         """Boards whose last refresh failed (for the health status)."""
         return [board for board in BOARDS if self._backoff[board].failures > 0]
 
-    async def _refresh_locked(self, board: Board, *, force: bool) -> None:
+    async def _refresh_locked(self, board: Board, *, force: bool) -> str:
+        """Returns what the refresh did: posted, edited, pinned, unchanged, failed or backing off."""
         async with self._locks[board]:
             await self._load_state()
             backoff = self._backoff[board]
             if not force and backoff.waiting():
-                return
-            task = asyncio.ensure_future(self._refresh(self._post(board)))
+                return "backing off"
+            post = self._post(board)
+            task = asyncio.ensure_future(self._refresh(post))
             self._rate_limits.watch(task)
             try:
                 try:
-                    await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
+                    result = await asyncio.wait_for(asyncio.shield(task), REFRESH_TIMEOUT)
                 except TimeoutError:
                     if global_limit_in_force(self.bot.http):
-                        await task  # every request waits out a global limit; cancelling would wedge disnake
+                        result = await task  # every request waits out a global limit; cancelling would wedge disnake
                     else:
                         task.cancel()
                         self._on_http_error(board, _Throttled(None))
-                        return
+                        return "failed"
             except disnake.HTTPException as error:
                 self._on_http_error(board, error)
-                return
+                return "failed"
             except asyncio.CancelledError:
                 retry_after = self._rate_limits.pop(task)
                 if retry_after is None:  # we are being cancelled ourselves (shutdown)
                     task.cancel()
                     raise
                 self._on_http_error(board, _Throttled(retry_after))
-                return
+                return "failed"
             finally:
                 self._rate_limits.pop(task)
-            if backoff.succeeded():
-                logger.info("the {} leaderboard is being updated again", board)
+            backoff.succeeded()
+            report_recovery(
+                self.log_throttle,
+                ("refresh", board),
+                f"the {board} leaderboard is being updated again",
+                board=board,
+                channel_id=post.channel_id,
+            )
         if self._moved:
             await self._leave_moved_notes()
+        return result
 
     def _post(self, board: Board) -> BoardPost:
         """The board's post, moved to a new channel when its channel setting changed."""
@@ -233,7 +285,8 @@ class Scheduler(commands.Cog):
             except disnake.HTTPException as error:
                 logger.info("could not leave a note on the old {} leaderboard: {}", old.board, error)
 
-    async def _refresh(self, post: BoardPost) -> None:
+    async def _refresh(self, post: BoardPost) -> str:
+        """Bring one board up to date; returns posted, edited, pinned or unchanged."""
         channel = self.bot.get_channel(post.channel_id)
         if not isinstance(channel, disnake.abc.Messageable) or not hasattr(channel, "get_partial_message"):
             raise _ChannelMissing(post.channel_id)
@@ -274,28 +327,32 @@ class Scheduler(commands.Cog):
                     post.embed_hash = None
             self._verified.add(post.board)
             self._verified_at[post.board] = now
+        result = "unchanged"
         if post.message_id is not None and embed_hash != post.embed_hash:
             try:
                 # suppress_embeds=False also undoes a moderator's "remove embed".
                 await channel.get_partial_message(post.message_id).edit(embed=embed, suppress_embeds=False)
+                result = "edited"
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 post.message_id = None
         # (An unchanged embed is not edited at all: nothing counts against Discord's edit limits.)
         if post.message_id is None:
             message = await channel.send(embed=embed)
-            post.message_id, post.pinned = message.id, False
+            post.message_id, post.pinned, result = message.id, False, "posted"
             self._pin_backoff[post.board].succeeded()  # a new message starts a new pin history
+            self.log_throttle.succeeded(("pin", post.board))
             try:
                 await self._save(post)  # stored before pinning, so nothing can lead to a second post
             except StorageError:
                 # Pin it anyway: a restart before the next save adopts our pinned board instead of
                 # posting a second one. The save is retried at the end of every refresh.
                 logger.warning("could not store the new {} leaderboard's id yet; will retry", post.board)
-        if not post.pinned:
-            await self._pin(channel, post)
+        if not post.pinned and await self._pin(channel, post) and result == "unchanged":
+            result = "pinned"
         post.embed_hash = embed_hash
         await self._save(post)
+        return result
 
     async def _adopt_pinned(self, channel: disnake.abc.Messageable, board: Board) -> int | None:
         """Reuse our own pinned board if the database lost its id, instead of posting a duplicate."""
@@ -311,28 +368,36 @@ class Scheduler(commands.Cog):
             return None
         return None
 
-    async def _pin(self, channel: disnake.abc.Messageable, post: BoardPost) -> None:
-        """Pin the board; a failure is retried on later cycles with back-off, warned about once."""
+    async def _pin(self, channel: disnake.abc.Messageable, post: BoardPost) -> bool:
+        """Pin the board (True once done); a failure is retried on later cycles with back-off,
+        logged once per kind of failure."""
         backoff = self._pin_backoff[post.board]
         if backoff.waiting() or post.message_id is None:
-            return
+            return False
         try:
             await channel.get_partial_message(post.message_id).pin(reason="leaderboard")  # type: ignore[attr-defined]
         except disnake.HTTPException as error:
-            delay, first = backoff.failed()
-            if first:
-                logger.warning(
-                    "could not pin the {} leaderboard ({} {}): give the bot Pin Messages in <#{}>; retrying in {:.0f}s",
-                    post.board,
-                    error.status,
-                    error.text,
-                    post.channel_id,
-                    delay,
-                )
-            return
+            delay, _ = backoff.failed()
+            where = f": give the bot Pin Messages in <#{post.channel_id}>" if error.status == 403 else ""
+            report_failure(
+                self.log_throttle,
+                ("pin", post.board),
+                (error.status, error.code),
+                f"could not pin the {post.board} leaderboard ({error.status} {error.text}){where}; "
+                f"retrying in {delay:.0f}s",
+                summary=f"could not pin the {post.board} leaderboard ({error.status} {error.code})",
+                board=post.board,
+                channel_id=post.channel_id,
+                status=error.status,
+                code=error.code,
+            )
+            return False
         post.pinned = True
-        if backoff.succeeded():
-            logger.info("the {} leaderboard is pinned now", post.board)
+        backoff.succeeded()
+        report_recovery(
+            self.log_throttle, ("pin", post.board), f"the {post.board} leaderboard is pinned now", board=post.board
+        )
+        return True
 
     def _on_http_error(self, board: Board, error: disnake.HTTPException) -> None:
         at_least = 0.0
@@ -342,10 +407,17 @@ class Scheduler(commands.Cog):
                 f"that channel belongs to another server ({error.server}), and this server's standings are "
                 f"never posted there: set {_setting_name(board)} to a channel of server {self.bot.config.guild_id}"
             )
-            if self._backoff[board].failures == 0:
-                logger.error("refusing to post the {} leaderboard in <#{}>: {}", board, channel_id, reason)
             self._backoff[board].failed(at_least=MAX_BACKOFF_SECONDS)
-            self._backoff[board].warned = True
+            report_failure(
+                self.log_throttle,
+                ("refresh", board),
+                "foreign channel",
+                f"refusing to post the {board} leaderboard in <#{channel_id}>: {reason}",
+                summary=f"refusing to post the {board} leaderboard in <#{channel_id}> (a channel of another server)",
+                level="ERROR",
+                board=board,
+                channel_id=channel_id,
+            )
             return
         if isinstance(error, _ChannelMissing) or error.code in MISSING_ACCESS_CODES or error.status == 403:
             reason = "the bot cannot see or post in the channel: check its permissions there"
@@ -361,17 +433,20 @@ class Scheduler(commands.Cog):
             )
         else:
             reason = f"Discord answered {error.status} {error.text!r}"
-        delay, first = self._backoff[board].failed(at_least=at_least)
-        if first:
-            logger.warning(
-                "could not update the {} leaderboard in <#{}>: {}; retrying in {:.0f}s",
-                board,
-                channel_id,
-                reason,
-                delay,
-            )
-        else:
-            logger.debug("{} leaderboard still failing ({}); next try in {:.0f}s", board, reason, delay)
+        delay, _ = self._backoff[board].failed(at_least=at_least)
+        # One line per distinct failure (5xx, 429, 403... each by status and Discord code), then
+        # a summary at most every few minutes while it lasts: never a line per attempt.
+        report_failure(
+            self.log_throttle,
+            ("refresh", board),
+            (type(error).__name__, error.status, error.code),
+            f"could not update the {board} leaderboard in <#{channel_id}>: {reason}; retrying in {delay:.0f}s",
+            summary=f"could not update the {board} leaderboard in <#{channel_id}> ({reason})",
+            board=board,
+            channel_id=channel_id,
+            status=error.status,
+            code=error.code,
+        )
 
     # ------------------------------------------------------------------ listeners
 

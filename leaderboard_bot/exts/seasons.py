@@ -16,7 +16,9 @@ from loguru import logger
 from ..config import Tunables
 from ..db import repository
 from ..domain import BOARDS, Board
+from ..logs import is_expected_failure
 from ..services.backoff import Backoff
+from ..services.logthrottle import LogThrottle, report_failure, report_recovery
 from ..services.seasons import SeasonInfo
 from ..ui.embeds import final_standings_embed, guild_icon_url, notice_embed
 
@@ -47,6 +49,8 @@ class Seasons(commands.Cog):
         # Button ids of confirmations this process showed and that have not timed out; a click
         # on any other (e.g. one shown before a restart) gets "expired" instead of a failure.
         self.live_confirmations: set[str] = set()
+        # The checks repeat every few seconds: a failure that persists is logged once per kind.
+        self.log_throttle = LogThrottle()
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
@@ -71,28 +75,54 @@ class Seasons(commands.Cog):
                 await self.end_season(reason="the season's time is up", only_if_due=True)
             else:
                 await self.announce_pending()
-        except Exception:
-            logger.exception("season check failed; will retry")
+        except Exception as error:
+            self._failed(("season check",), error, "the season check failed")
+        else:
+            report_recovery(self.log_throttle, ("season check",), "the season check works again")
+
+    def _failed(self, operation: tuple[object, ...], error: Exception, what: str) -> None:
+        """One line per kind of failure while it repeats; a traceback only for the unexpected."""
+        expected = is_expected_failure(error)
+        report_failure(
+            self.log_throttle,
+            operation,
+            type(error).__name__,
+            f"{what} ({type(error).__name__}: {error}); will retry",
+            summary=f"{what} ({type(error).__name__})",
+            level="WARNING" if expected else "ERROR",
+            exception=None if expected else error,
+        )
 
     @season_loop.before_loop
     async def _before_season_loop(self) -> None:
         await self.bot.wait_until_ready()
 
     async def end_season(
-        self, *, reason: str, only_if_due: bool = False, expected: int | None = None
+        self, *, reason: str, only_if_due: bool = False, expected: int | None = None, by: int | None = None
     ) -> SeasonInfo | None:
+        """End the season (``by``: the member who asked, for a manual reset) and announce it."""
         number = self.bot.services.seasons.current.number
-        finished = await self.bot.services.seasons.roll(reason=reason, only_if_due=only_if_due, expected=expected)
+        finished = await self.bot.services.seasons.roll(
+            reason=reason, only_if_due=only_if_due, expected=expected, by=by
+        )
         if finished is None:
             if self.bot.services.seasons.current.number == number:
-                logger.warning("could not end season {}: writing activity failed; retrying soon", number)
+                report_failure(
+                    self.log_throttle,
+                    ("end season", number),
+                    "write failed",
+                    f"could not end season {number}: writing activity failed; retrying soon",
+                    summary=f"could not end season {number} (writing activity failed)",
+                    season=number,
+                )
             return None
+        report_recovery(self.log_throttle, ("end season", number), f"season {number} has ended", season=number)
         # The season has ended whatever happens next; the loop retries anything owed. (The pinned
         # boards follow through the season service's roll listeners.)
         try:
             await self.announce_pending()
-        except Exception:
-            logger.exception("announcing season {} failed; will retry", finished.number)
+        except Exception as error:
+            self._failed(("announce", finished.number), error, f"announcing season {finished.number} failed")
         return finished
 
     async def announce_pending(self) -> None:
@@ -117,7 +147,14 @@ class Seasons(commands.Cog):
                 try:
                     await bot.services.storage.run(repository.set_setting, guild_id, key, self._posted[key])
                 except Exception:
-                    complete = False
+                    complete = False  # told once by the first attempt's line below; retried every check
+                else:
+                    report_recovery(
+                        self.log_throttle,
+                        ("record", key),
+                        f"the season {season.number} announcement is recorded",
+                        season=season.number,
+                    )
                 continue
             if await bot.services.storage.run(repository.get_setting, guild_id, key):
                 continue  # already posted: each board is announced once, whatever happened to the other
@@ -144,16 +181,29 @@ class Seasons(commands.Cog):
             except (disnake.HTTPException, _NoChannel) as error:
                 complete = False
                 blocked.add(board)
-                delay, first = retry.failed()
-                if first:
-                    logger.warning(
-                        "cannot post season {} final standings in <#{}>: {}; retrying in {:.0f}s",
-                        season.number,
-                        channel_id,
-                        _announce_failure(error),
-                        delay,
-                    )
+                delay, _ = retry.failed()
+                failure = ("no channel",) if isinstance(error, _NoChannel) else (error.status, error.code)
+                report_failure(
+                    self.log_throttle,
+                    ("announce", key),
+                    failure,
+                    f"cannot post season {season.number} final standings in <#{channel_id}>: "
+                    f"{_announce_failure(error)}; retrying in {delay:.0f}s",
+                    summary=f"cannot post season {season.number} final standings in <#{channel_id}> "
+                    f"({_announce_failure(error)})",
+                    season=season.number,
+                    board=board,
+                    channel_id=channel_id,
+                )
                 continue
+            report_recovery(
+                self.log_throttle,
+                ("announce", key),
+                f"season {season.number} final standings posted in <#{channel_id}>",
+                season=season.number,
+                board=board,
+                channel_id=channel_id,
+            )
             # Remembered in memory first: if the database cannot record it now, it is still
             # never posted twice by this process (only a crash right here could repeat it).
             self._posted[key] = message.id
@@ -161,7 +211,14 @@ class Seasons(commands.Cog):
             try:
                 await bot.services.storage.run(repository.set_setting, guild_id, key, message.id)
             except Exception as error:
-                logger.warning("could not record the season {} announcement ({}); will retry", season.number, error)
+                report_failure(
+                    self.log_throttle,
+                    ("record", key),
+                    type(error).__name__,
+                    f"could not record the season {season.number} announcement ({error}); will retry",
+                    summary=f"could not record the season {season.number} announcement ({type(error).__name__})",
+                    season=season.number,
+                )
                 complete = False
         return complete
 
@@ -250,7 +307,7 @@ class ConfirmReset(disnake.ui.View):
         await inter.response.defer()
         try:
             finished = await self.cog.end_season(
-                reason=f"reset by {inter.author} ({inter.author.id})", expected=self.season_number
+                reason=f"reset by {inter.author} ({inter.author.id})", expected=self.season_number, by=inter.author.id
             )
         except Exception:
             logger.bind(user_id=inter.author.id).exception("/leaderboard reset failed")

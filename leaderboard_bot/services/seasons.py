@@ -92,12 +92,20 @@ class SeasonService:
         return (self.clock() if now is None else now) >= self.current.ends_at
 
     async def roll(
-        self, *, reason: str, now: float | None = None, only_if_due: bool = False, expected: int | None = None
+        self,
+        *,
+        reason: str,
+        now: float | None = None,
+        only_if_due: bool = False,
+        expected: int | None = None,
+        by: int | None = None,
     ) -> SeasonInfo | None:
         """End the current season now: write everything up to now into it (voice in progress is
         split here), archive it and open the next, all in one transaction. Returns the finished
         season, or None when nothing changed: the write failed (the caller retries later), or the
-        season was no longer due / no longer ``expected`` because another reset won the race."""
+        season was no longer due / no longer ``expected`` because another reset won the race.
+        ``by`` is the member who asked for a manual reset (None: the season's time was up)."""
+        started = time.perf_counter()
         async with self._lock, self.activity.quiescent():
             now = self.clock() if now is None else now
             finished = self.current
@@ -122,7 +130,22 @@ class SeasonService:
             # Still under the write lock: no flush can write into the finished season after this.
             self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
             finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
-            logger.info("season {} ended ({}); season {} started", finished.number, reason, self.current.number)
+            seconds = time.perf_counter() - started
+            # The one line per reset, with its duration (waiting for writes in flight included).
+            logger.bind(
+                guild_id=self.activity.guild_id,
+                finished_season=finished.number,
+                season=self.current.number,
+                trigger="automatic" if by is None else "manual",
+                user_id=by,
+                duration_ms=round(seconds * 1000, 1),
+            ).info(
+                "season reset: season {} ended ({}); season {} started; took {:.0f} ms",
+                finished.number,
+                reason,
+                self.current.number,
+                seconds * 1000,
+            )
         for listener in self._listeners:
             try:
                 result = listener(finished, self.current)

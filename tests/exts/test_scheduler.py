@@ -22,8 +22,11 @@ from loguru import logger
 
 from leaderboard_bot.config import load_settings
 from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.db.storage import StorageError
 from leaderboard_bot.exts.scheduler import BoardPost, Scheduler
 from leaderboard_bot.services.container import Services, build_services
+from leaderboard_bot.services.logthrottle import LogThrottle
+from tests.factories import FakeClock
 from tests.helpers import mock_message, mock_text_channel
 
 GUILD, CHAT, VC, MOVED, BOT_ID = 1, 20, 30, 40, 999
@@ -256,3 +259,132 @@ async def test_a_new_board_whose_id_cannot_be_stored_yet_is_still_pinned_then_st
     chat.partial.pin.assert_awaited_once()
     stored = await stored_post(services)
     assert stored["message_id"] == chat.posted[0] and stored["pinned"] is True
+
+
+# ---------------------------------------------------------------------- logging: one line, never a storm
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    """Every log record with its fields and traceback (if any)."""
+    seen: list[dict[str, Any]] = []
+    sink = logger.add(
+        lambda m: seen.append(
+            {
+                "level": m.record["level"].name,
+                "message": m.record["message"],
+                "extra": dict(m.record["extra"]),
+                "exception": m.record["exception"],
+            }
+        ),
+        level="DEBUG",
+        format="{message}",
+    )
+    yield seen
+    logger.remove(sink)
+
+
+def refresh_lines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["message"].startswith("board refresh:")]
+
+
+async def test_every_refresh_logs_one_line_with_its_result_duration_and_context(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services, records: list[dict[str, Any]]
+) -> None:
+    await scheduler.refresh("messages")  # posted and pinned
+    await scheduler.refresh("messages")  # nothing changed
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    await scheduler.refresh("messages")  # edited
+    boards[CHAT].partial.edit.side_effect = http_error(disnake.DiscordServerError, 503, 0)
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    await scheduler.refresh("messages")  # failed
+    await scheduler.refresh("messages")  # backing off
+    lines = refresh_lines(records)
+    assert [(r["extra"]["result"], r["level"]) for r in lines] == [
+        ("posted", "INFO"),
+        ("unchanged", "DEBUG"),
+        ("edited", "INFO"),
+        ("failed", "DEBUG"),
+        ("backing off", "DEBUG"),
+    ]
+    for line in lines:
+        assert line["extra"]["board"] == "messages" and line["extra"]["guild_id"] == GUILD
+        assert line["extra"]["channel_id"] == CHAT and line["extra"]["duration_ms"] >= 0
+        assert line["message"].endswith(" ms") and f"<#{CHAT}>" in line["message"]
+
+
+async def test_a_5xx_storm_is_one_warning_then_a_summary_then_one_recovery_line(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services, records: list[dict[str, Any]]
+) -> None:
+    clock = FakeClock()
+    scheduler.log_throttle = LogThrottle(clock=clock)
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    chat.partial.edit.side_effect = http_error(disnake.DiscordServerError, 503, 0)
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    for _ in range(30):  # a refresh every 15 s for 7.5 minutes, each one failing
+        await scheduler.refresh("messages", force=True)
+        clock.advance(15)
+    assert chat.partial.edit.await_count == 30
+    warnings = [r for r in records if r["level"] == "WARNING"]
+    assert len(warnings) == 2
+    assert all(w["message"].startswith("could not update the messages leaderboard in <#20>") for w in warnings)
+    assert "Discord answered 503" in warnings[0]["message"]
+    assert "still failing (20 more times in the last 5 min)" in warnings[1]["message"]
+    assert warnings[0]["extra"]["status"] == 503 and warnings[0]["extra"]["channel_id"] == CHAT
+    assert all(r["exception"] is None for r in records)  # a known HTTP error: never a traceback
+    # Another kind of failure in the same outage is told once too.
+    chat.partial.edit.side_effect = http_error(disnake.HTTPException, 429, 0)
+    for _ in range(5):
+        await scheduler.refresh("messages", force=True)
+    assert sum(r["level"] == "WARNING" for r in records) == 3
+    chat.partial.edit.side_effect = None
+    await scheduler.refresh("messages", force=True)
+    recovered = [r for r in records if "recovered" in r["message"]]
+    assert [r["message"] for r in recovered] == [
+        "the messages leaderboard is being updated again (recovered after 35 failures)"
+    ]
+    assert chat.channel.send.await_count == 1  # edited in place throughout
+    assert not scheduler.backing_off()
+
+
+async def test_a_pin_failing_for_minutes_is_logged_once_then_summarised(
+    scheduler: Scheduler, boards: dict[int, Board], records: list[dict[str, Any]]
+) -> None:
+    clock = FakeClock()
+    scheduler.log_throttle = LogThrottle(clock=clock)
+    chat = boards[CHAT]
+    chat.partial.pin.side_effect = http_error(disnake.DiscordServerError, 502, 0)
+    for _ in range(12):
+        scheduler._pin_backoff["messages"].until = 0.0  # its back-off has passed
+        await scheduler.refresh("messages")
+        clock.advance(30)
+    pins = [r["message"] for r in records if "could not pin" in r["message"]]
+    assert len(pins) == 2 and "still failing (10 more times in the last 5 min)" in pins[1]
+    assert "give the bot Pin Messages" not in pins[0]  # a 502 is not a permission problem
+    chat.partial.pin.side_effect = None
+    scheduler._pin_backoff["messages"].until = 0.0
+    await scheduler.refresh("messages")
+    assert any(r["message"] == "the messages leaderboard is pinned now (recovered after 12 failures)" for r in records)
+    assert refresh_lines(records)[-1]["extra"]["result"] == "pinned"
+
+
+async def test_an_unexpected_error_has_one_traceback_and_a_database_outage_none(
+    scheduler: Scheduler, boards: dict[int, Board], records: list[dict[str, Any]]
+) -> None:
+    chat = boards[CHAT]
+    chat.channel.send.side_effect = RuntimeError("a bug")
+    for _ in range(3):
+        await scheduler.refresh_all()  # the loop's body: never raises
+    errors = [r for r in records if r["level"] == "ERROR"]
+    assert len(errors) == 1 and "RuntimeError: a bug" in errors[0]["message"]
+    assert errors[0]["exception"] is not None and errors[0]["exception"].type is RuntimeError
+    chat.channel.send.side_effect = StorageError("the database is locked", kind="locked")
+    for _ in range(3):
+        await scheduler.refresh_all()
+    storage = [r for r in records if "StorageError" in r["message"]]
+    assert len(storage) == 1 and storage[0]["level"] == "WARNING" and storage[0]["exception"] is None
+    assert [r["extra"]["result"] for r in refresh_lines(records) if r["extra"]["board"] == "messages"] == ["failed"] * 6

@@ -13,9 +13,11 @@ from unittest.mock import AsyncMock, MagicMock
 import disnake
 import pytest
 
+from leaderboard_bot.db.storage import StorageError
 from leaderboard_bot.exts.seasons import Seasons, check_interval
+from leaderboard_bot.services.logthrottle import LogThrottle
 from leaderboard_bot.services.seasons import SeasonInfo
-from tests.factories import runtime_settings
+from tests.factories import FakeClock, runtime_settings
 from tests.helpers import mock_interaction
 
 GUILD, CHAT, VOICE = 1, 20, 30
@@ -173,3 +175,44 @@ async def test_a_click_on_a_confirmation_this_process_never_showed_has_expired(c
     inter.component = SimpleNamespace(custom_id="someone-else:button")
     await seasons.on_button_click(inter)
     inter.response.send_message.assert_not_awaited()
+
+
+async def test_an_announcement_failing_for_minutes_is_logged_once_then_summarised_then_recovered(
+    cog: tuple[Seasons, Any], log_lines: list[dict[str, Any]]
+) -> None:
+    seasons, bot = cog
+    clock = FakeClock()
+    seasons.log_throttle = LogThrottle(clock=clock)
+    down = disnake.DiscordServerError(SimpleNamespace(status=503, reason="x"), "injected")  # type: ignore[arg-type]
+    bot.channels[CHAT].send.side_effect = down
+    for _ in range(25):  # every 15 s for over 6 minutes
+        if "season:1:final:messages" in seasons._retries:
+            seasons._retries["season:1:final:messages"].until = 0.0  # its back-off has passed
+        await seasons.announce_pending()
+        clock.advance(15)
+    assert bot.channels[CHAT].send.await_count == 25
+    lines = [r for r in log_lines if "season 1 final standings" in r["message"]]
+    assert [r["level"] for r in lines] == ["WARNING", "WARNING"]
+    assert lines[0]["message"].startswith(f"cannot post season 1 final standings in <#{CHAT}>: Discord answered 503")
+    assert "still failing (20 more times in the last 5 min)" in lines[1]["message"]
+    bot.channels[CHAT].send.side_effect = None
+    bot.channels[CHAT].send.return_value = SimpleNamespace(id=77)
+    seasons._retries["season:1:final:messages"].until = 0.0
+    await seasons.announce_pending()
+    assert bot.announced == [1]
+    assert log_lines[-1]["message"] == f"season 1 final standings posted in <#{CHAT}> (recovered after 25 failures)"
+
+
+async def test_a_database_outage_in_the_season_check_is_one_line_then_one_recovery_line(
+    cog: tuple[Seasons, Any], log_lines: list[dict[str, Any]]
+) -> None:
+    seasons, bot = cog
+    bot.services.seasons.is_due = lambda: False
+    bot.services.seasons.unannounced = AsyncMock(side_effect=StorageError("the database is locked", kind="locked"))
+    for _ in range(5):
+        await seasons.season_loop()
+    assert [r["level"] for r in log_lines] == ["WARNING"]
+    assert "StorageError: the database is locked" in log_lines[0]["message"]
+    bot.services.seasons.unannounced = AsyncMock(return_value=[])
+    await seasons.season_loop()
+    assert log_lines[-1]["message"] == "the season check works again (recovered after 5 failures)"

@@ -464,3 +464,21 @@ async def test_a_manual_reset_starts_the_next_season_now(start: Start, clock: Fa
     await run.seasons.roll(reason="manual")
     assert run.seasons.current.started_at == T0 + 100.0
     assert run.seasons.current.ends_at == T0 + 100.0 + PERIOD
+
+
+async def test_every_reset_logs_one_line_with_the_seasons_guild_duration_and_who(
+    start: Start, clock: FakeClock, log_lines: list[dict[str, Any]]
+) -> None:
+    run = await start()
+    clock.set(T0 + 250.0)
+    await run.seasons.roll(reason="reset by ann (42)", by=42)
+    clock.set(T0 + 250.0 + PERIOD)
+    await run.seasons.roll(reason="the season's time is up", only_if_due=True)
+    resets = [r for r in log_lines if r["message"].startswith("season reset:")]
+    assert [r["level"] for r in resets] == ["INFO", "INFO"]
+    manual, automatic = (r["extra"] for r in resets)
+    assert resets[0]["message"].startswith("season reset: season 1 ended (reset by ann (42)); season 2 started; took ")
+    assert manual["finished_season"] == 1 and manual["season"] == 2 and manual["guild_id"] == G
+    assert manual["trigger"] == "manual" and manual["user_id"] == 42 and manual["duration_ms"] >= 0
+    assert automatic["finished_season"] == 2 and automatic["season"] == 3
+    assert automatic["trigger"] == "automatic" and automatic["user_id"] is None
