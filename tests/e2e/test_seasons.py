@@ -106,6 +106,11 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
     assert "Ali" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     top = await fc.slash(w.guild, w.general, w.alice, "top messages")
     assert "No messages counted yet" in top.embeds[0]["description"]
+    # One line for the reset, with the seasons, the server, its duration and who asked.
+    (reset,) = [r for r in w.log_records(w.bots[0]) if r["message"].startswith("season reset:")]
+    assert reset["level"] == "INFO" and reset["extra"]["trigger"] == "manual" and reset["extra"]["user_id"] == owner
+    assert (reset["extra"]["finished_season"], reset["extra"]["season"]) == (1, 2)
+    assert reset["extra"]["guild_id"] == w.guild and reset["extra"]["duration_ms"] >= 0
 
 
 async def test_a_bot_offline_at_reset_time_resets_when_back(world: World) -> None:
