@@ -24,18 +24,19 @@ RECOVERY_MARKER_PREFIX = "recovered:"  # format-1 recovery files' applied-marker
 
 def apply_batch(batch: ActivityBatch) -> None:
     """Add a flush's counts, record voice sessions and move the heartbeat, atomically."""
-    totals: dict[int, list[float]] = {}
-    daily: dict[tuple[str, int], list[float]] = {}
-    for (day, user), count in batch.messages.items():
-        totals.setdefault(user, [0, 0.0])[0] += count
-        daily.setdefault((day, user), [0, 0.0])[0] += count
-    for (day, user), seconds in batch.voice.items():
-        totals.setdefault(user, [0, 0.0])[1] += seconds
-        daily.setdefault((day, user), [0, 0.0])[1] += seconds
+    # Season totals per member; the daily buckets are the batch's own (day, user) keys.
+    messages: dict[tuple[int], int] = {}
+    voice: dict[tuple[int], float] = {}
+    for (_, user), count in batch.messages.items():
+        messages[(user,)] = messages.get((user,), 0) + count
+    for (_, user), seconds in batch.voice.items():
+        voice[(user,)] = voice.get((user,), 0.0) + seconds
 
     with database_proxy.atomic():
-        _add_counters("member_stats", ("guild_id", "season", "user_id"), (batch.guild_id, batch.season), totals)
-        _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), daily)
+        _add_counters(
+            "member_stats", ("guild_id", "season", "user_id"), (batch.guild_id, batch.season), messages, voice
+        )
+        _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), batch.messages, batch.voice)
         for sessions in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
                 [
@@ -115,20 +116,22 @@ def _add_counters(
     table: str,
     key: tuple[str, ...],
     prefix: tuple[Any, ...],
-    counts: Mapping[Any, list[float]],
+    messages: Mapping[tuple[Any, ...], int],
+    voice: Mapping[tuple[Any, ...], float],
 ) -> None:
     """Upsert rows whose counters add to the stored ones (never replace: that would reset them).
-    ``counts`` maps the rest of the key (a user id, or a (day, user) pair) to [messages, seconds].
+    Both maps are keyed by the rest of the key after ``prefix`` (``(user,)`` or ``(day, user)``).
     Runs on the current transaction's connection, so it commits or rolls back with it."""
-    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for rest, (m, v) in sorted(counts.items()):  # key order: neighbouring rows share B-tree pages
-        # A row with both zero adds both (nothing), as before: it is still created.
-        adding: tuple[str, ...] = ("messages",) if (m and not v) else ("voice_seconds",) if (v and not m) else _COUNTERS
-        shapes.setdefault(adding, []).append(
-            (*prefix, *(rest if isinstance(rest, tuple) else (rest,)), int(m), float(v))
-        )
+    both = messages.keys() & voice.keys() if voice else set()
+    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {
+        ("messages",): [(*prefix, *k, int(m), 0.0) for k, m in messages.items() if k not in both],
+        ("voice_seconds",): [(*prefix, *k, 0, float(v)) for k, v in voice.items() if k not in both],
+        _COUNTERS: [(*prefix, *k, int(messages[k]), float(voice[k])) for k in both],
+    }
     database = database_proxy.obj
     for adding, rows in shapes.items():
+        if not rows:
+            continue
         sql = _upsert_sql(table, key, adding, database.param)
         with _PEEWEE_ERRORS:  # the same error types as peewee's own queries raise
             cursor = database.cursor()
