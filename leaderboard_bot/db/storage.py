@@ -155,7 +155,8 @@ def check_integrity(path: str, budget: float = INTEGRITY_CHECK_SECONDS) -> None:
             raise DatabaseDamaged(path, str(error)) from None
         except sqlite3.DatabaseError as error:
             raise DatabaseDamaged(path, str(error)) from None
-        problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+        # SQLite's report can span lines ("*** in database main ***\nPage 5: ..."): keep it one line.
+        problems = [" ".join(str(r[0]).split()) for r in rows if r and r[0] != "ok"]
         if problems:
             raise DatabaseDamaged(path, "; ".join(problems)[:300])
     finally:
