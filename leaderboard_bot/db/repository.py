@@ -255,13 +255,16 @@ def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | Non
     Counted on the board index from the nearer end: from the top, the members ahead; from the
     bottom, the ranked count (kept by triggers) minus the members behind. Either way at most about
     half the board is counted, and rank #1 or the very last are a few index seeks."""
-    mine = _board_value(guild_id, season, board, user_id)
-    if mine is None:
-        return None
-    ranked = ranked_count(guild_id, season, board)
-    if _nearer_the_top(guild_id, season, board, mine, user_id, ranked):
-        return rank_from_top(guild_id, season, board, mine, user_id)
-    return rank_from_bottom(guild_id, season, board, mine, user_id, ranked)
+    # One read transaction: the value, the board size and the counts must see the same commit
+    # (reads may run on their own connection while a flush commits); a savepoint inside another.
+    with database_proxy.atomic():
+        mine = _board_value(guild_id, season, board, user_id)
+        if mine is None:
+            return None
+        ranked = ranked_count(guild_id, season, board)
+        if _nearer_the_top(guild_id, season, board, mine, user_id, ranked):
+            return rank_from_top(guild_id, season, board, mine, user_id)
+        return rank_from_bottom(guild_id, season, board, mine, user_id, ranked)
 
 
 def _board_value(guild_id: int, season: int, board: Board, user_id: int) -> float | None:
