@@ -159,11 +159,21 @@ def _v4_board_order_and_sizes(db: Database) -> None:
         db.execute_sql(sql)
 
 
+def _v5_lease(db: Database) -> None:
+    # Which instance counts for a guild (services.lease): one row, taken over only once expired.
+    db.execute_sql(
+        'CREATE TABLE IF NOT EXISTS "lease" ("guild_id" BIGINT NOT NULL PRIMARY KEY, '
+        '"holder" VARCHAR(255) NOT NULL, "acquired_at" DOUBLE PRECISION NOT NULL, '
+        '"expires_at" DOUBLE PRECISION NOT NULL)'
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_core,
     _v2_seasons_and_ranking,
     _v3_portable_types,
     _v4_board_order_and_sizes,
+    _v5_lease,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

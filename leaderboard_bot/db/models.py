@@ -143,6 +143,15 @@ class Season(BaseModel):
         primary_key = CompositeKey("guild_id", "number")
 
 
+class Lease(BaseModel):
+    """The one instance that counts for a guild, until ``expires_at`` (renewed with every flush)."""
+
+    guild_id = BigIntegerField(primary_key=True)
+    holder = CharField()
+    acquired_at = DoubleField()
+    expires_at = DoubleField()
+
+
 ALL_MODELS: tuple[type[BaseModel], ...] = (
     SchemaVersion,
     Setting,
@@ -152,4 +161,5 @@ ALL_MODELS: tuple[type[BaseModel], ...] = (
     VoiceSession,
     MemberName,
     Season,
+    Lease,
 )

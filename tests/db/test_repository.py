@@ -159,7 +159,7 @@ def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(tmp_path: Pat
         'INSERT INTO "daily_activity" VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)',
         (G, "2024-03-10", 5, 2, 1.5, G, "2024-03-11", 5, 1, 0.0),
     )
-    assert migrate(database) == LATEST_VERSION == 4
+    assert migrate(database, target=4) == 4
     assert sorted(database.execute_sql('SELECT * FROM "member_stats"').fetchall()) == sorted(rows)
     assert database.execute_sql('SELECT * FROM "daily_activity" ORDER BY "day"').fetchall() == [
         (G, "2024-03-10", 5, 2, 1.5),
