@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -36,6 +37,10 @@ async def login_with_retry(bot: LeaderboardBot, token: str) -> None:
             await bot.login(token)
             return
         except (OSError, aiohttp.ClientError, TimeoutError, disnake.DiscordServerError) as error:
+            # Each attempt opens an HTTP session; left to the garbage collector, its "Unclosed client
+            # session" warning can land inside a log call (loguru then prints a traceback).
+            with contextlib.suppress(Exception):
+                await bot.http.close()
             logger.error(
                 "cannot reach Discord (attempt {}: {}: {}); check the network and DNS. Retrying in {:.0f}s",
                 attempt,
