@@ -87,6 +87,40 @@ class SeasonRoll:
         return self.ended_at if self.next_starts_at is None else self.next_starts_at
 
 
+Counts = tuple[int, float]  # (messages, voice seconds)
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """Per-member counts not yet in the database, captured on the event loop at one moment:
+    the buffers, and the write under way (numbered ``in_flight_sequence``). A database snapshot
+    that includes every write up to number S lacks ``beyond(S)`` of them."""
+
+    committed: int  # the last write number committed when captured
+    in_flight_sequence: int | None = None
+    buffered: dict[int, Counts] = field(default_factory=dict)
+    in_flight: dict[int, Counts] = field(default_factory=dict)
+    final: bool = False  # a finished season: nothing is unwritten whatever the snapshot
+
+    def beyond(self, stored: int) -> dict[int, Counts] | None:
+        """What a snapshot holding writes up to ``stored`` lacks; None when a write committed
+        after the capture (its counts are neither in memory any more nor in that snapshot's
+        complement): read again."""
+        if self.final:
+            return {}
+        if stored == self.committed:
+            parts = (self.buffered, self.in_flight)
+        elif self.in_flight_sequence is not None and stored == self.in_flight_sequence:
+            parts = (self.buffered, {})
+        else:
+            return None
+        merged = dict(parts[0])
+        for user, (messages, voice) in parts[1].items():
+            had = merged.get(user, (0, 0.0))
+            merged[user] = (had[0] + messages, had[1] + voice)
+        return merged
+
+
 @dataclass
 class ActivityBatch:
     """Everything one flush writes, in one transaction."""

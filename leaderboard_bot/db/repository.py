@@ -238,17 +238,6 @@ def member_totals(guild_id: int, season: int, user_id: int) -> tuple[int, float]
     return (0, 0.0) if row is None else (int(row.messages), float(row.voice_seconds))
 
 
-def member_standing(guild_id: int, season: int, user_id: int) -> tuple[int, int, float, int | None, int | None]:
-    """(write number, messages, voice seconds, message rank, voice rank) from one read transaction:
-    the write number says which batches the figures include (see services.ranking)."""
-    with database_proxy.atomic():
-        sequence = int(get_setting(guild_id, WRITE_SEQUENCE_KEY, 0))
-        messages, voice = member_totals(guild_id, season, user_id)
-        message_rank = rank_of(guild_id, season, "messages", user_id) if messages > 0 else None
-        voice_rank = rank_of(guild_id, season, "voice", user_id) if voice > 0 else None
-        return sequence, messages, voice, message_rank, voice_rank
-
-
 def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | None:
     """1-based position the member holds in ``top`` order, or None with nothing on that board.
 
@@ -345,6 +334,39 @@ def ranked_count(guild_id: int, season: int, board: Board) -> int:
     column = BoardSize.messages if board == "messages" else BoardSize.voice
     value = BoardSize.select(column).where((BoardSize.guild_id == guild_id) & (BoardSize.season == season)).scalar()
     return int(value or 0)
+
+
+def snapshot() -> Any:
+    """One read transaction: every query inside sees the same committed state (WAL)."""
+    return database_proxy.atomic()
+
+
+def write_sequence(guild_id: int) -> int:
+    """The number of the last write committed (stored in the same transaction as the write)."""
+    return int(get_setting(guild_id, WRITE_SEQUENCE_KEY, 0))
+
+
+def totals_of(guild_id: int, season: int, user_ids: Iterable[int]) -> dict[int, tuple[int, float]]:
+    """Stored (messages, voice seconds) of these members; members without a row are left out."""
+    out: dict[int, tuple[int, float]] = {}
+    for chunk in chunked(list(user_ids), 500):
+        query: Any = (
+            MemberStats.select(MemberStats.user_id, MemberStats.messages, MemberStats.voice_seconds)
+            .where((MemberStats.guild_id == guild_id) & (MemberStats.season == season) & MemberStats.user_id.in_(chunk))
+            .tuples()
+        )
+        out.update({int(u): (int(m), float(v)) for u, m, v in query})
+    return out
+
+
+def count_beating(guild_id: int, season: int, board: Board, value: float, user_id: int, own: float) -> int:
+    """How many stored members rank ahead of ``value`` held by ``user_id`` (ties: lower id first),
+    not counting the member's own row (``own``: its stored value). Counted from the nearer end."""
+    ranked = ranked_count(guild_id, season, board)
+    if _nearer_the_top(guild_id, season, board, value, user_id, ranked):
+        return rank_from_top(guild_id, season, board, value, user_id) - 1
+    # From the bottom the member's own row is "not behind" only when it holds exactly ``value``.
+    return rank_from_bottom(guild_id, season, board, value, user_id, ranked) - (1 if own == value > 0 else 0)
 
 
 def names(guild_id: int, user_ids: Iterable[int]) -> dict[int, str]:

@@ -78,8 +78,13 @@ class Leaderboards(commands.Cog):
     async def _top_reply(self, inter: ApplicationCommandInteraction, board: Board) -> Reply:
         bot = self.bot
         season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the lines
-        lines, stale = await bot.services.boards.lines_for_reply(board, season=season.number)
-        caller_line, caller_stale = await self._caller_line(inter.author, board, lines, season.number)
+        author = inter.author
+        lines, caller, rank, stale = await bot.services.boards.lines_for_reply(
+            board, season=season.number, caller=author.id
+        )
+        caller_line = None
+        if caller is not None and rank is not None:
+            caller_line = BoardLine(rank=rank, name=shown_name(author), user_id=author.id, value=caller.value)
         return Reply(
             leaderboard_embed(
                 board=board,
@@ -90,24 +95,9 @@ class Leaderboards(commands.Cog):
                 season_ends_at=season.ends_at,
                 changed_at=bot.services.boards.changed_at(board),
                 caller_line=caller_line,
-                stale=stale or caller_stale,
+                stale=stale,
             )
         )
-
-    async def _caller_line(
-        self, caller: disnake.User | disnake.Member, board: Board, lines: list[BoardLine], season: int
-    ) -> tuple[BoardLine | None, bool]:
-        """The caller's own place when the shown top does not include them (None without
-        activity), and whether it is stale."""
-        if any(line.user_id == caller.id for line in lines):
-            return None, False
-        # One read gives rank and value together, for the same season as the lines shown.
-        standing = await self.bot.services.rankings.standing_for_reply(caller.id, season)
-        rank = standing.message_rank if board == "messages" else standing.voice_rank
-        if rank is None:
-            return None, standing.stale
-        value = standing.messages if board == "messages" else standing.voice_seconds
-        return BoardLine(rank=rank, name=shown_name(caller), user_id=caller.id, value=value), standing.stale
 
     async def _stats_reply(self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member) -> Reply:
         if target.bot:

@@ -24,7 +24,7 @@ from loguru import logger
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import ActivityBatch, NameInfo, SeasonRoll
+from ..domain import ActivityBatch, Counts, NameInfo, SeasonRoll, Unwritten
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
@@ -170,20 +170,32 @@ class ActivityService:
         extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
         return self.voice.unflushed_seconds(user_id, self.clock()) + extra
 
-    def unwritten_beyond(self, stored_sequence: int, season: int, user_id: int) -> tuple[int, float] | None:
-        """The member's messages and voice seconds of ``season`` missing from a database snapshot
-        that holds every write numbered up to ``stored_sequence``: the write under way if the
-        snapshot predates its commit, plus the buffers. None when a write committed after the
-        snapshot and is no longer in memory (read again). Needs no lock: it runs between awaits."""
-        if self.committed_sequence > stored_sequence:
-            return None
-        messages = self.pending_messages(user_id)
-        voice = self.voice.unflushed_seconds(user_id, self.clock())
+    def unwritten(self, season: int) -> Unwritten:
+        """Everyone's counts not yet in the database, as of now (see Unwritten), for ``season``,
+        the current one (the buffers always belong to it). One pass over the buffers."""
+        buffered: dict[int, Counts] = {}
+        for (_, user), count in self._messages.items():
+            messages, voice = buffered.get(user, (0, 0.0))
+            buffered[user] = (messages + count, voice)
+        for user, seconds in self.voice.unflushed_by_member(self.clock()).items():
+            messages, voice = buffered.get(user, (0, 0.0))
+            buffered[user] = (messages, voice + seconds)
         in_flight = self._in_flight
-        if in_flight is not None and (in_flight.sequence or 0) > stored_sequence and in_flight.season == season:
-            messages += sum(n for (_, user), n in in_flight.messages.items() if user == user_id)
-            voice += sum(s for (_, user), s in in_flight.voice.items() if user == user_id)
-        return messages, voice
+        if in_flight is None or in_flight.season != season:
+            return Unwritten(committed=self.committed_sequence, buffered=buffered)
+        writing: dict[int, Counts] = {}
+        for (_, user), count in in_flight.messages.items():
+            messages, voice = writing.get(user, (0, 0.0))
+            writing[user] = (messages + count, voice)
+        for (_, user), seconds in in_flight.voice.items():
+            messages, voice = writing.get(user, (0, 0.0))
+            writing[user] = (messages, voice + seconds)
+        return Unwritten(
+            committed=self.committed_sequence,
+            in_flight_sequence=in_flight.sequence,
+            buffered=buffered,
+            in_flight=writing,
+        )
 
     def live_session_seconds(self, user_id: int) -> float | None:
         return self.voice.session_seconds(user_id, self.clock())
@@ -233,6 +245,7 @@ class ActivityService:
             key = repository.WRITE_SEQUENCE_KEY
             stored = int(await self.storage.run(repository.get_setting, self.guild_id, key, 0))
         self._next_sequence = stored + 1
+        self.committed_sequence = max(self.committed_sequence, stored)  # what the database holds now
         await self.storage.run(
             repository.prune_recovery_markers, self.guild_id, self.clock() - RECOVERY_MARKER_RETENTION
         )

@@ -82,11 +82,15 @@ class BoardService:
         entries = await self.rankings.top(board, self.settings.current.leaderboard_size, season)
         return await self._named(entries)
 
-    async def lines_for_reply(self, board: Board, *, season: int) -> tuple[list[BoardLine], bool]:
-        """:meth:`lines` for a command: (lines, stale), from the last figures read when the
-        database does not answer in time (see Rankings.top_for_reply)."""
-        reply = await self.rankings.top_for_reply(board, self.settings.current.leaderboard_size, season)
-        return await self._named(reply.entries), reply.stale
+    async def lines_for_reply(
+        self, board: Board, *, season: int, caller: int
+    ) -> tuple[list[BoardLine], RankedEntry | None, int | None, bool]:
+        """:meth:`lines` for a command, with the caller's own (value, rank) when outside the top,
+        both from one snapshot: (lines, caller, caller's rank, stale). From the last figures shown
+        when the database does not answer in time (see Rankings.top_for_reply)."""
+        size = self.settings.current.leaderboard_size
+        reply = await self.rankings.top_for_reply(board, size, season, caller=caller)
+        return await self._named(reply.entries), reply.caller, reply.caller_rank, reply.stale
 
     async def _named(self, entries: list[RankedEntry]) -> list[BoardLine]:
         names = await self.names.resolve(e.user_id for e in entries)

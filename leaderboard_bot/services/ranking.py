@@ -1,8 +1,9 @@
-"""Ranked tops and members' standings, with a TTL/LRU cache in front of the database.
+"""Live ranked tops and members' standings, with a TTL/LRU cache of stored tops.
 
-The cache lives on the event loop only (cachetools is not thread-safe), and every flush that
-touches a board drops that board's entries, so a reader never sees counts older than the last
-flush plus the TTL.
+Every figure is a database snapshot plus what that snapshot lacks (the buffers and the write
+under way), merged exactly once (see :class:`Rankings`). The cache lives on the event loop only
+(cachetools is not thread-safe); each stored top carries the write number it was read at and a
+flush that touches a board drops that board's entries.
 
 Commands read through :meth:`Rankings.top_for_reply` and :meth:`Rankings.standing_for_reply`:
 when the database does not answer within ``READ_PATIENCE`` (locked by a backup, a write hanging
@@ -12,16 +13,17 @@ on its busy timeout) they answer from the last figures read, marked stale, inste
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from cachetools import LRUCache, TLRUCache
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import ActivityBatch, Board, RankedEntry
+from ..domain import BOARDS, ActivityBatch, Board, Counts, RankedEntry, Unwritten
 from .activity import ActivityService
 from .seasons import SeasonService
 
@@ -64,6 +66,13 @@ class TopCache:
         for key in [k for k in self._cache if isinstance(k, tuple) and k and k[0] == board]:
             self._cache.pop(key, None)
 
+    def items(self) -> list[tuple[Any, Any]]:
+        """The live entries (a copy: callers may pop while iterating); not counted as lookups."""
+        return list(self._cache.items())
+
+    def pop(self, key: Hashable) -> None:
+        self._cache.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._cache)
 
@@ -85,68 +94,331 @@ class Standing:
 
 @dataclass(frozen=True)
 class TopReply:
+    """A board's top for a command, and the caller's own place (rank, value) when outside it."""
+
     entries: list[RankedEntry]
     stale: bool = False
+    caller: RankedEntry | None = None
+    caller_rank: int | None = None
+
+
+@dataclass
+class StoredTop:
+    """A cache entry: a board's stored top as of write number ``sequence`` (advanced in place by
+    flushes that can be merged into it, so its TTL is not renewed)."""
+
+    sequence: int
+    entries: list[RankedEntry]
+
+
+@dataclass(frozen=True)
+class LiveRead:
+    """What one read transaction saw (write number ``sequence``) and what it lacked (``deltas``)."""
+
+    sequence: int
+    deltas: dict[int, Counts]
+    stored: dict[int, Counts]  # stored counts of the members in ``deltas`` (and the one asked about)
+    stored_top: list[RankedEntry] | None = None
+    ranks: dict[Board, int | None] = field(default_factory=dict)
+
+
+def _on(board: Board, counts: Counts) -> float:
+    return counts[0] if board == "messages" else counts[1]
+
+
+def _beats(value: float, user_id: int, other_value: float, other_user: int) -> bool:
+    """Board order: higher first, ties by the lower user id."""
+    return value > other_value or (value == other_value and user_id < other_user)
+
+
+def merge_top(
+    board: Board, stored_top: list[RankedEntry], deltas: dict[int, Counts], stored: dict[int, Counts], limit: int
+) -> list[RankedEntry]:
+    """The live top from a snapshot's top and what the snapshot lacks. Exact because counts only
+    grow: a member outside the stored top without a delta stays behind all of it. ``stored`` must
+    hold every member of ``deltas`` outside ``stored_top`` that has a row."""
+    live = {entry.user_id: entry.value for entry in stored_top}
+    for user, counts in deltas.items():
+        delta = _on(board, counts)
+        if delta > 0:
+            base = live[user] if user in live else _on(board, stored.get(user, (0, 0.0)))
+            live[user] = base + delta
+    best = heapq.nsmallest(limit, ((-value, user) for user, value in live.items() if value > 0))
+    return [RankedEntry(user, float(-negative)) for negative, user in best]
+
+
+def live_rank(
+    board: Board, user_id: int, value: float, beating_stored: int, deltas: dict[int, Counts], stored: dict[int, Counts]
+) -> int:
+    """The member's live rank from how many stored rows beat ``value``, corrected for every member
+    whose unwritten counts move them past it."""
+    ahead = beating_stored
+    for other, counts in deltas.items():
+        delta = _on(board, counts)
+        if other == user_id or delta <= 0:
+            continue
+        before = _on(board, stored.get(other, (0, 0.0)))
+        ahead += int(_beats(before + delta, other, value, user_id)) - int(_beats(before, other, value, user_id))
+    return ahead + 1
+
+
+def read_live(
+    guild_id: int,
+    season: int,
+    unwritten: Unwritten,
+    *,
+    board: Board | None = None,
+    limit: int = 0,
+    user_id: int | None = None,
+    rank_boards: tuple[Board, ...] = (),
+    known: dict[int, Counts] | None = None,
+    known_at: int | None = None,
+) -> LiveRead | None:
+    """One read transaction (on the reader thread): the stored top and/or the member's stored counts
+    and ranks, plus the stored counts of everyone with unwritten counts. None when a write committed
+    after ``unwritten`` was captured (read again)."""
+    with repository.snapshot():
+        sequence = repository.write_sequence(guild_id)
+        deltas = unwritten.beyond(sequence)
+        if deltas is None:
+            return None
+        stored_top = repository.top(guild_id, season, board, limit) if board is not None else None
+        in_top = {entry.user_id for entry in stored_top or ()}
+        stored: dict[int, Counts] = dict(known) if known is not None and known_at == sequence else {}
+        wanted = [u for u in deltas if u not in in_top and u not in stored and u != user_id]
+        if user_id is not None:
+            wanted.append(user_id)  # the member asked about: always from this snapshot
+        found = repository.totals_of(guild_id, season, wanted)
+        stored.update(found)
+        for user in wanted:
+            stored.setdefault(user, (0, 0.0))  # no row: nothing stored
+        ranks: dict[Board, int | None] = {}
+        if user_id is not None:
+            own = stored[user_id]
+            mine = deltas.get(user_id, (0, 0.0))
+            for ranked_board in rank_boards:
+                value = _on(ranked_board, own) + _on(ranked_board, mine)
+                if value <= 0:
+                    ranks[ranked_board] = None
+                    continue
+                beating = repository.count_beating(
+                    guild_id, season, ranked_board, value, user_id, _on(ranked_board, own)
+                )
+                ranks[ranked_board] = live_rank(ranked_board, user_id, value, beating, deltas, stored)
+        return LiveRead(sequence, deltas, stored, stored_top, ranks)
 
 
 class Rankings:
+    """Live standings: what the database holds plus what it does not hold yet, exactly once.
+
+    Every figure (a board's top, a member's counts and ranks) is computed from one database
+    snapshot and the counts that snapshot lacks (see Unwritten), so ``/top``, ``/stats`` and the
+    pinned boards agree at every moment and include activity up to now. No lock is held across a
+    read: a command never waits for a flush, nor a flush for a command."""
+
     def __init__(self, storage: Storage, activity: ActivityService, seasons: SeasonService, cache: TopCache) -> None:
         self.storage = storage
         self.activity = activity
         self.seasons = seasons
-        self.cache = cache
-        # The last figures read, kept past the TTL: what a command shows while the database is away.
+        self.cache = cache  # stored tops, each with the write number it was read at
+        # Stored counts of members with unwritten counts, valid for one write number.
+        self._known: dict[int, Counts] = {}
+        self._known_at: tuple[int, int] | None = None  # (season, write number)
+        # The last figures shown, kept past the TTL: what a command shows while the database is away.
         self._last_tops: LRUCache[Hashable, tuple[RankedEntry, ...]] = LRUCache(LAST_KNOWN_TOPS)
         self._last_standings: LRUCache[tuple[int, int], Standing] = LRUCache(LAST_KNOWN_STANDINGS)
         self.stale_answers = 0
-        # Bumped by every invalidation: a read that started before one must not refill the cache
-        # with what it saw (reads run on their own thread, beside the writes).
-        self._generation = 0
         activity.add_flush_listener(self.on_flush)
-        seasons.add_roll_listener(lambda finished, current: self._invalidate_all())
+        seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
     def on_flush(self, batch: ActivityBatch) -> None:
-        if batch.messages:
-            self.cache.invalidate("messages")
-        if batch.voice:
-            self.cache.invalidate("voice")
-        if batch.messages or batch.voice:
-            self._generation += 1
+        """Move what is known forward to the write just committed instead of dropping it: the
+        stored counts known for its members gain the batch, and each cached stored top takes
+        the batch in when every member it moves has a known stored count (exact, as in
+        merge_top); a top that cannot is dropped."""
+        sequence = batch.sequence
+        if sequence is None:
+            self.cache.invalidate()
+            return
+        added: dict[int, Counts] = {}
+        for (_, user), count in batch.messages.items():
+            messages, voice = added.get(user, (0, 0.0))
+            added[user] = (messages + count, voice)
+        for (_, user), seconds in batch.voice.items():
+            messages, voice = added.get(user, (0, 0.0))
+            added[user] = (messages, voice + seconds)
+        known = self._known if self._known_at is not None and self._known_at[0] == batch.season else None
+        for key, stored_top in self.cache.items():
+            board, season, limit = key
+            if season != batch.season:
+                continue
+            moved = [u for u, counts in added.items() if _on(board, counts) > 0]
+            in_top = {entry.user_id for entry in stored_top.entries}
+            if moved and not all(u in in_top or (known is not None and u in known) for u in moved):
+                self.cache.pop(key)
+                continue
+            if moved:
+                stored_top.entries = merge_top(board, stored_top.entries, added, known or {}, limit)
+            stored_top.sequence = sequence
+        if known is not None:
+            for user, (messages, voice) in added.items():
+                if user in known:
+                    had = known[user]
+                    known[user] = (had[0] + messages, had[1] + voice)
+            self._known_at = (batch.season, sequence)
+
+    # ------------------------------------------------------------------ reading
 
     async def top(self, board: Board, limit: int, season: int | None = None) -> list[RankedEntry]:
-        """The top ``limit`` of a season (the current one by default)."""
-        season = self.seasons.current_number() if season is None else season
-        key = (board, season, limit)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return list(cached)
-        generation = self._generation
-        entries = await self.storage.read(repository.top, self.activity.guild_id, season, board, limit)
-        if generation == self._generation:
-            self.cache.put(key, tuple(entries))
-            self._last_tops[key] = tuple(entries)
-        return entries
+        """The live top ``limit`` of a season (the current one by default)."""
+        return (await self.view(board, limit, season)).entries
 
-    def _invalidate_all(self) -> None:
-        self.cache.invalidate()
-        self._generation += 1
+    async def view(
+        self, board: Board, limit: int, season: int | None = None, caller: int | None = None
+    ) -> TopReply:
+        """The live top, and the caller's own place when outside it, from one snapshot."""
+        season = self.seasons.current_number() if season is None else season
+        for _ in range(STANDING_READS):
+            reply = await self._view_once(board, limit, season, caller)
+            if reply is not None:
+                self._last_tops[(board, season, limit)] = tuple(reply.entries)
+                return reply
+        async with self.activity.quiescent():  # writes kept committing meanwhile: hold them off once
+            reply = await self._view_once(board, limit, season, caller)
+            assert reply is not None  # nothing commits while the flush lock is held
+            return reply
+
+    def _unwritten(self, season: int) -> Unwritten:
+        if season != self.seasons.current_number():  # a finished season: everything is written
+            return Unwritten(committed=self.activity.committed_sequence, final=True)
+        return self.activity.unwritten(season)
+
+    async def _view_once(self, board: Board, limit: int, season: int, caller: int | None) -> TopReply | None:
+        unwritten = self._unwritten(season)
+        top = await self._top_at(board, limit, season, unwritten)
+        if top is None:
+            return None
+        sequence, entries = top
+        if caller is None or any(entry.user_id == caller for entry in entries):
+            return TopReply(entries)
+        read = await self._read(season, unwritten, user_id=caller, rank_boards=(board,))
+        if read is None or read.sequence != sequence:
+            return None
+        rank = read.ranks[board]
+        if rank is None:
+            return TopReply(entries)
+        counts = read.deltas.get(caller, (0, 0.0))
+        value = _on(board, read.stored[caller]) + _on(board, counts)
+        return TopReply(entries, caller=RankedEntry(caller, float(value)), caller_rank=rank)
+
+    async def _top_at(
+        self, board: Board, limit: int, season: int, unwritten: Unwritten
+    ) -> tuple[int, list[RankedEntry]] | None:
+        key = (board, season, limit)
+        cached: StoredTop | None = self.cache.get(key)
+        if cached is not None:
+            deltas = unwritten.beyond(cached.sequence)
+            known = self._known if self._known_at == (season, cached.sequence) else {}
+            in_top = {entry.user_id for entry in cached.entries}
+            if deltas is not None and all(u in in_top or u in known for u in deltas):
+                return cached.sequence, merge_top(board, cached.entries, deltas, known, limit)
+        read = await self._read(season, unwritten, board=board, limit=limit)
+        if read is None or read.stored_top is None:
+            return None
+        if read.sequence == self.activity.committed_sequence or unwritten.final:
+            # Still the latest write (flushes advance it from here): worth keeping for the next reader.
+            self.cache.put(key, StoredTop(read.sequence, list(read.stored_top)))
+        return read.sequence, merge_top(board, read.stored_top, read.deltas, read.stored, limit)
+
+    async def _read(
+        self,
+        season: int,
+        unwritten: Unwritten,
+        *,
+        board: Board | None = None,
+        limit: int = 0,
+        user_id: int | None = None,
+        rank_boards: tuple[Board, ...] = (),
+    ) -> LiveRead | None:
+        known_at = self._known_at[1] if self._known_at is not None and self._known_at[0] == season else None
+        read = await self.storage.read(
+            read_live,
+            self.activity.guild_id,
+            season,
+            unwritten,
+            board=board,
+            limit=limit,
+            user_id=user_id,
+            rank_boards=rank_boards,
+            known=dict(self._known) if known_at is not None else None,
+            known_at=known_at,
+        )
+        if read is not None and not unwritten.final and read.sequence == self.activity.committed_sequence:
+            # Kept only when it is the latest write: flushes then carry it forward (on_flush).
+            if self._known_at != (season, read.sequence):
+                self._known, self._known_at = {}, (season, read.sequence)
+            self._known.update(read.stored)
+        return read
+
+    async def rank(self, board: Board, user_id: int, season: int | None = None) -> int | None:
+        standing = await self.standing(user_id, season)
+        return standing.message_rank if board == "messages" else standing.voice_rank
+
+    async def standing(self, user_id: int, season: int | None = None) -> Standing:
+        """The member's season (the current one by default): counts and ranks from one snapshot
+        plus what it lacks, exactly once."""
+        season = self.seasons.current_number() if season is None else season
+        for _ in range(STANDING_READS):
+            read = await self._read(season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS)
+            if read is not None:
+                return self._standing(user_id, season, read)
+        async with self.activity.quiescent():
+            read = await self._read(season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS)
+            assert read is not None  # nothing commits while the flush lock is held
+            return self._standing(user_id, season, read)
+
+    def _standing(self, user_id: int, season: int, read: LiveRead) -> Standing:
+        stored = read.stored[user_id]
+        delta = read.deltas.get(user_id, (0, 0.0))
+        presence = self.activity.voice.presence(user_id)
+        counting = self.activity.voice.is_counting(user_id)
+        standing = Standing(
+            user_id=user_id,
+            season=season,
+            messages=stored[0] + delta[0],
+            voice_seconds=stored[1] + delta[1],
+            message_rank=read.ranks.get("messages"),
+            voice_rank=read.ranks.get("voice"),
+            live_voice_channel_id=presence.channel_id if presence else None,
+            live_session_seconds=self.activity.live_session_seconds(user_id) if counting else None,
+        )
+        self._last_standings[(user_id, season)] = standing
+        return standing
+
+    # ------------------------------------------------------------------ answering commands
 
     def writes_lagging(self) -> bool:
         """Whether stored figures lag what was counted (writes failing, or one waiting on a lock)."""
         return self.activity.failing_since is not None or self.activity.write_waiting() > WRITE_LAG_STALE
 
     async def top_for_reply(
-        self, board: Board, limit: int, season: int | None = None, *, patience: float = READ_PATIENCE
+        self,
+        board: Board,
+        limit: int,
+        season: int | None = None,
+        *,
+        caller: int | None = None,
+        patience: float = READ_PATIENCE,
     ) -> TopReply:
-        """:meth:`top` for a command: the last figures read (marked stale) when the database does
+        """:meth:`view` for a command: the last figures shown (marked stale) when the database does
         not answer within ``patience``; with none to show, it waits for the database after all."""
         season = self.seasons.current_number() if season is None else season
         fallback = self._last_tops.get((board, season, limit))
-        entries = await self._patiently(self.top(board, limit, season), patience, fallback is not None)
-        if entries is None:
+        reply = await self._patiently(self.view(board, limit, season, caller), patience, fallback is not None)
+        if reply is None:
             self.stale_answers += 1
             return TopReply(list(fallback or ()), stale=True)
-        return TopReply(entries, stale=self.writes_lagging())
+        return replace(reply, stale=self.writes_lagging())
 
     async def standing_for_reply(
         self, user_id: int, season: int | None = None, *, patience: float = READ_PATIENCE
@@ -172,62 +444,6 @@ class Rankings:
         except (TimeoutError, StorageError):
             task.add_done_callback(_consume)
             return None
-
-    async def rank(self, board: Board, user_id: int, season: int | None = None) -> int | None:
-        season = self.seasons.current_number() if season is None else season
-        return await self.storage.read(repository.rank_of, self.activity.guild_id, season, board, user_id)
-
-    async def standing(self, user_id: int, season: int | None = None) -> Standing:
-        """The member's season (the current one by default), stored and not yet written added up
-        exactly once. The stored part is read with the number of the last write it includes, so
-        no lock is held across the read: a command never waits for a flush, nor a flush for it."""
-        current = self.seasons.current_number()
-        season = current if season is None else season
-        guild = self.activity.guild_id
-        for _ in range(STANDING_READS):
-            sequence, messages, voice, message_rank, voice_rank = await self.storage.read(
-                repository.member_standing, guild, season, user_id
-            )
-            if season != current:  # buffered and live activity belongs to the current season only
-                return self._standing(user_id, season, messages, voice, message_rank, voice_rank)
-            unwritten = self.activity.unwritten_beyond(sequence, season, user_id)
-            if unwritten is not None:
-                return self._standing(
-                    user_id, season, messages + unwritten[0], voice + unwritten[1], message_rank, voice_rank
-                )
-        # Flushes kept committing between the read and the check: read once with them held off.
-        async with self.activity.quiescent():
-            sequence, messages, voice, message_rank, voice_rank = await self.storage.read(
-                repository.member_standing, guild, season, user_id
-            )
-            unwritten = self.activity.unwritten_beyond(sequence, season, user_id) or (0, 0.0)
-            return self._standing(
-                user_id, season, messages + unwritten[0], voice + unwritten[1], message_rank, voice_rank
-            )
-
-    def _standing(
-        self,
-        user_id: int,
-        season: int,
-        messages: int,
-        voice: float,
-        message_rank: int | None,
-        voice_rank: int | None,
-    ) -> Standing:
-        presence = self.activity.voice.presence(user_id)
-        counting = self.activity.voice.is_counting(user_id)
-        standing = Standing(
-            user_id=user_id,
-            season=season,
-            messages=messages,
-            voice_seconds=voice,
-            message_rank=message_rank,
-            voice_rank=voice_rank,
-            live_voice_channel_id=presence.channel_id if presence else None,
-            live_session_seconds=self.activity.live_session_seconds(user_id) if counting else None,
-        )
-        self._last_standings[(user_id, season)] = standing
-        return standing
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

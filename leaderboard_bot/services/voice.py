@@ -123,6 +123,17 @@ class VoiceTracker:
         live = max(0.0, now - session.credited_until) if session else 0.0
         return pending + live
 
+    def unflushed_by_member(self, now: float) -> dict[int, float]:
+        """:meth:`unflushed_seconds` of everyone at once: one pass over what is pending and open."""
+        out: dict[int, float] = {}
+        for (_, user), seconds in self._pending.seconds.items():
+            out[user] = out.get(user, 0.0) + seconds
+        until = now if self._held_since is None else min(now, self._held_since)
+        for user, session in self._open.items():
+            if until > session.credited_until:
+                out[user] = out.get(user, 0.0) + (until - session.credited_until)
+        return out
+
     # ------------------------------------------------------------------ changes
 
     def update(self, user_id: int, presence: VoicePresence | None, now: float) -> None:

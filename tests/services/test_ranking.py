@@ -301,7 +301,7 @@ async def test_the_boards_are_cached_separately(rankings: Rankings, rank_storage
     assert (rankings.cache.hits, rankings.cache.misses) == (0, 2)
 
 
-async def test_a_flush_with_messages_invalidates_only_the_messages_board(
+async def test_a_flush_merges_into_the_cached_top_it_moves_and_leaves_the_other_board_cached(
     rankings: Rankings, tracker: ActivityService, rank_storage: Storage, rank_clock: FakeClock
 ) -> None:
     send(tracker, 1, 2)
@@ -321,9 +321,9 @@ async def test_a_flush_with_messages_invalidates_only_the_messages_board(
     assert batches[-1].messages and not batches[-1].voice
 
     hits = rankings.cache.hits
-    assert await rankings.top("messages", 10) == entries((1, 3.0))  # new value right after the flush
+    assert await rankings.top("messages", 10) == entries((1, 3.0))  # new value right after the flush...
     assert await rankings.top("voice", 10) == entries((2, 50.0))  # still the cached voice board
-    assert rankings.cache.hits == hits + 1
+    assert rankings.cache.hits == hits + 2  # ...merged into the cached top (member 1 was in it)
 
 
 async def test_a_flush_with_voice_invalidates_only_the_voice_board(
@@ -387,7 +387,7 @@ async def test_a_failed_flush_invalidates_nothing(
     monkeypatch.setattr(repository, "apply_batch", broken)
     send(tracker, 1, 1)
     assert await rankings.seasons.flush() is False
-    assert await rankings.top("messages", 10) == entries((1, 1.0))
+    assert await rankings.top("messages", 10) == entries((1, 2.0))  # the cached top plus what is unwritten
     assert rankings.cache.hits == 1
 
 
@@ -527,7 +527,7 @@ async def test_standing_reads_the_current_season(rankings: Rankings, tracker: Ac
     assert await rankings.seasons.roll(reason="test") is not None
     send(tracker, 1, 1)
     standing = await rankings.standing(1)
-    assert (standing.messages, standing.message_rank) == (1, None)  # the 1 is still buffered
+    assert (standing.messages, standing.message_rank) == (1, 1)  # still buffered, and ranked already
     assert await rankings.seasons.flush() is True
     standing = await rankings.standing(1)
     assert (standing.messages, standing.message_rank) == (1, 1)
@@ -690,7 +690,7 @@ async def test_a_command_never_waits_for_a_flush_nor_a_write_stuck_on_the_databa
             gate.set()
         await job
     assert (standing.messages, standing.message_rank, standing.stale) == (5, 1, False)
-    assert top.entries == entries((7, 4.0))
+    assert top.entries == entries((7, 5.0))
 
 
 async def test_figures_read_while_writes_fail_are_marked_stale(
@@ -738,24 +738,109 @@ async def test_a_standing_read_while_a_write_is_under_way_counts_the_write_once(
     assert (await rankings.standing(9)).messages == 6
 
 
-async def test_a_write_committing_between_the_read_and_the_check_means_reading_again(
+async def test_a_write_committing_between_the_capture_and_the_read_means_reading_again(
     rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     send(tracker, 4, 2)
     assert await rankings.seasons.flush() is True
     send(tracker, 4, 3)
-    real = repository.member_standing
-    calls: list[tuple[int, int]] = []
+    real = repository.write_sequence
+    seen: list[int] = []
     loop = asyncio.get_running_loop()
 
-    def racing(guild: int, season: int, user: int) -> tuple[int, int, float, int | None, int | None]:
-        seen = real(guild, season, user)
-        calls.append((seen[0], seen[1]))
-        if len(calls) == 1:  # the flush of the 3 buffered commits after this snapshot, before the check
+    def racing(guild: int) -> int:
+        if not seen:  # the flush of the 3 buffered commits after the capture, before this snapshot
             asyncio.run_coroutine_threadsafe(rankings.seasons.flush(), loop).result(5)
-        return seen
+        seen.append(real(guild))
+        return seen[-1]
 
-    monkeypatch.setattr(repository, "member_standing", racing)
+    monkeypatch.setattr(repository, "write_sequence", racing)
     standing = await rankings.standing(4)
-    assert standing.messages == 5  # not 2 (the write missed) nor 8 (counted twice)
-    assert [messages for _, messages in calls] == [2, 5]  # the stale snapshot was read again
+    assert (standing.messages, standing.message_rank) == (5, 1)  # not 8 (the 3 counted twice)
+    assert len(seen) == 2 and seen[0] == seen[1]  # the first snapshot did not match the capture: read again
+
+
+# --------------------------------------------------------------------------- live figures
+
+
+async def test_the_top_and_a_callers_rank_agree_and_include_unwritten_counts(
+    rankings: Rankings, tracker: ActivityService, rank_storage: Storage
+) -> None:
+    """The issue's example: "#10 Bob — 100" must never sit above "Your rank: #11 — 104"."""
+    await write_behind_cache(rank_storage, messages={100 + i: 200 - i for i in range(9)} | {7: 100, 8: 99})
+    send(tracker, 8, 5)  # member 8: 99 stored + 5 buffered = 104, ahead of member 7 (100)
+    view = await rankings.view("messages", 10, caller=8)
+    assert len(view.entries) == 10 and view.entries[-1] == RankedEntry(8, 104.0)  # #10, and Bob is out
+    assert view.caller is None  # in the top: no separate line
+    standing = await rankings.standing(8)
+    assert (standing.messages, standing.message_rank) == (104, 10)
+    outside = await rankings.view("messages", 10, caller=7)
+    assert (outside.caller, outside.caller_rank) == (RankedEntry(7, 100.0), 11)
+    assert (await rankings.standing(7)).message_rank == 11
+
+
+async def test_live_figures_match_a_brute_force_truth_through_flushes_failures_and_cache_hits(
+    rankings: Rankings, tracker: ActivityService, rank_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    real = repository.apply_batch
+    failing = [False]
+
+    def maybe_failing(batch: ActivityBatch) -> None:
+        if failing[0]:
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", maybe_failing)
+    members = list(range(1, 41))
+    messages: dict[int, int] = {}
+    joined: dict[int, float] = {}
+    voice: dict[int, float] = {}
+
+    def truth(board: str) -> dict[int, float]:
+        if board == "messages":
+            return {u: float(n) for u, n in messages.items() if n > 0}
+        now = rank_clock.now
+        live = dict(voice)
+        for user, since in joined.items():
+            live[user] = live.get(user, 0.0) + (now - since)
+        return {u: s for u, s in live.items() if s > 0}
+
+    for _step in range(120):
+        action = rng.random()
+        if action < 0.55:
+            user = rng.choice(members)
+            count = rng.randint(1, 4)
+            send(tracker, user, count)
+            messages[user] = messages.get(user, 0) + count
+        elif action < 0.65:
+            user = rng.choice(members[:12])
+            if user in joined:
+                tracker.record_voice(user, None)
+                voice[user] = voice.get(user, 0.0) + rank_clock.now - joined.pop(user)
+            else:
+                tracker.record_voice(user, here(CH))
+                joined[user] = rank_clock.now
+        elif action < 0.8:
+            failing[0] = rng.random() < 0.3
+            await rankings.seasons.flush()
+        rank_clock.advance(rng.choice([0.0, 1.0, 2.5]))
+        for board in ("messages", "voice"):
+            expected = sorted(truth(board).items(), key=lambda item: (-item[1], item[0]))
+            limit = rng.choice([1, 3, 10])
+            got = await rankings.top(board, limit)  # type: ignore[arg-type]
+            assert [(e.user_id, round(e.value, 6)) for e in got] == [
+                (u, round(v, 6)) for u, v in expected[:limit]
+            ], (board, limit)
+        user = rng.choice(members)
+        standing = await rankings.standing(user)
+        for board, rank, value in (
+            ("messages", standing.message_rank, float(standing.messages)),
+            ("voice", standing.voice_rank, standing.voice_seconds),
+        ):
+            order = [u for u, _ in sorted(truth(board).items(), key=lambda item: (-item[1], item[0]))]
+            assert rank == (order.index(user) + 1 if user in order else None), (board, user)
+            assert round(value, 6) == round(truth(board).get(user, 0.0), 6)
+    assert rankings.cache.hits > 0  # the cache served along the way, merged, and stayed exact
