@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 from loguru import logger
@@ -17,6 +18,7 @@ from .logs import complete_logging, setup_logging
 if TYPE_CHECKING:
     from .bot import LeaderboardBot
 
+STANDBY_POLL = 1.0  # how often a standby checks whether the active instance has gone
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -64,26 +66,84 @@ async def run(settings: Settings) -> int:
     from .bot import LeaderboardBot
     from .db import Storage
     from .db.lock import AlreadyRunning, InstanceLock
+    from .db.storage import StorageError
+    from .services.lease import LeaseService
 
     path = sqlite_path(settings.database_url)
     instance = InstanceLock(path) if path != ":memory:" else None
+    locked = instance is None
     if instance is not None:
         try:
             instance.acquire()
+            locked = True
         except AlreadyRunning as error:
-            logger.error("{}", error)
-            return EXIT_FAILURE
+            if not settings.standby:
+                logger.error("{}", error)
+                return EXIT_FAILURE
+            logger.warning("{}. STANDBY is on: this instance waits as a hot standby", error)
         except OSError as error:
             logger.error("cannot open the database {}: {}", settings.database_url, error)
             return EXIT_FAILURE
+    storage = Storage(settings.database_url)
+    lease = LeaseService(storage, guild_id=settings.guild_id, flush_interval=lambda: settings.tunables.flush_interval)
+    # With the instance lock, any other holder of the lease on this database has stopped (SQLite
+    # lives on one machine); without it, or across machines, only the lease's expiry tells.
+    holder_gone = locked and settings.database_url.startswith("sqlite")
     try:
-        return await _run_locked(settings, LeaderboardBot(settings, Storage(settings.database_url)))
+        await storage.open()
+        if not locked:
+            await lease.look()
+        elif not await lease.try_acquire(holder_gone=holder_gone) and not settings.standby:
+            logger.error(
+                "another leaderboard-bot ({}) counts for server {} on this database: both would count every "
+                "message. Stop it first, or set STANDBY=on to make this one a hot standby",
+                lease.current_holder,
+                settings.guild_id,
+            )
+            await storage.close()
+            return EXIT_FAILURE
+    except StorageError:
+        pass  # _run_locked reports it with the same words as any failure to open the database
+    bot = LeaderboardBot(settings, storage, lease=lease, standby=not lease.active)
+
+    async def stand_by() -> None:
+        nonlocal locked
+        while not bot.closing:
+            await asyncio.sleep(STANDBY_POLL)
+            if not locked and instance is not None:
+                try:
+                    instance.acquire()
+                    locked = True
+                except (AlreadyRunning, OSError):
+                    continue
+            previous = lease.current_holder
+            try:
+                if not await lease.try_acquire(holder_gone=locked and settings.database_url.startswith("sqlite")):
+                    continue
+            except StorageError as error:
+                logger.debug("standby: the lease could not be checked ({})", error)
+                continue
+            logger.warning("took over from {}: this instance counts from now on", previous)
+            try:
+                await bot.activate()
+            except Exception:
+                # Holding the lease without counting would leave the server uncounted: stop, and
+                # let the supervisor start it again (as the active instance, or a standby).
+                logger.exception("the takeover failed; stopping")
+                bot.shutdown_clean = False
+                await bot.close()
+            return
+
+    try:
+        return await _run_locked(settings, bot, None if lease.active else stand_by)
     finally:
         if instance is not None:
             instance.release()
 
 
-async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
+async def _run_locked(
+    settings: Settings, bot: LeaderboardBot, stand_by: Callable[[], Coroutine[Any, Any, None]] | None
+) -> int:
     import aiohttp
     import disnake
 
@@ -116,6 +176,15 @@ async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
         except OSError as error:
             logger.error("cannot open the database {}: {}", settings.database_url, error)
             return EXIT_FAILURE
+        if stand_by is not None:
+            logger.warning(
+                "standing by: {} counts for server {}; this instance connects to Discord without counting and "
+                "takes over if it stops",
+                bot.services.lease.current_holder,
+                settings.guild_id,
+            )
+            _background.add(watcher := asyncio.ensure_future(stand_by()))
+            watcher.add_done_callback(_background.discard)
         await login_with_retry(bot, settings.bot_token)
         await bot.connect()
     except disnake.LoginFailure:
@@ -133,7 +202,10 @@ async def _run_locked(settings: Settings, bot: LeaderboardBot) -> int:
     finally:
         await bot.close()
         await complete_logging()
-    return EXIT_OK if bot.shutdown_clean else EXIT_FAILURE
+    return EXIT_OK if bot.shutdown_clean and not bot.lease_lost else EXIT_FAILURE
+
+
+_background: set[asyncio.Future[None]] = set()  # strong references: tasks are otherwise collectable
 
 
 _closing: set[asyncio.Future[None]] = set()

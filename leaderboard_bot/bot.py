@@ -6,6 +6,7 @@ import asyncio
 
 import disnake
 from disnake.ext import commands
+from disnake.interactions import ApplicationCommandInteraction
 from loguru import logger
 
 from .adapters.disnake_names import name_info
@@ -13,6 +14,7 @@ from .config import Settings
 from .db import Storage
 from .domain import NameInfo
 from .services.container import build_services
+from .services.lease import LeaseService
 
 GATEWAY_CLOSE_TIMEOUT = 1.0
 
@@ -25,6 +27,7 @@ EXTENSIONS = (
     "leaderboard_bot.exts.health",
     "leaderboard_bot.exts.admin",
 )
+STANDBY_EXTENSIONS = ("leaderboard_bot.exts.health",)  # /healthz says "standby"; nothing else runs
 
 
 def bot_intents() -> disnake.Intents:
@@ -37,22 +40,59 @@ def bot_intents() -> disnake.Intents:
 
 
 class LeaderboardBot(commands.InteractionBot):
-    def __init__(self, config: Settings, storage: Storage) -> None:
+    def __init__(
+        self, config: Settings, storage: Storage, *, lease: LeaseService | None = None, standby: bool = False
+    ) -> None:
         super().__init__(
-            intents=bot_intents(), test_guilds=[config.guild_id], allowed_mentions=disnake.AllowedMentions.none()
+            intents=bot_intents(),
+            test_guilds=[config.guild_id],
+            allowed_mentions=disnake.AllowedMentions.none(),
+            # A standby registers nothing: its commands are not loaded yet, and a sync would delete
+            # the active instance's. After a takeover the commands the active one synced are used.
+            command_sync_flags=commands.CommandSyncFlags.none() if standby else commands.CommandSyncFlags.default(),
         )
         self.config = config
-        self.services = build_services(config, storage, source=self)
+        self.services = build_services(config, storage, source=self, lease=lease)
+        self.services.activity.on_lease_lost = self._lease_lost
         self._shutdown: asyncio.Future[None] | None = None
         self._prepared = False
         self.shutdown_clean = True
+        self.lease_lost = False
+
+    @property
+    def active(self) -> bool:
+        """Whether this instance counts (holds the lease); a standby ignores every event."""
+        return self.services.lease.active
 
     async def prepare(self) -> None:
         """Open the database and restore state before connecting to Discord."""
-        await self.services.open()
+        await self.services.open_storage()
+        if self.active:
+            await self.activate()
+        else:
+            for extension in STANDBY_EXTENSIONS:
+                self.load_extension(extension)
+
+    async def activate(self) -> None:
+        """Restore what counting needs and start every feature (at start, or at a takeover)."""
+        await self.services.activate()
         self._prepared = True
         for extension in EXTENSIONS:
-            self.load_extension(extension)
+            if extension not in self.extensions:
+                self.load_extension(extension)
+
+    async def on_application_command(self, interaction: ApplicationCommandInteraction) -> None:
+        if self.active:  # both instances receive every interaction: only the active one answers
+            await self.process_application_commands(interaction)
+
+    async def on_application_command_autocomplete(self, interaction: ApplicationCommandInteraction) -> None:
+        if self.active:
+            await self.process_app_command_autocompletion(interaction)
+
+    def _lease_lost(self, reason: str) -> None:
+        self.lease_lost = True
+        task = asyncio.ensure_future(self.close())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @property
     def guild(self) -> disnake.Guild | None:

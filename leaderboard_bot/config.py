@@ -91,6 +91,7 @@ class Settings:
     health_host: str = "127.0.0.1"
     log_file: str | None = None  # LOG_FILE: also log to this file, rotated and compressed
     max_pending_rows: int = 1_000_000  # MAX_PENDING_ROWS: unwritten rows kept in memory before spilling to disk
+    standby: bool = False  # STANDBY: with another instance running, wait as a hot standby instead of exiting
 
 
 # --------------------------------------------------------------------------- parsers
@@ -340,6 +341,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
     ("LOG_FILE", "log_file", "off", _parse_log_file),
     ("MAX_PENDING_ROWS", "max_pending_rows", "1000000", _parse_pending_rows),
+    ("STANDBY", "standby", "off", parse_bool),
 )
 
 

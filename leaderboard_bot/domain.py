@@ -91,6 +91,14 @@ Counts = tuple[int, float]  # (messages, voice seconds)
 
 
 @dataclass(frozen=True)
+class LeaseClaim:
+    """"``holder`` counts for the guild until ``expires_at``" (0 releases it), asserted by a write."""
+
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
 class Unwritten:
     """Per-member counts not yet in the database, captured on the event loop at one moment:
     the buffers, and the write under way (numbered ``in_flight_sequence``). A database snapshot
@@ -138,6 +146,9 @@ class ActivityBatch:
     # transaction. A saved batch whose number is not above it was written already.
     sequence: int | None = None
     recovery_id: str | None = None  # only in recovery files of format 1: their applied-marker
+    # The writer's lease, renewed (or released) in the same transaction: a write by an instance
+    # that lost it fails whole (see services.lease). Never saved to the recovery file.
+    lease: LeaseClaim | None = None
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)

@@ -531,7 +531,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
         "EXCLUDED_CHANNELS", "EXCLUDED_ROLES",
         "HEALTH_PORT",
-        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS",
+        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY",
     )  # fmt: skip
 
 

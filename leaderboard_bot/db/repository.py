@@ -11,7 +11,17 @@ import peewee
 from peewee import EXCLUDED, chunked, fn
 
 from ..domain import ActivityBatch, Board, RankedEntry
-from .models import BoardSize, DailyActivity, MemberName, MemberStats, Season, Setting, VoiceSession, database_proxy
+from .models import (
+    BoardSize,
+    DailyActivity,
+    Lease,
+    MemberName,
+    MemberStats,
+    Season,
+    Setting,
+    VoiceSession,
+    database_proxy,
+)
 
 # SQLite caps bound variables per statement; 5 columns x 100 rows stays far below it.
 CHUNK_ROWS = 100
@@ -33,6 +43,8 @@ def apply_batch(batch: ActivityBatch) -> None:
         voice[(user,)] = voice.get((user,), 0.0) + seconds
 
     with database_proxy.atomic():
+        if batch.lease is not None:
+            renew_lease(batch.guild_id, batch.lease.holder, batch.lease.expires_at)
         _add_counters(
             "member_stats", ("guild_id", "season", "user_id"), (batch.guild_id, batch.season), messages, voice
         )
@@ -139,6 +151,47 @@ def _add_counters(
                 cursor.executemany(sql, rows)
             finally:
                 cursor.close()
+
+
+class LeaseLost(Exception):
+    """The writer no longer holds the guild's lease: another instance counts now."""
+
+
+def renew_lease(guild_id: int, holder: str, expires_at: float) -> None:
+    """Move the lease's expiry (inside the caller's transaction); raise LeaseLost if ``holder``
+    does not hold it, which rolls the whole write back: one that lost it can never double counts."""
+    renewed = (
+        Lease.update(expires_at=expires_at).where((Lease.guild_id == guild_id) & (Lease.holder == holder)).execute()
+    )
+    if renewed != 1:
+        current = Lease.get_or_none(Lease.guild_id == guild_id)
+        raise LeaseLost(f"the lease is held by {current.holder if current else 'nobody'}")
+
+
+def acquire_lease(
+    guild_id: int, holder: str, now: float, expires_at: float, *, force: bool = False
+) -> tuple[str, float]:
+    """Take the guild's lease if it is free, expired or already ours (or ``force``: its holder is
+    known to be gone); returns (holder, expires_at) as stored afterwards."""
+    with database_proxy.atomic():
+        current = Lease.get_or_none(Lease.guild_id == guild_id)
+        if current is None:
+            Lease.insert(
+                guild_id=guild_id, holder=holder, acquired_at=now, expires_at=expires_at
+            ).on_conflict_ignore().execute()
+        elif force or current.holder == holder or current.expires_at <= now:
+            Lease.update(holder=holder, acquired_at=now, expires_at=expires_at).where(
+                (Lease.guild_id == guild_id)
+                & (Lease.holder == current.holder)
+                & (Lease.expires_at == current.expires_at)
+            ).execute()
+        row = Lease.get(Lease.guild_id == guild_id)
+        return str(row.holder), float(row.expires_at)
+
+
+def lease_of(guild_id: int) -> tuple[str, float] | None:
+    row = Lease.get_or_none(Lease.guild_id == guild_id)
+    return None if row is None else (str(row.holder), float(row.expires_at))
 
 
 def close_orphan_sessions(guild_id: int) -> int:

@@ -27,6 +27,7 @@ from ..config import sqlite_path
 from ..worker import DaemonWorker
 from .migrations import SchemaTooNew, migrate
 from .models import database_proxy
+from .repository import LeaseLost
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,6 +66,8 @@ class StorageError(Exception):
         lowered = text.lower()
         if isinstance(cause, SchemaTooNew):
             kind = "newer schema"
+        elif isinstance(cause, LeaseLost):
+            kind = "lease lost"
         elif "locked" in lowered or "busy" in lowered:
             kind = "locked"
         elif "disk is full" in lowered or (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
@@ -85,6 +88,7 @@ class StorageError(Exception):
             "read-only": "the database file or its folder is not writable by the bot",
             "damaged": "the database file is damaged: restore a backup",
             "newer schema": "the database was made by a newer version of leaderboard-bot: upgrade the bot",
+            "lease lost": "another instance of the bot counts for this server now",
         }.get(self.kind, "")
 
 
@@ -201,6 +205,8 @@ class Storage:
         self._closed = False
 
     async def open(self) -> None:
+        if self._db is not None:
+            return  # already open (a standby opens it before it knows its role)
         self._db = await self.run(open_database, self.database_url)
         if sqlite_path(self.database_url) != ":memory:":
             self._reader = DaemonWorker("leaderboard-db-read", wrap=_guarded)

@@ -74,6 +74,12 @@ class Tracking(commands.Cog):
         self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()
         self.prune_loop.start()
+        if self.bot.is_ready():
+            # Loaded by a takeover on a live connection: on_ready has come and gone, so read who is
+            # in voice now (the gap since the old instance stopped is not credited).
+            task = asyncio.ensure_future(self.reconcile("takeover"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def cog_unload(self) -> None:
         for task in self._tasks:

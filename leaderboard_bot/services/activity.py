@@ -24,7 +24,7 @@ from loguru import logger
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import ActivityBatch, Counts, NameInfo, SeasonRoll, Unwritten
+from ..domain import ActivityBatch, Counts, LeaseClaim, NameInfo, SeasonRoll, Unwritten
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
@@ -61,6 +61,7 @@ class ActivityService:
         current_season: SeasonNumber = lambda: 1,
         observe_flush: Callable[[float, bool, str], None] | None = None,
         max_pending_rows: int = MAX_PENDING_ROWS,
+        claim_lease: Callable[[bool], LeaseClaim | None] = lambda release: None,
     ) -> None:
         self.storage = storage
         self.recovery = recovery
@@ -93,6 +94,10 @@ class ActivityService:
         self.last_flush_at: float | None = None
         self.last_error: StorageError | None = None
         self.max_pending_rows = max_pending_rows
+        self.claim_lease = claim_lease  # what each write asserts (services.lease); True: release it
+        self.on_lease_lost: Callable[[str], None] | None = None
+        self.fenced = False  # lost the lease: never writes again (another instance counts)
+        self._releasing = False
         self._spilled: dict[int, int] = {}  # write number -> rows, of parts only in the recovery file
         self._spill_task: asyncio.Task[None] | None = None
         self._spill_retry_at = 0.0
@@ -283,6 +288,8 @@ class ActivityService:
         file) and the next flush retries it: nothing counted is dropped. With ``roll``, the same
         transaction ends the season, and the caller moves on to the next one before releasing.
         Spilled parts are written first, each in its own transaction: their numbers are lower."""
+        if self.fenced:
+            return False
         now = self.clock() if now is None else now
         if self._spilled and not await self._write_spilled(season, now):
             return False
@@ -301,6 +308,7 @@ class ActivityService:
                 continue
             part.season = season  # like the buffers, they belong to the season being written
             part.heartbeat_at = now if self.last_flush_at is None else self.last_flush_at  # no session credit
+            part.lease = self.claim_lease(self._releasing)
             if not await self._commit(part, now, spilled=True):
                 return False
             self._spilled.pop(sequence, None)
@@ -325,6 +333,9 @@ class ActivityService:
             if not spilled:
                 self._give_back(batch)
             raise asyncio.CancelledError
+        if isinstance(error, StorageError) and error.kind == "lease lost":
+            await self._fence(error)
+            return False
         if error is not None:
             if not spilled:  # a spilled part stays in the file, under its own number
                 self._give_back(batch)
@@ -350,6 +361,7 @@ class ActivityService:
         messages, self._messages = self._messages, Counter()
         drained = self.voice.checkpoint(now)
         batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
+        batch.lease = self.claim_lease(self._releasing)
         batch.sequence = self._next_sequence
         self._next_sequence += 1
         return batch
@@ -466,6 +478,30 @@ class ActivityService:
             self._note_saved(parts)
         return saved
 
+    # ------------------------------------------------------------------ losing the lease
+
+    async def _fence(self, error: StorageError) -> None:
+        """Another instance holds the lease: what is buffered here is also being counted there
+        (from its takeover on), so it is dropped, with the recovery file, rather than doubled."""
+        self.fenced = True
+        messages = sum(self._messages.values())
+        self._messages = Counter()
+        self.voice.stop_all(self.clock())
+        self.voice.checkpoint(self.clock())
+        self.names.take_unwritten()
+        self._spilled.clear()
+        if self.recovery is not None:
+            await self.recovery.clear()
+        self._saved_to_disk = False
+        logger.error(
+            "this instance lost the lease ({}): another instance counts for this server now. {} unwritten "
+            "message(s) held here are dropped so that nothing is counted twice; stopping",
+            error,
+            messages,
+        )
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(str(error))
+
     # ------------------------------------------------------------------ spilling
 
     def _request_spill(self) -> None:
@@ -541,6 +577,9 @@ class ActivityService:
         started = time.monotonic()
         now = self.clock()
         self.voice.stop_all(now)
+        if self.fenced:
+            return True  # another instance counts: nothing here may be written or saved
+        self._releasing = True  # the last write hands the lease on: a standby takes over at once
 
         def left() -> float:
             return max(0.0, budget - (time.monotonic() - started))

@@ -12,6 +12,7 @@ from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
 from .health import HealthMonitor, Sources
+from .lease import LeaseService
 from .names import NameService, NameSource
 from .ranking import Rankings, TopCache
 from .ratelimit import MessageGuard, NullGuard, SpamGuard
@@ -51,20 +52,36 @@ class Services:
     boards: BoardService
     health: HealthMonitor
     settings_store: SettingsStore
+    lease: LeaseService
 
     async def open(self) -> None:
         """Open the database and restore state (seasons, saved counts, board history)."""
+        await self.open_storage()
+        await self.activate()
+
+    async def open_storage(self) -> None:
+        """What a standby needs too: the database and the stored settings (reads only)."""
         await self.storage.open()
         await self.settings_store.load()
+
+    async def activate(self) -> None:
+        """Restore what counting needs (this instance holds the lease, or runs alone)."""
         await self.activity.start()  # first: a season roll saved in the recovery file is applied here
         await self.seasons.load()
         await self.boards.load()
 
 
 def build_services(
-    config: Settings, storage: Storage, source: NameSource | None, *, clock: Callable[[], float] = time.time
+    config: Settings,
+    storage: Storage,
+    source: NameSource | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    lease: LeaseService | None = None,
 ) -> Services:
     settings = RuntimeSettings(config.tunables)
+    if lease is None:
+        lease = LeaseService(storage, guild_id=config.guild_id, flush_interval=lambda: settings.current.flush_interval)
     guild_id = config.guild_id
     names = NameService(storage, guild_id=guild_id, source=source)
     activity = ActivityService(
@@ -77,6 +94,7 @@ def build_services(
         recovery=recovery_file(config.database_url),
         snapshot_every=lambda: settings.current.flush_interval,
         max_pending_rows=config.max_pending_rows,
+        claim_lease=lambda release: lease.claim(release=release),
     )
     seasons = SeasonService(storage, activity, settings, clock=clock)
     activity.earliest_event = lambda: seasons.current.started_at
@@ -91,6 +109,8 @@ def build_services(
             spilled_rows=lambda: activity.spilled_rows,
             unsaved_since=activity.unsaved_since,
             timestamps_clamped=lambda: activity.timestamps_clamped,
+            role=lambda: lease.role,
+            lease_holder=lambda: lease.current_holder,
             failing_since=lambda: activity.failing_since,
             write_waiting=activity.write_waiting,
             recovery_file_saved=lambda: activity.saved_to_disk,
@@ -117,4 +137,4 @@ def build_services(
 
     settings.subscribe(apply)
     store = SettingsStore(settings, storage, guild_id)
-    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store)
+    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store, lease)

@@ -68,6 +68,7 @@ class Facts:
     flush_failures: int
     spam_blocked: int
     timestamps_clamped: int
+    role: str = "active"
 
     def to_json(self) -> dict[str, Any]:
         def outcome(o: Outcome | None) -> dict[str, Any] | None:
@@ -100,6 +101,7 @@ class Facts:
             "flush_failures": self.flush_failures,
             "spam_blocked": self.spam_blocked,
             "timestamps_clamped": self.timestamps_clamped,
+            "role": self.role,
         }
 
 
@@ -113,6 +115,8 @@ class Sources:
     spilled_rows: Callable[[], int] = lambda: 0
     unsaved_since: Callable[[], float | None] = lambda: None
     timestamps_clamped: Callable[[], int] = lambda: 0
+    role: Callable[[], str] = lambda: "active"  # or "standby" (services.lease)
+    lease_holder: Callable[[], str | None] = lambda: None
     failing_since: Callable[[], float | None] = lambda: None
     write_waiting: Callable[[], float] = lambda: 0.0  # seconds the current write has been waiting
     recovery_file_saved: Callable[[], bool] = lambda: False
@@ -229,6 +233,9 @@ class HealthMonitor:
             reasons.append("reconnecting to Discord")
         if reasons:
             return "degraded", "; ".join(reasons)
+        if sources.role() == "standby":
+            holder = sources.lease_holder() or "another instance"
+            return "ok", f"standing by: {holder} counts; this one takes over if it stops"
         return "ok", "all systems normal"
 
     def _trouble_since(self) -> float | None:
@@ -268,6 +275,7 @@ class HealthMonitor:
             flush_failures=self.sources.flush_failures(),
             spam_blocked=self.sources.spam_blocked(),
             timestamps_clamped=self.sources.timestamps_clamped(),
+            role=self.sources.role(),
         )
 
 
@@ -283,6 +291,10 @@ class _FactsCollector(Collector):
         for name in ("ok", "degraded", "failing"):
             status.add_metric([name], 1.0 if facts.status == name else 0.0)
         yield status
+        role = GaugeMetricFamily("leaderboard_role", "1 for this instance's role", labels=["role"])
+        for name in ("active", "standby"):
+            role.add_metric([name], 1.0 if facts.role == name else 0.0)
+        yield role
         yield GaugeMetricFamily("leaderboard_uptime_seconds", "Seconds since start", value=facts.uptime)
         yield CounterMetricFamily("leaderboard_messages_counted", "Messages counted", value=facts.messages_counted)
         yield CounterMetricFamily("leaderboard_flush_failures", "Failed flush attempts", value=facts.flush_failures)

@@ -265,6 +265,7 @@ def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
     )
     latency = "unknown" if facts.gateway_latency is None else f"{facts.gateway_latency * 1000:.0f} ms"
     embed.add_field("Uptime", format_duration(facts.uptime))
+    embed.add_field("Role", facts.role)
     embed.add_field("Gateway latency", latency)
     embed.add_field("Events / s (1 min)", f"{facts.events_per_second:.2f}")
     embed.add_field("Messages counted", format_count(facts.messages_counted))

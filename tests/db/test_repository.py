@@ -12,7 +12,7 @@ import pytest
 from peewee import IntegrityError, SqliteDatabase
 
 from leaderboard_bot.db import repository
-from leaderboard_bot.db.migrations import LATEST_VERSION, migrate
+from leaderboard_bot.db.migrations import migrate
 from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
 from leaderboard_bot.db.storage import open_database
 from leaderboard_bot.domain import ActivityBatch, Board, SeasonRoll

@@ -3,6 +3,7 @@ voice counting, and how it treats members disnake has not cached."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -52,7 +53,9 @@ class World:
             config=SimpleNamespace(guild_id=GUILD),
             ws=SimpleNamespace(open=True),
             get_guild=lambda guild_id: self.guild if guild_id == GUILD else None,
+            is_ready=lambda: self.ready,
         )
+        self.ready = False  # True: the extension is loaded by a takeover on a live connection
 
     def in_voice(self, user_id: int) -> None:
         self.lounge.voice_states[user_id] = mock_voice_state(self.lounge)
@@ -218,3 +221,18 @@ async def test_a_resume_keeps_counting_through_the_gap(world: tuple[World, Track
     await cog.on_socket_event_type("RESUMED")  # not READY: nothing changes yet
     w.tracker.resume_voice()
     assert sum(w.tracker.voice.checkpoint(w.clock.now).seconds.values()) == 60.0  # 30 s each, gap included
+
+
+async def test_an_extension_loaded_by_a_takeover_on_a_live_connection_reads_who_is_in_voice(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    w.in_voice(1)
+    w.in_voice(2)
+    w.ready = True  # on_ready came and went before this instance started counting
+    await cog.cog_load()
+    for _ in range(50):
+        if w.tracker.voice.counting_users():
+            break
+        await asyncio.sleep(0.01)
+    assert w.tracker.voice.counting_users() == {1, 2}

@@ -1,0 +1,77 @@
+"""A hot standby: a second instance with STANDBY=on connects without counting, answers nothing,
+and takes over when the active one is killed (SIGKILL), with nothing counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from .harness import World
+from .test_reliability import free_port
+
+
+async def healthz(port: int) -> dict:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
+        return dict(await r.json())
+
+
+async def test_a_standby_takes_over_when_the_active_instance_is_killed_and_nothing_is_doubled(world: World) -> None:
+    fc, w = world.fc, world
+    active = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on")
+    await fc.wait_for_commands("stats", guild=w.guild)
+    port = free_port()
+    standby = await fc.start_bot(
+        ["-m", "leaderboard_bot"],
+        env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on", HEALTH_PORT=str(port)),
+        cwd=str(w.tmp),
+        token_env="BOT_TOKEN",
+        token="e2e-secret-token",
+        log_path=w.tmp / "bot-standby.log",
+    )
+    w.bots.append(standby)
+    await fc.wait_for(lambda: "standing by" in standby.output(), 30, "the second instance to stand by")
+    await fc.wait_for(lambda: "Shard ID None has connected" in standby.output(), 30, "the standby to connect")
+
+    await fc.voice_join(w.bob, w.lounge)
+    joined = time.monotonic()
+    for i in range(5):
+        await fc.send_message(w.guild, w.general, w.alice, f"before {i}")
+    answer = await fc.slash(w.guild, w.general, w.carol, "stats", {"user": w.alice})
+    assert "5" in answer.embeds[0]["fields"][0]["value"]
+    await w.wait_db(lambda: w.messages_of(w.alice) == 5, "the five messages, counted once")
+    body = await healthz(port)
+    assert body["role"] == "standby" and "standing by" in body["reason"]
+    await asyncio.sleep(1.0)
+    assert w.messages_of(w.alice) == 5  # the standby saw them too, and counted none
+    assert "answered in" not in standby.output()  # and answered no command
+
+    last_flush = time.monotonic()
+    active.proc.kill()  # SIGKILL: no shutdown, no lease release
+    await active.proc.wait()
+    killed = time.monotonic()
+    await fc.wait_for(lambda: "took over from" in standby.output(), 15, "the standby to take over")
+    took_over = time.monotonic()
+    assert took_over - killed < 0.5 + 3.0  # FLUSH_INTERVAL plus a few seconds (the documented window)
+    await w.wait_log("voice reconciled (takeover)")
+
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.alice, f"after {i}")
+    await w.wait_db(lambda: w.messages_of(w.alice) == 8, "the messages after the takeover, counted by the standby")
+    body = await healthz(port)
+    assert body["role"] == "active"
+    answer = await fc.slash(w.guild, w.general, w.carol, "stats", {"user": w.alice})
+    assert answer.embeds[0]["fields"][0]["value"].startswith("8")  # answered by the new active instance
+
+    await fc.voice_leave(w.bob, w.guild)
+    left = time.monotonic()
+    await w.wait_db(lambda: w.voice_of(w.bob) > 0 and not w.query(
+        "SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NULL", w.bob
+    ), "bob's voice time closed")
+    await asyncio.sleep(1.0)
+    credited = w.voice_of(w.bob)
+    lost_window = took_over - last_flush + 1.0  # what the dead instance had not written, and the switch
+    assert left - joined - lost_window - 1.0 <= credited <= left - joined + 1.0  # never more than real time
+    assert w.messages_of(w.alice) == 8  # nothing doubled

@@ -1,0 +1,109 @@
+"""The lease: one instance counts for a guild; a write by one that lost it fails whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leaderboard_bot.db import Storage, repository
+from leaderboard_bot.db.storage import StorageError
+from leaderboard_bot.domain import ActivityBatch, LeaseClaim
+from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.lease import LEASE_GRACE, LeaseService
+from leaderboard_bot.services.recovery import RecoveryFile
+from tests.factories import FakeClock, fail_batches
+from tests.services.test_activity import T0, G, make_service, season_one, stats
+
+
+def lease(storage: Storage, clock: FakeClock, holder: str) -> LeaseService:
+    return LeaseService(storage, guild_id=G, flush_interval=lambda: 5.0, clock=clock, holder=holder)
+
+
+async def test_one_holder_at_a_time_until_it_expires(activity_storage: Storage, activity_clock: FakeClock) -> None:
+    first, second = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await first.try_acquire() is True and first.role == "active"
+    assert await second.try_acquire() is False and second.role == "standby"
+    assert second.current_holder == "a"
+    activity_clock.advance(5.0 + LEASE_GRACE - 0.1)
+    assert await second.try_acquire() is False  # not expired yet
+    assert await first.try_acquire() is True  # the holder renews
+    activity_clock.advance(5.0 + LEASE_GRACE + 0.1)
+    assert await second.try_acquire() is True  # expired: taken over
+    assert await first.try_acquire() is False and first.current_holder == "b"
+
+
+async def test_a_holder_known_to_be_gone_is_replaced_at_once(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    first, second = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await first.try_acquire()
+    assert await second.try_acquire(holder_gone=True) is True
+
+
+async def test_a_write_renews_the_lease_and_a_released_lease_is_free_at_once(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    first, second = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await first.try_acquire()
+    activity_clock.advance(8.0)
+    batch = ActivityBatch(guild_id=G, season=1, heartbeat_at=T0, lease=first.claim())
+    await activity_storage.run(repository.apply_batch, batch)  # renewed to now + ttl
+    activity_clock.advance(8.0)  # past the first expiry, not the renewed one
+    assert await second.try_acquire() is False
+    await activity_storage.run(repository.apply_batch, ActivityBatch(G, 1, T0, lease=first.claim(release=True)))
+    assert await second.try_acquire() is True
+    assert first.claim() is not None  # (first does not know yet; its next write will tell it)
+
+
+async def test_a_write_by_an_instance_that_lost_the_lease_changes_nothing(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    first, second = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await first.try_acquire()
+    assert await second.try_acquire(holder_gone=True)
+    stale = ActivityBatch(G, 1, T0, messages={("2024-03-10", 7): 3}, lease=LeaseClaim("a", T0 + 60), sequence=9)
+    with pytest.raises(StorageError) as caught:
+        await activity_storage.run(repository.apply_batch, stale)
+    assert caught.value.kind == "lease lost" and "held by b" in str(caught.value)
+    assert await stats(activity_storage) == {}  # the whole transaction rolled back
+    assert await activity_storage.run(repository.get_setting, G, repository.WRITE_SEQUENCE_KEY, 0) == 0
+
+
+async def test_losing_the_lease_drops_what_is_buffered_and_never_writes_again(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine, other = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await mine.try_acquire()
+    service: ActivityService = make_service(activity_storage, activity_clock, recovery=tmp_path / "a.db.unsaved.json")
+    service.claim_lease = lambda release: mine.claim(release=release)
+    lost: list[str] = []
+    service.on_lease_lost = lost.append
+    await service.start()
+    service.record_message(1)
+    assert await service.flush(season_one) is True
+    with monkeypatch.context() as patch:  # a failed write leaves a recovery file behind
+        fail_batches(patch, times=1)
+        service.record_message(1)
+        assert await service.flush(season_one) is False
+    assert list(tmp_path.glob("a.db.unsaved*.json"))
+    assert await other.try_acquire(holder_gone=True)  # another instance took over meanwhile
+    service.record_message(1)
+    assert await service.flush(season_one) is False
+    assert service.fenced and lost and "held by b" in lost[0]
+    assert service.buffered() == (0, 0)
+    assert not list(tmp_path.glob("a.db.unsaved*.json"))  # never applied at a later start either
+    service.record_message(1)
+    assert await service.flush(season_one) is False  # never again
+    assert await service.shutdown(season_one) is True  # nothing to save: the other one counts
+    assert await stats(activity_storage) == {1: (1, 0.0)}  # only what was written while holding it
+    assert not list(tmp_path.glob("a.db.unsaved*.json"))
+
+
+def test_the_recovery_file_never_carries_a_lease(tmp_path: Path) -> None:
+    file = RecoveryFile(tmp_path / "db.unsaved.json")
+    file.write([ActivityBatch(G, 1, T0, messages={("2024-03-10", 1): 1}, lease=LeaseClaim("a", T0), sequence=3)])
+    from leaderboard_bot.services.recovery import read_file
+
+    (part,) = read_file(file.own_path).parts
+    assert part.lease is None and part.sequence == 3
