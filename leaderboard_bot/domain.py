@@ -110,6 +110,9 @@ class Unwritten:
     in_flight: dict[int, Counts] = field(default_factory=dict)
     final: bool = False  # a finished season: nothing is unwritten whatever the snapshot
 
+    def members(self) -> set[int]:
+        return set(self.buffered) | set(self.in_flight)
+
     def beyond(self, stored: int) -> dict[int, Counts] | None:
         """What a snapshot holding writes up to ``stored`` lacks; None when a write committed
         after the capture (its counts are neither in memory any more nor in that snapshot's

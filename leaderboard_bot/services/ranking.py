@@ -34,6 +34,8 @@ WRITE_LAG_STALE = 2.0  # a write waiting longer than this means stored figures l
 LAST_KNOWN_TOPS = 64
 LAST_KNOWN_STANDINGS = 4096
 STANDING_READS = 3  # lock-free attempts before a standing waits for the flush lock
+MERGE_AT_MOST = 5_000  # a flush moving more members than this drops the cached tops it touches
+KNOWN_AT_MOST = 100_000  # stored counts kept for members with unwritten counts (cleared past it)
 
 
 class TopCache:
@@ -248,19 +250,26 @@ class Rankings:
             messages, voice = added.get(user, (0, 0.0))
             added[user] = (messages, voice + seconds)
         known = self._known if self._known_at is not None and self._known_at[0] == batch.season else None
+        moved_on: dict[str, list[int]] = {}
         for key, stored_top in self.cache.items():
             board, season, limit = key
             if season != batch.season:
                 continue
-            moved = [u for u, counts in added.items() if _on(board, counts) > 0]
+            if board not in moved_on:
+                moved_on[board] = [u for u, counts in added.items() if _on(board, counts) > 0]
+            moved = moved_on[board]
             in_top = {entry.user_id for entry in stored_top.entries}
-            if moved and not all(u in in_top or (known is not None and u in known) for u in moved):
-                self.cache.pop(key)
+            if len(moved) > MERGE_AT_MOST or (
+                moved and not all(u in in_top or (known is not None and u in known) for u in moved)
+            ):
+                self.cache.pop(key)  # re-read instead: one 10-row index read
                 continue
             if moved:
                 stored_top.entries = merge_top(board, stored_top.entries, added, known or {}, limit)
             stored_top.sequence = sequence
-        if known is not None:
+        if known is not None and len(known) > KNOWN_AT_MOST:
+            self._known, self._known_at = {}, None  # bounded: rebuilt by the next reads
+        elif known is not None:
             for user, (messages, voice) in added.items():
                 if user in known:
                     had = known[user]
@@ -341,6 +350,8 @@ class Rankings:
         rank_boards: tuple[Board, ...] = (),
     ) -> LiveRead | None:
         known_at = self._known_at[1] if self._known_at is not None and self._known_at[0] == season else None
+        # Only what this read can use: the stored counts of members with unwritten counts.
+        known = None if known_at is None else {u: self._known[u] for u in unwritten.members() if u in self._known}
         read = await self.storage.read(
             read_live,
             self.activity.guild_id,
@@ -350,7 +361,7 @@ class Rankings:
             limit=limit,
             user_id=user_id,
             rank_boards=rank_boards,
-            known=dict(self._known) if known_at is not None else None,
+            known=known,
             known_at=known_at,
         )
         if read is not None and not unwritten.final and read.sequence == self.activity.committed_sequence:

@@ -844,3 +844,21 @@ async def test_live_figures_match_a_brute_force_truth_through_flushes_failures_a
             assert rank == (order.index(user) + 1 if user in order else None), (board, user)
             assert round(value, 6) == round(truth(board).get(user, 0.0), 6)
     assert rankings.cache.hits > 0  # the cache served along the way, merged, and stayed exact
+
+
+async def test_what_is_kept_to_merge_flushes_stays_bounded(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leaderboard_bot.services import ranking
+
+    monkeypatch.setattr(ranking, "KNOWN_AT_MOST", 20)
+    monkeypatch.setattr(ranking, "MERGE_AT_MOST", 5)
+    for round_ in range(10):
+        for user in range(round_ * 10, round_ * 10 + 10):  # ten new members each round
+            send(tracker, user, 1)
+        await rankings.top("messages", 3)  # a read learns the stored counts of all ten
+        assert await rankings.seasons.flush() is True
+        assert len(rankings._known) <= 20 + 10  # cleared once past the bound, never growing with members
+    assert len(rankings.cache) <= 1
+    top = await rankings.top("messages", 3)
+    assert top == entries((0, 1.0), (1, 1.0), (2, 1.0))  # still exact after the drops
