@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from loguru import logger
-from peewee import Database
+from peewee import Database, SqliteDatabase
 
 Migration = Callable[[Database], None]
 
@@ -168,12 +168,23 @@ def _v5_lease(db: Database) -> None:
     )
 
 
+def _v6_ranked_counts_without_triggers(db: Database) -> None:
+    # v4's per-row triggers cost a third of a large flush (0.3 s of 0.85 s for 100,000 new members);
+    # ranked counts are now counted on the board index when a rank needs them, once per write
+    # (repository.ranked_count), so the table they kept goes too.
+    on = "" if isinstance(db, SqliteDatabase) else ' ON "member_stats"'
+    for name in ("member_stats_board_size_insert", "member_stats_board_size_update", "member_stats_board_size_delete"):
+        db.execute_sql(f'DROP TRIGGER IF EXISTS "{name}"{on}')
+    db.execute_sql('DROP TABLE IF EXISTS "board_size"')
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_core,
     _v2_seasons_and_ranking,
     _v3_portable_types,
     _v4_board_order_and_sizes,
     _v5_lease,
+    _v6_ranked_counts_without_triggers,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -74,19 +74,6 @@ MemberStats.add_index(
 )
 
 
-class BoardSize(BaseModel):
-    """How many members rank (value > 0) on each board of a season, kept by triggers on
-    ``member_stats`` (migration v4), so a rank can be counted from whichever end is nearer."""
-
-    guild_id = BigIntegerField()
-    season = BigIntegerField()
-    messages = BigIntegerField(default=0)
-    voice = BigIntegerField(default=0)
-
-    class Meta:
-        primary_key = CompositeKey("guild_id", "season")
-
-
 class DailyActivity(BaseModel):
     """Per-member, per-UTC-day buckets, so any time window is a query rather than a new tracker."""
 
@@ -156,7 +143,6 @@ ALL_MODELS: tuple[type[BaseModel], ...] = (
     SchemaVersion,
     Setting,
     MemberStats,
-    BoardSize,
     DailyActivity,
     VoiceSession,
     MemberName,

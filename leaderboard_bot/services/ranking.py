@@ -204,7 +204,7 @@ def read_live(
                     ranks[ranked_board] = None
                     continue
                 beating = repository.count_beating(
-                    guild_id, season, ranked_board, value, user_id, _on(ranked_board, own)
+                    guild_id, season, ranked_board, value, user_id, _on(ranked_board, own), sequence
                 )
                 ranks[ranked_board] = live_rank(ranked_board, user_id, value, beating, deltas, stored)
         return LiveRead(sequence, deltas, stored, stored_top, ranks)
@@ -230,6 +230,7 @@ class Rankings:
         self._last_tops: LRUCache[Hashable, tuple[RankedEntry, ...]] = LRUCache(LAST_KNOWN_TOPS)
         self._last_standings: LRUCache[tuple[int, int], Standing] = LRUCache(LAST_KNOWN_STANDINGS)
         self.stale_answers = 0
+        self._counting: asyncio.Future[None] | None = None
         activity.add_flush_listener(self.on_flush)
         seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
@@ -242,6 +243,7 @@ class Rankings:
         if sequence is None:
             self.cache.invalidate()
             return
+        self._count_boards_soon(batch.season)
         added: dict[int, Counts] = {}
         for (_, user), count in batch.messages.items():
             messages, voice = added.get(user, (0, 0.0))
@@ -275,6 +277,19 @@ class Rankings:
                     had = known[user]
                     known[user] = (had[0] + messages, had[1] + voice)
             self._known_at = (batch.season, sequence)
+
+    def _count_boards_soon(self, season: int) -> None:
+        """Count each board's ranked members at the new write number off the hot path (the reader
+        thread), so a rank counted from the bottom of a big board need not count them itself."""
+        if self._counting is not None and not self._counting.done():
+            return
+        try:
+            self._counting = asyncio.ensure_future(
+                self.storage.read(repository.count_ranked_boards, self.activity.guild_id, season)
+            )
+        except RuntimeError:  # no running loop (a synchronous test): nothing to prepare
+            return
+        self._counting.add_done_callback(_consume)
 
     # ------------------------------------------------------------------ reading
 

@@ -241,3 +241,22 @@ def test_the_upsert_fails_cleanly_on_a_constraint(db: SqliteDatabase) -> None:
         repository.apply_batch(batch(messages={("2024-03-10", None): 1}))
     assert totals() == {}
     assert sqlite3.sqlite_version_info >= (3, 24)  # ON CONFLICT ... DO UPDATE needs it
+
+
+def test_ranked_counts_are_counted_once_per_write_number(db: SqliteDatabase) -> None:
+    repository.apply_batch(batch(messages={("2026-12-02", 1): 2}, sequence=1))
+    repository.count_ranked_boards(G, 1)
+    assert repository.ranked_count(G, 1, "messages", 1) == 1
+    MemberStats.insert(guild_id=G, season=1, user_id=99, messages=5, voice_seconds=0).execute()  # behind its back
+    assert repository.ranked_count(G, 1, "messages", 1) == 1  # the count at write 1 is kept...
+    assert repository.ranked_count(G, 1, "messages") == 2  # ...an uncached count sees the row
+    repository.apply_batch(batch(messages={("2026-12-02", 2): 1}, sequence=2))
+    assert repository.ranked_count(G, 1, "messages", 2) == 3  # a new write number: counted again
+    repository.apply_batch(batch(messages={("2026-12-02", 3): 1}))  # a write without a number...
+    assert repository.ranked_count(G, 1, "messages", 2) == 4  # ...forgets the counts it moved
+
+
+def test_v6_drops_the_board_size_triggers_and_table(db: SqliteDatabase) -> None:
+    names = {row[0] for row in db.execute_sql("SELECT name FROM sqlite_master").fetchall()}
+    assert "board_size" not in names and not {n for n in names if n.startswith("member_stats_board_size")}
+    assert {"member_stats_board_messages", "member_stats_board_voice", "lease"} <= names

@@ -757,7 +757,8 @@ async def test_a_write_committing_between_the_capture_and_the_read_means_reading
     monkeypatch.setattr(repository, "write_sequence", racing)
     standing = await rankings.standing(4)
     assert (standing.messages, standing.message_rank) == (5, 1)  # not 8 (the 3 counted twice)
-    assert len(seen) == 2 and seen[0] == seen[1]  # the first snapshot did not match the capture: read again
+    # The first snapshot did not match the capture: read again (the flush also counts the boards).
+    assert len(seen) >= 2 and len(set(seen)) == 1
 
 
 # --------------------------------------------------------------------------- live figures
