@@ -53,6 +53,9 @@ class AllowAllGuard:
         self.calls.append(member_id)
         return True
 
+    def forget_full(self, now: float | None = None) -> int:
+        return 0
+
     def __len__(self) -> int:
         return 0
 

@@ -47,6 +47,7 @@ class Health(commands.Cog):
         sources = self.monitor.sources
         sources.gateway_latency = self._latency
         sources.boards_backing_off = self._boards_backing_off
+        sources.memory_entries = self._memory_entries
         self.sample_loop.start()
         if self.bot.config.health_port is not None:
             await self._start_server(self.bot.config.health_host, self.bot.config.health_port)
@@ -61,6 +62,15 @@ class Health(commands.Cog):
     def _latency(self) -> float | None:
         latency = self.bot.latency
         return latency if latency == latency and latency != float("inf") else None  # NaN/inf: not measured
+
+    def _memory_entries(self) -> dict[str, int]:
+        """What grows with members, each bounded: visible so a leak would show."""
+        services = self.bot.services
+        rankings = services.rankings
+        entries = {"spam_buckets": len(services.activity.guard), **services.names.sizes()}
+        entries["cached_tops"] = len(rankings.cache.items())
+        entries["stored_counts"] = len(getattr(rankings, "_known", None) or ())  # kept to merge flushes
+        return entries
 
     def _boards_backing_off(self) -> list[str]:
         scheduler = self.bot.get_cog("Scheduler")
@@ -133,13 +143,8 @@ class Health(commands.Cog):
     async def on_disconnect(self) -> None:
         self.monitor.disconnected()
 
-    @commands.Cog.listener()
-    async def on_message(self, message: disnake.Message) -> None:
-        self.monitor.event()
-
-    @commands.Cog.listener()
-    async def on_voice_state_update(self, *args: object) -> None:
-        self.monitor.event()
+    # Messages and voice events are counted for the event rate by the tracking extension's own
+    # listeners: one more listener here would cost one more task per message.
 
     @commands.Cog.listener()
     async def on_slash_command_completion(self, inter: ApplicationCommandInteraction) -> None:

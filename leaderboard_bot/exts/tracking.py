@@ -10,7 +10,6 @@ import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
-from ..adapters.disnake_names import name_info
 from ..config import Tunables
 from ..services.voice import VoicePresence
 
@@ -19,17 +18,21 @@ if TYPE_CHECKING:
 
 MEMBER_QUERY_BATCH = 100  # Discord's cap on user_ids per request
 MEMBER_QUERY_TIMEOUT = 10.0
-COUNTED_MESSAGE_TYPES = (disnake.MessageType.default, disnake.MessageType.reply)
+COUNTED_MESSAGE_TYPES = frozenset((disnake.MessageType.default, disnake.MessageType.reply))
+# A snowflake's time in Unix milliseconds is (id >> 22) + DISCORD_EPOCH: no datetime per message.
+DISCORD_EPOCH_MS = disnake.utils.DISCORD_EPOCH
 TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
 
 
 def excluded(channel: object, roles: Iterable[int], tunables: Tunables) -> bool:
     """Whether EXCLUDED_CHANNELS (the channel, its parent or its category) or EXCLUDED_ROLES apply."""
     channels = tunables.excluded_channels
-    if channels:
-        ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None), getattr(channel, "category_id", None)}
-        if ids & channels:
-            return True
+    if channels and (
+        getattr(channel, "id", None) in channels
+        or getattr(channel, "parent_id", None) in channels
+        or getattr(channel, "category_id", None) in channels
+    ):
+        return True
     return bool(tunables.excluded_roles and tunables.excluded_roles.intersection(roles))
 
 
@@ -64,7 +67,10 @@ class Tracking(commands.Cog):
         self.bot = bot
         self.tracker = bot.services.activity
         self.names = bot.services.names
+        self.health = bot.services.health
+        self.settings = bot.services.settings
         self.guild_id = bot.config.guild_id
+        self._watching_sessions = False  # on_socket_event_type is a listener only while disconnected
         self._contact_epoch = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -86,6 +92,7 @@ class Tracking(commands.Cog):
             task.cancel()
         self.flush_loop.cancel()
         self.prune_loop.cancel()
+        self._watch_sessions(False)
         if self._unsubscribe is not None:
             self._unsubscribe()
 
@@ -105,6 +112,8 @@ class Tracking(commands.Cog):
             await self.bot.services.seasons.flush()
         except Exception:
             logger.exception("flush failed unexpectedly; will retry on the next interval")
+        # Buckets of members who went quiet are full again: forget them even if nobody writes.
+        self.tracker.guard.forget_full()
 
     @tasks.loop(hours=1)
     async def prune_loop(self) -> None:
@@ -119,16 +128,24 @@ class Tracking(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: disnake.Message) -> None:
-        if message.guild is None or message.guild.id != self.guild_id:
+        # The only per-message listener: disnake runs each listener as its own task, which costs
+        # more than counting, so /health's event rate is counted here rather than in its own one.
+        self.health.event()
+        guild = message.guild
+        if guild is None or guild.id != self.guild_id:
             return
         author = message.author
         if author.bot or message.webhook_id is not None or message.type not in COUNTED_MESSAGE_TYPES:
             return
-        if excluded(message.channel, role_ids(author), self.bot.services.settings.current):
+        tunables = self.settings.current
+        if (tunables.excluded_channels or tunables.excluded_roles) and excluded(
+            message.channel, role_ids(author) if tunables.excluded_roles else (), tunables
+        ):
             return
         # The snowflake's time, not ours: a burst handled late is judged as it was sent.
-        if self.tracker.record_message(author.id, message.created_at.timestamp()):
-            self.names.remember(author.id, *name_info(author))
+        sent_at = ((message.id >> 22) + DISCORD_EPOCH_MS) / 1000.0
+        if self.tracker.record_message(author.id, sent_at):
+            self.names.seen(author.id, getattr(author, "nick", None), author.global_name, author.name)
 
     # ------------------------------------------------------------------ voice
 
@@ -136,10 +153,11 @@ class Tracking(commands.Cog):
     async def on_voice_state_update(
         self, member: disnake.Member, before: disnake.VoiceState, after: disnake.VoiceState
     ) -> None:
+        self.health.event()
         if member.guild.id != self.guild_id:
             return
         if not member.bot:
-            self.names.remember(member.id, *name_info(member))
+            self.names.seen(member.id, member.nick, member.global_name, member.name)
         presence = voice_presence(
             member.guild,
             after,
@@ -149,12 +167,24 @@ class Tracking(commands.Cog):
         )
         self.tracker.record_voice(member.id, presence)
 
-    @commands.Cog.listener()
     async def on_socket_event_type(self, event: str) -> None:
         # READY means a new gateway session: nothing of the gap will be replayed. Stop counting
         # at the drop now, before this session's own events are handled (not at the later reconcile).
         if event == "READY" and self.tracker.voice.held_since is not None:
             self.tracker.suspend_voice()
+        if event in ("READY", "RESUMED"):
+            self._watch_sessions(False)
+
+    def _watch_sessions(self, on: bool) -> None:
+        """Listen to every gateway event's type only between a drop and the next READY or RESUMED:
+        while connected it would cost a task per message for nothing."""
+        if on == self._watching_sessions:
+            return
+        self._watching_sessions = on
+        if on:
+            self.bot.add_listener(self.on_socket_event_type, "on_socket_event_type")
+        else:
+            self.bot.remove_listener(self.on_socket_event_type, "on_socket_event_type")
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
@@ -165,6 +195,7 @@ class Tracking(commands.Cog):
     @commands.Cog.listener()
     async def on_resumed(self) -> None:
         # Discord replayed the missed events (replayed leaves closed their sessions): the gap counts.
+        self._watch_sessions(False)
         self.tracker.resume_voice()
         await self.reconcile("resumed")
 
@@ -183,6 +214,7 @@ class Tracking(commands.Cog):
         # Nobody knows yet whether the session resumes (gap replayed) or not (events lost).
         self._contact_epoch += 1  # any reconcile already under way is now out of date
         self.tracker.hold_voice()
+        self._watch_sessions(True)
 
     @commands.Cog.listener()
     async def on_guild_unavailable(self, guild: disnake.Guild) -> None:
@@ -221,7 +253,7 @@ class Tracking(commands.Cog):
                     continue
                 actual[user_id] = presence
                 if member is not None and not member.bot:
-                    self.names.remember(member.id, *name_info(member))
+                    self.names.seen(member.id, member.nick, member.global_name, member.name)
         before = self.tracker.voice.counting_users()
         self.tracker.reconcile_voice(actual)
         logger.info(

@@ -28,7 +28,7 @@ from ..domain import ActivityBatch, Counts, LeaseClaim, NameInfo, SeasonRoll, Un
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
-from .voice import VoiceDrain, VoicePresence, VoiceTracker, utc_day
+from .voice import DAY_SECONDS, VoiceDrain, VoicePresence, VoiceTracker, utc_day
 
 Clock = Callable[[], float]
 SeasonNumber = Callable[[], int]  # the season owner's answer to "which season is it now?"
@@ -75,6 +75,8 @@ class ActivityService:
         self.current_season = current_season  # where spilled rows belong if read back at the next start
         self.observe_flush = observe_flush  # (seconds, ok, detail) after every write attempt
         self._messages: Counter[tuple[str, int]] = Counter()
+        self._day_index = -1  # the UTC day of the last message counted, and its name
+        self._day = ""
         self._flush_lock = asyncio.Lock()
         self._listeners: list[FlushListener] = []
         self._next_sequence = 1
@@ -111,22 +113,33 @@ class ActivityService:
         """Count one message if the member's anti-spam bucket allows it. ``sent_at`` is when it
         was sent (its snowflake): it decides the day and the spam bucket, so messages handled
         late in one burst (after a stall or a RESUME) are judged as they were sent."""
-        at = self._event_time(sent_at)
-        # The spam bucket takes the message's own time even when it is older than the floor
-        # (an old time can never mint tokens); clamping it too would turn a calm replay into a burst.
-        judged = sent_at if sent_at is not None and sent_at <= self.clock() + FUTURE_TOLERANCE else at
+        now = self.clock()  # once per message: the rest of this runs for every message
+        if sent_at is None:
+            at = judged = now
+        else:
+            at = self._event_time(sent_at, now)
+            # The spam bucket takes the message's own time even when it is older than the floor
+            # (an old time can never mint tokens); clamping it too would turn a calm replay into a burst.
+            judged = sent_at if sent_at <= now + FUTURE_TOLERANCE else at
         if not self.guard.allow(user_id, judged):
             return False
-        self._messages[(utc_day(at), user_id)] += 1
+        day_index = int(at // DAY_SECONDS)
+        if day_index != self._day_index:  # the day's name is built once per day, not per message
+            self._day_index, self._day = day_index, utc_day(at)
+        key = (self._day, user_id)
+        messages = self._messages
+        count = messages.get(key)
         self.messages_counted += 1
-        if len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows:
+        if count is not None:
+            messages[key] = count + 1
+            return True
+        messages[key] = 1
+        # Only a new row can reach the bound.
+        if len(messages) + self.voice.pending_rows() >= self.max_pending_rows:
             self._request_spill()
         return True
 
-    def _event_time(self, sent_at: float | None) -> float:
-        now = self.clock()
-        if sent_at is None:
-            return now
+    def _event_time(self, sent_at: float, now: float) -> float:
         floor = self.earliest_event()
         if self.last_flush_at is not None:
             floor = max(floor, self.last_flush_at - PAST_TOLERANCE)

@@ -69,6 +69,8 @@ class Facts:
     spam_blocked: int
     timestamps_clamped: int
     role: str = "active"
+    # Entries held per member-keyed structure (spam buckets, names, ...): each is bounded.
+    memory_entries: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def outcome(o: Outcome | None) -> dict[str, Any] | None:
@@ -102,6 +104,7 @@ class Facts:
             "spam_blocked": self.spam_blocked,
             "timestamps_clamped": self.timestamps_clamped,
             "role": self.role,
+            "memory_entries": dict(self.memory_entries),
         }
 
 
@@ -126,6 +129,7 @@ class Sources:
     spam_blocked: Callable[[], int] = lambda: 0
     gateway_latency: Callable[[], float | None] = lambda: None
     boards_backing_off: Callable[[], list[str]] = field(default=lambda: [])
+    memory_entries: Callable[[], dict[str, int]] = field(default=lambda: {})
 
 
 def percentile(samples: Iterable[float], fraction: float) -> float:
@@ -141,7 +145,9 @@ class HealthMonitor:
         self.sources = sources or Sources()
         self.clock = clock
         self.started_at = clock()
-        self._events: deque[tuple[int, int]] = deque()  # (second, count)
+        self._events: deque[tuple[int, int]] = deque()  # (second, count) of past seconds
+        self._second = 0  # the second being counted, and its count so far (no tuple per event)
+        self._second_count = 0
         self._latencies: dict[str, deque[float]] = {}
         self.last_flush: Outcome | None = None
         self.last_refresh: dict[str, Outcome] = {}
@@ -171,13 +177,16 @@ class HealthMonitor:
     # ------------------------------------------------------------------ recording (on the loop)
 
     def event(self) -> None:
+        """One gateway event handled (runs for every message: an addition in the usual case)."""
         second = int(self.clock())
-        if self._events and self._events[-1][0] == second:
-            self._events[-1] = (second, self._events[-1][1] + 1)
-        else:
-            self._events.append((second, 1))
-            while self._events and self._events[0][0] <= second - EVENT_WINDOW:
-                self._events.popleft()
+        if second == self._second:
+            self._second_count += 1
+            return
+        if self._second_count:
+            self._events.append((self._second, self._second_count))
+        self._second, self._second_count = second, 1
+        while self._events and self._events[0][0] <= second - EVENT_WINDOW:
+            self._events.popleft()
 
     def command(self, name: str, seconds: float) -> None:
         samples = self._latencies.setdefault(name, deque(maxlen=LATENCY_SAMPLES))
@@ -208,6 +217,8 @@ class HealthMonitor:
     def events_per_second(self) -> float:
         now = int(self.clock())
         recent = sum(count for second, count in self._events if second > now - EVENT_WINDOW)
+        if self._second > now - EVENT_WINDOW:
+            recent += self._second_count
         window = min(EVENT_WINDOW, max(1.0, self.clock() - self.started_at))
         return recent / window
 
@@ -276,6 +287,7 @@ class HealthMonitor:
             spam_blocked=self.sources.spam_blocked(),
             timestamps_clamped=self.sources.timestamps_clamped(),
             role=self.sources.role(),
+            memory_entries=self.sources.memory_entries(),
         )
 
 
@@ -324,6 +336,11 @@ class _FactsCollector(Collector):
                                     value=facts.gateway_latency)  # fmt: skip
         yield GaugeMetricFamily("leaderboard_process_cpu_percent", "Process CPU, last sample", value=facts.cpu_percent)
         yield GaugeMetricFamily("leaderboard_process_memory_bytes", "Resident memory", value=facts.memory_bytes)
+        entries = GaugeMetricFamily("leaderboard_memory_entries", "Entries held per member-keyed structure",
+                                    labels=["structure"])  # fmt: skip
+        for name, count in sorted(facts.memory_entries.items()):
+            entries.add_metric([name], count)
+        yield entries
 
 
 def database_bytes(path: str) -> int | None:

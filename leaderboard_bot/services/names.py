@@ -1,21 +1,26 @@
 """Members' display names: live member first, then the last name stored, then a lookup on Discord.
 
 Members who left still get a name (the one we kept, or their account name), never an ID. Names
-seen live are remembered here and handed to the next flush only when they changed.
+seen live are handed to the next flush only when they changed. Per member seen, only a fingerprint
+of the raw names is kept (to tell a change cheaply on every message); the names themselves are kept
+for the most recently seen ``KNOWN_NAMES`` members only (boards show few; the rest are in the database).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from loguru import logger
 
 from ..db import Storage, repository
-from ..domain import UNKNOWN_MEMBER, NameInfo
+from ..domain import UNKNOWN_MEMBER, NameInfo, best_name
 
 NOT_FOUND_TTL = 3_600.0
+KNOWN_NAMES = 10_000  # names kept in memory, most recently seen first out last
+MAX_FINGERPRINTS = 200_000  # past it the fingerprints are forgotten: each name is written once more
 
 
 class NameSource(Protocol):
@@ -42,8 +47,11 @@ class NameService:
         self.guild_id = guild_id
         self.source = source
         self.max_fetches_per_call = max_fetches_per_call
-        self._known: dict[int, NameInfo] = {}
+        self._known: OrderedDict[int, NameInfo] = OrderedDict()  # least recently seen first
+        self._fingerprints: dict[int, int] = {}  # hash of the raw names last seen per member
         self._unwritten: dict[int, NameInfo] = {}
+        self.known_names = KNOWN_NAMES
+        self.max_fingerprints = MAX_FINGERPRINTS
         self.clock = clock
         # Only a definite "no such user" is remembered, and only for a while: an account
         # can come back, and a 5xx or a timeout says nothing about the user at all.
@@ -51,16 +59,41 @@ class NameService:
 
     # ------------------------------------------------------------------ what was seen
 
+    def seen(self, user_id: int, nick: str | None, global_name: str | None, username: str) -> None:
+        """A member's names as Discord sent them (every message and voice event): the shown name is
+        worked out, and written with the next flush, only when they changed since last seen."""
+        fingerprint = hash((nick, global_name, username))
+        if self._fingerprints.get(user_id) == fingerprint:
+            return  # the usual case: one hash and one lookup per message
+        if len(self._fingerprints) >= self.max_fingerprints:
+            self._fingerprints.clear()  # bounded: a member forgotten here costs one more name write
+        self._fingerprints[user_id] = fingerprint
+        self.remember(user_id, best_name(nick, global_name, username) or username, username)
+
     def remember(self, user_id: int, display_name: str, username: str | None) -> None:
         """Keep the latest name; it is written with the next flush only when it changed."""
+        if username == display_name:
+            display_name = username  # one string kept, not two equal ones
         entry = (display_name, username)
-        if self._known.get(user_id) != entry:
-            self._known[user_id] = entry
+        known = self._known
+        if known.get(user_id) != entry:
             self._unwritten[user_id] = entry
+        known[user_id] = entry
+        known.move_to_end(user_id)
+        if len(known) > self.known_names:
+            known.popitem(last=False)
 
     def known_name(self, user_id: int) -> str | None:
         entry = self._known.get(user_id)
         return entry[0] if entry else None
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per member-keyed structure (for /health): each is bounded."""
+        return {
+            "names": len(self._known),
+            "name_fingerprints": len(self._fingerprints),
+            "unwritten_names": len(self._unwritten),
+        }
 
     def take_unwritten(self) -> dict[int, NameInfo]:
         """Hand the changed names to a flush (give them back with :meth:`restore_unwritten` if it fails)."""
@@ -100,7 +133,10 @@ class NameService:
             stored = await self.storage.read(repository.names, self.guild_id, missing)
             for user_id, name in stored.items():
                 # Kept (not marked unwritten): a board shown again while the database is away needs no read.
-                self._known.setdefault(user_id, (name, None))
+                if user_id not in self._known:
+                    self._known[user_id] = (name, None)
+                    if len(self._known) > self.known_names:
+                        self._known.popitem(last=False)
             found.update(stored)
         fetches = 0
         for user_id in ids:

@@ -71,7 +71,12 @@ class TokenBucket:
 
     def try_take(self, now: float) -> bool:
         """Refill up to ``now`` and take one token if available."""
-        self.refill(now)
+        # refill() inlined: this runs for every message counted.
+        elapsed = now - self._last
+        if elapsed > 0:  # never for a clock that went backwards (or NaN)
+            tokens = self._tokens + elapsed * self._refill_rate
+            self._tokens = tokens if tokens < self._capacity else float(self._capacity)
+            self._last = now
         if self._tokens >= 1.0 - _EPSILON:
             self._tokens = max(0.0, self._tokens - 1.0)
             return True
@@ -99,6 +104,8 @@ class MessageGuard(Protocol):
     def blocked(self) -> int: ...
 
     def allow(self, member_id: int, now: float | None = None) -> bool: ...
+
+    def forget_full(self, now: float | None = None) -> int: ...
 
     def __len__(self) -> int: ...
 
@@ -179,6 +186,17 @@ class SpamGuard:
         missing = 1.0 - bucket._pending(now)
         return max(0.0, missing / self._refill_rate)
 
+    def forget_full(self, now: float | None = None) -> int:
+        """Drop every bucket that is full again (such a member needs no entry); how many went.
+        Messages only prune from the least recently used end, so after a burst the last members
+        would keep their buckets until the next message: the flush loop calls this."""
+        if now is None:
+            now = self._clock()
+        full = [member for member, bucket in self._buckets.items() if bucket.is_full(now)]
+        for member in full:
+            del self._buckets[member]
+        return len(full)
+
     def _prune(self, now: float) -> None:
         buckets = self._buckets
         # A full bucket is indistinguishable from a fresh one, so dropping it loses
@@ -220,6 +238,9 @@ class NullGuard:
     def allow(self, member_id: int, now: float | None = None) -> bool:
         self._allowed += 1
         return True
+
+    def forget_full(self, now: float | None = None) -> int:
+        return 0
 
     def __len__(self) -> int:
         return 0

@@ -303,6 +303,9 @@ def health_embed(facts: Facts, *, now: float) -> disnake.Embed:
     size = "unknown" if facts.database_bytes is None else f"{facts.database_bytes / 1e6:.1f} MB"
     embed.add_field("Database size", size)
     embed.add_field("Process", f"CPU {facts.cpu_percent:.0f}% · {facts.memory_bytes / 1e6:.0f} MB")
+    if facts.memory_entries:
+        held = " · ".join(f"{name.replace('_', ' ')} {format_count(n)}" for name, n in facts.memory_entries.items())
+        embed.add_field("Held in memory (entries)", _clip(held, FIELD_LIMIT), inline=False)
     latencies = [
         f"/{name}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms ({n})"
         for name, (p50, p95, n) in sorted(facts.command_latency.items())

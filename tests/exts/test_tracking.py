@@ -9,10 +9,15 @@ from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock
 
+import disnake
 import pytest
 
-from leaderboard_bot.exts.tracking import Tracking
+from leaderboard_bot.domain import best_name
+from leaderboard_bot.exts.health import Health
+from leaderboard_bot.exts.tracking import DISCORD_EPOCH_MS, Tracking
+from leaderboard_bot.services import names as names_module
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.health import HealthMonitor
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.voice import VoicePresence
 from tests.factories import AllowAllGuard, FakeClock, runtime_settings, voice_tracker
@@ -48,12 +53,20 @@ class World:
             names=self.names,
             clock=self.clock,
         )
+        self.health = HealthMonitor(clock=self.clock)
+        self.listeners: dict[str, list[Any]] = {}  # added at run time (the cog's own are not here)
         self.bot = SimpleNamespace(
-            services=SimpleNamespace(activity=self.tracker, names=self.names, settings=runtime_settings()),
+            services=SimpleNamespace(
+                activity=self.tracker, names=self.names, settings=runtime_settings(), health=self.health
+            ),
             config=SimpleNamespace(guild_id=GUILD),
             ws=SimpleNamespace(open=True),
             get_guild=lambda guild_id: self.guild if guild_id == GUILD else None,
             is_ready=lambda: self.ready,
+            add_listener=lambda func, name: self.listeners.setdefault(name, []).append(func),
+            remove_listener=lambda func, name: self.listeners.get(name, []).remove(func)
+            if func in self.listeners.get(name, [])
+            else None,
         )
         self.ready = False  # True: the extension is loaded by a takeover on a live connection
 
@@ -236,3 +249,76 @@ async def test_an_extension_loaded_by_a_takeover_on_a_live_connection_reads_who_
             break
         await asyncio.sleep(0.01)
     assert w.tracker.voice.counting_users() == {1, 2}
+
+
+def message(author_id: int, at: float, *, nick: str | None = None, name: str = "alice", bot: bool = False) -> Any:
+    """A guild message as disnake hands it over: its id carries the time it was sent."""
+    snowflake = (int(at * 1000) - DISCORD_EPOCH_MS) << 22
+    author = SimpleNamespace(id=author_id, bot=bot, nick=nick, global_name=None, name=name, roles=[])
+    return SimpleNamespace(
+        id=snowflake,
+        guild=SimpleNamespace(id=GUILD),
+        author=author,
+        webhook_id=None,
+        type=disnake.MessageType.default,
+        channel=SimpleNamespace(id=5, parent_id=None, category_id=None),
+    )
+
+
+async def test_a_name_is_worked_out_and_written_once_per_change(
+    world: tuple[World, Tracking], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per message only a fingerprint of the raw names is compared; the shown name is worked out
+    (and handed to a flush) only when a member's names changed."""
+    w, cog = world
+    worked_out: list[tuple[str | None, ...]] = []
+
+    def counting_best_name(*candidates: str | None) -> str | None:
+        worked_out.append(candidates)
+        return best_name(*candidates)
+
+    monkeypatch.setattr(names_module, "best_name", counting_best_name)
+    for _ in range(100):
+        await cog.on_message(message(ALICE, w.clock.now))
+    assert len(worked_out) == 1 and w.names.take_unwritten() == {ALICE: ("alice", "alice")}
+    for _ in range(100):
+        await cog.on_message(message(ALICE, w.clock.now, nick="Ali"))
+    assert len(worked_out) == 2 and w.names.take_unwritten() == {ALICE: ("Ali", "alice")}
+    await cog.on_message(message(ALICE, w.clock.now))  # back to the old name: a change again
+    assert len(worked_out) == 3 and w.names.take_unwritten() == {ALICE: ("alice", "alice")}
+    assert w.tracker.messages_counted == 201
+
+
+async def test_messages_are_counted_at_their_snowflake_time_and_the_event_rate_sees_them(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    w.clock.now = 86_400.0 + 20.0  # just after a UTC midnight
+    for _ in range(3):
+        await cog.on_message(message(ALICE, w.clock.now - 30.0))  # sent before it, handled after
+    await cog.on_message(message(ROBOT, w.clock.now, bot=True))  # not counted, still an event
+    assert dict(w.tracker._messages) == {("1970-01-01", ALICE): 3}
+    assert w.health.events_per_second() * 60 == 4
+
+
+def test_one_listener_per_message_and_none_per_gateway_event_while_connected() -> None:
+    """disnake runs every listener as a task of its own: more listeners per message cost more than
+    counting the message does."""
+    static = [name for cog in (Tracking, Health) for name, _ in cog.__cog_listeners__]
+    assert static.count("on_message") == 1
+    assert "on_socket_event_type" not in static
+
+
+async def test_gateway_event_types_are_watched_only_between_a_drop_and_the_next_session(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    assert not w.listeners.get("on_socket_event_type")
+    await cog.on_disconnect()
+    await cog.on_disconnect()  # a failed reconnect attempt drops again: still one listener
+    assert w.listeners["on_socket_event_type"] == [cog.on_socket_event_type]
+    await cog.on_socket_event_type("READY")
+    assert w.listeners["on_socket_event_type"] == []
+    await cog.on_disconnect()
+    await cog.on_resumed()
+    assert w.listeners["on_socket_event_type"] == []

@@ -12,6 +12,7 @@ from leaderboard_bot.services.health import (
     Sources,
     percentile,
 )
+from leaderboard_bot.ui.embeds import health_embed
 from tests.factories import FakeClock
 
 
@@ -147,3 +148,27 @@ def test_a_write_hanging_on_a_lock_degrades_before_it_fails() -> None:
     assert health.status()[0] == "degraded"
     waiting[0] = 16.0
     assert health.status()[0] == "failing"
+
+
+def test_memory_entries_are_in_the_facts_the_metrics_and_the_embed() -> None:
+    entries = {"spam_buckets": 12, "names": 10_000, "name_fingerprints": 150_000}
+    health, _ = monitor(memory_entries=lambda: dict(entries))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(health.registry).decode())}
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert value[("leaderboard_memory_entries", (("structure", "name_fingerprints"),))] == 150_000
+    facts = health.facts()
+    assert facts.to_json()["memory_entries"] == entries
+    embed = health_embed(facts, now=0.0)
+    held = next(f.value for f in embed.fields if f.name.startswith("Held in memory"))
+    assert "spam buckets 12" in held and "name fingerprints 150,000" in held
+
+
+def test_counting_an_event_allocates_nothing_within_a_second() -> None:
+    health, clock = monitor()
+    clock.advance(120.0)
+    for _ in range(1_000):
+        health.event()
+    assert len(health._events) == 0 and health._second_count == 1_000  # one counter, no entry per event
+    clock.advance(1.0)
+    health.event()
+    assert list(health._events) == [(int(clock.now) - 1, 1_000)]

@@ -346,3 +346,19 @@ def test_unwritten_names_go_to_a_flush_and_come_back_if_it_fails() -> None:
     names.remember(1, "Uno", "one")  # seen while the write was under way
     names.restore_unwritten(taken)
     assert names.unwritten() == {1: ("Uno", "one")}  # the newer name wins
+
+
+def test_names_in_memory_are_bounded_and_each_member_is_kept_once() -> None:
+    names = NameService(None, guild_id=1)  # type: ignore[arg-type]
+    names.known_names, names.max_fingerprints = 100, 500
+    for member in range(1_000):
+        names.seen(member, None, None, f"member{member}")
+    sizes = names.sizes()
+    assert sizes["names"] == 100 and sizes["name_fingerprints"] <= 500
+    assert names.known_name(999) == "member999" and names.known_name(0) is None  # the latest are kept
+    assert len(names.take_unwritten()) == 1_000  # every first sighting is written once
+    display, username = names._known[999]
+    assert display is username  # the same name is not kept twice
+    for member in range(999, 989, -1):
+        names.seen(member, None, None, f"member{member}")  # unchanged: nothing to write
+    assert names.take_unwritten() == {}

@@ -257,3 +257,17 @@ def test_guards_satisfy_protocol() -> None:
     for guard in guards:
         assert guard.allow(1, now=0.0)
         assert guard.allowed == 1
+
+
+def test_full_buckets_are_forgotten_so_quiet_members_need_no_entry() -> None:
+    clock = [0.0]
+    guard = SpamGuard(5, 1.0, clock=lambda: clock[0])
+    for member in range(1_000):
+        assert guard.allow(member)
+    guard.allow(7)  # 7 sent two: its bucket is two tokens short
+    assert len(guard) == 1_000  # no message since: nothing pruned them yet
+    clock[0] = 1.5
+    assert guard.forget_full() == 999 and len(guard) == 1 and 7 in guard
+    clock[0] = 2.0
+    assert guard.forget_full() == 1 and len(guard) == 0
+    assert NullGuard().forget_full() == 0
