@@ -35,7 +35,7 @@ LAST_KNOWN_TOPS = 64
 LAST_KNOWN_STANDINGS = 4096
 STANDING_READS = 3  # lock-free attempts before a standing waits for the flush lock
 MERGE_AT_MOST = 5_000  # a flush moving more members than this drops the cached tops it touches
-KNOWN_AT_MOST = 100_000  # stored counts kept for members with unwritten counts (cleared past it)
+KNOWN_AT_MOST = 20_000  # stored counts kept for members with unwritten counts (cleared past it)
 
 
 class TopCache:
