@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -186,6 +187,9 @@ async def _run_locked(
             _background.add(watcher := asyncio.ensure_future(stand_by()))
             watcher.add_done_callback(_background.discard)
         await login_with_retry(bot, settings.bot_token)
+        # What start-up built (modules, the services, the extensions) lives as long as the process:
+        # out of the collector's way, a burst of messages triggers shorter collections.
+        gc.freeze()
         await bot.connect()
     except disnake.LoginFailure:
         logger.error("Discord rejected BOT_TOKEN: check the token in .env (Developer Portal > Bot > Token)")
