@@ -424,11 +424,13 @@ def ranked_count(guild_id: int, season: int, board: Board, sequence: int | None 
 
 
 def count_ranked_boards(guild_id: int, season: int) -> None:
-    """Count both boards at the current write number, so the next rank finds them ready."""
+    """Count both boards at the current write number (and find their medians the first time), so
+    the next rank finds them ready."""
     with database_proxy.atomic():
         sequence = write_sequence(guild_id)
         for board in ("messages", "voice"):
-            ranked_count(guild_id, season, board, sequence)
+            ranked = ranked_count(guild_id, season, board, sequence)
+            _nearer_the_top(guild_id, season, board, 0.0, 0, ranked)
 
 
 def snapshot() -> Any:

@@ -69,6 +69,7 @@ class Services:
         await self.activity.start()  # first: a season roll saved in the recovery file is applied here
         await self.seasons.load()
         await self.boards.load()
+        self.rankings.warm()
 
 
 def build_services(

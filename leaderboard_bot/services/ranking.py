@@ -278,6 +278,11 @@ class Rankings:
                     known[user] = (had[0] + messages, had[1] + voice)
             self._known_at = (batch.season, sequence)
 
+    def warm(self) -> None:
+        """Prepare the current season's board counts off the hot path (at start, after a takeover):
+        the first rank of a big board then costs what every other one does."""
+        self._count_boards_soon(self.seasons.current_number())
+
     def _count_boards_soon(self, season: int) -> None:
         """Count each board's ranked members at the new write number off the hot path (the reader
         thread), so a rank counted from the bottom of a big board need not count them itself."""
