@@ -190,15 +190,17 @@ class ActivityService:
 
     def unwritten(self, season: int) -> Unwritten:
         """Everyone's counts not yet in the database, as of now (see Unwritten), for ``season``,
-        the current one (the buffers always belong to it). One pass over the buffers."""
+        the current one. One pass over the buffers. While the write that ends ``season`` is under
+        way, the buffers already belong to the next season, so only that write is added."""
+        in_flight = self._in_flight
+        rolling = in_flight is not None and in_flight.roll is not None and in_flight.season == season
         buffered: dict[int, Counts] = {}
-        for (_, user), count in self._messages.items():
+        for (_, user), count in () if rolling else self._messages.items():
             messages, voice = buffered.get(user, (0, 0.0))
             buffered[user] = (messages + count, voice)
-        for user, seconds in self.voice.unflushed_by_member(self.clock()).items():
+        for user, seconds in () if rolling else self.voice.unflushed_by_member(self.clock()).items():
             messages, voice = buffered.get(user, (0, 0.0))
             buffered[user] = (messages, voice + seconds)
-        in_flight = self._in_flight
         if in_flight is None or in_flight.season != season:
             return Unwritten(committed=self.committed_sequence, buffered=buffered)
         writing: dict[int, Counts] = {}
@@ -312,7 +314,10 @@ class ActivityService:
 
     async def _write_spilled(self, season: int, now: float) -> bool:
         assert self.recovery is not None  # only a recovery file takes spills
-        for sequence in sorted(self._spilled):
+        while self._spilled:
+            # Re-read each time: a part spilled while an earlier one is written gets a higher
+            # number, still lower than the batch this flush writes next, so it goes first too.
+            sequence = min(self._spilled)
             part = await self.recovery.load_spilled(sequence)
             if part is None:
                 if sequence in self._spilled:  # (not a spill the disk refused meanwhile: that one is in memory)
@@ -486,7 +491,7 @@ class ActivityService:
         parts = self._snapshot(season, self.clock())
         if not parts and not self._spilled:
             return True
-        saved = await self.recovery.save(parts, committed=self.committed_sequence)
+        saved = await self.recovery.save(parts, committed=self.committed_sequence, season=self._rest_season)
         if saved:
             self._note_saved(parts)
         return saved
@@ -566,7 +571,7 @@ class ActivityService:
         self._next_sequence += 1
         self._spilled[part.sequence] = len(messages) + len(voice)
         rest = self._snapshot(season, now)  # also the rest, now under a higher number
-        saved = await self.recovery.save(rest, spilled=[part], committed=self.committed_sequence)
+        saved = await self.recovery.save(rest, spilled=[part], committed=self.committed_sequence, season=season)
         if not saved:
             self._spilled.pop(part.sequence, None)
             self._give_back(part)
@@ -623,7 +628,9 @@ class ActivityService:
         if not parts:
             return
         try:
-            saved = await asyncio.wait_for(self.recovery.save(parts, committed=self.committed_sequence), 1.0)
+            saved = await asyncio.wait_for(
+                self.recovery.save(parts, committed=self.committed_sequence, season=self._rest_season), 1.0
+            )
         except TimeoutError:
             saved = False
         if not saved:

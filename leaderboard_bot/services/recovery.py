@@ -130,15 +130,26 @@ class RecoveryFile:
 
     # ------------------------------------------------------------------ writing (on the worker)
 
-    def write(self, parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0) -> None:
+    def write(
+        self,
+        parts: list[ActivityBatch],
+        spilled: list[ActivityBatch] | None = None,
+        committed: int = 0,
+        season: int | None = None,
+    ) -> None:
         """Replace this process's file with ``parts`` and ``spilled``, atomically (blocking; raises
         OSError). Spilled parts already in the file are carried over unless the database has them
-        (number up to ``committed``) or a new part has the same number."""
+        (number up to ``committed``) or a new part has the same number, filed under ``season``:
+        they are always written before anything newer, so they belong where the rest does (a roll
+        that failed after they were spilled leaves them in the season it did not end)."""
         new_spilled = [spilled_to_json(part) for part in spilled or []]
         numbers = {part.sequence for part in parts} | {part["sequence"] for part in new_spilled}
         carried = [
             part for part in self._spilled_in_file() if part["sequence"] > committed and part["sequence"] not in numbers
         ]
+        if season is not None:
+            for part in carried + new_spilled:
+                part["season"] = season
         payload: dict[str, Any] = {"version": FORMAT_VERSION, "written_at": self.clock(), "pid": os.getpid()}
         payload["parts"] = carried + new_spilled + [batch_to_json(part) for part in parts]
         self.own_path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,12 +184,16 @@ class RecoveryFile:
         self.holds_spilled = False
 
     async def save(
-        self, parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0
+        self,
+        parts: list[ActivityBatch],
+        spilled: list[ActivityBatch] | None = None,
+        committed: int = 0,
+        season: int | None = None,
     ) -> bool:
         """Write ``parts`` (and newly ``spilled`` ones) off the loop. On failure (a full disk) says
         so once, until it works again."""
         try:
-            await self.worker.run(lambda: self.write(parts, spilled, committed))
+            await self.worker.run(lambda: self.write(parts, spilled, committed, season))
         except OSError as error:
             if not self.save_failing:
                 logger.error(

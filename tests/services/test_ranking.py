@@ -863,3 +863,35 @@ async def test_what_is_kept_to_merge_flushes_stays_bounded(
     assert len(rankings.cache) <= 1
     top = await rankings.top("messages", 3)
     assert top == entries((0, 1.0), (1, 1.0), (2, 1.0))  # still exact after the drops
+
+
+async def test_messages_sent_while_the_roll_is_written_are_not_shown_in_the_finished_season(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the roll batch of season 1 is in flight, the buffers hold season 2's activity,
+    yet unwritten(1) adds them to season 1's figures (in_flight.season == 1 passes the check)."""
+    send(tracker, 1, 3)
+    assert await rankings.seasons.flush() is True
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+
+    def slow(batch: ActivityBatch) -> None:
+        if batch.roll is not None:
+            busy.set()
+            assert gate.wait(10)
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", slow)
+    send(tracker, 1, 2)  # season 1: in the roll batch
+    rolling = asyncio.ensure_future(rankings.seasons.roll(reason="test"))
+    assert await asyncio.to_thread(busy.wait, 5)
+    send(tracker, 2, 7)  # after the roll was taken: season 2
+    assert rankings.seasons.current_number() == 1
+    top = await rankings.top("messages", 10, season=1)
+    standing = await rankings.standing(2, season=1)
+    gate.set()
+    assert await rolling is not None
+    final = await rankings.top("messages", 10, season=1)
+    assert final == [RankedEntry(1, 5.0)]
+    assert (standing.messages, standing.message_rank) == (0, None), standing
+    assert top == [RankedEntry(1, 5.0)], top  # member 2's 7 messages belong to season 2

@@ -17,7 +17,8 @@ from leaderboard_bot.db.models import MemberStats
 from leaderboard_bot.domain import ActivityBatch, SeasonRoll, SessionClose, SessionOpen
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.recovery import FORMAT_VERSION, RecoveryFile, batch_from_json, batch_to_json, read_file
-from tests.factories import FakeClock, fail_batches, here
+from leaderboard_bot.services.seasons import SeasonService
+from tests.factories import FakeClock, fail_batches, here, runtime_settings
 from tests.services.test_activity import CH, T0, G, make_service, season_one, sessions, stats
 
 
@@ -370,10 +371,15 @@ async def test_a_spill_the_disk_refuses_keeps_the_rows_in_memory(
     assert service.recovery is not None
     real_write = service.recovery.write
 
-    def full(parts: list[ActivityBatch], spilled: list[ActivityBatch] | None = None, committed: int = 0) -> None:
+    def full(
+        parts: list[ActivityBatch],
+        spilled: list[ActivityBatch] | None = None,
+        committed: int = 0,
+        season: int | None = None,
+    ) -> None:
         if spilled:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(parts, spilled, committed)
+        real_write(parts, spilled, committed, season)
 
     monkeypatch.setattr(service.recovery, "write", full)
     await fill_during_outage(service, activity_clock, 120)
@@ -421,3 +427,136 @@ async def test_a_spill_during_a_hanging_write_keeps_every_count_once(
     path.write_text(snapshot)  # kill -9 during the hang: the file as it was then
     await restart(activity_storage, activity_clock, recovery)
     assert await stats(activity_storage) == {user: (1, 0.0) for user in [*range(1, 31), 1000]}
+
+
+async def test_a_spill_while_a_spilled_part_is_being_written_is_never_lost(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part spilled while an earlier spilled part is being written has a number below the batch
+    that follows in the same flush: it must be written before that batch (found in review)."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 20
+    await service.start()
+    outage = Outage(monkeypatch)
+    await fill_during_outage(service, activity_clock, 50)
+    assert service.rows_spilled > 0
+    # The database is back, but the first (spilled) write is slow.
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+    first = [True]
+
+    def slow_first(batch: ActivityBatch) -> None:
+        if first[0]:
+            first[0] = False
+            busy.set()
+            assert gate.wait(10)
+        real(batch)
+
+    outage.down = False
+    monkeypatch.setattr(repository, "apply_batch", slow_first)
+    flushing = asyncio.ensure_future(service.flush(season_one))
+    assert await asyncio.to_thread(busy.wait, 10)
+    for user in range(1000, 1040):  # a burst during the slow write: past the bound, a spill
+        service.record_message(user)
+        await asyncio.sleep(0)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if service.rows_spilled > 50 - 20:
+            break
+    spilled_during = service.rows_spilled
+    gate.set()
+    assert await flushing is True
+    await asyncio.sleep(0.2)  # the file rewrite after the success
+    assert await service.flush(season_one) is True
+    await asyncio.sleep(0.1)
+    expected = {u: (1, 0.0) for u in [*range(1, 51), *range(1000, 1040)]}
+    got = await stats(activity_storage)
+    missing = sorted(u for u in expected if u not in got)
+    assert got == expected, (spilled_during, missing)
+
+
+async def test_kill_9_after_a_spill_during_a_spilled_write_loses_nothing(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same race, then kill -9 right after the flush: the restart skips the part (its number is
+    below the stored write number) although it was never written."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 20
+    await service.start()
+    outage = Outage(monkeypatch)
+    await fill_during_outage(service, activity_clock, 50)
+    gate, busy = threading.Event(), threading.Event()
+    real = repository.apply_batch
+    first = [True]
+
+    def slow_first(batch: ActivityBatch) -> None:
+        if first[0]:
+            first[0] = False
+            busy.set()
+            assert gate.wait(10)
+        real(batch)
+
+    outage.down = False
+    monkeypatch.setattr(repository, "apply_batch", slow_first)
+    flushing = asyncio.ensure_future(service.flush(season_one))
+    assert await asyncio.to_thread(busy.wait, 10)
+    for user in range(1000, 1040):
+        service.record_message(user)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.2)
+    gate.set()
+    assert await flushing is True
+    await asyncio.sleep(0.2)
+    # kill -9 now; a new process starts on the same files
+    await restart(activity_storage, activity_clock, recovery)
+    expected = {u: (1, 0.0) for u in [*range(1, 51), *range(1000, 1040)]}
+    got = await stats(activity_storage)
+    assert got == expected, sorted(u for u in expected if u not in got)
+
+
+async def test_a_part_spilled_during_a_roll_that_fails_lands_in_the_season_it_was_counted_in(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_spill_once files a part spilled during an in-flight roll under season N+1. If the roll
+    write fails, the part stays in the file under N+1 while the rest is filed under N; a kill -9
+    then writes the season-N messages into season N+1 at the next start."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = make_service(activity_storage, activity_clock, recovery=recovery)
+    service.max_pending_rows = 20
+    await service.start()
+    seasons_ = SeasonService(activity_storage, service, runtime_settings(reset_period=3600.0), clock=activity_clock)
+    await seasons_.load()
+    service.current_season = seasons_.current_number
+    gate, busy = threading.Event(), threading.Event()
+
+    def failing_roll(batch: ActivityBatch) -> None:
+        busy.set()
+        assert gate.wait(10)
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(repository, "apply_batch", failing_roll)
+    service.record_message(1)
+    rolling = asyncio.ensure_future(seasons_.roll(reason="test"))
+    assert await asyncio.to_thread(busy.wait, 5)
+    for user in range(100, 130):  # arrive during the roll's write: a spill
+        service.record_message(user)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.2)
+    assert service.rows_spilled > 0
+    gate.set()
+    assert await rolling is None  # the roll failed: everything is still season 1
+    assert seasons_.current_number() == 1
+    await asyncio.sleep(0.2)
+    monkeypatch.undo()
+    # kill -9; a new process starts on the same files
+    await restart(activity_storage, activity_clock, recovery)
+
+    def per_season() -> dict[int, int]:
+        out: dict[int, int] = {}
+        for row in MemberStats.select().where(MemberStats.guild_id == G):
+            out[row.season] = out.get(row.season, 0) + row.messages
+        return out
+
+    assert await activity_storage.run(per_season) == {1: 31}
