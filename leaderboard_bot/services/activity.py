@@ -499,8 +499,10 @@ class ActivityService:
     # ------------------------------------------------------------------ losing the lease
 
     async def _fence(self, error: StorageError) -> None:
-        """Another instance holds the lease: what is buffered here is also being counted there
-        (from its takeover on), so it is dropped, with the recovery file, rather than doubled."""
+        """Another instance holds the lease and counts from its takeover on. What is buffered here
+        cannot be split into before and after that moment, so it is dropped, with the recovery
+        file: activity before the takeover that this instance had not written is lost, never
+        counted twice."""
         self.fenced = True
         messages = sum(self._messages.values())
         self._messages = Counter()
@@ -523,6 +525,8 @@ class ActivityService:
     # ------------------------------------------------------------------ spilling
 
     def _request_spill(self) -> None:
+        if self.fenced:
+            return
         if self.recovery is None:
             if not self._unbounded_logged:
                 self._unbounded_logged = True
@@ -543,9 +547,11 @@ class ActivityService:
         """Move the oldest rows out of memory into a numbered part of the recovery file. The rows
         leave the buffers before anything is awaited, so no flush can take them twice; if the
         disk refuses them, they come back (as the oldest) and a spill is tried again later."""
-        while len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows:
+        while len(self._messages) + self.voice.pending_rows() >= self.max_pending_rows and not self.fenced:
             if not await self._spill_once():
                 return
+        if self.fenced and self.recovery is not None:
+            await self.recovery.clear()  # a save queued before the fence must not outlive it
 
     async def _spill_once(self) -> bool:
         assert self.recovery is not None

@@ -314,7 +314,8 @@ class Rankings:
                 return reply
         async with self.activity.quiescent():  # writes kept committing meanwhile: hold them off once
             reply = await self._view_once(board, limit, season, caller)
-            assert reply is not None  # nothing commits while the flush lock is held
+            if reply is None:  # only another writer could move the write number now
+                raise StorageError("the database kept changing under the read; try again")
             return reply
 
     def _unwritten(self, season: int) -> Unwritten:
@@ -405,7 +406,8 @@ class Rankings:
                 return self._standing(user_id, season, read)
         async with self.activity.quiescent():
             read = await self._read(season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS)
-            assert read is not None  # nothing commits while the flush lock is held
+            if read is None:  # only another writer could move the write number now
+                raise StorageError("the database kept changing under the read; try again")
             return self._standing(user_id, season, read)
 
     def _standing(self, user_id: int, season: int, read: LiveRead) -> Standing:

@@ -4,6 +4,7 @@ SQLite file and a real ActivityService driven by a fake clock."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -895,3 +896,61 @@ async def test_messages_sent_while_the_roll_is_written_are_not_shown_in_the_fini
     assert final == [RankedEntry(1, 5.0)]
     assert (standing.messages, standing.message_rank) == (0, None), standing
     assert top == [RankedEntry(1, 5.0)], top  # member 2's 7 messages belong to season 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_ranks_and_tops_on_a_big_board_with_ties_match_brute_force(
+    seed: int, rankings: Rankings, tracker: ActivityService, rank_storage: Storage, rank_clock: FakeClock
+) -> None:
+    rng = random.Random(seed)
+    members = list(range(1, 301))
+    messages = {u: rng.choice([0, 1, 2, 3, 5, 8]) for u in members}
+    voice = {u: rng.choice([0.0, 0.25, 0.5, 1.0, 2.0]) for u in members}
+    await write_behind_cache(
+        rank_storage,
+        messages={u: n for u, n in messages.items() if n},
+        voice={u: s for u, s in voice.items() if s},
+    )
+    joined: dict[int, float] = {}
+
+    def truth(board: str) -> list[tuple[int, float]]:
+        if board == "messages":
+            live = {u: float(n) for u, n in messages.items()}
+        else:
+            live = dict(voice)
+            for u, since in joined.items():
+                live[u] = live.get(u, 0.0) + rank_clock.now - since
+        return sorted(((u, v) for u, v in live.items() if v > 0), key=lambda x: (-x[1], x[0]))
+
+    for step in range(60):
+        r = rng.random()
+        if r < 0.5:
+            u = rng.choice(members)
+            n = rng.choice([1, 2, 3])
+            send(tracker, u, n)
+            messages[u] += n
+        elif r < 0.7:
+            u = rng.choice(members)
+            if u in joined:
+                tracker.record_voice(u, None)
+                voice[u] += rank_clock.now - joined.pop(u)
+            else:
+                tracker.record_voice(u, here(CH))
+                joined[u] = rank_clock.now
+        elif r < 0.8:
+            assert await rankings.seasons.flush() is True
+        rank_clock.advance(rng.choice([0.0, 0.25, 0.5]))
+        for board in ("messages", "voice"):
+            order = truth(board)
+            limit = rng.choice([1, 5, 10])
+            got = await rankings.top(board, limit)  # type: ignore[arg-type]
+            assert [(e.user_id, e.value) for e in got] == order[:limit], (step, board)
+            for _ in range(3):
+                u = rng.choice(members)
+                standing = await rankings.standing(u)
+                rank = standing.message_rank if board == "messages" else standing.voice_rank
+                ids = [x for x, _ in order]
+                assert rank == (ids.index(u) + 1 if u in ids else None), (step, board, u)
+                view = await rankings.view(board, limit, caller=u)  # type: ignore[arg-type]
+                if u in ids and ids.index(u) >= limit:
+                    assert view.caller_rank == ids.index(u) + 1, (step, board, u)
