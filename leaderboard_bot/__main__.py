@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dotenv import load_dotenv
 from loguru import logger
 
-from .config import ConfigError, Settings, load_settings, sqlite_path
+from .config import ConfigError, Settings, load_settings, local_state_path
 from .logs import complete_logging, setup_logging
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ async def run(settings: Settings) -> int:
     from .db.storage import StorageError
     from .services.lease import LeaseService
 
-    path = sqlite_path(settings.database_url)
+    path = local_state_path(settings.database_url, settings.guild_id)  # PostgreSQL: a local lock file
     instance = InstanceLock(path) if path != ":memory:" else None
     locked = instance is None
     if instance is not None:

@@ -8,6 +8,7 @@ only the defaults of what ``services.settings.RuntimeSettings`` serves live.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,16 +16,20 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "ConfigError",
     "Settings",
     "SpamLimit",
     "Tunables",
+    "is_postgres",
     "load_settings",
+    "local_state_path",
     "parse_bool",
     "parse_duration",
     "parse_spam_limit",
+    "postgres_url",
     "sqlite_path",
 ]
 
@@ -113,6 +118,11 @@ _LOG_FORMATS = ("json", "text", "auto")
 
 _SQLITE_PREFIX = "sqlite:///"
 _SQLITE_HINT = "use sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:///:memory:"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_URL_HINT = (
+    "use sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory: "
+    "or postgresql://user:password@host/database"
+)
 
 # Snowflakes are unsigned 64-bit integers.
 _MAX_SNOWFLAKE = 2**64 - 1
@@ -191,7 +201,7 @@ def sqlite_path(database_url: str) -> str:
         problem = f"{_show(database_url)} is not a database URL"
     elif scheme.lower() != "sqlite":
         # Show only the scheme: other URLs often carry a password.
-        problem = f"{_show(scheme + '://...')} is not supported (only SQLite is)"
+        problem = f"{_show(scheme + '://...')} is not a SQLite URL"
     elif not database_url.lower().startswith(_SQLITE_PREFIX):
         problem = f"{_show(database_url)} needs three slashes after the colon"
     elif not database_url[len(_SQLITE_PREFIX) :]:
@@ -199,6 +209,49 @@ def sqlite_path(database_url: str) -> str:
     else:
         return database_url[len(_SQLITE_PREFIX) :]
     raise ValueError(f"{problem}: {_SQLITE_HINT}")
+
+
+def is_postgres(database_url: str) -> bool:
+    return database_url.partition("://")[0].lower() in _POSTGRES_SCHEMES
+
+
+def postgres_url(database_url: str) -> str:
+    """The URL in the form libpq and peewee both take (``postgres://`` becomes ``postgresql://``)."""
+    rest = database_url.partition("://")[2]
+    return f"postgresql://{rest}"
+
+
+def postgres_driver_installed() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in ("psycopg", "psycopg2"))
+
+
+def _check_postgres_url(database_url: str) -> None:
+    scheme = database_url.partition("://")[0]
+    try:
+        urlsplit(database_url).port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{_show(scheme + '://...')} has no valid port: {_URL_HINT}") from None
+    if not postgres_driver_installed():
+        raise ValueError(
+            "PostgreSQL needs its driver, which is not installed: pip install '.[postgres]' "
+            "(or pip install 'psycopg[binary]')"
+        )
+
+
+def local_state_path(database_url: str, guild_id: int) -> str:
+    """Where the files that belong to one machine live, without their suffix: the instance lock
+    (``.lock``) and the recovery file (``.unsaved.json``). Beside the file for SQLite (``:memory:``
+    for an in-memory one); for PostgreSQL in the directory the bot starts in, named after the
+    guild, the server and the database, so two bots in one directory never share them."""
+    if not is_postgres(database_url):
+        return sqlite_path(database_url)
+    parts = urlsplit(database_url)
+    host = parts.hostname or "local"
+    if parts.port is not None:
+        host = f"{host}_{parts.port}"
+    database = unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or "postgres"
+    safe = "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part) for part in (database, host))
+    return os.path.abspath(f"leaderboard-{guild_id}-{safe}")
 
 
 def _parse_snowflake(text: str) -> int:
@@ -225,7 +278,16 @@ def parse_id_list(text: str) -> frozenset[int]:
 
 def _parse_database_url(text: str) -> str:
     cleaned = text.strip()
-    sqlite_path(cleaned)  # validation only; the URL itself is what the rest of the bot stores
+    if is_postgres(cleaned):
+        _check_postgres_url(cleaned)
+        return cleaned
+    if cleaned.partition("://")[1] and cleaned.partition("://")[0].lower() != "sqlite":
+        # Show only the scheme: other URLs often carry a password.
+        raise ValueError(f"{_show(cleaned.partition('://')[0] + '://...')} is not supported: {_URL_HINT}")
+    try:
+        sqlite_path(cleaned)  # validation only; the URL itself is what the rest of the bot stores
+    except ValueError as error:
+        raise ValueError(str(error).replace(_SQLITE_HINT, _URL_HINT)) from None
     return cleaned
 
 

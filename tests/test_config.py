@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from leaderboard_bot import config
 from leaderboard_bot.config import (
     ConfigError,
     Settings,
     SpamLimit,
     Tunables,
+    is_postgres,
     load_settings,
+    local_state_path,
     parse_bool,
     parse_duration,
     parse_spam_limit,
+    postgres_url,
     sqlite_path,
 )
 
@@ -385,7 +390,8 @@ def test_missing_token_reported_before_other_problems() -> None:
         ("GUILD_ID", str(2**64)),
         ("CHAT_LB_CHANNEL_ID", "#general"),
         ("VC_LB_CHANNEL_ID", "0"),
-        ("DATABASE_URL", "postgres://user:pw@localhost/db"),
+        ("DATABASE_URL", "mysql://user:pw@localhost/db"),
+        ("DATABASE_URL", "postgresql://user:pw@localhost:notaport/db"),
         ("DATABASE_URL", "garbage"),
         ("DATABASE_URL", "sqlite:///"),
         ("DATABASE_URL", "sqlite://x.db"),
@@ -431,7 +437,8 @@ def test_duration_error_message_is_exact() -> None:
     ("variable", "value", "hint"),
     [
         ("GUILD_ID", "abc", "positive whole number"),
-        ("DATABASE_URL", "postgres://u:p@h/db", "sqlite:///relative/path.db, sqlite:////absolute/path.db"),
+        ("DATABASE_URL", "mysql://u:p@h/db", "sqlite:///relative/path.db, sqlite:////absolute/path.db"),
+        ("DATABASE_URL", "mysql://u:p@h/db", "postgresql://user:password@host/database"),
         ("SPAM_LIMIT", "5", "5/5s"),
         ("VOICE_COUNT_ALONE", "maybe", "true/false"),
         ("LOG_LEVEL", "verbose", "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"),
@@ -447,8 +454,43 @@ def test_error_says_what_is_accepted(variable: str, value: str, hint: str) -> No
 
 def test_database_error_hides_credentials() -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(env(DATABASE_URL="postgres://bot:hunter2@db.example/lb"))
+        load_settings(env(DATABASE_URL="mysql://bot:hunter2@db.example/lb"))
     assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(DATABASE_URL="postgresql://bot:hunter2@db.example:x/lb"))
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://bot:pw@db.example/lb", "postgres://bot@10.0.0.5:6543/lb", "postgresql:///lb"]
+)
+def test_postgresql_urls_are_accepted(url: str) -> None:
+    assert load_settings(env(DATABASE_URL=url)).database_url == url
+    assert is_postgres(url)
+    assert postgres_url(url).startswith("postgresql://")
+
+
+def test_a_postgresql_url_without_the_driver_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "postgres_driver_installed", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(DATABASE_URL="postgresql://bot:hunter2@db.example/lb"))
+    assert "pip install '.[postgres]'" in str(info.value) and "\n" not in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_local_files_live_beside_sqlite_and_in_the_working_directory_for_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert local_state_path("sqlite:////var/lib/lb/data.db", 5) == "/var/lib/lb/data.db"
+    assert local_state_path("sqlite:///:memory:", 5) == ":memory:"
+    monkeypatch.chdir(tmp_path)
+    here = local_state_path("postgresql://bot:secret@db.example:6543/lb", 5)
+    assert here == str(tmp_path / "leaderboard-5-lb-db.example_6543")
+    assert "secret" not in here
+    # Another guild, server or database: other files.
+    assert len({here, local_state_path("postgresql://bot@db.example:6543/lb", 6),
+                local_state_path("postgresql://bot@db.example/lb", 5),
+                local_state_path("postgresql://bot@db.example:6543/other", 5)}) == 4  # fmt: skip
 
 
 def test_first_problem_in_table_order_wins() -> None:

@@ -46,7 +46,7 @@ def test_missing_token_exits_2_with_one_line(tmp_path: Path) -> None:
         ("FLUSH_INTERVAL", "-5s"),
         ("UPDATE_INTERVAL", "soon"),
         ("LOG_FORMAT", "xml"),
-        ("DATABASE_URL", "postgres://user:pw@host/db"),
+        ("DATABASE_URL", "mysql://user:pw@host/db"),
         ("GUILD_ID", "not-a-number"),
         ("LEADERBOARD_SIZE", "30"),
         ("SPAM_LIMIT", "lots"),

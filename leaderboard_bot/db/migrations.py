@@ -119,9 +119,9 @@ def _v3_portable_types(db: Database) -> None:
 # v4: ranks at scale. The board indexes end in user_id, the tie-break, and run in board order, so
 # ``top`` is an index walk and a rank is two range counts on the index. ``board_size`` holds how many
 # members rank on each board, kept exact by triggers (so every writer, in every process, keeps it):
-# with it a rank is counted from the nearer end. Trigger syntax is SQLite's; a PostgreSQL backend
-# needs its own v4 (plpgsql triggers), with the same tables and indexes.
-_V4_STATEMENTS = (
+# with it a rank is counted from the nearer end. Trigger syntax differs: SQLite's below, PostgreSQL's
+# (plpgsql functions with the same WHEN conditions and effects) in _V4_POSTGRES_TRIGGERS.
+_V4_TABLES_AND_INDEXES = (
     'DROP INDEX IF EXISTS "member_stats_rank_messages"',
     'DROP INDEX IF EXISTS "member_stats_rank_voice"',
     'CREATE INDEX "member_stats_board_messages" ON "member_stats" ("guild_id", "season", "messages" DESC, "user_id")',
@@ -131,6 +131,9 @@ _V4_STATEMENTS = (
     'INSERT INTO "board_size" ("guild_id", "season", "messages", "voice") '
     'SELECT "guild_id", "season", SUM(CASE WHEN "messages" > 0 THEN 1 ELSE 0 END), '
     'SUM(CASE WHEN "voice_seconds" > 0 THEN 1 ELSE 0 END) FROM "member_stats" GROUP BY "guild_id", "season"',
+)
+_V4_STATEMENTS = (
+    *_V4_TABLES_AND_INDEXES,
     # A row counts on a board while its value there is above zero; the WHEN clauses keep the common
     # case (an update that leaves both sides of zero as they were) to one comparison per row.
     'CREATE TRIGGER "member_stats_board_size_insert" AFTER INSERT ON "member_stats" '
@@ -154,9 +157,56 @@ _V4_STATEMENTS = (
 )
 
 
+_BOARD_SIZE_UPSERT = (
+    'INSERT INTO "board_size" ("guild_id", "season", "messages", "voice") '
+    'VALUES (NEW."guild_id", NEW."season", {}, {}) '
+    'ON CONFLICT ("guild_id", "season") DO UPDATE SET "messages" = "board_size"."messages" + excluded."messages", '
+    '"voice" = "board_size"."voice" + excluded."voice";'
+)
+# (name, function body, trigger event, WHEN condition): a boolean is cast to 0/1 where SQLite's is a number.
+_V4_POSTGRES_TRIGGERS = (
+    (
+        "member_stats_board_size_insert",
+        _BOARD_SIZE_UPSERT.format('(NEW."messages" > 0)::int', '(NEW."voice_seconds" > 0)::int'),
+        "INSERT",
+        'NEW."messages" > 0 OR NEW."voice_seconds" > 0',
+    ),
+    (
+        "member_stats_board_size_update",
+        _BOARD_SIZE_UPSERT.format(
+            '(NEW."messages" > 0)::int - (OLD."messages" > 0)::int',
+            '(NEW."voice_seconds" > 0)::int - (OLD."voice_seconds" > 0)::int',
+        ),
+        'UPDATE OF "messages", "voice_seconds"',
+        '(OLD."messages" > 0) <> (NEW."messages" > 0) OR (OLD."voice_seconds" > 0) <> (NEW."voice_seconds" > 0)',
+    ),
+    (
+        "member_stats_board_size_delete",
+        'UPDATE "board_size" SET "messages" = "messages" - (OLD."messages" > 0)::int, '
+        '"voice" = "voice" - (OLD."voice_seconds" > 0)::int '
+        'WHERE "guild_id" = OLD."guild_id" AND "season" = OLD."season";',
+        "DELETE",
+        'OLD."messages" > 0 OR OLD."voice_seconds" > 0',
+    ),
+)
+
+
 def _v4_board_order_and_sizes(db: Database) -> None:
-    for sql in _V4_STATEMENTS:
+    if isinstance(db, SqliteDatabase):
+        for sql in _V4_STATEMENTS:
+            db.execute_sql(sql)
+        return
+    for sql in _V4_TABLES_AND_INDEXES:
         db.execute_sql(sql)
+    for name, body, event, when in _V4_POSTGRES_TRIGGERS:
+        db.execute_sql(
+            f'CREATE FUNCTION "{name}"() RETURNS trigger LANGUAGE plpgsql '
+            f"AS $body$ BEGIN {body} RETURN NULL; END $body$"
+        )
+        db.execute_sql(
+            f'CREATE TRIGGER "{name}" AFTER {event} ON "member_stats" FOR EACH ROW WHEN ({when}) '
+            f'EXECUTE FUNCTION "{name}"()'
+        )
 
 
 def _v5_lease(db: Database) -> None:
@@ -175,6 +225,8 @@ def _v6_ranked_counts_without_triggers(db: Database) -> None:
     on = "" if isinstance(db, SqliteDatabase) else ' ON "member_stats"'
     for name in ("member_stats_board_size_insert", "member_stats_board_size_update", "member_stats_board_size_delete"):
         db.execute_sql(f'DROP TRIGGER IF EXISTS "{name}"{on}')
+        if not isinstance(db, SqliteDatabase):
+            db.execute_sql(f'DROP FUNCTION IF EXISTS "{name}"()')  # PostgreSQL's triggers call functions
     db.execute_sql('DROP TABLE IF EXISTS "board_size"')
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any
 
 import peewee
-from peewee import EXCLUDED, chunked, fn
+from peewee import EXCLUDED, PostgresqlDatabase, chunked, fn
 
 from ..domain import ActivityBatch, Board, RankedEntry
 from .models import (
@@ -80,7 +80,8 @@ def apply_batch(batch: ActivityBatch) -> None:
                 "username": (username or None),
                 "updated_at": batch.heartbeat_at,
             }
-            for user, (display, username) in batch.names.items()
+            # In member order: two writers (processes) that take row locks in one order never deadlock.
+            for user, (display, username) in sorted(batch.names.items())
         ]
         for chunk in chunked(name_rows, CHUNK_ROWS):
             MemberName.insert_many(chunk).on_conflict(
@@ -153,12 +154,19 @@ def _add_counters(
             _COUNTERS: [(*prefix, *k, messages[k], voice[k]) for k in both],
         }
     database = database_proxy.obj
+    order: Callable[[tuple[Any, ...]], Any] = itemgetter(len(key) - 1)
+    if isinstance(database, PostgresqlDatabase):
+        # PostgreSQL writes a new version of the row, and an entry in every index, for any update,
+        # so the shapes save nothing there; one pass in full key order takes row locks in the same
+        # order in every writer, so two processes adding to the same members never deadlock.
+        shapes = {_COUNTERS: [row for part in shapes.values() for row in part]}
+        order = itemgetter(*range(len(prefix), len(key)))
     for adding, rows in shapes.items():
         if not rows:
             continue
         # By member id, the key's last column: each insert lands beside the previous one in the
         # B-tree (about a fifth off a 100,000-member flush of new members).
-        rows.sort(key=itemgetter(len(key) - 1))
+        rows.sort(key=order)
         sql = _upsert_sql(table, key, adding, database.param)
         with _PEEWEE_ERRORS:  # the same error types as peewee's own queries raise
             cursor = database.cursor()
@@ -314,7 +322,7 @@ def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | Non
     half the board is counted, and rank #1 or the very last are a few index seeks."""
     # One read transaction: the value, the board size and the counts must see the same commit
     # (reads may run on their own connection while a flush commits); a savepoint inside another.
-    with database_proxy.atomic():
+    with snapshot():
         mine = _board_value(guild_id, season, board, user_id)
         if mine is None:
             return None
@@ -433,9 +441,27 @@ def count_ranked_boards(guild_id: int, season: int) -> None:
             _nearer_the_top(guild_id, season, board, 0.0, 0, ranked)
 
 
+# PostgreSQL's default, READ COMMITTED, takes a new snapshot for every statement: a rank's counts
+# and the write number beside them could then come from different commits. REPEATABLE READ keeps
+# the transaction's first snapshot for all of it (and READ ONLY: a read never takes a lock a write
+# would wait on). Writes stay READ COMMITTED: an upsert adds to the latest committed row instead of
+# failing with a serialization error when another process updated it. (Every transaction on a
+# Storage reader thread is begun this way too: storage.PostgresDatabase.)
+SNAPSHOT_ISOLATION = "REPEATABLE READ, READ ONLY"
+
+
 def snapshot() -> Any:
-    """One read transaction: every query inside sees the same committed state (WAL)."""
+    """One read transaction: every query inside sees the same committed state (SQLite's WAL read
+    mark; PostgreSQL's REPEATABLE READ). Inside another transaction it is a savepoint of it."""
+    database = database_proxy.obj
+    if isinstance(database, PostgresqlDatabase):
+        return database.atomic(isolation_level=SNAPSHOT_ISOLATION)
     return database_proxy.atomic()
+
+
+def database_size() -> int:
+    """PostgreSQL: the bytes the server holds for this database (its tables, indexes and TOAST)."""
+    return int(database_proxy.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
 def write_sequence(guild_id: int) -> int:

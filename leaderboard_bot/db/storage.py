@@ -1,7 +1,10 @@
 """Opening the database and running blocking peewee work off the event loop.
 
-SQLite has one write lock, and peewee connections are per thread, so all database work runs
-on one dedicated worker thread: no "database is locked" fights, no blocking of the event loop.
+SQLite has one write lock, and peewee connections are per thread, so all writes run on one
+dedicated worker thread: no "database is locked" fights, no blocking of the event loop. With
+PostgreSQL (``postgresql://``, the ``postgres`` extra) writes keep that one thread, so they commit
+in the order they were asked for, and reads get a few threads; every job borrows a connection
+from peewee's pool for its duration (a connection the server dropped is replaced at the next).
 
 Nothing made on that thread reaches the loop except plain results and :class:`StorageError`:
 a failed query's exception holds frames that hold a ``sqlite3.Cursor``, and freeing that cursor
@@ -15,19 +18,21 @@ import asyncio
 import errno
 import os
 import sqlite3
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from peewee import SqliteDatabase
+from peewee import Database, SqliteDatabase
+from playhouse.pool import PooledPostgresqlDatabase  # type: ignore[import-untyped]  # untyped module
 
-from ..config import sqlite_path
+from ..config import is_postgres, postgres_url, sqlite_path
 from ..worker import DaemonWorker
 from .migrations import SchemaTooNew, migrate
 from .models import database_proxy
-from .repository import LeaseLost
+from .repository import SNAPSHOT_ISOLATION, LeaseLost
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,6 +56,24 @@ OPTIMIZE_ANALYSIS_LIMIT = 1000
 BUSY_TIMEOUT_SECONDS = 5.0
 INTEGRITY_CHECK_SECONDS = 20.0  # a quick_check of a huge file stops here rather than delay the start
 
+# PostgreSQL: the writer thread and POSTGRES_READERS reader threads each hold at most one pooled
+# connection at a time. Reads are short index walks (a few ms at a million members), so three
+# serve a burst of commands while a flush writes; one spare for a job that outlives a close.
+POSTGRES_READERS = 3
+POSTGRES_POOL_SIZE = 1 + POSTGRES_READERS + 1
+POSTGRES_CONNECT_SECONDS = 10
+# A write waits this long for a row lock another session holds (SQLite's busy timeout's match).
+POSTGRES_LOCK_TIMEOUT_MS = int(BUSY_TIMEOUT_SECONDS * 1000)
+# SQLSTATE classes and codes that name a failure the owner can act on.
+_POSTGRES_KINDS = {
+    "55P03": "locked",  # lock_not_available (lock_timeout)
+    "40P01": "locked",  # deadlock_detected
+    "53100": "disk full",
+    "25006": "read-only",  # read_only_sql_transaction (a standby server)
+    "XX001": "damaged",  # data_corrupted
+    "XX002": "damaged",  # index_corrupted
+}
+
 
 class StorageError(Exception):
     """A database failure, described in words, carrying nothing from the database thread."""
@@ -64,10 +87,15 @@ class StorageError(Exception):
         cause = _real_cause(error)
         text = str(cause) or type(cause).__name__
         lowered = text.lower()
+        sqlstate = _sqlstate(error)
         if isinstance(cause, SchemaTooNew):
             kind = "newer schema"
         elif isinstance(cause, LeaseLost):
             kind = "lease lost"
+        elif sqlstate is not None and (sqlstate in _POSTGRES_KINDS or sqlstate.startswith("08")):
+            kind = _POSTGRES_KINDS.get(sqlstate, "unreachable")  # class 08: connection exception
+        elif "connection" in lowered and ("refused" in lowered or "closed" in lowered or "server" in lowered):
+            kind = "unreachable"  # psycopg reports a failed connect without a SQLSTATE
         elif "locked" in lowered or "busy" in lowered:
             kind = "locked"
         elif "disk is full" in lowered or (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
@@ -89,6 +117,8 @@ class StorageError(Exception):
             "damaged": "the database file is damaged: restore a backup",
             "newer schema": "the database was made by a newer version of leaderboard-bot: upgrade the bot",
             "lease lost": "another instance of the bot counts for this server now",
+            "unreachable": "the PostgreSQL server cannot be reached: is it running, and are the host, port "
+            "and password in DATABASE_URL right?",
         }.get(self.kind, "")
 
 
@@ -108,6 +138,20 @@ def _real_cause(error: BaseException) -> BaseException:
     while "cannot rollback" in str(seen) and seen.__context__ is not None:
         seen = seen.__context__
     return seen
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a failure (psycopg 3: ``sqlstate``, psycopg2: ``pgcode``), if any;
+    peewee wraps the driver's exception, so its chain is searched."""
+    seen: set[int] = set()
+    item: BaseException | None = error
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        code = getattr(item, "sqlstate", None) or getattr(item, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        item = item.__cause__ or item.__context__
+    return None
 
 
 def _release(error: BaseException) -> None:
@@ -167,8 +211,10 @@ def check_integrity(path: str, budget: float = INTEGRITY_CHECK_SECONDS) -> None:
         conn.close()
 
 
-def open_database(database_url: str) -> SqliteDatabase:
+def open_database(database_url: str) -> Database:
     """Check, connect, set pragmas and migrate to the latest schema (blocking)."""
+    if is_postgres(database_url):
+        return open_postgres(database_url)
     path = sqlite_path(database_url)
     if path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
@@ -182,6 +228,50 @@ def open_database(database_url: str) -> SqliteDatabase:
     return db
 
 
+def open_postgres(database_url: str) -> PostgresDatabase:
+    """The pooled PostgreSQL database, migrated; the connection used to migrate goes back to the
+    pool. There is no integrity check: the server owns its files (``amcheck`` is the tool)."""
+    db = PostgresDatabase(
+        postgres_url(database_url),
+        max_connections=POSTGRES_POOL_SIZE,
+        stale_timeout=3600,  # recycled hourly: a server-side idle limit never catches one mid-job
+        timeout=POSTGRES_CONNECT_SECONDS,  # waiting for a free connection
+        prefer_psycopg3=True,
+        connect_timeout=POSTGRES_CONNECT_SECONDS,
+        application_name="leaderboard-bot",
+        options=f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}",
+    )
+    database_proxy.initialize(db)
+    db.connect(reuse_if_open=True)
+    try:
+        migrate(db)
+    finally:
+        db.close()
+    return db
+
+
+_reading = threading.local()  # set on Storage's reader threads
+
+
+class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]  # untyped base
+    """peewee's pooled PostgreSQL database; a transaction begun on a reader thread is a snapshot
+    (REPEATABLE READ, READ ONLY), so every read transaction sees one commit, however it was begun."""
+
+    def begin(self, isolation_level: Any = None) -> None:
+        if isolation_level is None and getattr(_reading, "active", False):
+            isolation_level = SNAPSHOT_ISOLATION
+        super().begin(isolation_level)
+
+
+def _pooled(db: Database, func: Callable[[], T]) -> T:
+    """Run ``func`` on a connection borrowed from the pool for this job only."""
+    db.connect(reuse_if_open=True)
+    try:
+        return func()
+    finally:
+        db.close()  # back to the pool; one left in a transaction is rolled back first
+
+
 def optimize(db: SqliteDatabase) -> None:
     """Let SQLite refresh its planner statistics (sampled): the bot never runs ANALYZE itself."""
     db.execute_sql(f"PRAGMA analysis_limit = {OPTIMIZE_ANALYSIS_LIMIT}")
@@ -189,36 +279,64 @@ def optimize(db: SqliteDatabase) -> None:
 
 
 class Storage:
-    """Owns the database, the one thread every write runs on, and a reader thread.
+    """Owns the database, the one thread every write runs on, and the reader threads.
 
-    The reader has its own connection (peewee keeps one per thread): in WAL mode it reads the last
+    A reader has its own connection (peewee keeps one per thread): in WAL mode it reads the last
     commit while a write waits on a lock, so a write stuck behind a backup never holds up a
     command, and a long read never delays a write. An in-memory database is one connection, so
-    there reads share the database thread.
+    there reads share the database thread. PostgreSQL gets POSTGRES_READERS readers, each job on a
+    pooled connection; a read asked for after a write returned sees that write (it committed
+    before the write's result reached the loop), which is all the ranking cache relies on.
     """
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self._thread = DaemonWorker("leaderboard-db", wrap=_guarded)
-        self._reader: DaemonWorker | None = None
-        self._db: SqliteDatabase | None = None
+        self.postgres = is_postgres(database_url)
+        self._thread = DaemonWorker("leaderboard-db", wrap=self._job)
+        self._readers: list[DaemonWorker] = []
+        self._pending: dict[int, int] = {}  # reads queued or running, per reader
+        self._db: Database | None = None
         self._closed = False
+
+    def _job(self, func: Callable[[], T]) -> T:
+        db = self._db
+        if isinstance(db, PooledPostgresqlDatabase) and func != self._close_db:  # closing borrows none
+            return _guarded(partial(_pooled, db, func))
+        return _guarded(func)
+
+    def _read_job(self, func: Callable[[], T]) -> T:
+        _reading.active = True
+        return self._job(func)
 
     async def open(self) -> None:
         if self._db is not None:
             return  # already open (a standby opens it before it knows its role)
         self._db = await self.run(open_database, self.database_url)
-        if sqlite_path(self.database_url) != ":memory:":
-            self._reader = DaemonWorker("leaderboard-db-read", wrap=_guarded)
+        if self.postgres:
+            self._readers = [
+                DaemonWorker(f"leaderboard-db-read-{n}", wrap=self._read_job) for n in range(POSTGRES_READERS)
+            ]
+        elif sqlite_path(self.database_url) != ":memory:":
+            self._readers = [DaemonWorker("leaderboard-db-read", wrap=self._read_job)]
+        self._pending = {id(reader): 0 for reader in self._readers}
+
+    @property
+    def database(self) -> Database | None:
+        return self._db
 
     async def read(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run the read-only ``func`` on the reader thread (it must not write: SQLite has one
+        """Run the read-only ``func`` on a reader thread (it must not write: SQLite has one
         writer, the database thread); failures arrive as :class:`StorageError`."""
         if self._closed:
             raise StorageError("the database is closed")
-        if self._reader is None:
+        if not self._readers:
             return await self._thread.run(partial(func, *args, **kwargs))
-        return await self._reader.run(partial(func, *args, **kwargs))
+        reader = min(self._readers, key=lambda r: self._pending[id(r)])  # the least busy
+        self._pending[id(reader)] += 1
+        try:
+            return await reader.run(partial(func, *args, **kwargs))
+        finally:
+            self._pending[id(reader)] -= 1
 
     def _close_reader_connection(self) -> None:
         if self._db is not None and not self._db.is_closed():
@@ -231,12 +349,15 @@ class Storage:
         return await self._thread.run(partial(func, *args, **kwargs))
 
     def _close_db(self) -> None:
+        if isinstance(self._db, PooledPostgresqlDatabase):
+            self._db.close_all()  # every pooled connection, idle or not: no reader runs any more
+            return
         if self._db is not None and not self._db.is_closed():
             try:
                 # What this run's queries taught the planner, for the next start; ANALYZE writes, so
                 # a lock held elsewhere makes it give up at once rather than stretch the close.
                 self._db.execute_sql("PRAGMA busy_timeout = 100")
-                optimize(self._db)
+                optimize(self._db)  # type: ignore[arg-type]
             except Exception as error:  # a busy or read-only file must not stop the close
                 from loguru import logger
 
@@ -250,16 +371,19 @@ class Storage:
         if self._closed:
             return True
         if self._db is not None:
-            if self._reader is not None:
+            if self._readers and not self.postgres:
                 try:
-                    await asyncio.wait_for(self._reader.run(self._close_reader_connection), wait / 2)
+                    await asyncio.wait_for(self._readers[0].run(self._close_reader_connection), wait / 2)
                 except (TimeoutError, StorageError):
                     closed = False
+            elif self._readers:  # pooled: a reader gives its connection back after each job
+                stops = [asyncio.to_thread(reader.stop, wait / 2) for reader in self._readers]
+                closed = all(await asyncio.gather(*stops))
             try:
-                await asyncio.wait_for(self.run(self._close_db), wait)
+                await asyncio.wait_for(self._thread.run(self._close_db), wait)
             except (TimeoutError, StorageError):
                 closed = False
             self._db = None
         self._closed = True
-        reader_stopped = self._reader is None or self._reader.stop(0.5 if closed else 0.0)
-        return self._thread.stop(0.5 if closed else 0.0) and reader_stopped and closed
+        readers_stopped = all([reader.stop(0.5 if closed else 0.0) for reader in self._readers])
+        return self._thread.stop(0.5 if closed else 0.0) and readers_stopped and closed

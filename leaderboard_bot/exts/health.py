@@ -15,7 +15,8 @@ from disnake.interactions import ApplicationCommandInteraction
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..config import sqlite_path
+from ..config import is_postgres, sqlite_path
+from ..db import repository
 from ..domain import BOARDS
 from ..services.health import database_bytes
 from ..ui.embeds import health_embed, notice_embed
@@ -40,7 +41,7 @@ class Health(commands.Cog):
         self.bot = bot
         self.monitor = bot.services.health
         self._runner: web.AppRunner | None = None
-        self._db_path = sqlite_path(bot.config.database_url)
+        self._db_path = None if is_postgres(bot.config.database_url) else sqlite_path(bot.config.database_url)
         self._checked_setup = False
 
     async def cog_load(self) -> None:
@@ -82,8 +83,11 @@ class Health(commands.Cog):
     async def sample_loop(self) -> None:
         try:
             self.monitor.sample_process()
-            # A file size is I/O: off the loop, and not on the database thread (a flush may hold it).
-            self.monitor.database_bytes = await asyncio.to_thread(database_bytes, self._db_path)
+            if self._db_path is None:  # PostgreSQL: the server's own figure, on a reader
+                self.monitor.database_bytes = await self.bot.services.storage.read(repository.database_size)
+            else:
+                # A file size is I/O: off the loop, and not on the database thread (a flush may hold it).
+                self.monitor.database_bytes = await asyncio.to_thread(database_bytes, self._db_path)
         except Exception as error:
             logger.debug("health sampling failed: {}", error)
 

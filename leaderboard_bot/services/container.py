@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, SpamLimit, Tunables, sqlite_path
+from ..config import Settings, SpamLimit, Tunables, local_state_path
 from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
@@ -22,9 +22,10 @@ from .settings import RuntimeSettings, SettingsStore
 from .voice import VoiceRules, VoiceTracker
 
 
-def recovery_file(database_url: str) -> RecoveryFile | None:
-    """Where a shutdown that cannot reach the database saves what it could not write."""
-    path = sqlite_path(database_url)
+def recovery_file(database_url: str, guild_id: int = 0) -> RecoveryFile | None:
+    """Where a shutdown that cannot reach the database saves what it could not write: beside a
+    SQLite file, or for PostgreSQL in the directory the bot starts in (config.local_state_path)."""
+    path = local_state_path(database_url, guild_id)
     return None if path == ":memory:" else RecoveryFile(Path(path + ".unsaved.json"))
 
 
@@ -92,7 +93,7 @@ def build_services(
         guard=build_guard(settings.current.spam_limit),
         names=names,
         clock=clock,
-        recovery=recovery_file(config.database_url),
+        recovery=recovery_file(config.database_url, config.guild_id),
         snapshot_every=lambda: settings.current.flush_interval,
         max_pending_rows=config.max_pending_rows,
         claim_lease=lambda release: lease.claim(release=release),

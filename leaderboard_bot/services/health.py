@@ -344,7 +344,8 @@ class _FactsCollector(Collector):
 
 
 def database_bytes(path: str) -> int | None:
-    """The database and its WAL, for sampling off the loop; None for an in-memory database."""
+    """The SQLite file and its WAL, for sampling off the loop; None for an in-memory database.
+    (PostgreSQL's size is the server's ``pg_database_size``: exts.health reads it on a reader.)"""
     if path == ":memory:":
         return None
     return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))

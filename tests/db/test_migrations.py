@@ -1,4 +1,6 @@
-"""The migrated schema is exactly what the models describe, and v3 keeps every row of an older database."""
+"""The migrated schema is exactly what the models describe (on SQLite and on PostgreSQL), and v3 keeps
+every row of an older SQLite database (there are no PostgreSQL databases from before v3: its 32-bit
+INTEGER of v1 never held data)."""
 
 from __future__ import annotations
 
@@ -7,20 +9,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peewee import CompositeKey, SqliteDatabase
+from peewee import CompositeKey, Database, PostgresqlDatabase, SqliteDatabase
 
 from leaderboard_bot.db.migrations import LATEST_VERSION, current_version, migrate
 from leaderboard_bot.db.models import ALL_MODELS, MemberStats, Season, VoiceSession, database_proxy
+from tests.conftest import connect_raw
 
 BIG = 2**63 - 7  # a snowflake far above 2**53: doubles would round it
 
 
-def columns(db: SqliteDatabase, table: str) -> set[tuple[str, str, bool, bool]]:
+def _types(db: Database, table: str) -> dict[str, str]:
+    """Each column's declared type; PostgreSQL's catalog spells VARCHAR(n) character varying(n)."""
+    if not isinstance(db, PostgresqlDatabase):
+        return {c.name: c.data_type.upper() for c in db.get_columns(table)}
+    rows = db.execute_sql(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (f'"{table}"',),
+    ).fetchall()
+    return {name: declared.upper().replace("CHARACTER VARYING", "VARCHAR") for name, declared in rows}
+
+
+def columns(db: Database, table: str) -> set[tuple[str, str, bool, bool]]:
     primary = set(db.get_primary_keys(table))
-    return {(c.name, c.data_type.upper(), c.null, c.name in primary) for c in db.get_columns(table)}
+    types = _types(db, table)
+    return {(c.name, types[c.name], c.null, c.name in primary) for c in db.get_columns(table)}
 
 
-def indexes(db: SqliteDatabase, table: str) -> set[tuple[tuple[str, ...], bool]]:
+def indexes(db: Database, table: str) -> set[tuple[tuple[str, ...], bool]]:
     return {
         (tuple(index.columns), bool(index.unique))
         for index in db.get_indexes(table)
@@ -29,16 +45,16 @@ def indexes(db: SqliteDatabase, table: str) -> set[tuple[tuple[str, ...], bool]]
 
 
 @pytest.fixture
-def migrated(tmp_path: Path) -> Iterator[SqliteDatabase]:
-    db = SqliteDatabase(str(tmp_path / "migrated.db"))
+def migrated(database_url: str) -> Iterator[Database]:
+    db = connect_raw(database_url)
     migrate(db)
     yield db
     db.close()
 
 
 @pytest.fixture
-def from_models(tmp_path: Path) -> Iterator[SqliteDatabase]:
-    db = SqliteDatabase(str(tmp_path / "models.db"))
+def from_models(second_database_url: str) -> Iterator[Database]:
+    db = connect_raw(second_database_url)
     with db.bind_ctx(ALL_MODELS):
         db.create_tables(ALL_MODELS)
     yield db
@@ -63,19 +79,19 @@ def model_columns(model: Any) -> set[tuple[str, str, bool, bool]]:
 
 @pytest.mark.parametrize("model", ALL_MODELS, ids=lambda m: m._meta.table_name)
 def test_the_migrated_schema_matches_the_models(
-    model: Any, migrated: SqliteDatabase, from_models: SqliteDatabase
+    model: Any, migrated: Database, from_models: Database
 ) -> None:
     table = model._meta.table_name
     assert columns(migrated, table) == model_columns(model)
     assert indexes(migrated, table) == indexes(from_models, table)
 
 
-def test_no_table_exists_without_a_model(migrated: SqliteDatabase) -> None:
+def test_no_table_exists_without_a_model(migrated: Database) -> None:
     assert set(migrated.get_tables()) == {m._meta.table_name for m in ALL_MODELS}  # type: ignore[attr-defined]
 
 
-def test_only_portable_types_are_used(migrated: SqliteDatabase) -> None:
-    types = {c.data_type.upper() for model in ALL_MODELS for c in migrated.get_columns(model._meta.table_name)}
+def test_only_portable_types_are_used(migrated: Database) -> None:
+    types = {t for model in ALL_MODELS for t in _types(migrated, model._meta.table_name).values()}
     assert types <= {"BIGINT", "DOUBLE PRECISION", "VARCHAR(255)", "VARCHAR(10)", "TEXT"}
 
 
@@ -114,7 +130,7 @@ def test_an_older_database_keeps_every_row_through_v3(tmp_path: Path) -> None:
     db.close()
 
 
-def test_migrating_a_latest_database_changes_nothing(migrated: SqliteDatabase) -> None:
+def test_migrating_a_latest_database_changes_nothing(migrated: Database) -> None:
     before = [(t, columns(migrated, t), indexes(migrated, t)) for t in migrated.get_tables()]
     assert migrate(migrated) == LATEST_VERSION == current_version(migrated)
     assert [(t, columns(migrated, t), indexes(migrated, t)) for t in migrated.get_tables()] == before

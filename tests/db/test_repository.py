@@ -1,5 +1,6 @@
 """Ranks at scale (v4): exact against brute force from both ends, the kept board size, the planner's
-use of the board indexes; and the flush's executemany upsert (adds, never replaces; all or nothing)."""
+use of the board indexes; and the flush's executemany upsert (adds, never replaces; all or nothing).
+Tests taking ``db`` or ``raw`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,27 +10,77 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peewee import IntegrityError, SqliteDatabase
+from peewee import Database, IntegrityError, SqliteDatabase
 
 from leaderboard_bot.db import repository
-from leaderboard_bot.db.migrations import migrate
+from leaderboard_bot.db.migrations import LATEST_VERSION, migrate
 from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
 from leaderboard_bot.db.storage import open_database
 from leaderboard_bot.domain import ActivityBatch, Board, SeasonRoll
+from tests.conftest import close_database, connect_raw
 
 G = 111
 BOARDS: tuple[Board, ...] = ("messages", "voice")
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[SqliteDatabase]:
+def db(database_url: str) -> Iterator[Database]:
+    database = open_database(database_url)
+    repository._medians.clear()
+    try:
+        yield database
+    finally:
+        close_database(database)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[SqliteDatabase]:
     database = open_database(f"sqlite:///{tmp_path}/r.db")
     repository._medians.clear()
     try:
         yield database
     finally:
-        if not database.is_closed():
-            database.close()
+        database.close()
+
+
+@pytest.fixture
+def raw(database_url: str) -> Iterator[Database]:
+    database = connect_raw(database_url)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def schema_names(database: Database) -> set[str]:
+    """Every table, index and trigger (and, on PostgreSQL, function) in the database."""
+    if isinstance(database, SqliteDatabase):
+        return {row[0] for row in database.execute_sql("SELECT name FROM sqlite_master").fetchall()}
+    sql = (
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+        "UNION SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+        "UNION SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+        "UNION SELECT proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace"
+    )
+    return {row[0] for row in database.execute_sql(sql).fetchall()}
+
+
+def fail_season_inserts(database: Database) -> None:
+    """A trigger that makes the season roll, last in a flush's transaction, fail."""
+    if isinstance(database, SqliteDatabase):
+        database.execute_sql(
+            "CREATE TRIGGER fail_roll BEFORE INSERT ON season BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+        return
+    database.execute_sql(
+        "CREATE FUNCTION fail_roll() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'disk on fire' USING ERRCODE = 'integrity_constraint_violation'; END $$"
+    )
+    database.execute_sql("CREATE TRIGGER fail_roll BEFORE INSERT ON season FOR EACH ROW EXECUTE FUNCTION fail_roll()")
+
+
+def drop_fail_season_inserts(database: Database) -> None:
+    database.execute_sql("DROP TRIGGER fail_roll" + ("" if isinstance(database, SqliteDatabase) else " ON season"))
 
 
 def batch(season: int = 1, **kw: object) -> ActivityBatch:
@@ -63,7 +114,7 @@ def fill_with_ties(rng: random.Random, members: int, season: int = 1) -> None:
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_rank_of_is_exact_from_both_ends_with_many_ties(db: SqliteDatabase, board: Board) -> None:
+def test_rank_of_is_exact_from_both_ends_with_many_ties(db: Database, board: Board) -> None:
     rng = random.Random(5)
     fill_with_ties(rng, 400)
     repository.apply_batch(batch(season=2, messages={("2024-03-11", 1): 9}))  # another season: not counted
@@ -80,7 +131,7 @@ def test_rank_of_is_exact_from_both_ends_with_many_ties(db: SqliteDatabase, boar
     assert unranked and all(repository.rank_of(G, 1, board, u) is None for u in unranked)
 
 
-def test_rank_of_stays_exact_with_a_stale_median(db: SqliteDatabase) -> None:
+def test_rank_of_stays_exact_with_a_stale_median(db: Database) -> None:
     rng = random.Random(9)
     fill_with_ties(rng, 300)
     before = brute_force_order(1, "messages")
@@ -94,7 +145,7 @@ def test_rank_of_stays_exact_with_a_stale_median(db: SqliteDatabase) -> None:
         assert repository.rank_of(G, 1, "messages", user) == position
 
 
-def test_ranked_count_is_kept_through_inserts_updates_and_deletes(db: SqliteDatabase) -> None:
+def test_ranked_count_is_kept_through_inserts_updates_and_deletes(db: Database) -> None:
     repository.apply_batch(batch(voice={("2024-03-10", 1): 5.0}))  # voice only: not on messages
     assert (repository.ranked_count(G, 1, "messages"), repository.ranked_count(G, 1, "voice")) == (0, 1)
     repository.apply_batch(batch(messages={("2024-03-10", 1): 2, ("2024-03-10", 2): 1}))
@@ -119,7 +170,10 @@ def query_plan(database: SqliteDatabase, query: object) -> str:
 
 @pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "after-analyze"])
 @pytest.mark.parametrize("board", BOARDS)
-def test_every_rank_count_and_the_top_walk_the_board_index(db: SqliteDatabase, board: Board, analyzed: bool) -> None:
+def test_every_rank_count_and_the_top_walk_the_board_index(
+    sqlite_db: SqliteDatabase, board: Board, analyzed: bool
+) -> None:
+    db = sqlite_db  # SQLite's planner; PostgreSQL's plans depend on its statistics (bench/rank_scale.py)
     rng = random.Random(3)
     fill_with_ties(rng, 400)
     if analyzed:
@@ -139,7 +193,8 @@ def test_every_rank_count_and_the_top_walk_the_board_index(db: SqliteDatabase, b
     assert index in plan and "TEMP B-TREE" not in plan, plan  # the index is in board order: no sort
 
 
-def test_open_database_runs_optimize_and_sizes_the_cache(db: SqliteDatabase) -> None:
+def test_open_database_runs_optimize_and_sizes_the_cache(sqlite_db: SqliteDatabase) -> None:
+    db = sqlite_db
     assert db.execute_sql("PRAGMA cache_size").fetchone()[0] <= -64_000  # at least 64 MB
     assert db.execute_sql("PRAGMA mmap_size").fetchone()[0] >= 256 * 1024 * 1024
 
@@ -147,16 +202,17 @@ def test_open_database_runs_optimize_and_sizes_the_cache(db: SqliteDatabase) -> 
 # --------------------------------------------------------------------------- migration v4
 
 
-def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(tmp_path: Path) -> None:
-    database = SqliteDatabase(str(tmp_path / "v3.db"))
+def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(raw: Database) -> None:
+    database = raw
     assert migrate(database, target=3) == 3
     rows = [(G, 1, u, u % 4, float(u % 3) * 10.5) for u in range(1, 201)] + [(G, 2, 7, 3, 0.0), (222, 1, 7, 0, 1.5)]
+    marks = "(" + ", ".join(database.param for _ in range(5)) + ")"
     database.execute_sql(
-        "INSERT INTO member_stats VALUES " + ", ".join("(?, ?, ?, ?, ?)" for _ in rows),
+        "INSERT INTO member_stats VALUES " + ", ".join(marks for _ in rows),
         [v for r in rows for v in r],
     )
     database.execute_sql(
-        'INSERT INTO "daily_activity" VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)',
+        f'INSERT INTO "daily_activity" VALUES {marks}, {marks}',
         (G, "2024-03-10", 5, 2, 1.5, G, "2024-03-11", 5, 1, 0.0),
     )
     assert migrate(database, target=4) == 4
@@ -168,7 +224,7 @@ def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(tmp_path: Pat
     sizes = database.execute_sql('SELECT * FROM "board_size" ORDER BY "guild_id", "season"').fetchall()
     expected_1 = (sum(1 for r in rows[:200] if r[3] > 0), sum(1 for r in rows[:200] if r[4] > 0))
     assert sizes == [(G, 1, *expected_1), (G, 2, 1, 0), (222, 1, 0, 1)]
-    names = {r[0] for r in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+    names = schema_names(database)
     assert {"member_stats_board_messages", "member_stats_board_voice"} <= names
     assert not {"member_stats_rank_messages", "member_stats_rank_voice"} & names  # superseded
     # And the migrated file ranks exactly.
@@ -177,7 +233,42 @@ def test_v4_keeps_every_row_of_a_v3_database_and_counts_its_boards(tmp_path: Pat
     for board in BOARDS:
         for position, user in enumerate(brute_force_order(1, board), start=1):
             assert repository.rank_of(G, 1, board, user) == position
-    database.close()
+
+
+def board_sizes(database: Database) -> list[tuple[int, ...]]:
+    rows = database.execute_sql('SELECT * FROM "board_size" ORDER BY "guild_id", "season"').fetchall()
+    return [tuple(int(v) for v in row) for row in rows]
+
+
+def counted_sizes(database: Database) -> list[tuple[int, ...]]:
+    rows = database.execute_sql(
+        'SELECT "guild_id", "season", SUM(CASE WHEN "messages" > 0 THEN 1 ELSE 0 END), '
+        'SUM(CASE WHEN "voice_seconds" > 0 THEN 1 ELSE 0 END) FROM "member_stats" GROUP BY "guild_id", "season" '
+        'ORDER BY "guild_id", "season"'
+    ).fetchall()
+    return [tuple(int(v) for v in row) for row in rows]
+
+
+def test_v4s_triggers_keep_the_board_sizes_exact_on_every_backend(raw: Database) -> None:
+    """v4's triggers (SQLite's, PostgreSQL's plpgsql) through inserts, updates across zero and deletes."""
+    database = raw
+    assert migrate(database, target=4) == 4
+    p = database.param
+    insert = f'INSERT INTO "member_stats" VALUES ({p}, {p}, {p}, {p}, {p})'
+    for row in [(G, 1, 1, 3, 0.0), (G, 1, 2, 0, 5.5), (G, 1, 3, 0, 0.0), (G, 2, 1, 1, 1.0), (222, 1, 9, 2, 2.0)]:
+        database.execute_sql(insert, row)
+    assert board_sizes(database) == counted_sizes(database) == [(G, 1, 1, 1), (G, 2, 1, 1), (222, 1, 1, 1)]
+    for sql in (
+        'UPDATE "member_stats" SET "messages" = "messages" + 4 WHERE "guild_id" = 111 AND "season" = 1',  # 2, 3 join
+        'UPDATE "member_stats" SET "voice_seconds" = 0 WHERE "user_id" = 2',  # leaves the voice board
+        'UPDATE "member_stats" SET "messages" = 0 WHERE "user_id" = 1 AND "season" = 2',
+        'DELETE FROM "member_stats" WHERE "user_id" = 9',
+        'DELETE FROM "member_stats" WHERE "user_id" = 3',
+    ):
+        database.execute_sql(sql)
+        assert [r for r in board_sizes(database) if r[2:] != (0, 0)] == counted_sizes(database), sql
+    assert migrate(database) == LATEST_VERSION  # v6 drops them again
+    assert not {n for n in schema_names(database) if "board_size" in n}
 
 
 # --------------------------------------------------------------------------- the flush's upsert
@@ -187,7 +278,7 @@ def totals() -> dict[int, tuple[int, float]]:
     return {r.user_id: (r.messages, r.voice_seconds) for r in MemberStats.select().where(MemberStats.guild_id == G)}
 
 
-def test_the_upsert_adds_to_stored_counters_in_every_shape(db: SqliteDatabase) -> None:
+def test_the_upsert_adds_to_stored_counters_in_every_shape(db: Database) -> None:
     MemberStats.insert(guild_id=G, season=1, user_id=1, messages=10, voice_seconds=100.0).execute()
     MemberStats.insert(guild_id=G, season=1, user_id=2, messages=10, voice_seconds=100.0).execute()
     MemberStats.insert(guild_id=G, season=1, user_id=3, messages=10, voice_seconds=100.0).execute()
@@ -205,7 +296,7 @@ def test_the_upsert_adds_to_stored_counters_in_every_shape(db: SqliteDatabase) -
     assert daily[(day, 1)] == (3, 0.0) and daily[("2024-03-11", 1)] == (1, 0.0) and daily[(day, 3)] == (1, 0.5)
 
 
-def test_the_upsert_uses_the_databases_placeholder(db: SqliteDatabase) -> None:
+def test_the_upsert_uses_the_databases_placeholder(db: Database) -> None:
     sql = repository._upsert_sql("member_stats", ("guild_id", "season", "user_id"), ("messages",), "%s")
     assert sql.count("%s") == 5 and "?" not in sql
     assert 'ON CONFLICT ("guild_id", "season", "user_id") DO UPDATE SET' in sql
@@ -213,13 +304,11 @@ def test_the_upsert_uses_the_databases_placeholder(db: SqliteDatabase) -> None:
     assert 'voice_seconds" = ' not in sql  # a message-only row leaves the voice column (and its index) alone
 
 
-def test_a_failure_late_in_the_batch_rolls_the_upserts_back_whole(db: SqliteDatabase) -> None:
+def test_a_failure_late_in_the_batch_rolls_the_upserts_back_whole(db: Database) -> None:
     day = "2024-03-10"
     repository.apply_batch(batch(messages={(day, u): 1 for u in range(1, 101)}, sequence=1))
     before = (totals(), repository.ranked_count(G, 1, "messages"), repository.get_setting(G, "write_sequence"))
-    db.execute_sql(  # the season roll, last in the transaction, fails after every upsert ran
-        "CREATE TRIGGER fail_roll BEFORE INSERT ON season BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-    )
+    fail_season_inserts(db)  # the season roll, last in the transaction, fails after every upsert ran
     bad = batch(
         messages={(day, u): 5 for u in range(1, 201)},
         voice={(day, u): 9.0 for u in range(50, 150)},
@@ -230,20 +319,21 @@ def test_a_failure_late_in_the_batch_rolls_the_upserts_back_whole(db: SqliteData
         repository.apply_batch(bad)
     assert (totals(), repository.ranked_count(G, 1, "messages"), repository.get_setting(G, "write_sequence")) == before
     assert DailyActivity.select().count() == 100
-    db.execute_sql("DROP TRIGGER fail_roll")
+    drop_fail_season_inserts(db)
     repository.apply_batch(bad)  # the same batch once the cause is gone: applied exactly once
     assert totals()[1] == (6, 0.0) and totals()[150] == (5, 0.0) and totals()[60] == (6, 9.0)
     assert repository.get_setting(G, "write_sequence") == 2
 
 
-def test_the_upsert_fails_cleanly_on_a_constraint(db: SqliteDatabase) -> None:
+def test_the_upsert_fails_cleanly_on_a_constraint(db: Database) -> None:
     with pytest.raises(IntegrityError):
         repository.apply_batch(batch(messages={("2024-03-10", None): 1}))
     assert totals() == {}
-    assert sqlite3.sqlite_version_info >= (3, 24)  # ON CONFLICT ... DO UPDATE needs it
+    if isinstance(db, SqliteDatabase):
+        assert sqlite3.sqlite_version_info >= (3, 24)  # ON CONFLICT ... DO UPDATE needs it
 
 
-def test_ranked_counts_are_counted_once_per_write_number(db: SqliteDatabase) -> None:
+def test_ranked_counts_are_counted_once_per_write_number(db: Database) -> None:
     repository.apply_batch(batch(messages={("2026-12-02", 1): 2}, sequence=1))
     repository.count_ranked_boards(G, 1)
     assert repository.ranked_count(G, 1, "messages", 1) == 1
@@ -256,7 +346,7 @@ def test_ranked_counts_are_counted_once_per_write_number(db: SqliteDatabase) -> 
     assert repository.ranked_count(G, 1, "messages", 2) == 4  # ...forgets the counts it moved
 
 
-def test_v6_drops_the_board_size_triggers_and_table(db: SqliteDatabase) -> None:
-    names = {row[0] for row in db.execute_sql("SELECT name FROM sqlite_master").fetchall()}
+def test_v6_drops_the_board_size_triggers_and_table(db: Database) -> None:
+    names = schema_names(db)
     assert "board_size" not in names and not {n for n in names if n.startswith("member_stats_board_size")}
     assert {"member_stats_board_messages", "member_stats_board_voice", "lease"} <= names

@@ -1,4 +1,6 @@
-"""The database layer: open_database, migrations, every repository query, and Storage's DB thread."""
+"""The database layer: open_database, migrations, every repository query, and Storage's DB thread.
+
+Tests taking ``storage_db``, ``ranked_db`` or ``raw_db`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peewee import SqliteDatabase
+from peewee import Database, PostgresqlDatabase, SqliteDatabase
 
 from leaderboard_bot.db import repository
 from leaderboard_bot.db.migrations import LATEST_VERSION, MIGRATIONS, SchemaTooNew, current_version, migrate
@@ -24,20 +26,39 @@ from leaderboard_bot.db.models import (
 )
 from leaderboard_bot.db.storage import Storage, StorageError, open_database
 from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
+from tests.conftest import close_database, connect_raw
 
 G = 111  # guild id
 OTHER_G = 222
 
 
 @pytest.fixture
-def storage_db(tmp_path: Path) -> Iterator[SqliteDatabase]:
-    """A freshly opened and migrated database bound to the models, closed afterwards."""
+def storage_db(database_url: str) -> Iterator[Database]:
+    """A freshly opened and migrated database bound to the models (each backend), closed afterwards."""
+    db = open_database(database_url)
+    try:
+        yield db
+    finally:
+        close_database(db)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
     db = open_database(f"sqlite:///{tmp_path}/x.db")
     try:
         yield db
     finally:
-        if not db.is_closed():
-            db.close()
+        db.close()
+
+
+@pytest.fixture
+def raw_db(database_url: str) -> Iterator[Database]:
+    """An empty database, connected but not migrated nor bound to the models (each backend)."""
+    db = connect_raw(database_url)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def batch(*, heartbeat_at: float = 1_000.0, season: int = 1, guild_id: int = G, **kw: object) -> ActivityBatch:
@@ -58,24 +79,28 @@ def session(key: str) -> VoiceSession:
     return VoiceSession.get(VoiceSession.key == key)
 
 
-def table_names(db: SqliteDatabase) -> set[str]:
-    return {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+def table_names(db: Database) -> set[str]:
+    return set(db.get_tables())
 
 
-def index_names(db: SqliteDatabase) -> set[str]:
-    return {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+def index_names(db: Database) -> set[str]:
+    if isinstance(db, PostgresqlDatabase):
+        sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    return {r[0] for r in db.execute_sql(sql).fetchall()}
 
 
 # --------------------------------------------------------------------------- open_database / pragmas
 
 
-def test_open_database_sets_pragmas(storage_db: SqliteDatabase) -> None:
-    assert storage_db.execute_sql("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-    assert storage_db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert storage_db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+def test_open_database_sets_pragmas(sqlite_db: SqliteDatabase) -> None:
+    assert sqlite_db.execute_sql("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    assert sqlite_db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert sqlite_db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
-def test_open_database_binds_the_models(storage_db: SqliteDatabase) -> None:
+def test_open_database_binds_the_models(storage_db: Database) -> None:
     assert database_proxy.obj is storage_db
 
 
@@ -89,15 +114,15 @@ def test_open_database_creates_missing_directories(tmp_path: Path) -> None:
         db.close()
 
 
-def test_open_database_rejects_non_sqlite_urls(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        open_database(f"postgres://user:pw@host/{tmp_path}")
+def test_open_database_rejects_urls_of_other_databases(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a SQLite URL"):
+        open_database(f"mysql://user:pw@host/{tmp_path}")
 
 
 # --------------------------------------------------------------------------- migrations
 
 
-def test_migrate_creates_schema_at_latest_version(storage_db: SqliteDatabase) -> None:
+def test_migrate_creates_schema_at_latest_version(storage_db: Database) -> None:
     assert LATEST_VERSION == len(MIGRATIONS) >= 2
     assert current_version(storage_db) == LATEST_VERSION
     assert {
@@ -113,7 +138,7 @@ def test_migrate_creates_schema_at_latest_version(storage_db: SqliteDatabase) ->
     assert rows == [(1, LATEST_VERSION)]
 
 
-def test_migrate_is_idempotent(storage_db: SqliteDatabase) -> None:
+def test_migrate_is_idempotent(storage_db: Database) -> None:
     before = (table_names(storage_db), index_names(storage_db))
     assert migrate(storage_db) == LATEST_VERSION
     assert migrate(storage_db) == LATEST_VERSION
@@ -121,58 +146,49 @@ def test_migrate_is_idempotent(storage_db: SqliteDatabase) -> None:
     assert storage_db.execute_sql('SELECT COUNT(*) FROM "schema_version"').fetchone()[0] == 1
 
 
-def test_migrate_runs_each_step_once_in_order(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "steps.db"))
-    db.connect()
+def test_migrate_runs_each_step_once_in_order(raw_db: Database) -> None:
+    db = raw_db
     calls: list[str] = []
     steps = [lambda d: calls.append("a"), lambda d: calls.append("b"), lambda d: calls.append("c")]
-    try:
-        assert migrate(db, target=2, migrations=steps) == 2
-        assert calls == ["a", "b"]
-        assert migrate(db, migrations=steps, target=3) == 3
-        assert migrate(db, migrations=steps, target=3) == 3
-        assert calls == ["a", "b", "c"]
-    finally:
-        db.close()
+    assert migrate(db, target=2, migrations=steps) == 2
+    assert calls == ["a", "b"]
+    assert migrate(db, migrations=steps, target=3) == 3
+    assert migrate(db, migrations=steps, target=3) == 3
+    assert calls == ["a", "b", "c"]
 
 
-def test_a_failing_migration_rolls_back_and_keeps_the_old_version(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "fail.db"))
-    db.connect()
+def test_a_failing_migration_rolls_back_and_keeps_the_old_version(raw_db: Database) -> None:
+    db = raw_db
 
-    def broken(d: SqliteDatabase) -> None:
+    def broken(d: Database) -> None:
         d.execute_sql('CREATE TABLE "half_done" ("x" INTEGER)')
         raise sqlite3.OperationalError("boom")
 
-    try:
-        with pytest.raises(sqlite3.OperationalError):
-            migrate(db, migrations=(MIGRATIONS[0], broken), target=2)
-        assert current_version(db) == 1
-        assert "half_done" not in table_names(db)
-        assert "member_stats" in table_names(db)
-    finally:
-        db.close()
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(db, migrations=(MIGRATIONS[0], broken), target=2)
+    assert current_version(db) == 1
+    assert "half_done" not in table_names(db)  # PostgreSQL's DDL is transactional too
+    assert "member_stats" in table_names(db)
 
 
-def test_old_version_1_database_upgrades_in_place_keeping_rows(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    old = SqliteDatabase(str(path))
-    old.connect()
+def test_old_version_1_database_upgrades_in_place_keeping_rows(raw_db: Database, database_url: str) -> None:
+    old = raw_db
     assert migrate(old, target=1) == 1
     assert "season" not in table_names(old)
+    mark = old.param
     old.execute_sql(
         'INSERT INTO "member_stats" ("guild_id", "season", "user_id", "messages", "voice_seconds") '
-        "VALUES (?, 1, 7, 12, 30.5), (?, 1, 8, 3, 0)",
+        f"VALUES ({mark}, 1, 7, 12, 30.5), ({mark}, 1, 8, 3, 0)",
         (G, G),
     )
     old.execute_sql(
         'INSERT INTO "member_name" ("guild_id", "user_id", "display_name", "username", "updated_at") '
-        "VALUES (?, 7, 'Seven', 'seven', 1.0)",
+        f"VALUES ({mark}, 7, 'Seven', 'seven', 1.0)",
         (G,),
     )
     old.close()
 
-    db = open_database(f"sqlite:///{path}")
+    db = open_database(database_url)
     try:
         assert current_version(db) == LATEST_VERSION
         assert {"season"} <= table_names(db)
@@ -186,30 +202,25 @@ def test_old_version_1_database_upgrades_in_place_keeping_rows(tmp_path: Path) -
         assert repository.member_totals(G, 1, 7) == (13, 30.5)
         assert repository.ensure_season(G, 0.0, 10.0).number == 1
     finally:
-        db.close()
+        close_database(db)
 
 
-def test_database_newer_than_the_bot_raises(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    db = open_database(f"sqlite:///{path}")
-    db.execute_sql('UPDATE "schema_version" SET "version" = ? WHERE "id" = 1', (LATEST_VERSION + 1,))
-    db.close()
+def test_database_newer_than_the_bot_raises(raw_db: Database, database_url: str) -> None:
+    db = open_database(database_url)
+    db.execute_sql(f'UPDATE "schema_version" SET "version" = {db.param} WHERE "id" = 1', (LATEST_VERSION + 1,))
+    close_database(db)
     with pytest.raises(SchemaTooNew, match="newer"):
-        open_database(f"sqlite:///{path}")
-    reopened = SqliteDatabase(str(path))
-    try:
-        with pytest.raises((SchemaTooNew, StorageError)):
-            migrate(reopened)
-        assert current_version(reopened) == LATEST_VERSION + 1  # untouched
-    finally:
-        reopened.close()
-    database_proxy.obj.close()
+        open_database(database_url)
+    close_database(database_proxy.obj)
+    with pytest.raises((SchemaTooNew, StorageError)):
+        migrate(raw_db)
+    assert current_version(raw_db) == LATEST_VERSION + 1  # untouched
 
 
 # --------------------------------------------------------------------------- apply_batch
 
 
-def test_apply_batch_splits_into_season_totals_and_daily_rows(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_splits_into_season_totals_and_daily_rows(storage_db: Database) -> None:
     repository.apply_batch(
         batch(
             messages={("2024-03-09", 1): 3, ("2024-03-10", 1): 2, ("2024-03-10", 2): 5},
@@ -225,7 +236,7 @@ def test_apply_batch_splits_into_season_totals_and_daily_rows(storage_db: Sqlite
     }
 
 
-def test_apply_batch_twice_adds_to_stored_counts(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_twice_adds_to_stored_counts(storage_db: Database) -> None:
     b = batch(messages={("2024-03-10", 1): 4}, voice={("2024-03-10", 1): 12.5, ("2024-03-11", 2): 7.0})
     repository.apply_batch(b)
     repository.apply_batch(b)
@@ -233,7 +244,7 @@ def test_apply_batch_twice_adds_to_stored_counts(storage_db: SqliteDatabase) -> 
     assert daily_rows() == {("2024-03-10", 1): (8, 25.0), ("2024-03-11", 2): (0, 14.0)}
 
 
-def test_apply_batch_keeps_seasons_and_guilds_apart(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_keeps_seasons_and_guilds_apart(storage_db: Database) -> None:
     repository.apply_batch(batch(season=1, messages={("2024-03-10", 1): 1}))
     repository.apply_batch(batch(season=2, messages={("2024-03-11", 1): 2}))
     repository.apply_batch(batch(guild_id=OTHER_G, messages={("2024-03-11", 1): 50}))
@@ -242,10 +253,11 @@ def test_apply_batch_keeps_seasons_and_guilds_apart(storage_db: SqliteDatabase) 
     assert daily_rows() == {("2024-03-10", 1): (1, 0.0), ("2024-03-11", 1): (2, 0.0)}
 
 
-def test_apply_batch_handles_more_rows_than_sqlite_binds_in_one_statement(storage_db: SqliteDatabase) -> None:
-    # Lower the bound-variable limit to SQLite's historical default so an unchunked insert of
-    # 2,500 rows x 5 columns would fail with "too many SQL variables".
-    storage_db.connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+def test_apply_batch_handles_more_rows_than_sqlite_binds_in_one_statement(storage_db: Database) -> None:
+    if isinstance(storage_db, SqliteDatabase):
+        # Lower the bound-variable limit to SQLite's historical default so an unchunked insert of
+        # 2,500 rows x 5 columns would fail with "too many SQL variables".
+        storage_db.connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     users = range(1, 2_501)
     repository.apply_batch(
         batch(
@@ -264,7 +276,7 @@ def test_apply_batch_handles_more_rows_than_sqlite_binds_in_one_statement(storag
     assert sum(r.messages for r in total_msgs) == sum(u % 7 + 1 for u in users)
 
 
-def test_apply_batch_is_atomic(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_is_atomic(storage_db: Database) -> None:
     bad = batch(messages={("2024-03-10", 1): 1}, names={2: ("x", None)})
     bad.names[3] = (None, None)  # type: ignore[assignment]  # display_name is NOT NULL -> fails late
     with pytest.raises(Exception):  # noqa: B017 - any error must roll the whole batch back
@@ -274,7 +286,7 @@ def test_apply_batch_is_atomic(storage_db: SqliteDatabase) -> None:
     assert repository.get_setting(G, "heartbeat") is None
 
 
-def test_apply_batch_opens_then_closes_sessions(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_opens_then_closes_sessions(storage_db: Database) -> None:
     repository.apply_batch(
         batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 40.0), SessionOpen("b", 2, 6, 70.0)])
     )
@@ -289,7 +301,7 @@ def test_apply_batch_opens_then_closes_sessions(storage_db: SqliteDatabase) -> N
     assert [s.key for s in repository.open_sessions(G)] == ["b"]
 
 
-def test_apply_batch_open_and_close_in_the_same_batch(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_open_and_close_in_the_same_batch(storage_db: Database) -> None:
     repository.apply_batch(
         batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 10.0)], closed=[SessionClose("a", 60.0)])
     )
@@ -298,7 +310,7 @@ def test_apply_batch_open_and_close_in_the_same_batch(storage_db: SqliteDatabase
     assert repository.open_sessions(G) == []
 
 
-def test_apply_batch_does_not_reopen_or_move_a_closed_session(storage_db: SqliteDatabase) -> None:
+def test_apply_batch_does_not_reopen_or_move_a_closed_session(storage_db: Database) -> None:
     repository.apply_batch(
         batch(heartbeat_at=100.0, opened=[SessionOpen("a", 1, 5, 10.0)], closed=[SessionClose("a", 60.0)])
     )
@@ -311,7 +323,7 @@ def test_apply_batch_does_not_reopen_or_move_a_closed_session(storage_db: Sqlite
     assert (a.started_at, a.ended_at, a.last_seen_at) == (10.0, 60.0, 60.0)
 
 
-def test_heartbeat_moves_last_seen_of_open_sessions_only_in_its_guild(storage_db: SqliteDatabase) -> None:
+def test_heartbeat_moves_last_seen_of_open_sessions_only_in_its_guild(storage_db: Database) -> None:
     repository.apply_batch(batch(heartbeat_at=10.0, opened=[SessionOpen("a", 1, 5, 10.0)]))
     repository.apply_batch(batch(guild_id=OTHER_G, heartbeat_at=10.0, opened=[SessionOpen("z", 1, 5, 10.0)]))
     repository.apply_batch(batch(heartbeat_at=70.0))
@@ -319,7 +331,7 @@ def test_heartbeat_moves_last_seen_of_open_sessions_only_in_its_guild(storage_db
     assert session("z").last_seen_at == 10.0
 
 
-def test_the_write_sequence_only_moves_up(storage_db: SqliteDatabase) -> None:
+def test_the_write_sequence_only_moves_up(storage_db: Database) -> None:
     for number in (3, 2, 5, None):
         b = batch(heartbeat_at=1.0)
         b.sequence = number
@@ -328,7 +340,7 @@ def test_the_write_sequence_only_moves_up(storage_db: SqliteDatabase) -> None:
     assert repository.get_setting(OTHER_G, repository.WRITE_SEQUENCE_KEY) is None
 
 
-def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: SqliteDatabase) -> None:
+def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: Database) -> None:
     repository.apply_batch(
         batch(
             heartbeat_at=50.0,
@@ -348,7 +360,7 @@ def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: SqliteDataba
     assert repository.close_orphan_sessions(G) == 0
 
 
-def test_names_upsert_and_lookup(storage_db: SqliteDatabase) -> None:
+def test_names_upsert_and_lookup(storage_db: Database) -> None:
     repository.apply_batch(batch(heartbeat_at=10.0, names={1: ("Alice", "alice"), 2: ("Bob", None)}))
     repository.apply_batch(batch(heartbeat_at=20.0, names={1: ("Alicia", "alice2"), 3: ("C" * 300, "")}))
     repository.apply_batch(batch(guild_id=OTHER_G, names={1: ("Elsewhere", None)}))
@@ -364,7 +376,7 @@ def test_names_upsert_and_lookup(storage_db: SqliteDatabase) -> None:
 
 
 @pytest.fixture
-def ranked_db(storage_db: SqliteDatabase) -> SqliteDatabase:
+def ranked_db(storage_db: Database) -> Database:
     # messages: 5 -> 10, 3 -> 10 (tie), 9 -> 7, 1 -> 2, 4 -> 0 (voice only)
     # voice:    4 -> 300, 1 -> 300 (tie), 3 -> 12.5, others 0
     repository.apply_batch(
@@ -383,7 +395,7 @@ def ranked_db(storage_db: SqliteDatabase) -> SqliteDatabase:
     return storage_db
 
 
-def test_top_orders_by_value_then_user_id(ranked_db: SqliteDatabase) -> None:
+def test_top_orders_by_value_then_user_id(ranked_db: Database) -> None:
     assert repository.top(G, 1, "messages", 10) == [
         RankedEntry(3, 10.0),
         RankedEntry(5, 10.0),
@@ -397,7 +409,7 @@ def test_top_orders_by_value_then_user_id(ranked_db: SqliteDatabase) -> None:
     ]
 
 
-def test_top_excludes_zero_values_and_applies_the_limit(ranked_db: SqliteDatabase) -> None:
+def test_top_excludes_zero_values_and_applies_the_limit(ranked_db: Database) -> None:
     assert 4 not in {e.user_id for e in repository.top(G, 1, "messages", 100)}
     assert repository.top(G, 1, "messages", 2) == [RankedEntry(3, 10.0), RankedEntry(5, 10.0)]
     assert repository.top(G, 1, "voice", 1) == [RankedEntry(1, 300.0)]
@@ -406,35 +418,35 @@ def test_top_excludes_zero_values_and_applies_the_limit(ranked_db: SqliteDatabas
 
 
 @pytest.mark.parametrize("board", ["messages", "voice"])
-def test_rank_of_matches_top_order(ranked_db: SqliteDatabase, board: str) -> None:
+def test_rank_of_matches_top_order(ranked_db: Database, board: str) -> None:
     order = repository.top(G, 1, board, 100)  # type: ignore[arg-type]
     assert order
     for position, entry in enumerate(order, start=1):
         assert repository.rank_of(G, 1, board, entry.user_id) == position  # type: ignore[arg-type]
 
 
-def test_rank_of_is_none_without_activity(ranked_db: SqliteDatabase) -> None:
+def test_rank_of_is_none_without_activity(ranked_db: Database) -> None:
     assert repository.rank_of(G, 1, "messages", 4) is None  # voice only
     assert repository.rank_of(G, 1, "voice", 5) is None  # messages only
     assert repository.rank_of(G, 1, "messages", 12345) is None  # no row at all
     assert repository.rank_of(G, 3, "messages", 5) is None  # no such season
 
 
-def test_ranked_count(ranked_db: SqliteDatabase) -> None:
+def test_ranked_count(ranked_db: Database) -> None:
     assert repository.ranked_count(G, 1, "messages") == 4
     assert repository.ranked_count(G, 1, "voice") == 3
     assert repository.ranked_count(G, 2, "messages") == 1
     assert repository.ranked_count(G, 2, "voice") == 0
 
 
-def test_member_totals(ranked_db: SqliteDatabase) -> None:
+def test_member_totals(ranked_db: Database) -> None:
     assert repository.member_totals(G, 1, 3) == (10, 12.5)
     assert repository.member_totals(G, 1, 4) == (0, 300.0)
     assert repository.member_totals(G, 1, 777) == (0, 0.0)
     assert repository.member_totals(OTHER_G, 1, 5) == (1000, 0.0)
 
 
-def test_daily_totals_over_an_inclusive_day_range(ranked_db: SqliteDatabase) -> None:
+def test_daily_totals_over_an_inclusive_day_range(ranked_db: Database) -> None:
     assert repository.daily_totals(G, "2024-03-10", "2024-03-10") == {
         5: (10, 0.0),
         3: (10, 0.0),
@@ -449,7 +461,7 @@ def test_daily_totals_over_an_inclusive_day_range(ranked_db: SqliteDatabase) -> 
 # --------------------------------------------------------------------------- seasons
 
 
-def test_ensure_season_creates_season_one_once(storage_db: SqliteDatabase) -> None:
+def test_ensure_season_creates_season_one_once(storage_db: Database) -> None:
     first = repository.ensure_season(G, 1_000.0, 3_600.0)
     assert (first.number, first.started_at, first.ends_at, first.ended_at) == (1, 1_000.0, 4_600.0, None)
     again = repository.ensure_season(G, 9_999.0, 60.0)
@@ -460,7 +472,7 @@ def test_ensure_season_creates_season_one_once(storage_db: SqliteDatabase) -> No
     assert repository.current_season(OTHER_G) is None
 
 
-def test_roll_season_archives_and_opens_the_next_idempotently(storage_db: SqliteDatabase) -> None:
+def test_roll_season_archives_and_opens_the_next_idempotently(storage_db: Database) -> None:
     repository.ensure_season(G, 0.0, 100.0)
     nxt = repository.roll_season(G, 1, 100.0, 100.0)
     assert (nxt.number, nxt.started_at, nxt.ends_at, nxt.ended_at) == (2, 100.0, 200.0, None)
@@ -475,7 +487,7 @@ def test_roll_season_archives_and_opens_the_next_idempotently(storage_db: Sqlite
     assert repository.ensure_season(G, 500.0, 100.0).id == nxt.id
 
 
-def test_ensure_season_after_all_seasons_ended_numbers_on(storage_db: SqliteDatabase) -> None:
+def test_ensure_season_after_all_seasons_ended_numbers_on(storage_db: Database) -> None:
     repository.ensure_season(G, 0.0, 100.0)
     Season.update(ended_at=100.0).execute()
     assert repository.ensure_season(G, 100.0, 100.0).number == 2
@@ -487,12 +499,12 @@ def test_ensure_season_after_all_seasons_ended_numbers_on(storage_db: SqliteData
 @pytest.mark.parametrize(
     "value", [42, 1.5, "text", True, None, [1, 2, 3], {"channel": 123456789012345678, "ids": [1, 2]}]
 )
-def test_setting_round_trips_json_values(storage_db: SqliteDatabase, value: object) -> None:
+def test_setting_round_trips_json_values(storage_db: Database, value: object) -> None:
     repository.set_setting(G, "k", value)
     assert repository.get_setting(G, "k", default="missing") == value
 
 
-def test_setting_overwrite_default_and_guild_scope(storage_db: SqliteDatabase) -> None:
+def test_setting_overwrite_default_and_guild_scope(storage_db: Database) -> None:
     assert repository.get_setting(G, "k") is None
     assert repository.get_setting(G, "k", default=7) == 7
     repository.set_setting(G, "k", {"a": 1})
