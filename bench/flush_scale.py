@@ -1,6 +1,6 @@
 """One flush of many distinct members: the bot's apply_batch against the v3 peewee path, same run.
 
-    python bench/flush_scale.py [--members 100000] [--voice-share 0.1] [--rounds 3]
+    python bench/flush_scale.py [--members 100000] [--voice-share 0.1] [--rounds 3] [--database-url URL|pg]
 
 Each round writes one batch of ``--members`` distinct members (each a few messages, ``--voice-share``
 of them voice time too) into a fresh temp SQLite file twice: first as inserts (new members), then as
@@ -8,23 +8,32 @@ updates (the same members again). The baseline is the v3 way of writing the same
 ``insert_many(...).on_conflict(...)`` in 100-row chunks), timed on its own fresh file at the same
 schema (v4: board indexes and size triggers included). Prints the best round of each, and the ratio
 baseline / apply_batch.
+
+``--database-url`` times the same on PostgreSQL (benchmark 7): a server URL whose user may create
+databases (each timing gets a fresh one, dropped after), or ``pg`` for a throw-away cluster started
+from the installed PostgreSQL (tests/pg.py). Client and server share the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from peewee import EXCLUDED, chunked
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/pg.py: the PostgreSQL helpers
+
 from leaderboard_bot.db import open_database, repository
 from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
 from leaderboard_bot.domain import ActivityBatch
+from tests import pg
 
 GUILD = 1
 SEASON = 1
@@ -78,8 +87,8 @@ def make_batch(members: int, voice_share: float, rng: random.Random) -> Activity
     return ActivityBatch(guild_id=GUILD, season=SEASON, heartbeat_at=time.time(), messages=messages, voice=voice)
 
 
-def time_flushes(path: Path, flush: Any, batch: ActivityBatch) -> tuple[float, float]:
-    db = open_database(f"sqlite:///{path}")
+def time_flushes(url: str, flush: Any, batch: ActivityBatch) -> tuple[float, float]:
+    db = open_database(url)
     try:
         times = []
         for _ in ("insert", "update"):
@@ -90,7 +99,22 @@ def time_flushes(path: Path, flush: Any, batch: ActivityBatch) -> tuple[float, f
         assert total == len({u for _, u in batch.messages}), total
         return times[0], times[1]
     finally:
-        db.close()
+        getattr(db, "close_all", db.close)()  # a pool: every connection
+
+
+def rounds(
+    count: int,
+    batch: ActivityBatch,
+    best: dict[str, list[float]],
+    fresh: Callable[[str], str],
+    drop: Callable[[str], None],
+) -> None:
+    for round_ in range(count):
+        for label, flush in (("v3", v3_flush), ("v4", repository.apply_batch)):
+            url = fresh(f"{label}-{round_}")
+            ins, upd = time_flushes(url, flush, batch)
+            drop(url)
+            best[label] = [min(best[label][0], ins), min(best[label][1], upd)]
 
 
 def main() -> None:
@@ -98,18 +122,25 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--voice-share", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url", help="PostgreSQL: a server URL that may create databases, or pg")
     args = parser.parse_args()
     logger.remove()
     rng = random.Random(7)
     batch = make_batch(args.members, args.voice_share, rng)
     best: dict[str, list[float]] = {"v3": [1e9, 1e9], "v4": [1e9, 1e9]}
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for label, flush in (("v3", v3_flush), ("v4", repository.apply_batch)):
-                ins, upd = time_flushes(Path(tmp) / f"{label}-{round_}.db", flush, batch)
-                best[label] = [min(best[label][0], ins), min(best[label][1], upd)]
+        if args.database_url:
+            with pg.server(args.database_url) as admin:
+
+                def fresh(name: str) -> str:
+                    return pg.create_database(admin, prefix="lb_bench")
+
+                rounds(args.rounds, batch, best, fresh, lambda url: pg.drop_database(admin, url))
+        else:
+            rounds(args.rounds, batch, best, lambda name: f"sqlite:///{tmp}/{name}.db", lambda url: None)
     voiced = len(batch.voice)
-    print(f"one flush of {args.members} distinct members ({voiced} with voice), best of {args.rounds}:")
+    backend = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"one flush of {args.members} distinct members ({voiced} with voice) on {backend}, best of {args.rounds}:")
     for i, kind in enumerate(("insert", "update")):
         old, new = best["v3"][i], best["v4"][i]
         print(

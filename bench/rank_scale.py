@@ -1,6 +1,6 @@
 """Ranks and tops with a million members in one season: the v3 query (baseline) against v4's, same run.
 
-    python bench/rank_scale.py [--members 1000000] [--samples 300]
+    python bench/rank_scale.py [--members 1000000] [--samples 300] [--database-url URL|pg]
 
 Builds a scratch SQLite file at schema v3 with ``--members`` members (heavy-tailed message counts, so
 most members tie on a few small values, as on a real server; voice for 30% of them), times the v3
@@ -8,6 +8,11 @@ most members tie on a few small values, as on a real server; voice for 30% of th
 v4's ``rank_of`` (two index ranges from the nearer end), the top-side-only variant (what ranks cost
 without the kept board size), and ``top``. Members are sampled across the whole board, rank 1 and
 the very last included; every v4 rank is checked against the true position. Warm cache figures.
+
+``--database-url`` runs the same on PostgreSQL (benchmark 7): a server URL whose user may create
+databases (a fresh one is made and dropped), or ``pg`` for a throw-away cluster (tests/pg.py).
+There ``VACUUM (ANALYZE)`` stands in for ``PRAGMA optimize``: autovacuum runs it after a large write, and
+its visibility map is what lets a count stay on the index (an index-only scan).
 """
 
 from __future__ import annotations
@@ -15,20 +20,25 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from peewee import SqliteDatabase, fn
+from peewee import Database, PostgresqlDatabase, SqliteDatabase, fn
 
 from leaderboard_bot.db import repository
 from leaderboard_bot.db.migrations import migrate
 from leaderboard_bot.db.models import MemberStats, database_proxy
 from leaderboard_bot.db.storage import SQLITE_PRAGMAS, optimize
 from leaderboard_bot.domain import Board
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/pg.py: the PostgreSQL helpers
+from tests import pg
 
 GUILD = 1
 SEASON = 1
@@ -55,7 +65,7 @@ def v3_rank_of(board: Board, user_id: int) -> int | None:
     return int(ahead) + 1
 
 
-def fill(db: SqliteDatabase, members: int, rng: random.Random) -> None:
+def fill(db: Database, members: int, rng: random.Random) -> None:
     rows = []
     for i in range(members):
         user = 10**17 + i * 7_919  # snowflake-sized ids
@@ -64,13 +74,14 @@ def fill(db: SqliteDatabase, members: int, rng: random.Random) -> None:
         rows.append((GUILD, SEASON, user, messages, voice))
     rng.shuffle(rows)  # arrival order is not key order
     with db.atomic():
-        db.cursor().executemany('INSERT INTO "member_stats" VALUES (?, ?, ?, ?, ?)', rows)
+        marks = ", ".join(db.param for _ in range(5))
+        db.cursor().executemany(f'INSERT INTO "member_stats" VALUES ({marks})', rows)
 
 
-def board_order(db: SqliteDatabase, board: Board) -> list[tuple[int, float]]:
+def board_order(db: Database, board: Board) -> list[tuple[int, float]]:
     column = "messages" if board == "messages" else "voice_seconds"
     sql = (
-        f'SELECT "user_id", "{column}" FROM "member_stats" WHERE "guild_id" = ? AND "season" = ? '
+        f'SELECT "user_id", "{column}" FROM "member_stats" WHERE "guild_id" = {db.param} AND "season" = {db.param} '
         f'AND "{column}" > 0 ORDER BY "{column}" DESC, "user_id" ASC'
     )
     return [(int(u), float(v)) for u, v in db.execute_sql(sql, (GUILD, SEASON)).fetchall()]
@@ -108,20 +119,38 @@ def measure_ranks(
     return times
 
 
+@contextmanager
+def scratch_database(spec: str | None) -> Iterator[Database]:
+    """A new scratch database: a temporary SQLite file, or a fresh database on a PostgreSQL server."""
+    if not spec:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield SqliteDatabase(str(Path(tmp) / "rank.db"), pragmas=SQLITE_PRAGMAS)
+        return
+    with pg.server(spec) as admin:
+        url = pg.create_database(admin, prefix="lb_bench")
+        try:
+            yield PostgresqlDatabase(url, prefer_psycopg3=True)
+        finally:
+            pg.drop_database(admin, url)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--database-url", help="PostgreSQL: a server URL that may create databases, or pg")
     args = parser.parse_args()
     logger.remove()  # the migration's log lines would split the table
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = SqliteDatabase(str(Path(tmp) / "rank.db"), pragmas=SQLITE_PRAGMAS)
+    with scratch_database(args.database_url) as db:
         database_proxy.initialize(db)
         db.connect()
         migrate(db, target=3)
         (_, ms) = timed(lambda: fill(db, args.members, rng))
-        print(f"{args.members} members written at v3 in {ms / 1000:.1f} s")
+        backend = "PostgreSQL" if isinstance(db, PostgresqlDatabase) else "SQLite"
+        print(f"{args.members} members written at v3 on {backend} in {ms / 1000:.1f} s")
+        if isinstance(db, PostgresqlDatabase):
+            db.execute_sql('VACUUM (ANALYZE) "member_stats"')  # what autovacuum does after a large write
         orders = {board: board_order(db, board) for board in ("messages", "voice")}
         positions = {board: sample_positions(len(orders[board]), args.samples, rng) for board in orders}
         results: dict[str, list[float]] = {}
@@ -135,8 +164,12 @@ def main() -> None:
 
         _, ms = timed(lambda: migrate(db))
         print(f"\nmigration v3 -> v4 on {args.members} members: {ms / 1000:.1f} s")
-        _, ms = timed(lambda: optimize(db))
-        print(f"PRAGMA optimize after it: {ms:.1f} ms")
+        if isinstance(db, SqliteDatabase):
+            _, ms = timed(lambda: optimize(db))
+            print(f"PRAGMA optimize after it: {ms:.1f} ms")
+        else:
+            _, ms = timed(lambda: db.execute_sql('VACUUM (ANALYZE) "member_stats"'))
+            print(f"VACUUM (ANALYZE) after it: {ms:.1f} ms")
 
         for board in ("messages", "voice"):
             order, picks = orders[board], positions[board]

@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -161,6 +163,20 @@ def check_server(url: str) -> None:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
         raise NoServer(f"cannot connect to the PostgreSQL server: {' '.join(str(error).split())}") from None
+
+
+@contextmanager
+def server(spec: str) -> Iterator[str]:
+    """For scripts (bench/): ``spec`` is a server URL whose user may create databases, or ``pg``
+    for a throw-away cluster, stopped and removed at the end. Yields the URL."""
+    if spec != "pg":
+        yield spec
+        return
+    cluster = start_cluster()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -171,7 +171,7 @@ def _add_counters(
         with _PEEWEE_ERRORS:  # the same error types as peewee's own queries raise
             cursor = database.cursor()
             try:
-                cursor.executemany(sql, rows)
+                cursor.executemany(sql, rows)  # psycopg 3 pipelines these: no round trip per row
             finally:
                 cursor.close()
 

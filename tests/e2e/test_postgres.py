@@ -1,0 +1,71 @@
+"""The real bot on PostgreSQL (DATABASE_URL=postgresql://...): counts, live standings, a clean stop
+that keeps everything and a restart that continues; its lock file in the directory it starts in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from leaderboard_bot.db.migrations import LATEST_VERSION
+
+from .harness import World
+
+
+def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        try:
+            return conn.execute(sql, params).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []
+
+
+def messages_of(url: str, guild: int, user: int) -> int:
+    rows = query(url, "SELECT SUM(messages) FROM member_stats WHERE guild_id = %s AND user_id = %s", guild, user)
+    return int(rows[0][0] or 0) if rows else 0
+
+
+async def test_the_bot_counts_and_ranks_on_postgresql_and_a_restart_continues(
+    world: World, postgres_url: str
+) -> None:
+    fc, w = world.fc, world
+    bot = await w.start_bot(DATABASE_URL=postgres_url)
+    assert query(postgres_url, "SELECT version FROM schema_version") == [(LATEST_VERSION,)]
+    assert not w.db_path.exists()  # nothing went to SQLite
+    port, database = urlsplit(postgres_url).port, urlsplit(postgres_url).path.lstrip("/")
+    lock = f"leaderboard-{w.guild}-{database}-127.0.0.1_{port}.lock"  # in the directory it started in
+    assert [p.name for p in w.tmp.glob("leaderboard-*")] == [lock]
+    for i in range(4):
+        await fc.send_message(w.guild, w.general, w.alice, f"hi {i}")
+    for i in range(2):
+        await fc.send_message(w.guild, w.general, w.bob, f"yo {i}")
+    await fc.send_message(w.guild, w.general, w.robot, "beep")  # a bot: ignored
+    await w.wait_db(
+        lambda: messages_of(postgres_url, w.guild, w.alice) == 4 and messages_of(postgres_url, w.guild, w.bob) == 2,
+        "message counts in PostgreSQL",
+    )
+    top = await fc.slash(w.guild, w.general, w.alice, "top messages")
+    text = json.dumps(top.embeds, ensure_ascii=False)
+    assert text.index("Ali") < text.index("Bob"), text  # Ali (4) above Bob (2)
+    # Counts not yet written are in the standings at once (the read snapshot plus the buffers).
+    await fc.send_message(w.guild, w.general, w.bob, "catching up")
+    await fc.send_message(w.guild, w.general, w.bob, "and again")
+    await fc.send_message(w.guild, w.general, w.bob, "ahead now")
+    stats = await fc.slash(w.guild, w.general, w.bob, "stats")
+    assert "#1" in json.dumps(stats.embeds, ensure_ascii=False)
+
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 0
+    assert messages_of(postgres_url, w.guild, w.bob) == 5  # the stop wrote what was buffered
+
+    await w.start_bot(DATABASE_URL=postgres_url)
+    await fc.send_message(w.guild, w.general, w.alice, "back")
+    await w.wait_db(lambda: messages_of(postgres_url, w.guild, w.alice) == 5, "a count after the restart")
+    await asyncio.sleep(1.2)  # two more flushes: nothing doubled
+    assert (messages_of(postgres_url, w.guild, w.alice), messages_of(postgres_url, w.guild, w.bob)) == (5, 5)
+    daily = query(postgres_url, "SELECT SUM(messages) FROM daily_activity WHERE guild_id = %s", w.guild)
+    assert daily == [(10,)]
