@@ -91,6 +91,16 @@ Counts = tuple[int, float]  # (messages, voice seconds)
 
 
 @dataclass(frozen=True)
+class FinishedSeason:
+    """A season in the archive, with the winner of each board (None: nobody on it)."""
+
+    number: int
+    started_at: float
+    ended_at: float
+    winners: dict[Board, BoardLine | None]
+
+
+@dataclass(frozen=True)
 class LeaseClaim:
     """"``holder`` counts for the guild until ``expires_at``" (0 releases it), asserted by a write."""
 

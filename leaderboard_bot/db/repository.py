@@ -576,5 +576,17 @@ def mark_season_announced(guild_id: int, number: int, at: float | None = None) -
     ).execute()
 
 
+def finished_seasons(guild_id: int, limit: int) -> list[tuple[int, float, float]]:
+    """(number, started_at, ended_at) of the most recent finished seasons, newest first."""
+    query: Any = (
+        Season.select(Season.number, Season.started_at, Season.ended_at)
+        .where((Season.guild_id == guild_id) & Season.ended_at.is_null(False))
+        .order_by(Season.number.desc())
+        .limit(limit)
+        .tuples()
+    )
+    return [(int(n), float(s), float(e)) for n, s, e in query]
+
+
 def season(guild_id: int, number: int) -> Season | None:
     return Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number))

@@ -14,7 +14,7 @@ from disnake.interactions import ApplicationCommandInteraction
 
 from ..adapters.disnake_names import shown_name
 from ..domain import Board, BoardLine
-from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, stats_embed
+from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, seasons_embed, stats_embed
 from ..ui.format import display_name
 from .errors import Reply, ready, respond_in_time
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..bot import LeaderboardBot
 
 SERVER_ONLY = "This command only works in the server."
+SEASONS_SHOWN = 10  # the most recent finished seasons listed by /seasons
 
 
 class Leaderboards(commands.Cog):
@@ -58,6 +59,11 @@ class Leaderboards(commands.Cog):
         user: Whose stats to show (default: yours)
         """
         await self._answer(inter, "stats", lambda: self._stats_reply(inter, user or inter.author))
+
+    @commands.slash_command(name="seasons")
+    async def seasons(self, inter: ApplicationCommandInteraction) -> None:
+        """Past seasons: when they ran and who won each board."""
+        await self._answer(inter, "seasons", lambda: self._seasons_reply(inter))
 
     # ------------------------------------------------------------------ building replies
 
@@ -128,6 +134,11 @@ class Leaderboards(commands.Cog):
                 stale=standing.stale,
             )
         )
+
+
+    async def _seasons_reply(self, inter: ApplicationCommandInteraction) -> Reply:
+        seasons = await self.bot.services.boards.finished_seasons(SEASONS_SHOWN)
+        return Reply(seasons_embed(seasons, guild_icon_url=guild_icon_url(inter.guild)))
 
 
 def _safe(name: str, user_id: int) -> str:

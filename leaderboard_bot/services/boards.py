@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..db import Storage, repository
-from ..domain import BOARDS, Board, BoardLine, RankedEntry
+from ..domain import BOARDS, Board, BoardLine, FinishedSeason, RankedEntry
 from .names import NameService
 from .ranking import Rankings
 from .seasons import SeasonService
@@ -98,6 +98,18 @@ class BoardService:
             BoardLine(rank=i, name=names[e.user_id], user_id=e.user_id, value=e.value)
             for i, e in enumerate(entries, start=1)
         ]
+
+    async def finished_seasons(self, limit: int) -> list[FinishedSeason]:
+        """The most recent finished seasons, newest first, each with the winner of each board."""
+        seasons = await self.storage.read(repository.finished_seasons, self.guild_id, limit)
+        out = []
+        for number, started_at, ended_at in seasons:
+            winners = {}
+            for board in BOARDS:
+                top = await self.rankings.top(board, 1, number)
+                winners[board] = (await self._named(top))[0] if top else None
+            out.append(FinishedSeason(number, started_at, ended_at, winners))
+        return out
 
     def changed_at(self, board: Board) -> float | None:
         """When what the board shows last changed (None before it was ever shown)."""

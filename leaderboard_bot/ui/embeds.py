@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import disnake
 
-from ..domain import UNKNOWN_MEMBER, Board, BoardLine, visible_name
+from ..domain import BOARDS, UNKNOWN_MEMBER, Board, BoardLine, FinishedSeason, visible_name
 from .format import (
     discord_timestamp,
     display_name,
@@ -45,6 +45,7 @@ DEFAULT_ARROW: str = "<a:purp_arrow:1403295268505522187>"
 
 # Discord's embed limits.
 FIELD_LIMIT = 1024
+FIELDS_LIMIT = 25  # fields per embed
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
 FIELD_VALUE_LIMIT = 1024
@@ -193,6 +194,23 @@ def final_standings_embed(
         value=f"{discord_timestamp(started_at, 'D')} – {discord_timestamp(ended_at, 'D')}",
         inline=False,
     )
+    return embed
+
+
+def seasons_embed(seasons: Sequence[FinishedSeason], *, guild_icon_url: str | None) -> disnake.Embed:
+    """``/seasons``: finished seasons, newest first, with their dates and each board's winner."""
+    embed = _base_embed(
+        title="Past seasons",
+        description=None if seasons else "No season has finished yet.",
+        thumbnail_url=guild_icon_url,
+    )
+    for season in seasons[:FIELDS_LIMIT]:
+        lines = [f"{discord_timestamp(season.started_at, 'D')} – {discord_timestamp(season.ended_at, 'D')}"]
+        for board in BOARDS:
+            winner = season.winners.get(board)
+            label = "Messages" if board == "messages" else "Voice"
+            lines.append(f"{label}: " + (format_line(winner, arrow=None, board=board) if winner else "nobody"))
+        embed.add_field(name=f"Season {season.number}", value=_clip("\n".join(lines), FIELD_LIMIT), inline=False)
     return embed
 
 

@@ -87,6 +87,8 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
     owner = fc.guilds[w.guild].owner_id
     await fc.send_message(w.guild, w.general, w.alice, "hello")
     await w.wait_db(lambda: w.messages_of(w.alice) == 1, "alice's message")
+    none_yet = await fc.slash(w.guild, w.general, w.bob, "seasons")
+    assert none_yet.embeds[0]["description"] == "No season has finished yet."
     # A member without Manage Server is refused, kindly and privately.
     denied = await fc.slash(w.guild, w.general, w.bob, "leaderboard reset")
     assert denied.ephemeral and "Manage Server" in denied.embeds[0]["description"]
@@ -106,6 +108,12 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
     assert "Ali" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     top = await fc.slash(w.guild, w.general, w.alice, "top messages")
     assert "No messages counted yet" in top.embeds[0]["description"]
+    # The finished season stays visible: /seasons lists it with its winners.
+    past = await fc.slash(w.guild, w.general, w.bob, "seasons")
+    assert not past.ephemeral
+    (season,) = past.embeds[0]["fields"]
+    assert season["name"] == "Season 1" and "Messages: **#1** Ali" in season["value"]
+    assert "Voice: nobody" in season["value"]
     # One line for the reset, with the seasons, the server, its duration and who asked.
     (reset,) = [r for r in w.log_records(w.bots[0]) if r["message"].startswith("season reset:")]
     assert reset["level"] == "INFO" and reset["extra"]["trigger"] == "manual" and reset["extra"]["user_id"] == owner

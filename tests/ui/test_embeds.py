@@ -414,3 +414,22 @@ def test_stale_figures_carry_a_note_and_fresh_ones_do_not() -> None:
     assert board(lines=make_lines(3), stale=True).footer.text == STALE_NOTE
     assert stats(stale=True).footer.text == STALE_NOTE
     assert "may be a little out of date" in STALE_NOTE
+
+
+def test_past_seasons_list_dates_and_each_boards_winner() -> None:
+    from leaderboard_bot.domain import FinishedSeason
+    from leaderboard_bot.ui.embeds import seasons_embed
+
+    winner = BoardLine(rank=1, name="Ali *the* best", user_id=5, value=42)
+    seasons = [
+        FinishedSeason(2, 1_700_000_000.0, 1_702_592_000.0, {"messages": winner, "voice": None}),
+        FinishedSeason(1, 1_697_408_000.0, 1_700_000_000.0, {"messages": None, "voice": None}),
+    ]
+    embed = seasons_embed(seasons, guild_icon_url=ICON)
+    assert embed.title == "Past seasons" and embed.thumbnail.url == ICON
+    assert [f.name for f in embed.fields] == ["Season 2", "Season 1"]
+    value = embed.fields[0].value or ""
+    assert "<t:1700000000:D> – <t:1702592000:D>" in value
+    assert "Messages: **#1** Ali" in value and "42 messages" in value and "Voice: nobody" in value
+    assert "\\*the\\*" in value  # markdown in names is neutralised, as on the boards
+    assert seasons_embed([], guild_icon_url=None).description == "No season has finished yet."
