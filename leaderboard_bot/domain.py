@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -165,3 +166,21 @@ class ActivityBatch:
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)
+
+    def per_member(self) -> dict[int, Counts]:
+        """The batch's counts summed over days, per member."""
+        return counts_per_member(self.messages, ((user, seconds) for (_, user), seconds in self.voice.items()))
+
+
+def counts_per_member(
+    messages: Mapping[tuple[str, int], int], voice: Iterable[tuple[int, float]]
+) -> dict[int, Counts]:
+    """(day, member) message counts and (member, seconds) voice credits, summed per member."""
+    out: dict[int, Counts] = {}
+    for (_, user), count in messages.items():
+        had_messages, had_voice = out.get(user, (0, 0.0))
+        out[user] = (had_messages + count, had_voice)
+    for user, seconds in voice:
+        had_messages, had_voice = out.get(user, (0, 0.0))
+        out[user] = (had_messages, had_voice + seconds)
+    return out

@@ -24,7 +24,7 @@ from loguru import logger
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import ActivityBatch, Counts, LeaseClaim, NameInfo, SeasonRoll, Unwritten
+from ..domain import ActivityBatch, LeaseClaim, NameInfo, SeasonRoll, Unwritten, counts_per_member
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
@@ -194,27 +194,18 @@ class ActivityService:
         way, the buffers already belong to the next season, so only that write is added."""
         in_flight = self._in_flight
         rolling = in_flight is not None and in_flight.roll is not None and in_flight.season == season
-        buffered: dict[int, Counts] = {}
-        for (_, user), count in () if rolling else self._messages.items():
-            messages, voice = buffered.get(user, (0, 0.0))
-            buffered[user] = (messages + count, voice)
-        for user, seconds in () if rolling else self.voice.unflushed_by_member(self.clock()).items():
-            messages, voice = buffered.get(user, (0, 0.0))
-            buffered[user] = (messages, voice + seconds)
+        buffered = (
+            {}
+            if rolling
+            else counts_per_member(self._messages, self.voice.unflushed_by_member(self.clock()).items())
+        )
         if in_flight is None or in_flight.season != season:
             return Unwritten(committed=self.committed_sequence, buffered=buffered)
-        writing: dict[int, Counts] = {}
-        for (_, user), count in in_flight.messages.items():
-            messages, voice = writing.get(user, (0, 0.0))
-            writing[user] = (messages + count, voice)
-        for (_, user), seconds in in_flight.voice.items():
-            messages, voice = writing.get(user, (0, 0.0))
-            writing[user] = (messages, voice + seconds)
         return Unwritten(
             committed=self.committed_sequence,
             in_flight_sequence=in_flight.sequence,
             buffered=buffered,
-            in_flight=writing,
+            in_flight=in_flight.per_member(),
         )
 
     def live_session_seconds(self, user_id: int) -> float | None:

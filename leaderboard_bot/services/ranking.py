@@ -244,13 +244,7 @@ class Rankings:
             self.cache.invalidate()
             return
         self._count_boards_soon(batch.season)
-        added: dict[int, Counts] = {}
-        for (_, user), count in batch.messages.items():
-            messages, voice = added.get(user, (0, 0.0))
-            added[user] = (messages + count, voice)
-        for (_, user), seconds in batch.voice.items():
-            messages, voice = added.get(user, (0, 0.0))
-            added[user] = (messages, voice + seconds)
+        added = batch.per_member()
         known = self._known if self._known_at is not None and self._known_at[0] == batch.season else None
         moved_on: dict[str, list[int]] = {}
         for key, stored_top in self.cache.items():
