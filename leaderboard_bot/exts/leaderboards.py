@@ -14,9 +14,11 @@ from disnake.interactions import ApplicationCommandInteraction
 
 from ..adapters.disnake_names import shown_name
 from ..domain import Board, BoardLine
+from ..services.voice import VoiceRules, voice_status
 from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, seasons_embed, stats_embed
 from ..ui.format import display_name
 from .errors import Reply, ready, respond_in_time
+from .tracking import excluded, role_ids
 
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
@@ -117,7 +119,8 @@ class Leaderboards(commands.Cog):
             name = (await bot.services.names.resolve([target.id]))[target.id]
         season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the numbers
         standing = await bot.services.rankings.standing_for_reply(target.id, season.number)
-        if standing.messages <= 0 and standing.voice_seconds <= 0 and standing.live_voice_channel_id is None:
+        in_channel = self._voice_channel(target)
+        if standing.messages <= 0 and standing.voice_seconds <= 0 and in_channel is None:
             return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active this season yet."))
         return Reply(
             stats_embed(
@@ -127,12 +130,36 @@ class Leaderboards(commands.Cog):
                 message_rank=standing.message_rank,
                 voice_seconds=standing.voice_seconds,
                 voice_rank=standing.voice_rank,
-                in_voice_channel_id=standing.live_voice_channel_id,
+                in_voice_channel_id=standing.live_voice_channel_id or (in_channel.id if in_channel else None),
                 live_session_seconds=standing.live_session_seconds,
                 season_number=season.number,
                 season_ends_at=season.ends_at,
                 stale=standing.stale,
+                voice_status=self._voice_status(target, in_channel),
+                held_back_today=bot.services.activity.held_back_today(target.id),
             )
+        )
+
+    def _voice_channel(self, target: disnake.User | disnake.Member) -> Any:
+        state = target.voice if isinstance(target, disnake.Member) else None
+        return state.channel if state is not None else None
+
+    def _voice_status(self, target: disnake.User | disnake.Member, channel: Any) -> str | None:
+        """Whether the member's voice time counts right now, and if not, the reason, in words."""
+        if channel is None or not isinstance(target, disnake.Member) or target.voice is None:
+            return None
+        tracker = self.bot.services.activity.voice
+        tunables = self.bot.services.settings.current
+        afk = target.guild.afk_channel
+        return voice_status(
+            counting=tracker.is_counting(target.id),
+            connection_lost=tracker.held_since is not None or tracker.suspended,
+            in_afk=afk is not None and channel.id == afk.id,
+            excluded_channel=excluded(channel, (), tunables),
+            excluded_role=excluded(None, role_ids(target), tunables),
+            deafened=bool(target.voice.deaf or target.voice.self_deaf),
+            alone=tracker.humans_in(channel.id) < 2,
+            rules=VoiceRules(count_deafened=tunables.voice_count_deafened, count_alone=tunables.voice_count_alone),
         )
 
 

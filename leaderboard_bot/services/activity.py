@@ -40,6 +40,7 @@ FAILURE_REMINDER_EVERY = 300.0  # while writes keep failing, one reminder line t
 SHUTDOWN_BUDGET = 3.5  # a stop ends within this, with the data in the database or on disk
 PRUNE_BATCH = 500  # closed voice sessions deleted per transaction: the write lock is held briefly
 RECOVERY_MARKER_RETENTION = 30 * 86_400.0
+HELD_BACK_MEMBERS = 10_000  # members whose held-back messages today are remembered (for /stats)
 MAX_PENDING_ROWS = 1_000_000  # (member, day) rows held in memory; past it the oldest go to disk
 SPILL_SHARE = 0.1  # the share of the bound moved to disk at once (so a full buffer spills rarely)
 SPILL_RETRY_AFTER = 30.0  # after the disk refused a spill, the rows stay in memory this long
@@ -105,6 +106,8 @@ class ActivityService:
         self._spill_retry_at = 0.0
         self._unbounded_logged = False
         self.rows_spilled = 0
+        self._held_back: dict[int, int] = {}
+        self._held_back_day = -1
         self._started_at = clock()
 
     # ------------------------------------------------------------------ recording
@@ -122,6 +125,7 @@ class ActivityService:
             # (an old time can never mint tokens); clamping it too would turn a calm replay into a burst.
             judged = sent_at if sent_at <= now + FUTURE_TOLERANCE else at
         if not self.guard.allow(user_id, judged):
+            self._note_held_back(user_id, int(at // DAY_SECONDS))
             return False
         day_index = int(at // DAY_SECONDS)
         if day_index != self._day_index:  # the day's name is built once per day, not per message
@@ -187,6 +191,19 @@ class ActivityService:
         in_flight = self._in_flight
         extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
         return self.voice.unflushed_seconds(user_id, self.clock()) + extra
+
+    def _note_held_back(self, user_id: int, day_index: int) -> None:
+        """Count what the anti-spam limit held back today, per member (for /stats). Only members
+        held back have an entry; a new day, or more than HELD_BACK_MEMBERS of them, starts over."""
+        if day_index != self._held_back_day or len(self._held_back) >= HELD_BACK_MEMBERS:
+            self._held_back_day, self._held_back = day_index, {}
+        self._held_back[user_id] = self._held_back.get(user_id, 0) + 1
+
+    def held_back_today(self, user_id: int) -> int:
+        """Messages of the member the anti-spam limit did not count today (UTC)."""
+        if self._held_back_day != int(self.clock() // DAY_SECONDS):
+            return 0
+        return self._held_back.get(user_id, 0)
 
     def unwritten(self, season: int) -> Unwritten:
         """Everyone's counts not yet in the database, as of now (see Unwritten), for ``season``,

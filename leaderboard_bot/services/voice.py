@@ -123,6 +123,10 @@ class VoiceTracker:
         live = max(0.0, now - session.credited_until) if session else 0.0
         return pending + live
 
+    def humans_in(self, channel_id: int) -> int:
+        """Members in the channel who count as company (humans, deafened or not)."""
+        return self._humans.get(channel_id, 0)
+
     def unflushed_by_member(self, now: float) -> dict[int, float]:
         """:meth:`unflushed_seconds` of everyone at once: one pass over what is pending and open."""
         out: dict[int, float] = {}
@@ -366,3 +370,33 @@ def split_by_day(start: float, end: float) -> list[tuple[str, float]]:
         out.append((_day_name(index), stop - cursor))
         cursor = stop
     return out
+
+
+def voice_status(
+    *,
+    counting: bool,
+    connection_lost: bool,
+    in_afk: bool,
+    excluded_channel: bool,
+    excluded_role: bool,
+    deafened: bool,
+    alone: bool,
+    rules: VoiceRules,
+) -> str:
+    """One short line for /stats: whether a member's voice time counts right now, and if not, why
+    (the first reason that applies, in the order the tracker decides)."""
+    if counting:
+        return "counting now"
+    if connection_lost:
+        return "not counting: the bot lost its connection to Discord (back soon)"
+    if in_afk:
+        return "not counting: in the AFK channel"
+    if excluded_channel:
+        return "not counting: this channel is excluded from the leaderboard"
+    if excluded_role:
+        return "not counting: holds a role excluded from the leaderboard"
+    if deafened and not rules.count_deafened:
+        return "not counting while deafened"
+    if alone and not rules.count_alone:
+        return "not counting while alone in the channel"
+    return "not counting right now"

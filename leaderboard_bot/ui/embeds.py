@@ -231,15 +231,21 @@ def stats_embed(
     season_number: int,
     season_ends_at: float,
     stale: bool = False,
+    voice_status: str | None = None,
+    held_back_today: int = 0,
 ) -> disnake.Embed:
-    """A member's own numbers for the current season."""
+    """A member's own numbers for the current season; ``voice_status`` says whether their voice
+    time counts right now (and why not), ``held_back_today`` what the anti-spam limit held back."""
     prefix = "Stats for "
     embed = _base_embed(
         title=prefix + _plain_name(name, TITLE_LIMIT - len(prefix)),
         description=None,
         thumbnail_url=avatar_url,
     )
-    embed.add_field(name="Messages", value=_ranked(format_count(messages), message_rank), inline=True)
+    messages_text = _ranked(format_count(messages), message_rank)
+    if held_back_today > 0:
+        messages_text += f"\n{format_count(held_back_today)} held back by the anti-spam limit today"
+    embed.add_field(name="Messages", value=messages_text, inline=True)
     embed.add_field(name="Voice time", value=_ranked(format_duration(voice_seconds), voice_rank), inline=True)
     if in_voice_channel_id is None:
         in_voice = "No"
@@ -248,6 +254,8 @@ def stats_embed(
         in_voice = f"<#{in_voice_channel_id}>"
     else:
         in_voice = f"<#{in_voice_channel_id}> for {format_duration(live_session_seconds)}"
+    if in_voice_channel_id is not None and voice_status:
+        in_voice += f"\n{voice_status}"
     embed.add_field(name="In voice now", value=in_voice, inline=True)
     embed.add_field(
         name=f"Season {season_number} ends",

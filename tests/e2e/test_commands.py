@@ -238,3 +238,36 @@ async def test_a_write_stuck_on_a_lock_never_holds_up_a_command(busy: Busy) -> N
     assert not res.deferred and not res.ephemeral and answered < 1.0
     assert res.embeds[0]["title"] == "Stats for Ali"
     assert field(res, "Messages") == "4 · rank #1"
+
+
+async def test_stats_say_whether_voice_time_counts_now_and_why_not(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(SPAM_LIMIT="2/60s", VOICE_COUNT_ALONE="false")
+    await fc.wait_for_commands("stats", guild=w.guild)
+
+    def in_voice(answer: object) -> str:
+        fields = {f["name"]: f["value"] for f in answer.embeds[0]["fields"]}  # type: ignore[attr-defined]
+        return str(fields["In voice now"])
+
+    await fc.voice_join(w.alice, w.lounge)
+    await asyncio.sleep(0.5)
+    alone = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.alice})
+    assert "not counting while alone in the channel" in in_voice(alone)
+    await fc.voice_join(w.bob, w.lounge)
+    await asyncio.sleep(0.5)
+    assert "counting now" in in_voice(await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.alice}))
+    await fc.voice_update(w.alice, w.guild, self_deaf=True)
+    await asyncio.sleep(0.5)
+    deafened = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.alice})
+    assert "not counting while deafened" in in_voice(deafened)
+    await fc.voice_afk(w.carol, w.guild)
+    await asyncio.sleep(0.5)
+    afk = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.carol})
+    assert "in the AFK channel" in in_voice(afk)
+
+    for i in range(5):  # two count, three are held back by the anti-spam limit
+        await fc.send_message(w.guild, w.general, w.carol, f"spam {i}")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 2, "carol's two counted messages")
+    spam = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.carol})
+    messages = {f["name"]: f["value"] for f in spam.embeds[0]["fields"]}["Messages"]
+    assert messages.startswith("2 · rank") and "3 held back by the anti-spam limit today" in messages

@@ -659,3 +659,17 @@ async def test_every_write_logs_one_line_with_its_duration_and_context(
     assert "wrote 3 message(s)" in line["message"] and "for 2 member(s) into season 1" in line["message"]
     assert line["extra"]["guild_id"] == G and line["extra"]["members"] == 2 and line["extra"]["season"] == 1
     assert line["extra"]["duration_ms"] >= 0 and line["message"].endswith(" ms")
+
+
+def test_what_the_anti_spam_limit_held_back_today_is_counted_per_member(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    service = make_service(activity_storage, activity_clock, guard=DenyListGuard([7]))
+    for _ in range(3):
+        service.record_message(7)
+    service.record_message(8)
+    assert (service.held_back_today(7), service.held_back_today(8)) == (3, 0)
+    activity_clock.advance(86_400.0)  # a new UTC day starts from zero
+    assert service.held_back_today(7) == 0
+    service.record_message(7)
+    assert service.held_back_today(7) == 1

@@ -961,3 +961,34 @@ def test_random_events_open_and_close_the_same_sessions_in_the_same_order(seed: 
             (o.user_id, o.channel_id, o.started_at) for o in b.opened.values()
         ]
         assert [c.ended_at for c in a.closed.values()] == [c.ended_at for c in b.closed.values()]
+
+
+def test_the_voice_status_line_names_the_first_reason_that_applies() -> None:
+    from leaderboard_bot.services.voice import voice_status
+
+    rules = VoiceRules(count_deafened=False, count_alone=False)
+    facts = dict(
+        counting=False,
+        connection_lost=False,
+        in_afk=False,
+        excluded_channel=False,
+        excluded_role=False,
+        deafened=False,
+        alone=False,
+        rules=rules,
+    )
+    assert voice_status(**{**facts, "counting": True}) == "counting now"  # type: ignore[arg-type]
+    cases = [
+        ("connection_lost", "lost its connection"),
+        ("in_afk", "AFK channel"),
+        ("excluded_channel", "channel is excluded"),
+        ("excluded_role", "role excluded"),
+        ("deafened", "while deafened"),
+        ("alone", "while alone"),
+    ]
+    for reason, words in cases:
+        assert words in voice_status(**{**facts, reason: True})  # type: ignore[arg-type]
+    # The first that applies wins (the connection before anything the member did).
+    assert "lost its connection" in voice_status(**{**facts, "connection_lost": True, "deafened": True})  # type: ignore[arg-type]
+    lenient = VoiceRules(count_deafened=True, count_alone=True)
+    assert voice_status(**{**facts, "deafened": True, "alone": True, "rules": lenient}) == "not counting right now"  # type: ignore[arg-type]

@@ -433,3 +433,11 @@ def test_past_seasons_list_dates_and_each_boards_winner() -> None:
     assert "Messages: **#1** Ali" in value and "42 messages" in value and "Voice: nobody" in value
     assert "\\*the\\*" in value  # markdown in names is neutralised, as on the boards
     assert seasons_embed([], guild_icon_url=None).description == "No season has finished yet."
+
+
+def test_stats_say_whether_voice_counts_now_and_what_the_anti_spam_limit_held_back() -> None:
+    embed = stats(in_voice_channel_id=77, live_session_seconds=None, voice_status="not counting while deafened")
+    assert fields_by_name(embed)["In voice now"] == "<#77>\nnot counting while deafened"
+    held = stats(held_back_today=3)
+    assert fields_by_name(held)["Messages"] == "1,234 · rank #2\n3 held back by the anti-spam limit today"
+    assert "\n" not in fields_by_name(stats())["Messages"]  # nothing held back: nothing said
