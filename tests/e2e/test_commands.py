@@ -81,7 +81,7 @@ def field(result: InteractionResult, name: str) -> str:
 
 
 def live_seconds(value: str) -> int:
-    match = re.fullmatch(r"<#\d+> for (\d+)s", value)
+    match = re.fullmatch(r"<#\d+> for (\d+)s\ncounting now", value)  # (the second line: see the why-not test)
     assert match, value
     return int(match[1])
 
