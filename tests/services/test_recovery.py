@@ -429,19 +429,18 @@ async def test_a_spill_during_a_hanging_write_keeps_every_count_once(
     assert await stats(activity_storage) == {user: (1, 0.0) for user in [*range(1, 31), 1000]}
 
 
-async def test_a_spill_while_a_spilled_part_is_being_written_is_never_lost(
-    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A part spilled while an earlier spilled part is being written has a number below the batch
-    that follows in the same flush: it must be written before that batch (found in review)."""
-    recovery = tmp_path / "activity.db.unsaved.json"
-    service = make_service(activity_storage, activity_clock, recovery=recovery)
+async def spill_during_a_slow_spilled_write(
+    storage: Storage, clock: FakeClock, recovery: Path, monkeypatch: pytest.MonkeyPatch
+) -> ActivityService:
+    """The race the review found: 50 members spill during an outage; when the database is back,
+    the first (spilled) write is slow and 40 more members arrive meanwhile, past the bound, so a
+    part is spilled during it. Returns once that flush has committed."""
+    service = make_service(storage, clock, recovery=recovery)
     service.max_pending_rows = 20
     await service.start()
     outage = Outage(monkeypatch)
-    await fill_during_outage(service, activity_clock, 50)
+    await fill_during_outage(service, clock, 50)
     assert service.rows_spilled > 0
-    # The database is back, but the first (spilled) write is slow.
     gate, busy = threading.Event(), threading.Event()
     real = repository.apply_batch
     first = [True]
@@ -464,54 +463,39 @@ async def test_a_spill_while_a_spilled_part_is_being_written_is_never_lost(
         await asyncio.sleep(0.01)
         if service.rows_spilled > 50 - 20:
             break
-    spilled_during = service.rows_spilled
     gate.set()
     assert await flushing is True
     await asyncio.sleep(0.2)  # the file rewrite after the success
+    return service
+
+
+SPILL_RACE_MEMBERS = [*range(1, 51), *range(1000, 1040)]
+
+
+async def test_a_spill_while_a_spilled_part_is_being_written_is_never_lost(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part spilled while an earlier spilled part is being written has a number below the batch
+    that follows in the same flush: it must be written before that batch (found in review)."""
+    recovery = tmp_path / "activity.db.unsaved.json"
+    service = await spill_during_a_slow_spilled_write(activity_storage, activity_clock, recovery, monkeypatch)
     assert await service.flush(season_one) is True
     await asyncio.sleep(0.1)
-    expected = {u: (1, 0.0) for u in [*range(1, 51), *range(1000, 1040)]}
+    expected = {u: (1, 0.0) for u in SPILL_RACE_MEMBERS}
     got = await stats(activity_storage)
-    missing = sorted(u for u in expected if u not in got)
-    assert got == expected, (spilled_during, missing)
+    assert got == expected, sorted(u for u in expected if u not in got)
 
 
 async def test_kill_9_after_a_spill_during_a_spilled_write_loses_nothing(
     activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same race, then kill -9 right after the flush: the restart skips the part (its number is
-    below the stored write number) although it was never written."""
+    """Same race, then kill -9 right after the flush: the restart must not skip the spilled part
+    (its number is below the stored write number only if it was written)."""
     recovery = tmp_path / "activity.db.unsaved.json"
-    service = make_service(activity_storage, activity_clock, recovery=recovery)
-    service.max_pending_rows = 20
-    await service.start()
-    outage = Outage(monkeypatch)
-    await fill_during_outage(service, activity_clock, 50)
-    gate, busy = threading.Event(), threading.Event()
-    real = repository.apply_batch
-    first = [True]
-
-    def slow_first(batch: ActivityBatch) -> None:
-        if first[0]:
-            first[0] = False
-            busy.set()
-            assert gate.wait(10)
-        real(batch)
-
-    outage.down = False
-    monkeypatch.setattr(repository, "apply_batch", slow_first)
-    flushing = asyncio.ensure_future(service.flush(season_one))
-    assert await asyncio.to_thread(busy.wait, 10)
-    for user in range(1000, 1040):
-        service.record_message(user)
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.2)
-    gate.set()
-    assert await flushing is True
-    await asyncio.sleep(0.2)
+    await spill_during_a_slow_spilled_write(activity_storage, activity_clock, recovery, monkeypatch)
     # kill -9 now; a new process starts on the same files
     await restart(activity_storage, activity_clock, recovery)
-    expected = {u: (1, 0.0) for u in [*range(1, 51), *range(1000, 1040)]}
+    expected = {u: (1, 0.0) for u in SPILL_RACE_MEMBERS}
     got = await stats(activity_storage)
     assert got == expected, sorted(u for u in expected if u not in got)
 
