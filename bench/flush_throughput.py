@@ -20,9 +20,10 @@ from pathlib import Path
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.domain import ActivityBatch
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.days import UTC_CALENDAR
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.ratelimit import NullGuard, SpamGuard
-from leaderboard_bot.services.voice import VoiceTracker, utc_day
+from leaderboard_bot.services.voice import VoiceTracker
 
 GUILD = 1
 
@@ -50,7 +51,7 @@ async def batched(storage: Storage, users: list[int], flush_every: int) -> float
 
 async def naive(storage: Storage, users: list[int]) -> float:
     start = time.perf_counter()
-    day = utc_day(time.time())
+    day = UTC_CALENDAR.day_of(time.time())
     for user in users:
         batch = ActivityBatch(guild_id=GUILD, season=2, heartbeat_at=time.time(), messages={(day, user): 1})
         await storage.run(repository.apply_batch, batch)

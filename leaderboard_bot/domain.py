@@ -5,10 +5,49 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Literal, get_args
 
 Board = Literal["messages", "voice"]
 BOARDS: tuple[Board, ...] = get_args(Board)
+
+Period = Literal["season", "today", "week", "month", "all-time"]
+PERIODS: tuple[Period, ...] = get_args(Period)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A board over the last ``days`` days including today (None: all of time) instead of a
+    season. Its totals are stored like a season's, under the negative ``scope`` number in place of
+    a season number, so every ranking query and cache serves a window unchanged."""
+
+    period: Period
+    scope: int
+    days: int | None
+
+
+TODAY = Window("today", -1, 1)
+WEEK = Window("week", -7, 7)
+MONTH = Window("month", -30, 30)
+ALL_TIME = Window("all-time", -1000, None)
+ROLLING_WINDOWS: tuple[Window, ...] = (TODAY, WEEK, MONTH)
+WINDOWS: dict[Period, Window] = {w.period: w for w in (*ROLLING_WINDOWS, ALL_TIME)}
+_BY_SCOPE = {w.scope: w for w in WINDOWS.values()}
+
+
+def shift_day(day: str, days: int) -> str:
+    """The day name (``YYYY-MM-DD``) ``days`` after ``day`` (before, when negative)."""
+    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+
+
+def days_between(first: str, last: str) -> int:
+    """How many days ``last`` is after ``first``."""
+    return (date.fromisoformat(last) - date.fromisoformat(first)).days
+
+
+def window_of(scope: int) -> Window | None:
+    """The window a scope number stands for; None for a season number."""
+    return _BY_SCOPE.get(scope)
 
 NameInfo = tuple[str, str | None]  # (display name, username)
 
@@ -163,6 +202,9 @@ class ActivityBatch:
     # The writer's lease, renewed (or released) in the same transaction: a write by an instance
     # that lost it fails whole (see services.lease). Never saved to the recovery file.
     lease: LeaseClaim | None = None
+    # The writer's day when the batch was taken: the windows move on to it (never back). Not
+    # saved to the recovery file: a batch read back moves them no further than its own days.
+    today: str | None = None
 
     def is_empty(self) -> bool:
         return not (self.messages or self.voice or self.opened or self.closed or self.names)

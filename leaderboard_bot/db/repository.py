@@ -12,7 +12,7 @@ from typing import Any
 import peewee
 from peewee import EXCLUDED, PostgresqlDatabase, chunked, fn
 
-from ..domain import ActivityBatch, Board, RankedEntry
+from ..domain import ALL_TIME, ROLLING_WINDOWS, ActivityBatch, Board, RankedEntry, days_between, shift_day
 from .models import (
     DailyActivity,
     Lease,
@@ -28,6 +28,7 @@ from .models import (
 CHUNK_ROWS = 100
 WRITE_SEQUENCE_KEY = "write_sequence"  # the highest numbered batch committed (see services.recovery)
 RECOVERY_MARKER_PREFIX = "recovered:"  # format-1 recovery files' applied-markers
+WINDOWS_DAY_KEY = "windows_day"  # the day the rolling windows end on (they hold the days up to it)
 
 
 # --------------------------------------------------------------------------- writes
@@ -46,9 +47,21 @@ def apply_batch(batch: ActivityBatch) -> None:
     with database_proxy.atomic():
         if batch.lease is not None:
             renew_lease(batch.guild_id, batch.lease.holder, batch.lease.expires_at)
-        _add_counters(
-            "member_stats", ("guild_id", "season", "user_id"), (batch.guild_id, batch.season), messages, voice
-        )
+        # Windows first: built for the first time, they must not already hold this batch.
+        days = {day for day, _ in batch.messages} | {day for day, _ in batch.voice}
+        last_day = move_windows(batch.guild_id, max(days | ({batch.today} if batch.today else set()), default=None))
+        season_key = ("guild_id", "season", "user_id")
+        _add_counters("member_stats", season_key, (batch.guild_id, batch.season), messages, voice)
+        _add_counters("member_stats", season_key, (batch.guild_id, ALL_TIME.scope), messages, voice)
+        if last_day is not None and days:
+            for window in ROLLING_WINDOWS:
+                assert window.days is not None
+                first_day = shift_day(last_day, 1 - window.days)
+                if all(first_day <= day <= last_day for day in days):  # nearly always: all of it is today's
+                    _add_counters("member_stats", season_key, (batch.guild_id, window.scope), messages, voice)
+                else:
+                    in_window = _per_member_between(batch, first_day, last_day)
+                    _add_counters("member_stats", season_key, (batch.guild_id, window.scope), *in_window)
         _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), batch.messages, batch.voice)
         for sessions in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
@@ -103,6 +116,102 @@ def apply_batch(batch: ActivityBatch) -> None:
         counts = _ranked.get(database_proxy.obj, {})
         for key in [k for k in counts if k[0] == batch.guild_id]:
             counts.pop(key, None)
+
+
+def _per_member_between(
+    batch: ActivityBatch, first_day: str, last_day: str
+) -> tuple[dict[int, int], dict[int, float]]:
+    """The batch's counts on days from ``first_day`` to ``last_day``, per member."""
+    messages: dict[int, int] = {}
+    voice: dict[int, float] = {}
+    for (day, user), count in batch.messages.items():
+        if first_day <= day <= last_day:
+            messages[user] = messages.get(user, 0) + count
+    for (day, user), seconds in batch.voice.items():
+        if first_day <= day <= last_day:
+            voice[user] = voice.get(user, 0.0) + seconds
+    return messages, voice
+
+
+# Rolling windows (today, week, month) are rows of member_stats under their scope numbers, each
+# the sum of the daily buckets of its days up to WINDOWS_DAY_KEY. Moving to a later day subtracts
+# the buckets of the days that fell out (or empties a window the gap outran): per expired day, one
+# statement over the members active that day. A voice total left a rounding error above zero by the
+# subtraction is set to zero (below VOICE_EPSILON: nobody earns a millisecond), and rows left
+# with nothing are deleted, so the board's "value above zero" stays the test of being ranked.
+VOICE_EPSILON = 0.001
+
+
+def move_windows(guild_id: int, day: str | None) -> str | None:
+    """Move the rolling windows on to ``day`` (never back); the day they end on afterwards. The
+    first call builds them from the daily buckets (see :func:`rebuild_windows`)."""
+    with database_proxy.atomic():
+        last_day = get_setting(guild_id, WINDOWS_DAY_KEY)
+        if last_day is None:
+            if day is None:
+                return None
+            rebuild_windows(guild_id, day)
+            return day
+        if day is None or day <= last_day:
+            return str(last_day)
+        gap = days_between(last_day, day)
+        for window in ROLLING_WINDOWS:
+            assert window.days is not None
+            if gap >= window.days:
+                MemberStats.delete().where(
+                    (MemberStats.guild_id == guild_id) & (MemberStats.season == window.scope)
+                ).execute()
+                continue
+            for k in range(gap):
+                _subtract_day(guild_id, window.scope, shift_day(last_day, k + 1 - window.days))
+            _drop_emptied(guild_id, window.scope)
+        _set_setting(guild_id, WINDOWS_DAY_KEY, day)
+        return day
+
+
+def _subtract_day(guild_id: int, scope: int, day: str) -> None:
+    database = database_proxy.obj
+    p = database.param
+    database.execute_sql(
+        'UPDATE "member_stats" SET "messages" = "member_stats"."messages" - d."messages", '
+        '"voice_seconds" = "member_stats"."voice_seconds" - d."voice_seconds" '
+        'FROM "daily_activity" AS d '
+        f'WHERE "member_stats"."guild_id" = {p} AND "member_stats"."season" = {p} '
+        f'AND d."guild_id" = {p} AND d."day" = {p} AND d."user_id" = "member_stats"."user_id"',
+        (guild_id, scope, guild_id, day),
+    )
+
+
+def _drop_emptied(guild_id: int, scope: int) -> None:
+    in_scope = (MemberStats.guild_id == guild_id) & (MemberStats.season == scope)
+    MemberStats.update(voice_seconds=0.0).where(
+        in_scope & (MemberStats.voice_seconds < VOICE_EPSILON) & (MemberStats.voice_seconds != 0)
+    ).execute()
+    MemberStats.delete().where(in_scope & (MemberStats.messages <= 0) & (MemberStats.voice_seconds <= 0)).execute()
+
+
+def rebuild_windows(guild_id: int, day: str) -> None:
+    """Build every window from what is stored: the rolling ones from the daily buckets of their
+    days up to ``day``, all-time from the seasons' totals. Run once, when the windows are new."""
+    database = database_proxy.obj
+    p = database.param
+    with database_proxy.atomic():
+        MemberStats.delete().where((MemberStats.guild_id == guild_id) & (MemberStats.season < 0)).execute()
+        for window in ROLLING_WINDOWS:
+            assert window.days is not None
+            database.execute_sql(
+                'INSERT INTO "member_stats" ("guild_id", "season", "user_id", "messages", "voice_seconds") '
+                f'SELECT {p}, {p}, "user_id", SUM("messages"), SUM("voice_seconds") FROM "daily_activity" '
+                f'WHERE "guild_id" = {p} AND "day" BETWEEN {p} AND {p} GROUP BY "user_id" ORDER BY "user_id"',
+                (guild_id, window.scope, guild_id, shift_day(day, 1 - window.days), day),
+            )
+        database.execute_sql(
+            'INSERT INTO "member_stats" ("guild_id", "season", "user_id", "messages", "voice_seconds") '
+            f'SELECT {p}, {p}, "user_id", SUM("messages"), SUM("voice_seconds") FROM "member_stats" '
+            f'WHERE "guild_id" = {p} AND "season" > 0 GROUP BY "user_id" ORDER BY "user_id"',
+            (guild_id, ALL_TIME.scope, guild_id),
+        )
+        _set_setting(guild_id, WINDOWS_DAY_KEY, day)
 
 
 # One prepared statement per shape, run with executemany: peewee would build the SQL of every

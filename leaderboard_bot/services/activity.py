@@ -24,11 +24,21 @@ from loguru import logger
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import ActivityBatch, LeaseClaim, NameInfo, SeasonRoll, Unwritten, counts_per_member
+from ..domain import (
+    ActivityBatch,
+    Counts,
+    LeaseClaim,
+    NameInfo,
+    SeasonRoll,
+    Unwritten,
+    counts_per_member,
+    shift_day,
+    window_of,
+)
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
-from .voice import DAY_SECONDS, VoiceDrain, VoicePresence, VoiceTracker, utc_day
+from .voice import VoiceDrain, VoicePresence, VoiceTracker
 
 Clock = Callable[[], float]
 SeasonNumber = Callable[[], int]  # the season owner's answer to "which season is it now?"
@@ -76,7 +86,9 @@ class ActivityService:
         self.current_season = current_season  # where spilled rows belong if read back at the next start
         self.observe_flush = observe_flush  # (seconds, ok, detail) after every write attempt
         self._messages: Counter[tuple[str, int]] = Counter()
-        self._day_index = -1  # the UTC day of the last message counted, and its name
+        self.calendar = voice.calendar  # one calendar for messages and voice: TIMEZONE's days
+        self._day_start = float("inf")  # the day of the last message counted: [start, end) and its name
+        self._day_end = float("-inf")
         self._day = ""
         self._flush_lock = asyncio.Lock()
         self._listeners: list[FlushListener] = []
@@ -107,7 +119,7 @@ class ActivityService:
         self._unbounded_logged = False
         self.rows_spilled = 0
         self._held_back: dict[int, int] = {}
-        self._held_back_day = -1
+        self._held_back_day = ""
         self._started_at = clock()
 
     # ------------------------------------------------------------------ recording
@@ -124,12 +136,11 @@ class ActivityService:
             # The spam bucket takes the message's own time even when it is older than the floor
             # (an old time can never mint tokens); clamping it too would turn a calm replay into a burst.
             judged = sent_at if sent_at <= now + FUTURE_TOLERANCE else at
+        if not (self._day_start <= at < self._day_end):  # the day's name is found once per day, not per message
+            self._day_start, self._day_end, self._day = self.calendar.span(at)
         if not self.guard.allow(user_id, judged):
-            self._note_held_back(user_id, int(at // DAY_SECONDS))
+            self._note_held_back(user_id, self._day)
             return False
-        day_index = int(at // DAY_SECONDS)
-        if day_index != self._day_index:  # the day's name is built once per day, not per message
-            self._day_index, self._day = day_index, utc_day(at)
         key = (self._day, user_id)
         messages = self._messages
         count = messages.get(key)
@@ -192,23 +203,26 @@ class ActivityService:
         extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
         return self.voice.unflushed_seconds(user_id, self.clock()) + extra
 
-    def _note_held_back(self, user_id: int, day_index: int) -> None:
+    def _note_held_back(self, user_id: int, day: str) -> None:
         """Count what the anti-spam limit held back today, per member (for /stats). Only members
         held back have an entry; a new day, or more than HELD_BACK_MEMBERS of them, starts over."""
-        if day_index != self._held_back_day or len(self._held_back) >= HELD_BACK_MEMBERS:
-            self._held_back_day, self._held_back = day_index, {}
+        if day != self._held_back_day or len(self._held_back) >= HELD_BACK_MEMBERS:
+            self._held_back_day, self._held_back = day, {}
         self._held_back[user_id] = self._held_back.get(user_id, 0) + 1
 
     def held_back_today(self, user_id: int) -> int:
-        """Messages of the member the anti-spam limit did not count today (UTC)."""
-        if self._held_back_day != int(self.clock() // DAY_SECONDS):
+        """Messages of the member the anti-spam limit did not count today."""
+        if self._held_back_day != self.calendar.day_of(self.clock()):
             return 0
         return self._held_back.get(user_id, 0)
 
     def unwritten(self, season: int) -> Unwritten:
         """Everyone's counts not yet in the database, as of now (see Unwritten), for ``season``,
-        the current one. One pass over the buffers. While the write that ends ``season`` is under
-        way, the buffers already belong to the next season, so only that write is added."""
+        the current one, or a window's scope. One pass over the buffers. While the write that ends
+        ``season`` is under way, the buffers already belong to the next season, so only that write
+        is added."""
+        if window_of(season) is not None:
+            return self._unwritten_in_window(season)
         in_flight = self._in_flight
         rolling = in_flight is not None and in_flight.roll is not None and in_flight.season == season
         buffered = (
@@ -223,6 +237,34 @@ class ActivityService:
             in_flight_sequence=in_flight.sequence,
             buffered=buffered,
             in_flight=in_flight.per_member(),
+        )
+
+    def _unwritten_in_window(self, scope: int) -> Unwritten:
+        """What a window lacks: the buffered and in-flight counts on its days, as the write that
+        takes them will add them (the days from the window's first up to the writer's today).
+        Between midnight and the first write after it, the stored window still ends yesterday."""
+        window = window_of(scope)
+        assert window is not None
+        now = self.clock()
+        today = self.calendar.day_of(now)
+        first_day = None if window.days is None else shift_day(today, 1 - window.days)
+        buffered = counts_per_member(
+            self._messages if first_day is None else {k: n for k, n in self._messages.items() if k[0] >= first_day},
+            self.voice.unflushed_by_member(now, first_day).items(),
+        )
+        in_flight = self._in_flight
+        if in_flight is None:
+            return Unwritten(committed=self.committed_sequence, buffered=buffered)
+        flight_first = None if window.days is None else shift_day(in_flight.today or today, 1 - window.days)
+        flight: dict[int, Counts] = counts_per_member(
+            {k: n for k, n in in_flight.messages.items() if flight_first is None or k[0] >= flight_first},
+            ((user, s) for (day, user), s in in_flight.voice.items() if flight_first is None or day >= flight_first),
+        )
+        return Unwritten(
+            committed=self.committed_sequence,
+            in_flight_sequence=in_flight.sequence,
+            buffered=buffered,
+            in_flight=flight,
         )
 
     def live_session_seconds(self, user_id: int) -> float | None:
@@ -388,6 +430,7 @@ class ActivityService:
         drained = self.voice.checkpoint(now)
         batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
         batch.lease = self.claim_lease(self._releasing)
+        batch.today = self.calendar.day_of(now)
         batch.sequence = self._next_sequence
         self._next_sequence += 1
         return batch

@@ -16,12 +16,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
 
 from loguru import logger
 
 from ..domain import SessionClose, SessionOpen
+from .days import UTC_CALENDAR, Calendar
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,10 @@ class VoiceDrain:
     seconds: dict[tuple[str, int], float] = field(default_factory=dict)  # (day, user) -> seconds
     opened: dict[str, SessionOpen] = field(default_factory=dict)  # by session key
     closed: dict[str, SessionClose] = field(default_factory=dict)
+    calendar: Calendar = field(default=UTC_CALENDAR, compare=False, repr=False)  # whose days credit splits at
 
     def credit(self, user_id: int, start: float, end: float) -> None:
-        for day, seconds in split_by_day(start, end):
+        for day, seconds in self.calendar.split(start, end):
             key = (day, user_id)
             self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
@@ -73,16 +73,17 @@ class VoiceDrain:
         self.closed.update(newer.closed)
 
     def copy(self) -> VoiceDrain:
-        return VoiceDrain(dict(self.seconds), dict(self.opened), dict(self.closed))
+        return VoiceDrain(dict(self.seconds), dict(self.opened), dict(self.closed), self.calendar)
 
     def is_empty(self) -> bool:
         return not (self.seconds or self.opened or self.closed)
 
 
 class VoiceTracker:
-    def __init__(self, rules: Callable[[], VoiceRules] = VoiceRules) -> None:
+    def __init__(self, rules: Callable[[], VoiceRules] = VoiceRules, calendar: Calendar = UTC_CALENDAR) -> None:
         # Read at every decision, so a runtime change applies from the next re-evaluation.
         self.rules = rules
+        self.calendar = calendar
         self._presence: dict[int, VoicePresence] = {}
         # The index: members per channel and how many of them are humans (company: a deafened
         # human is company, a bot is not). Empty channels are removed.
@@ -92,7 +93,7 @@ class VoiceTracker:
         # a channel decided under other rules re-decides all of it (a change without rules_changed).
         self._decided_with: dict[int, VoiceRules] = {}
         self._open: dict[int, _OpenSession] = {}
-        self._pending = VoiceDrain()
+        self._pending = VoiceDrain(calendar=calendar)
         self._suspended = False
         self._held_since: float | None = None
         self._dropped_sessions = 0
@@ -127,15 +128,19 @@ class VoiceTracker:
         """Members in the channel who count as company (humans, deafened or not)."""
         return self._humans.get(channel_id, 0)
 
-    def unflushed_by_member(self, now: float) -> dict[int, float]:
-        """:meth:`unflushed_seconds` of everyone at once: one pass over what is pending and open."""
+    def unflushed_by_member(self, now: float, first_day: str | None = None) -> dict[int, float]:
+        """:meth:`unflushed_seconds` of everyone at once: one pass over what is pending and open;
+        with ``first_day``, only the time on that day and later."""
         out: dict[int, float] = {}
-        for (_, user), seconds in self._pending.seconds.items():
-            out[user] = out.get(user, 0.0) + seconds
+        for (day, user), seconds in self._pending.seconds.items():
+            if first_day is None or day >= first_day:
+                out[user] = out.get(user, 0.0) + seconds
         until = now if self._held_since is None else min(now, self._held_since)
+        since = float("-inf") if first_day is None else self.calendar.day_start(first_day)
         for user, session in self._open.items():
-            if until > session.credited_until:
-                out[user] = out.get(user, 0.0) + (until - session.credited_until)
+            start = max(session.credited_until, since)
+            if until > start:
+                out[user] = out.get(user, 0.0) + (until - start)
         return out
 
     # ------------------------------------------------------------------ changes
@@ -244,12 +249,13 @@ class VoiceTracker:
             if until > session.credited_until:
                 pending.credit(user_id, session.credited_until, until)
                 session.credited_until = until
-        drained, self._pending = pending, VoiceDrain()
+        drained, self._pending = pending, VoiceDrain(calendar=self.calendar)
         return drained
 
     def restore(self, drained: VoiceDrain) -> None:
         """Put back a drain whose write failed, merged with anything recorded since."""
         drained.absorb(self._pending)
+        drained.calendar = self.calendar
         self._pending = drained
         self._bound_pending()
 
@@ -346,30 +352,6 @@ class VoiceTracker:
         if end > session.credited_until:
             self._pending.credit(user_id, session.credited_until, end)
         self._pending.closed[session.key] = SessionClose(session.key, end)
-
-
-DAY_SECONDS = 86_400  # POSIX time has no leap seconds: every UTC day is exactly this long
-
-
-@lru_cache(maxsize=4096)
-def _day_name(index: int) -> str:
-    return datetime.fromtimestamp(index * DAY_SECONDS, UTC).strftime("%Y-%m-%d")
-
-
-def utc_day(ts: float) -> str:
-    return _day_name(int(ts // DAY_SECONDS))
-
-
-def split_by_day(start: float, end: float) -> list[tuple[str, float]]:
-    """Seconds of [start, end) falling on each UTC day."""
-    out: list[tuple[str, float]] = []
-    cursor = start
-    while cursor < end:
-        index = int(cursor // DAY_SECONDS)
-        stop = min(end, (index + 1) * DAY_SECONDS)
-        out.append((_day_name(index), stop - cursor))
-        cursor = stop
-    return out
 
 
 def voice_status(

@@ -16,11 +16,23 @@ from leaderboard_bot.db import repository
 from leaderboard_bot.db.migrations import LATEST_VERSION, migrate
 from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
 from leaderboard_bot.db.storage import open_database
-from leaderboard_bot.domain import ActivityBatch, Board, SeasonRoll
+from leaderboard_bot.domain import (
+    ALL_TIME,
+    MONTH,
+    ROLLING_WINDOWS,
+    TODAY,
+    WEEK,
+    ActivityBatch,
+    Board,
+    SeasonRoll,
+    shift_day,
+)
 from tests.conftest import close_database, connect_raw
 
 G = 111
 BOARDS: tuple[Board, ...] = ("messages", "voice")
+
+IN_SEASONS = MemberStats.season > 0  # season rows, not the windows' (negative scopes)
 
 
 @pytest.fixture
@@ -122,7 +134,8 @@ def test_rank_of_is_exact_from_both_ends_with_many_ties(db: Database, board: Boa
     assert len(order) > 64  # large enough for rank_of to choose an end by the median
     ranked = repository.ranked_count(G, 1, board)
     assert ranked == len(order)
-    value = {r.user_id: (r.messages if board == "messages" else r.voice_seconds) for r in MemberStats.select()}
+    rows = MemberStats.select().where(IN_SEASONS)
+    value = {r.user_id: (r.messages if board == "messages" else r.voice_seconds) for r in rows}
     for position, user in enumerate(order, start=1):
         assert repository.rank_from_top(G, 1, board, value[user], user) == position
         assert repository.rank_from_bottom(G, 1, board, value[user], user, ranked) == position
@@ -275,7 +288,8 @@ def test_v4s_triggers_keep_the_board_sizes_exact_on_every_backend(raw: Database)
 
 
 def totals() -> dict[int, tuple[int, float]]:
-    return {r.user_id: (r.messages, r.voice_seconds) for r in MemberStats.select().where(MemberStats.guild_id == G)}
+    in_season = (MemberStats.guild_id == G) & (MemberStats.season == 1)
+    return {r.user_id: (r.messages, r.voice_seconds) for r in MemberStats.select().where(in_season)}
 
 
 def test_the_upsert_adds_to_stored_counters_in_every_shape(db: Database) -> None:
@@ -350,3 +364,98 @@ def test_v6_drops_the_board_size_triggers_and_table(db: Database) -> None:
     names = schema_names(db)
     assert "board_size" not in names and not {n for n in names if n.startswith("member_stats_board_size")}
     assert {"member_stats_board_messages", "member_stats_board_voice", "lease"} <= names
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_rows(scope: int) -> dict[int, tuple[int, float]]:
+    rows = MemberStats.select().where((MemberStats.guild_id == G) & (MemberStats.season == scope))
+    return {r.user_id: (int(r.messages), float(r.voice_seconds)) for r in rows}
+
+
+def bucket_truth(first_day: str, last_day: str) -> dict[int, tuple[int, float]]:
+    """A window by definition: the daily buckets of its days, summed; members with nothing left out."""
+    out: dict[int, tuple[int, float]] = {}
+    in_days = (DailyActivity.guild_id == G) & DailyActivity.day.between(first_day, last_day)
+    for r in DailyActivity.select().where(in_days):
+        m, v = out.get(r.user_id, (0, 0.0))
+        out[r.user_id] = (m + r.messages, v + r.voice_seconds)
+    return {u: (m, pytest.approx(v)) for u, (m, v) in out.items() if m > 0 or v > 0}  # type: ignore[misc]
+
+
+def check_windows(today: str) -> None:
+    for window in ROLLING_WINDOWS:
+        assert window.days is not None
+        assert window_rows(window.scope) == bucket_truth(shift_day(today, 1 - window.days), today), window
+
+
+def test_windows_follow_the_days_exactly_as_they_move_on(db: Database) -> None:
+    rng = random.Random(7)
+    day = "2026-11-01"
+    for step in range(45):
+        if rng.random() < 0.7:
+            day = shift_day(day, rng.choice([1, 1, 1, 2, 3, 9]) if step else 0)
+        messages = {(day, rng.randint(1, 30)): rng.randint(1, 4) for _ in range(rng.randint(0, 12))}
+        voice = {(day, rng.randint(1, 30)): rng.choice([0.1, 0.2, 0.7, 60.0]) for _ in range(rng.randint(0, 8))}
+        repository.apply_batch(batch(messages=messages, voice=voice, today=day))
+        check_windows(day)
+    assert repository.get_setting(G, repository.WINDOWS_DAY_KEY) == day
+
+
+def test_an_idle_day_empties_today_and_a_long_gap_empties_every_window(db: Database) -> None:
+    repository.apply_batch(batch(messages={("2026-11-01", 1): 3}, voice={("2026-11-01", 2): 30.0}, today="2026-11-01"))
+    assert window_rows(TODAY.scope) == {1: (3, 0.0), 2: (0, 30.0)}
+    repository.apply_batch(batch(today="2026-11-02"))  # a flush with nothing in it, after midnight
+    assert window_rows(TODAY.scope) == {}
+    assert window_rows(WEEK.scope) == {1: (3, 0.0), 2: (0, 30.0)}
+    repository.apply_batch(batch(today="2026-11-08"))
+    assert window_rows(WEEK.scope) == {}  # the 1st fell out of the week ending on the 8th
+    assert window_rows(MONTH.scope) == {1: (3, 0.0), 2: (0, 30.0)}
+    repository.apply_batch(batch(today="2027-01-01"))
+    assert window_rows(MONTH.scope) == {}
+    assert window_rows(ALL_TIME.scope) == {1: (3, 0.0), 2: (0, 30.0)}  # all time never forgets
+
+
+def test_windows_never_move_back_and_late_rows_of_a_past_day_land_where_they_belong(db: Database) -> None:
+    repository.apply_batch(batch(messages={("2026-11-10", 1): 1}, today="2026-11-10"))
+    # A batch read back from a recovery file after the windows moved on: its own days only.
+    repository.apply_batch(batch(messages={("2026-11-09", 1): 2, ("2026-11-01", 2): 5}))
+    assert repository.get_setting(G, repository.WINDOWS_DAY_KEY) == "2026-11-10"
+    assert window_rows(TODAY.scope) == {1: (1, 0.0)}
+    assert window_rows(WEEK.scope) == {1: (3, 0.0)}  # the 1st is outside the week
+    assert window_rows(MONTH.scope) == {1: (3, 0.0), 2: (5, 0.0)}
+    check_windows("2026-11-10")
+
+
+def test_windows_are_built_from_what_is_stored_the_first_time(db: Database) -> None:
+    """An upgraded database: seasons and daily buckets written before windows existed."""
+    for season, user, messages in [(1, 1, 10), (2, 1, 5), (2, 2, 7)]:
+        MemberStats.insert(guild_id=G, season=season, user_id=user, messages=messages, voice_seconds=0.0).execute()
+    for day, user, messages in [("2026-11-30", 1, 4), ("2026-11-25", 2, 7), ("2026-10-01", 1, 11)]:
+        DailyActivity.insert(guild_id=G, day=day, user_id=user, messages=messages, voice_seconds=0.0).execute()
+    repository.apply_batch(batch(messages={("2026-12-01", 2): 1}, today="2026-12-01"))
+    assert window_rows(ALL_TIME.scope) == {1: (15, 0.0), 2: (8, 0.0)}
+    assert window_rows(WEEK.scope) == {1: (4, 0.0), 2: (8, 0.0)}
+    assert window_rows(TODAY.scope) == {2: (1, 0.0)}
+    check_windows("2026-12-01")
+
+
+def test_a_voice_total_subtracted_to_a_rounding_error_leaves_the_board(db: Database) -> None:
+    day1, day2 = "2026-11-01", "2026-11-02"
+    repository.apply_batch(batch(voice={(day1, 1): 0.1}, today=day1))
+    repository.apply_batch(batch(voice={(day1, 1): 0.2}, today=day1))
+    repository.apply_batch(batch(voice={(day1, 1): 0.7}, messages={(day1, 2): 1}, today=day1))
+    repository.apply_batch(batch(today=day2))
+    assert window_rows(TODAY.scope) == {}
+    assert repository.top(G, TODAY.scope, "voice", 10) == []
+    assert repository.rank_of(G, TODAY.scope, "voice", 1) is None
+
+
+def test_window_boards_rank_like_season_boards(db: Database) -> None:
+    day = "2026-11-05"
+    repository.apply_batch(batch(messages={(day, u): u % 7 + 1 for u in range(1, 40)}, today=day))
+    for window in (TODAY, WEEK, MONTH, ALL_TIME):
+        order = brute_force_order(window.scope, "messages")
+        assert [e.user_id for e in repository.top(G, window.scope, "messages", 10)] == order[:10]
+        assert [repository.rank_of(G, window.scope, "messages", u) for u in order] == list(range(1, len(order) + 1))

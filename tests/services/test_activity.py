@@ -69,12 +69,12 @@ def activity_service(activity_storage: Storage, activity_clock: FakeClock) -> Ac
 
 
 def _stats() -> dict[int, tuple[int, float]]:
-    query = MemberStats.select().where(MemberStats.guild_id == G)
+    query = MemberStats.select().where((MemberStats.guild_id == G) & (MemberStats.season > 0))
     return {r.user_id: (r.messages, r.voice_seconds) for r in query}
 
 
 def _stats_by_season() -> dict[tuple[int, int], tuple[int, float]]:
-    query = MemberStats.select().where(MemberStats.guild_id == G)
+    query = MemberStats.select().where((MemberStats.guild_id == G) & (MemberStats.season > 0))
     return {(r.season, r.user_id): (r.messages, r.voice_seconds) for r in query}
 
 

@@ -19,6 +19,8 @@ from leaderboard_bot.services.seasons import SeasonService
 from tests.factories import FakeClock, open_storage, runtime_settings
 from tests.services.test_activity import T0, G, make_service, season_one
 
+IN_SEASONS = MemberStats.season > 0  # season rows, not the windows' (negative scopes)
+
 
 @pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
@@ -32,7 +34,7 @@ def files_of(tmp_path: Path) -> list[Path]:
 
 async def by_season(storage: Storage) -> dict[tuple[int, int], int]:
     return await storage.run(
-        lambda: {(r.season, r.user_id): r.messages for r in MemberStats.select().where(MemberStats.guild_id == G)}
+        lambda: {(r.season, r.user_id): r.messages for r in MemberStats.select().where(IN_SEASONS & (MemberStats.guild_id == G))}
     )
 
 

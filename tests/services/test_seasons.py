@@ -81,7 +81,7 @@ def _season_rows() -> list[tuple[int, float, float, float | None, float | None]]
 
 
 def _stats_by_season() -> dict[tuple[int, int], tuple[int, float]]:
-    query = MemberStats.select().where(MemberStats.guild_id == G)
+    query = MemberStats.select().where((MemberStats.guild_id == G) & (MemberStats.season > 0))
     return {(r.season, r.user_id): (r.messages, r.voice_seconds) for r in query}
 
 

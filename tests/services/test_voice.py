@@ -14,10 +14,8 @@ from leaderboard_bot.services.voice import (
     VoicePresence,
     VoiceRules,
     VoiceTracker,
-    split_by_day,
-    utc_day,
 )
-from tests.factories import DAY, MIDNIGHT, here, seconds_by_user, voice_tracker
+from tests.factories import MIDNIGHT, here, seconds_by_user, voice_tracker
 
 A, B, AFK = 10, 20, None  # channel ids; AFK is "not in a tracked channel"
 
@@ -501,46 +499,6 @@ def test_stop_all_closes_every_session_at_the_given_time() -> None:
     assert sorted(c.ended_at for c in list(drain.closed.values())) == [75.0, 75.0]
     assert seconds_by_user(drain) == {1: 55.0, 2: 55.0}
     assert t.checkpoint(2_000.0) == VoiceDrain()
-
-
-# --------------------------------------------------------------------------- days
-
-
-def test_utc_day() -> None:
-    assert utc_day(0.0) == "1970-01-01"
-    assert utc_day(DAY - 0.001) == "1970-01-01"
-    assert utc_day(DAY) == "1970-01-02"
-    assert utc_day(MIDNIGHT) == "2024-03-10"
-    assert utc_day(MIDNIGHT - 1) == "2024-03-09"
-
-
-def test_split_by_day_within_one_day() -> None:
-    assert split_by_day(MIDNIGHT + 10, MIDNIGHT + 70) == [("2024-03-10", 60.0)]
-
-
-def test_split_by_day_across_utc_midnight() -> None:
-    assert split_by_day(MIDNIGHT - 600, MIDNIGHT + 900) == [("2024-03-09", 600.0), ("2024-03-10", 900.0)]
-
-
-def test_split_by_day_across_several_days() -> None:
-    start, end = MIDNIGHT - 100.5, MIDNIGHT + 2 * DAY + 50.25
-    parts = split_by_day(start, end)
-    assert parts == [
-        ("2024-03-09", 100.5),
-        ("2024-03-10", DAY),
-        ("2024-03-11", DAY),
-        ("2024-03-12", 50.25),
-    ]
-    assert sum(s for _, s in parts) == pytest.approx(end - start)
-
-
-def test_split_by_day_starting_exactly_at_midnight() -> None:
-    assert split_by_day(MIDNIGHT, MIDNIGHT + DAY) == [("2024-03-10", DAY)]
-
-
-@pytest.mark.parametrize(("start", "end"), [(MIDNIGHT, MIDNIGHT), (MIDNIGHT + 5, MIDNIGHT)])
-def test_split_by_day_empty_or_reversed_range_is_empty(start: float, end: float) -> None:
-    assert split_by_day(start, end) == []
 
 
 # --------------------------------------------------------------------------- lost contact
