@@ -9,6 +9,7 @@ from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
 from loguru import logger
 
+from .adapters.disnake_members import GuildMemberLookup
 from .adapters.disnake_names import name_info
 from .config import Settings
 from .db import Storage
@@ -52,7 +53,9 @@ class LeaderboardBot(commands.InteractionBot):
             command_sync_flags=commands.CommandSyncFlags.none() if standby else commands.CommandSyncFlags.default(),
         )
         self.config = config
-        self.services = build_services(config, storage, source=self, lease=lease)
+        self.services = build_services(
+            config, storage, source=self, lease=lease, members=GuildMemberLookup(lambda: self.guild)
+        )
         self.services.activity.on_lease_lost = self._lease_lost
         self._shutdown: asyncio.Future[None] | None = None
         self._prepared = False
@@ -142,6 +145,7 @@ class LeaderboardBot(commands.InteractionBot):
                 self.unload_extension(extension)
             except Exception:
                 logger.exception("could not unload {}", extension)
+        self.services.membership.close()  # member lookups under way (HIDE_DEPARTED)
         try:
             # disnake may wait up to 30 s for a half-open gateway to close; the stop must not.
             await asyncio.wait_for(super().close(), GATEWAY_CLOSE_TIMEOUT)

@@ -79,6 +79,7 @@ class Tunables:
     command_limit: SpamLimit | None
     excluded_channels: frozenset[int]  # text or voice channels (or categories) that never count
     excluded_roles: frozenset[int]  # members with any of these roles are not counted
+    hide_departed: bool = False  # HIDE_DEPARTED: members no longer in the server are left off the boards
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("COMMAND_LIMIT", "command_limit", "3/10s", parse_spam_limit),
     ("EXCLUDED_CHANNELS", "excluded_channels", "none", parse_id_list),
     ("EXCLUDED_ROLES", "excluded_roles", "none", parse_id_list),
+    ("HIDE_DEPARTED", "hide_departed", "false", parse_bool),
     ("HEALTH_PORT", "health_port", "off", _parse_port),
     ("HEALTH_HOST", "health_host", "127.0.0.1", _parse_host),
     ("LOG_FILE", "log_file", "off", _parse_log_file),
@@ -419,6 +421,7 @@ RUNTIME_VARIABLES: tuple[str, ...] = (
     "VC_LB_CHANNEL_ID",
     "EXCLUDED_CHANNELS",
     "EXCLUDED_ROLES",
+    "HIDE_DEPARTED",
 )
 
 

@@ -69,6 +69,7 @@ class Health(commands.Cog):
         services = self.bot.services
         rankings = services.rankings
         entries = {"spam_buckets": len(services.activity.guard), **services.names.sizes()}
+        entries.update(services.membership.sizes())  # HIDE_DEPARTED answers and lookups under way
         entries["cached_tops"] = len(rankings.cache.items())
         entries["stored_counts"] = len(getattr(rankings, "_known", None) or ())  # kept to merge flushes
         return entries

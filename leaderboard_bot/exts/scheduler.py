@@ -115,6 +115,10 @@ class Scheduler(commands.Cog):
     def _on_settings(self, old: Tunables, new: Tunables) -> None:
         if new.update_interval != old.update_interval:
             self.refresh_loop.change_interval(seconds=new.update_interval)
+        if new.hide_departed != old.hide_departed:  # who is shown changes: not at the next cycle
+            task = asyncio.ensure_future(self.refresh_all())
+            self._season_refreshes.add(task)
+            task.add_done_callback(self._season_refreshes.discard)
 
     def _on_season_roll(self, finished: SeasonInfo, current: SeasonInfo) -> None:
         # Both boards start from zero now; not awaited, so the final standings are not held up.

@@ -67,6 +67,7 @@ class Tracking(commands.Cog):
         self.bot = bot
         self.tracker = bot.services.activity
         self.names = bot.services.names
+        self.membership = bot.services.membership
         self.health = bot.services.health
         self.settings = bot.services.settings
         self.guild_id = bot.config.guild_id
@@ -146,6 +147,7 @@ class Tracking(commands.Cog):
         sent_at = ((message.id >> 22) + DISCORD_EPOCH_MS) / 1000.0
         if self.tracker.record_message(author.id, sent_at):
             self.names.seen(author.id, getattr(author, "nick", None), author.global_name, author.name)
+            self.membership.note_present(author.id)  # HIDE_DEPARTED: proof they are here
 
     # ------------------------------------------------------------------ voice
 
@@ -158,6 +160,8 @@ class Tracking(commands.Cog):
             return
         if not member.bot:
             self.names.seen(member.id, member.nick, member.global_name, member.name)
+            if after.channel is not None:
+                self.membership.note_present(member.id)  # HIDE_DEPARTED: in voice, so here
         presence = voice_presence(
             member.guild,
             after,

@@ -6,16 +6,18 @@ the standings they display, so ``/top``, the scheduler and the season announceme
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..db import Storage, repository
 from ..domain import BOARDS, Board, BoardLine, FinishedSeason, RankedEntry
+from .membership import MembershipService
 from .names import NameService
-from .ranking import Rankings
+from .ranking import Rankings, TopReply
 from .seasons import SeasonService
 from .settings import RuntimeSettings
 
@@ -32,6 +34,12 @@ class _LastChange:
 def digest(value: object) -> str:
     """A stable fingerprint of a JSON-able value: how the boards tell "unchanged" cheaply."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# HIDE_DEPARTED: a board reads this many entries beyond its size, so that members who left can be
+# dropped and the lines still filled; more (doubling, up to MOST_CANDIDATES) when many of them left.
+EXTRA_CANDIDATES = 15
+MOST_CANDIDATES = 200
 
 
 def _setting_key(board: Board) -> str:
@@ -53,6 +61,7 @@ class BoardService:
         seasons: SeasonService,
         settings: RuntimeSettings,
         clock: Callable[[], float] = time.time,
+        membership: MembershipService | None = None,
     ) -> None:
         self.storage = storage
         self.guild_id = guild_id
@@ -61,6 +70,7 @@ class BoardService:
         self.seasons = seasons
         self.settings = settings
         self.clock = clock
+        self.membership = membership  # HIDE_DEPARTED: who left the server
         self._changes: dict[Board, _LastChange] = {board: _LastChange() for board in BOARDS}
         self._saved: dict[Board, dict[str, object]] = {}
 
@@ -77,20 +87,84 @@ class BoardService:
                 self._saved[board] = change.to_setting()
 
     async def lines(self, board: Board, *, season: int | None = None) -> list[BoardLine]:
-        """The top of a board with display names, for the current season or an archived one."""
+        """The top of a board with display names, for the current season or an archived one
+        (``season`` is passed to the rankings as it is). With HIDE_DEPARTED, members who left the
+        server are left out and the lines below move up."""
         season = self.seasons.current_number() if season is None else season
-        entries = await self.rankings.top(board, self.settings.current.leaderboard_size, season)
-        return await self._named(entries)
+        size = self.settings.current.leaderboard_size
+        membership = self._hiding()
+        if membership is None:
+            return await self._named(await self.rankings.top(board, size, season))
+
+        async def top(limit: int) -> TopReply:
+            return TopReply(await self.rankings.top(board, limit, season))
+
+        reply, gone = await self._without_departed(membership, top, size)
+        return await self._named([e for e in reply.entries if e.user_id not in gone][:size])
 
     async def lines_for_reply(
         self, board: Board, *, season: int, caller: int
     ) -> tuple[list[BoardLine], RankedEntry | None, int | None, bool]:
         """:meth:`lines` for a command, with the caller's own (value, rank) when outside the top,
         both from one snapshot: (lines, caller, caller's rank, stale). From the last figures shown
-        when the database does not answer in time (see Rankings.top_for_reply)."""
+        when the database does not answer in time (see Rankings.top_for_reply).
+
+        With HIDE_DEPARTED the caller's rank leaves out the members who left among those read
+        ahead of them (the board's size plus :data:`EXTRA_CANDIDATES`, or more): exact when the
+        caller is among those, otherwise it may still count departed members further down."""
         size = self.settings.current.leaderboard_size
-        reply = await self.rankings.top_for_reply(board, size, season, caller=caller)
-        return await self._named(reply.entries), reply.caller, reply.caller_rank, reply.stale
+        membership = self._hiding()
+        if membership is None:
+            reply = await self.rankings.top_for_reply(board, size, season, caller=caller)
+            return await self._named(reply.entries), reply.caller, reply.caller_rank, reply.stale
+        membership.note_present(caller)  # they are using a command in the server: here
+
+        async def top(limit: int) -> TopReply:
+            return await self.rankings.top_for_reply(board, limit, season, caller=caller)
+
+        reply, gone = await self._without_departed(membership, top, size, keep=caller)
+        kept = [e for e in reply.entries if e.user_id not in gone]
+        shown = kept[:size]
+        caller_entry, caller_rank = None, None
+        if not any(e.user_id == caller for e in shown):
+            position = next((i for i, e in enumerate(kept, start=1) if e.user_id == caller), None)
+            if position is not None:  # read, but below the shown lines: its place among those read
+                caller_entry, caller_rank = kept[position - 1], position
+            elif reply.caller is not None and reply.caller_rank is not None:
+                # Every entry read is ahead of the caller: those who left no longer count.
+                gone_ahead = sum(1 for e in reply.entries if e.user_id in gone)
+                caller_entry, caller_rank = reply.caller, max(1, reply.caller_rank - gone_ahead)
+        return await self._named(shown), caller_entry, caller_rank, reply.stale
+
+    def _hiding(self) -> MembershipService | None:
+        """The membership service when HIDE_DEPARTED is on (None: show everyone, ask nothing)."""
+        if self.membership is None or not self.settings.current.hide_departed:
+            return None
+        return self.membership
+
+    async def _without_departed(
+        self,
+        membership: MembershipService,
+        top: Callable[[int], Awaitable[TopReply]],
+        size: int,
+        *,
+        keep: int | None = None,
+    ) -> tuple[TopReply, set[int]]:
+        """Read ``size`` + :data:`EXTRA_CANDIDATES` entries, more while too many of them left and
+        the board has more, and find who left among them. Lookups share one time budget: those
+        without an answer by then are shown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + membership.budget
+        limit = size + EXTRA_CANDIDATES
+        while True:
+            reply = await top(limit)
+            candidates = [e.user_id for e in reply.entries if e.user_id != keep]
+            gone = await membership.departed(candidates, budget=max(0.0, deadline - loop.time()))
+            kept = len(reply.entries) - len(gone)
+            # A stale reply is the last figures read: a longer read would wait for the database.
+            if kept >= size or len(reply.entries) < limit or limit >= MOST_CANDIDATES or reply.stale:
+                return reply, gone
+            limit = min(MOST_CANDIDATES, limit * 2)
 
     async def _named(self, entries: list[RankedEntry]) -> list[BoardLine]:
         names = await self.names.resolve(e.user_id for e in entries)

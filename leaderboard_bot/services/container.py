@@ -13,6 +13,7 @@ from .activity import ActivityService
 from .boards import BoardService
 from .health import HealthMonitor, Sources
 from .lease import LeaseService
+from .membership import MemberLookup, MembershipService
 from .names import NameService, NameSource
 from .ranking import Rankings, TopCache
 from .ratelimit import MessageGuard, NullGuard, SpamGuard
@@ -54,6 +55,7 @@ class Services:
     health: HealthMonitor
     settings_store: SettingsStore
     lease: LeaseService
+    membership: MembershipService
 
     async def open(self) -> None:
         """Open the database and restore state (seasons, saved counts, board history)."""
@@ -80,6 +82,7 @@ def build_services(
     *,
     clock: Callable[[], float] = time.time,
     lease: LeaseService | None = None,
+    members: MemberLookup | None = None,
 ) -> Services:
     settings = RuntimeSettings(config.tunables)
     if lease is None:
@@ -124,8 +127,16 @@ def build_services(
         clock=clock,
     )
     activity.observe_flush = health.flushed
+    membership = MembershipService(members, enabled=lambda: settings.current.hide_departed, clock=clock)
     boards = BoardService(
-        storage, guild_id=guild_id, rankings=rankings, names=names, seasons=seasons, settings=settings, clock=clock
+        storage,
+        guild_id=guild_id,
+        rankings=rankings,
+        names=names,
+        seasons=seasons,
+        settings=settings,
+        clock=clock,
+        membership=membership,
     )
 
     def apply(old: Tunables, new: Tunables) -> None:
@@ -136,7 +147,9 @@ def build_services(
                 activity.guard.reconfigure(new.spam_limit.burst, new.spam_limit.refill_rate)
             else:
                 activity.guard = build_guard(new.spam_limit)
+        if old.hide_departed and not new.hide_departed:
+            membership.clear()  # off: nothing held, nothing asked
 
     settings.subscribe(apply)
     store = SettingsStore(settings, storage, guild_id)
-    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store, lease)
+    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store, lease, membership)

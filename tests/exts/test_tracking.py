@@ -18,6 +18,7 @@ from leaderboard_bot.exts.tracking import DISCORD_EPOCH_MS, Tracking
 from leaderboard_bot.services import names as names_module
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.health import HealthMonitor
+from leaderboard_bot.services.membership import MembershipService
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.voice import VoicePresence
 from tests.factories import AllowAllGuard, FakeClock, runtime_settings, voice_tracker
@@ -54,10 +55,15 @@ class World:
             clock=self.clock,
         )
         self.health = HealthMonitor(clock=self.clock)
+        self.membership = MembershipService(None, enabled=lambda: True, clock=self.clock)
         self.listeners: dict[str, list[Any]] = {}  # added at run time (the cog's own are not here)
         self.bot = SimpleNamespace(
             services=SimpleNamespace(
-                activity=self.tracker, names=self.names, settings=runtime_settings(), health=self.health
+                activity=self.tracker,
+                names=self.names,
+                settings=runtime_settings(),
+                health=self.health,
+                membership=self.membership,
             ),
             config=SimpleNamespace(guild_id=GUILD),
             ws=SimpleNamespace(open=True),
@@ -322,3 +328,19 @@ async def test_gateway_event_types_are_watched_only_between_a_drop_and_the_next_
     await cog.on_disconnect()
     await cog.on_resumed()
     assert w.listeners["on_socket_event_type"] == []
+
+
+async def test_a_counted_message_or_a_voice_join_proves_the_member_is_here(world: tuple[World, Tracking]) -> None:
+    """HIDE_DEPARTED: what the bot sees members do overrides a remembered "left the server"."""
+    w, cog = world
+    w.membership._answers[ALICE] = False
+    w.membership._answers[ROBOT] = False
+    await cog.on_message(message(ALICE, w.clock.now))
+    await cog.on_message(message(ROBOT, w.clock.now, bot=True))  # not counted: proves nothing
+    assert not w.membership.known_departed(ALICE) and w.membership.known_departed(ROBOT)
+    bob = mock_member(2, name="bob")
+    bob.guild = w.guild
+    w.membership._answers[2] = False
+    w.in_voice(2)
+    await cog.on_voice_state_update(bob, mock_voice_state(None), w.lounge.voice_states[2])
+    assert not w.membership.known_departed(2)
