@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "ConfigError",
@@ -98,6 +99,7 @@ class Settings:
     log_file: str | None = None  # LOG_FILE: also log to this file, rotated and compressed
     max_pending_rows: int = 1_000_000  # MAX_PENDING_ROWS: unwritten rows kept in memory before spilling to disk
     standby: bool = False  # STANDBY: with another instance running, wait as a hot standby instead of exiting
+    timezone: str = "UTC"  # TIMEZONE: the IANA zone whose days bucket activity (today/week/month boards)
 
 
 # --------------------------------------------------------------------------- parsers
@@ -353,6 +355,21 @@ def _parse_pending_rows(text: str) -> int:
     return int(cleaned)
 
 
+def _parse_timezone(text: str) -> str:
+    name = text.strip()
+    if name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return "UTC"
+    try:
+        if not name or name.startswith(("/", ".")) or ".." in name:
+            raise ValueError(name)
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError, IsADirectoryError, UnicodeError):
+        raise ValueError(
+            f"{_show(text)} is not a time zone: use an IANA name like UTC, Europe/Berlin or America/New_York"
+        ) from None
+    return name
+
+
 def _parse_host(text: str) -> str:
     host = text.strip()
     if not host or any(ch.isspace() for ch in host):
@@ -406,6 +423,7 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("LOG_FILE", "log_file", "off", _parse_log_file),
     ("MAX_PENDING_ROWS", "max_pending_rows", "1000000", _parse_pending_rows),
     ("STANDBY", "standby", "off", parse_bool),
+    ("TIMEZONE", "timezone", "UTC", _parse_timezone),
 )
 
 

@@ -141,6 +141,16 @@ class FinishedSeason:
 
 
 @dataclass(frozen=True)
+class Placing:
+    """Where a member finished on one board of a finished season."""
+
+    season: int
+    board: Board
+    rank: int
+    value: float
+
+
+@dataclass(frozen=True)
 class LeaseClaim:
     """"``holder`` counts for the guild until ``expires_at``" (0 releases it), asserted by a write."""
 

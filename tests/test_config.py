@@ -573,7 +573,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
         "EXCLUDED_CHANNELS", "EXCLUDED_ROLES", "HIDE_DEPARTED",
         "HEALTH_PORT",
-        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY",
+        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY", "TIMEZONE",
     )  # fmt: skip
 
 
@@ -591,6 +591,11 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         ("MAX_PENDING_ROWS", "9"),
         ("MAX_PENDING_ROWS", "lots"),
         ("MAX_PENDING_ROWS", "1e6"),
+        ("TIMEZONE", "Mars/Olympus_Mons"),
+        ("TIMEZONE", "+02:00"),
+        ("TIMEZONE", "../../etc/passwd"),
+        ("TIMEZONE", "Europe/"),
+        ("TIMEZONE", "europe/berlin"),
     ],
 )
 def test_the_operations_settings_refuse_bad_values_with_one_line(variable: str, value: str) -> None:
@@ -610,3 +615,25 @@ def test_the_operations_settings_parse() -> None:
     assert load_settings({"BOT_TOKEN": "x"}).health_port is None
     assert load_settings({"BOT_TOKEN": "x"}).max_pending_rows == 1_000_000
     assert load_settings({"BOT_TOKEN": "x", "MAX_PENDING_ROWS": "250,000"}).max_pending_rows == 250_000
+
+
+@pytest.mark.parametrize(
+    ("value", "zone"),
+    [
+        ("", "UTC"),
+        ("utc", "UTC"),
+        ("Etc/UTC", "UTC"),
+        ("Europe/Berlin", "Europe/Berlin"),
+        (" Asia/Kolkata ", "Asia/Kolkata"),
+    ],
+)
+def test_timezone_takes_iana_names(value: str, zone: str) -> None:
+    assert load_settings({"BOT_TOKEN": "x", "TIMEZONE": value}).timezone == zone
+
+
+def test_a_bad_timezone_says_what_a_good_one_looks_like() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BOT_TOKEN": "x", "TIMEZONE": "Berlin"})
+    assert str(caught.value) == (
+        'TIMEZONE: "Berlin" is not a time zone: use an IANA name like UTC, Europe/Berlin or America/New_York'
+    )

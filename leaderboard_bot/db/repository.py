@@ -169,6 +169,17 @@ def move_windows(guild_id: int, day: str | None) -> str | None:
         return day
 
 
+def prepare_windows(guild_id: int, day: str) -> bool:
+    """At start: build the windows if they are new, or move them on to ``day`` (a bot that was
+    down over midnight). True if they were built."""
+    built = get_setting(guild_id, WINDOWS_DAY_KEY) is None
+    move_windows(guild_id, day)
+    counts = _ranked.get(database_proxy.obj, {})
+    for key in [k for k in counts if k[0] == guild_id and k[1] < 0]:
+        counts.pop(key, None)  # moved without a new write number
+    return built
+
+
 def _subtract_day(guild_id: int, scope: int, day: str) -> None:
     database = database_proxy.obj
     p = database.param
@@ -602,6 +613,38 @@ def count_beating(
         return rank_from_top(guild_id, season, board, value, user_id) - 1
     # From the bottom the member's own row is "not behind" only when it holds exactly ``value``.
     return rank_from_bottom(guild_id, season, board, value, user_id, ranked) - (1 if own == value > 0 else 0)
+
+
+# The write number a finished season's board counts hold at: they never change again.
+FINISHED = -1
+
+
+def best_finished(guild_id: int, user_id: int, seasons: Iterable[int]) -> tuple[int, Board, int, float] | None:
+    """The member's best placing in these finished seasons, as (season, board, rank, value):
+    the lowest rank on either board, then the later season, then messages before voice."""
+    numbers = list(seasons)
+    if not numbers:
+        return None
+    best: tuple[int, Board, int, float] | None = None
+    with snapshot():
+        query: Any = (
+            MemberStats.select(MemberStats.season, MemberStats.messages, MemberStats.voice_seconds)
+            .where(
+                (MemberStats.guild_id == guild_id)
+                & MemberStats.season.in_(numbers)
+                & (MemberStats.user_id == user_id)
+            )
+            .tuples()
+        )
+        for season, messages, voice in sorted(query, key=itemgetter(0), reverse=True):
+            board: Board
+            for board, value in (("messages", float(messages)), ("voice", float(voice))):
+                if value <= 0:
+                    continue
+                rank = count_beating(guild_id, int(season), board, value, user_id, value, FINISHED) + 1
+                if best is None or rank < best[2]:
+                    best = (int(season), board, rank, value)
+    return best
 
 
 def names(guild_id: int, user_ids: Iterable[int]) -> dict[int, str]:

@@ -1,4 +1,5 @@
-"""Slash commands for members: ``/top messages``, ``/top voice`` and ``/stats [user]``.
+"""Slash commands for members: ``/top messages``, ``/top voice``, ``/stats [user]`` (each for the
+running season, a window of days or a finished season) and ``/seasons``.
 
 Every answer goes through ``exts.errors.respond_in_time``: in time, and an apology on errors.
 """
@@ -13,10 +14,19 @@ from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
 
 from ..adapters.disnake_names import shown_name
-from ..domain import Board, BoardLine
+from ..domain import WINDOWS, Board, BoardLine
 from ..services.voice import VoiceRules, voice_status
-from ..ui.embeds import guild_icon_url, leaderboard_embed, notice_embed, seasons_embed, stats_embed
-from ..ui.format import display_name
+from ..ui.embeds import (
+    BoardPeriod,
+    finished_season_period,
+    guild_icon_url,
+    leaderboard_embed,
+    notice_embed,
+    seasons_embed,
+    stats_embed,
+    window_period,
+)
+from ..ui.format import day_range_text, display_name
 from .errors import Reply, ready, respond_in_time
 from .tracking import excluded, role_ids
 
@@ -25,6 +35,29 @@ if TYPE_CHECKING:
 
 SERVER_ONLY = "This command only works in the server."
 SEASONS_SHOWN = 10  # the most recent finished seasons listed by /seasons
+AUTOCOMPLETE_CHOICES = 25  # Discord's cap on autocomplete suggestions
+
+PERIOD_CHOICES = [
+    disnake.OptionChoice("This season", "season"),
+    disnake.OptionChoice("Today", "today"),
+    disnake.OptionChoice("Last 7 days", "week"),
+    disnake.OptionChoice("Last 30 days", "month"),
+    disnake.OptionChoice("All time", "all-time"),
+]
+PERIOD = commands.Param("season", choices=PERIOD_CHOICES, description="Which stretch of time (default: this season)")
+WHOSE = commands.Param(None, description="Whose stats to show (default: yours)")
+PAST_SEASON = commands.Param(
+    None, ge=1, le=2**31 - 1, description="A finished season's number instead (see /seasons)", name="season"
+)
+
+
+class Scope:
+    """What a command was asked to show: the number its figures are stored under (a season's, or
+    a window's negative scope) and how to describe it (None: the running season)."""
+
+    def __init__(self, number: int, period: BoardPeriod | None) -> None:
+        self.number = number
+        self.period = period
 
 
 class Leaderboards(commands.Cog):
@@ -38,29 +71,50 @@ class Leaderboards(commands.Cog):
         """The season's most active members."""
 
     @top.sub_command(name="messages")
-    async def top_messages(self, inter: ApplicationCommandInteraction) -> None:
-        """Top members by messages this season."""
-        await self._answer(inter, "top messages", lambda: self._top_reply(inter, "messages"))
+    async def top_messages(
+        self, inter: ApplicationCommandInteraction, period: str = PERIOD, past_season: int | None = PAST_SEASON
+    ) -> None:
+        """Top members by messages this season, or over another stretch of time."""
+        await self._answer(inter, "top messages", lambda: self._top_reply(inter, "messages", period, past_season))
 
     @top.sub_command(name="voice")
-    async def top_voice(self, inter: ApplicationCommandInteraction) -> None:
-        """Top members by voice time this season."""
-        await self._answer(inter, "top voice", lambda: self._top_reply(inter, "voice"))
+    async def top_voice(
+        self, inter: ApplicationCommandInteraction, period: str = PERIOD, past_season: int | None = PAST_SEASON
+    ) -> None:
+        """Top members by voice time this season, or over another stretch of time."""
+        await self._answer(inter, "top voice", lambda: self._top_reply(inter, "voice", period, past_season))
 
     @commands.slash_command(name="stats")
     async def stats(
         self,
         inter: ApplicationCommandInteraction,
         # A User option (not Member) so people who left the server can still be looked up.
-        user: disnake.User | disnake.Member | None = None,
+        user: disnake.User | disnake.Member | None = WHOSE,
+        period: str = PERIOD,
+        past_season: int | None = PAST_SEASON,
     ) -> None:
-        """Messages, voice time and ranks this season.
+        """Messages, voice time and ranks this season, or over another stretch of time."""
+        await self._answer(inter, "stats", lambda: self._stats_reply(inter, user or inter.author, period, past_season))
 
-        Parameters
-        ----------
-        user: Whose stats to show (default: yours)
-        """
-        await self._answer(inter, "stats", lambda: self._stats_reply(inter, user or inter.author))
+    @top_messages.autocomplete("season")
+    @top_voice.autocomplete("season")
+    @stats.autocomplete("season")
+    async def finished_season_choices(self, inter: ApplicationCommandInteraction, typed: str) -> dict[str, int]:
+        """The finished seasons whose number starts with what was typed, newest first, with dates."""
+        if inter.guild_id != self.bot.config.guild_id:
+            return {}
+        typed = typed.strip().lstrip("#")
+        choices: dict[str, int] = {}
+        for season in await self.bot.services.seasons.finished():
+            if not str(season.number).startswith(typed):
+                continue
+            calendar = self.bot.services.activity.calendar
+            first = calendar.day_of(season.started_at)
+            last = calendar.day_of(max(season.started_at, (season.ended_at or season.ends_at) - 1))
+            choices[f"Season {season.number} · {day_range_text(first, last)}"] = season.number
+            if len(choices) == AUTOCOMPLETE_CHOICES:
+                break
+        return choices
 
     @commands.slash_command(name="seasons")
     async def seasons(self, inter: ApplicationCommandInteraction) -> None:
@@ -83,12 +137,47 @@ class Leaderboards(commands.Cog):
             return
         await respond_in_time(inter, build(), command=command)
 
-    async def _top_reply(self, inter: ApplicationCommandInteraction, board: Board) -> Reply:
+    async def _scope(self, period: str, past_season: int | None) -> Scope | Reply:
+        """The figures asked for, or a friendly (private) answer saying why they can't be shown."""
+        seasons = self.bot.services.seasons
+        current = seasons.current  # read once: a season ending meanwhile must not mislabel the figures
+        if past_season is not None:
+            if period != "season":
+                return _private("Pick either a period or a past season, not both.")
+            if past_season == current.number:
+                return Scope(current.number, None)
+            info = await seasons.finished_season(past_season)
+            if info is None:
+                return _private(_no_such_season(past_season, current.number, await seasons.finished()))
+            ended_at = info.ended_at or info.ends_at
+            return Scope(info.number, finished_season_period(info.number, info.started_at, ended_at))
+        if period == "season":
+            return Scope(current.number, None)
+        window = WINDOWS.get(period)  # type: ignore[call-overload]
+        if window is None:  # (only a stale command registration could send another value)
+            return _private("That period isn't available. Pick one from the list.")
+        calendar = self.bot.services.activity.calendar
+        finished = await seasons.finished()
+        first_start = finished[-1].started_at if finished else current.started_at
+        board_period = window_period(
+            window,
+            today=calendar.day_of(self.bot.services.activity.clock()),
+            zone=calendar.zone_name,
+            first_day=calendar.day_of(first_start),
+        )
+        return Scope(window.scope, board_period)
+
+    async def _top_reply(
+        self, inter: ApplicationCommandInteraction, board: Board, period: str = "season", past_season: int | None = None
+    ) -> Reply:
         bot = self.bot
-        season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the lines
+        scope = await self._scope(period, past_season)
+        if isinstance(scope, Reply):
+            return scope
+        season = bot.services.seasons.current
         author = inter.author
         lines, caller, rank, stale = await bot.services.boards.lines_for_reply(
-            board, season=season.number, caller=author.id
+            board, season=scope.number, caller=author.id
         )
         caller_line = None
         if caller is not None and rank is not None:
@@ -104,10 +193,17 @@ class Leaderboards(commands.Cog):
                 changed_at=bot.services.boards.changed_at(board),
                 caller_line=caller_line,
                 stale=stale,
+                period=scope.period,
             )
         )
 
-    async def _stats_reply(self, inter: ApplicationCommandInteraction, target: disnake.User | disnake.Member) -> Reply:
+    async def _stats_reply(
+        self,
+        inter: ApplicationCommandInteraction,
+        target: disnake.User | disnake.Member,
+        period: str = "season",
+        past_season: int | None = None,
+    ) -> Reply:
         if target.bot:
             name = _safe(shown_name(target), target.id)
             return Reply(notice_embed(f"Bots aren't tracked, so {name} has no stats."), ephemeral=True)
@@ -117,11 +213,17 @@ class Leaderboards(commands.Cog):
         else:
             # Not a member (any more): the name we kept from their time here beats the account name.
             name = (await bot.services.names.resolve([target.id]))[target.id]
-        season = bot.services.seasons.current  # read once: a season ending meanwhile must not mislabel the numbers
-        standing = await bot.services.rankings.standing_for_reply(target.id, season.number)
-        in_channel = self._voice_channel(target)
-        if standing.messages <= 0 and standing.voice_seconds <= 0 and in_channel is None:
-            return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active this season yet."))
+        scope = await self._scope(period, past_season)
+        if isinstance(scope, Reply):
+            return scope
+        season = bot.services.seasons.current
+        standing = await bot.services.rankings.standing_for_reply(target.id, scope.number)
+        best = await bot.services.rankings.best_finished(target.id)
+        live = scope.period is None or scope.period.live
+        in_channel = self._voice_channel(target) if live else None
+        if standing.messages <= 0 and standing.voice_seconds <= 0 and in_channel is None and best is None:
+            during = "this season yet" if scope.period is None else scope.period.during
+            return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active {during}."))
         return Reply(
             stats_embed(
                 name=name,
@@ -137,6 +239,8 @@ class Leaderboards(commands.Cog):
                 stale=standing.stale,
                 voice_status=self._voice_status(target, in_channel),
                 held_back_today=bot.services.activity.held_back_today(target.id),
+                period=scope.period,
+                best_season=best,
             )
         )
 
@@ -166,6 +270,23 @@ class Leaderboards(commands.Cog):
     async def _seasons_reply(self, inter: ApplicationCommandInteraction) -> Reply:
         seasons = await self.bot.services.boards.finished_seasons(SEASONS_SHOWN)
         return Reply(seasons_embed(seasons, guild_icon_url=guild_icon_url(inter.guild)))
+
+
+def _private(text: str) -> Reply:
+    return Reply(notice_embed(text), ephemeral=True)
+
+
+def _no_such_season(number: int, current: int, finished: list[Any]) -> str:
+    if number > current:
+        return f"Season {number} hasn't started yet: this is season {current}."
+    if not finished:
+        return "No season has finished yet, so there are no past boards to show."
+    numbers = sorted(s.number for s in finished)
+    return (
+        f"There's no finished season {number} to show. Finished seasons: "
+        f"{numbers[0]}–{numbers[-1]}" + (" (some are missing)" if len(numbers) != numbers[-1] - numbers[0] + 1 else "")
+        + "."
+    )
 
 
 def _safe(name: str, user_id: int) -> str:

@@ -322,6 +322,12 @@ class ActivityService:
         closed = await self.storage.run(repository.close_orphan_sessions, self.guild_id)
         if closed:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
+        started = time.perf_counter()
+        if await self.storage.run(repository.prepare_windows, self.guild_id, self.calendar.day_of(self.clock())):
+            logger.info(
+                "built the today, week, month and all-time boards from the stored activity in {:.1f}s",
+                time.perf_counter() - started,
+            )
         return closed
 
     async def prune_history(self, retention: float, pause: float = 0.1) -> int:

@@ -11,6 +11,7 @@ from ..config import Settings, SpamLimit, Tunables, local_state_path
 from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
+from .days import Calendar
 from .health import HealthMonitor, Sources
 from .lease import LeaseService
 from .membership import MemberLookup, MembershipService
@@ -92,7 +93,7 @@ def build_services(
     activity = ActivityService(
         storage,
         guild_id=guild_id,
-        voice=VoiceTracker(voice_rules(settings)),
+        voice=VoiceTracker(voice_rules(settings), Calendar(config.timezone)),
         guard=build_guard(settings.current.spam_limit),
         names=names,
         clock=clock,

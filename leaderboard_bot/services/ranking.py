@@ -23,7 +23,7 @@ from cachetools import LRUCache, TLRUCache
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import BOARDS, ActivityBatch, Board, Counts, RankedEntry, Unwritten
+from ..domain import BOARDS, ActivityBatch, Board, Counts, Placing, RankedEntry, Unwritten, window_of
 from .activity import ActivityService
 from .seasons import SeasonService
 
@@ -33,6 +33,7 @@ READ_PATIENCE = 1.0  # a command waits this long for the database before using t
 WRITE_LAG_STALE = 2.0  # a write waiting longer than this means stored figures lag what was counted
 LAST_KNOWN_TOPS = 64
 LAST_KNOWN_STANDINGS = 4096
+BEST_PLACINGS = 4096  # members whose best finished season is remembered (until the next roll)
 STANDING_READS = 3  # lock-free attempts before a standing waits for the flush lock
 MERGE_AT_MOST = 5_000  # a flush moving more members than this drops the cached tops it touches
 KNOWN_AT_MOST = 20_000  # stored counts kept for members with unwritten counts (cleared past it)
@@ -231,8 +232,16 @@ class Rankings:
         self._last_standings: LRUCache[tuple[int, int], Standing] = LRUCache(LAST_KNOWN_STANDINGS)
         self.stale_answers = 0
         self._counting: asyncio.Future[None] | None = None
+        # Finished seasons never change: a member's best placing holds until the next roll.
+        self._best: LRUCache[int, Placing | None] = LRUCache(BEST_PLACINGS)
+        self._rolls = 0
         activity.add_flush_listener(self.on_flush)
-        seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
+        seasons.add_roll_listener(lambda finished, current: self._on_roll())
+
+    def _on_roll(self) -> None:
+        self.cache.invalidate()
+        self._best.clear()
+        self._rolls += 1
 
     def on_flush(self, batch: ActivityBatch) -> None:
         """Move what is known forward to the write just committed instead of dropping it: the
@@ -249,6 +258,10 @@ class Rankings:
         moved_on: dict[str, list[int]] = {}
         for key, stored_top in self.cache.items():
             board, season, limit = key
+            if window_of(season) is not None:
+                # A window's top moves with the days as well as the counts: read again.
+                self.cache.pop(key)
+                continue
             if season != batch.season:
                 continue
             if board not in moved_on:
@@ -313,7 +326,8 @@ class Rankings:
             return reply
 
     def _unwritten(self, season: int) -> Unwritten:
-        if season != self.seasons.current_number():  # a finished season: everything is written
+        if window_of(season) is None and season != self.seasons.current_number():
+            # a finished season: everything is written
             return Unwritten(committed=self.activity.committed_sequence, final=True)
         return self.activity.unwritten(season)
 
@@ -379,8 +393,14 @@ class Rankings:
             known=known,
             known_at=known_at,
         )
-        if read is not None and not unwritten.final and read.sequence == self.activity.committed_sequence:
+        if (
+            read is not None
+            and not unwritten.final
+            and window_of(season) is None
+            and read.sequence == self.activity.committed_sequence
+        ):
             # Kept only when it is the latest write: flushes then carry it forward (on_flush).
+            # Only a season's: a window's stored counts also move with the days.
             if self._known_at != (season, read.sequence):
                 self._known, self._known_at = {}, (season, read.sequence)
             self._known.update(read.stored)
@@ -421,6 +441,18 @@ class Rankings:
         )
         self._last_standings[(user_id, season)] = standing
         return standing
+
+    async def best_finished(self, user_id: int) -> Placing | None:
+        """The member's best placing in any finished season (lowest rank on either board)."""
+        if user_id in self._best:
+            return self._best[user_id]
+        rolls = self._rolls
+        seasons = [season.number for season in await self.seasons.finished()]
+        found = await self.storage.read(repository.best_finished, self.activity.guild_id, user_id, seasons)
+        placing = None if found is None else Placing(*found)
+        if rolls == self._rolls:  # (a roll meanwhile may have made a new best)
+            self._best[user_id] = placing
+        return placing
 
     # ------------------------------------------------------------------ answering commands
 

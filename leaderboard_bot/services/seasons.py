@@ -19,6 +19,7 @@ from .settings import RuntimeSettings
 
 Clock = Callable[[], float]
 RollListener = Callable[["SeasonInfo", "SeasonInfo"], Awaitable[None] | None]
+FINISHED_AT_MOST = 1_000  # finished seasons kept in the list (83 years of 30-day seasons)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SeasonService:
         self.current = SeasonInfo(number=1, started_at=clock(), ends_at=clock() + self.period)
         self._lock = asyncio.Lock()
         self._listeners: list[RollListener] = []
+        self._finished: list[SeasonInfo] | None = None  # newest first; the archive only grows at a roll
 
     @property
     def period(self) -> float:
@@ -124,11 +126,13 @@ class SeasonService:
                 # Cancelled (a stop) after the write committed: the season did end.
                 if self.activity.committed_sequence > committed_before:
                     self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
+                    self._finished = None
                 raise
             if not written:
                 return None
             # Still under the write lock: no flush can write into the finished season after this.
             self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
+            self._finished = None
             finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
             seconds = time.perf_counter() - started
             # The one line per reset, with its duration (waiting for writes in flight included).
@@ -154,6 +158,16 @@ class SeasonService:
             except Exception:
                 logger.exception("season roll listener failed")
         return finished
+
+    async def finished(self) -> list[SeasonInfo]:
+        """Every finished season, newest first (read once, then again after each roll)."""
+        if self._finished is None:
+            rows = await self.storage.read(repository.finished_seasons, self.activity.guild_id, FINISHED_AT_MOST)
+            self._finished = [SeasonInfo(n, started, ended, ended) for n, started, ended in rows]
+        return self._finished
+
+    async def finished_season(self, number: int) -> SeasonInfo | None:
+        return next((s for s in await self.finished() if s.number == number), None)
 
     async def unannounced(self) -> list[SeasonInfo]:
         """Finished seasons whose final standings were not posted yet (e.g. a crash mid-reset)."""

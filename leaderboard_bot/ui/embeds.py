@@ -8,12 +8,25 @@ edit when they match, so identical inputs must give identical embeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import disnake
 
-from ..domain import BOARDS, UNKNOWN_MEMBER, Board, BoardLine, FinishedSeason, visible_name
+from ..domain import (
+    BOARDS,
+    UNKNOWN_MEMBER,
+    Board,
+    BoardLine,
+    FinishedSeason,
+    Placing,
+    Window,
+    shift_day,
+    visible_name,
+)
 from .format import (
+    day_range_text,
+    day_text,
     discord_timestamp,
     display_name,
     format_count,
@@ -27,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BRAND_COLOUR",
     "DEFAULT_ARROW",
+    "BoardPeriod",
     "board_title",
     "final_standings_embed",
     "format_line",
@@ -59,6 +73,53 @@ NO_CHANGE_YET = "—"
 
 
 STALE_NOTE = "⚠ The database is busy right now, so these figures may be a little out of date."
+
+
+@dataclass(frozen=True)
+class BoardPeriod:
+    """What a board or stats card covers when it is not the running season: a window of days or
+    a finished season. ``label`` titles it ("Last 7 days"), ``dates`` says when ("27 Nov – 3 Dec
+    2026 · UTC days"), ``during`` ends a sentence ("in the last 7 days")."""
+
+    label: str
+    dates: str
+    during: str
+    live: bool = True  # includes now (a window); False: a finished season
+
+
+# (label, what ends "No messages counted ...")
+WINDOW_WORDS: dict[str, tuple[str, str]] = {
+    "today": ("Today", "today"),
+    "week": ("Last 7 days", "in the last 7 days"),
+    "month": ("Last 30 days", "in the last 30 days"),
+    "all-time": ("All time", "yet"),
+}
+
+
+def window_period(window: Window, *, today: str, zone: str, first_day: str) -> BoardPeriod:
+    """A window of days ending ``today`` in ``zone``; all time runs from ``first_day`` (the first
+    season's)."""
+    label, during = WINDOW_WORDS[window.period]
+    if window.days is None:
+        dates = f"Every season since {day_text(first_day)}"
+    else:
+        dates = f"{day_range_text(shift_day(today, 1 - window.days), today)} · {zone} days"
+    return BoardPeriod(label=label, dates=dates, during=during)
+
+
+def finished_season_period(number: int, started_at: float, ended_at: float) -> BoardPeriod:
+    return BoardPeriod(
+        label=f"Season {number}",
+        dates=f"Finished · ran {discord_timestamp(started_at, 'D')} – {discord_timestamp(ended_at, 'D')}",
+        during=f"in season {number}",
+        live=False,
+    )
+
+
+EMPTY_PERIOD_TEXT: dict[str, str] = {
+    "messages": "No messages counted {during}.",
+    "voice": "No voice time counted {during}.",
+}
 
 
 def board_title(board: Board) -> str:
@@ -138,9 +199,11 @@ def leaderboard_embed(
     changed_at: float | None,
     caller_line: BoardLine | None = None,
     stale: bool = False,
+    period: BoardPeriod | None = None,
 ) -> disnake.Embed:
-    """The live board. ``caller_line`` is the invoking member's rank when outside the shown top;
-    ``stale`` says the figures could not be brought up to date just now."""
+    """The live board (of the running season, or of ``period``). ``caller_line`` is the invoking
+    member's rank when outside the shown top; ``stale`` says the figures could not be brought up
+    to date just now."""
     suffix = ""
     if caller_line is not None:
         suffix = "\n\nYour rank: " + format_line(caller_line, arrow=None, board=board)
@@ -148,20 +211,26 @@ def leaderboard_embed(
         # Reserve room for the caller's line so it is never the part that gets dropped.
         rows = [format_line(x, arrow=arrow, board=board) for x in lines]
         description = _fit_lines(rows, DESCRIPTION_LIMIT - len(suffix)) + suffix
+    elif period is not None:
+        description = EMPTY_PERIOD_TEXT[board].format(during=period.during) + suffix
     else:
         description = EMPTY_BOARD_TEXT[board] + suffix
 
-    embed = _base_embed(title=board_title(board), description=description, thumbnail_url=guild_icon_url)
-    embed.add_field(
-        name=f"Season {season_number}",
-        value=f"Resets {discord_timestamp(season_ends_at, 'R')}\n{discord_timestamp(season_ends_at, 'f')}",
-        inline=True,
-    )
-    embed.add_field(
-        name="Last change",
-        value=NO_CHANGE_YET if changed_at is None else discord_timestamp(changed_at, "R"),
-        inline=True,
-    )
+    title = board_title(board) if period is None else f"{board_title(board)} · {period.label}"
+    embed = _base_embed(title=title, description=description, thumbnail_url=guild_icon_url)
+    if period is not None:
+        embed.add_field(name=period.label, value=period.dates, inline=False)
+    else:
+        embed.add_field(
+            name=f"Season {season_number}",
+            value=f"Resets {discord_timestamp(season_ends_at, 'R')}\n{discord_timestamp(season_ends_at, 'f')}",
+            inline=True,
+        )
+        embed.add_field(
+            name="Last change",
+            value=NO_CHANGE_YET if changed_at is None else discord_timestamp(changed_at, "R"),
+            inline=True,
+        )
     if stale:
         embed.set_footer(text=STALE_NOTE)
     return embed
@@ -218,6 +287,15 @@ def _ranked(text: str, rank: int | None) -> str:
     return f"{text} · rank {ordinal_rank(rank)}" if rank is not None else f"{text} · unranked"
 
 
+def placing_text(placing: Placing) -> str:
+    """``Season 3: #2 in messages (1,234 messages)``."""
+    board = "messages" if placing.board == "messages" else "voice time"
+    return (
+        f"Season {placing.season}: {ordinal_rank(placing.rank)} in {board} "
+        f"({format_value(placing.board, placing.value)})"
+    )
+
+
 def stats_embed(
     *,
     name: str,
@@ -233,35 +311,46 @@ def stats_embed(
     stale: bool = False,
     voice_status: str | None = None,
     held_back_today: int = 0,
+    period: BoardPeriod | None = None,
+    best_season: Placing | None = None,
 ) -> disnake.Embed:
-    """A member's own numbers for the current season; ``voice_status`` says whether their voice
-    time counts right now (and why not), ``held_back_today`` what the anti-spam limit held back."""
+    """A member's own numbers for the running season (or ``period``); ``voice_status`` says
+    whether their voice time counts right now (and why not), ``held_back_today`` what the
+    anti-spam limit held back, ``best_season`` their best finished season."""
     prefix = "Stats for "
+    suffix = "" if period is None else f" · {period.label}"
     embed = _base_embed(
-        title=prefix + _plain_name(name, TITLE_LIMIT - len(prefix)),
+        title=prefix + _plain_name(name, TITLE_LIMIT - len(prefix) - len(suffix)) + suffix,
         description=None,
         thumbnail_url=avatar_url,
     )
+    live = period is None or period.live
     messages_text = _ranked(format_count(messages), message_rank)
-    if held_back_today > 0:
+    if held_back_today > 0 and live:
         messages_text += f"\n{format_count(held_back_today)} held back by the anti-spam limit today"
     embed.add_field(name="Messages", value=messages_text, inline=True)
     embed.add_field(name="Voice time", value=_ranked(format_duration(voice_seconds), voice_rank), inline=True)
-    if in_voice_channel_id is None:
-        in_voice = "No"
-    elif live_session_seconds is None:
-        # Session length unknown (e.g. just joined before the tracker saw it): still say where.
-        in_voice = f"<#{in_voice_channel_id}>"
+    if live:
+        if in_voice_channel_id is None:
+            in_voice = "No"
+        elif live_session_seconds is None:
+            # Session length unknown (e.g. just joined before the tracker saw it): still say where.
+            in_voice = f"<#{in_voice_channel_id}>"
+        else:
+            in_voice = f"<#{in_voice_channel_id}> for {format_duration(live_session_seconds)}"
+        if in_voice_channel_id is not None and voice_status:
+            in_voice += f"\n{voice_status}"
+        embed.add_field(name="In voice now", value=in_voice, inline=True)
+    if period is not None:
+        embed.add_field(name=period.label, value=period.dates, inline=True)
     else:
-        in_voice = f"<#{in_voice_channel_id}> for {format_duration(live_session_seconds)}"
-    if in_voice_channel_id is not None and voice_status:
-        in_voice += f"\n{voice_status}"
-    embed.add_field(name="In voice now", value=in_voice, inline=True)
-    embed.add_field(
-        name=f"Season {season_number} ends",
-        value=f"{discord_timestamp(season_ends_at, 'D')} ({discord_timestamp(season_ends_at, 'R')})",
-        inline=True,
-    )
+        embed.add_field(
+            name=f"Season {season_number} ends",
+            value=f"{discord_timestamp(season_ends_at, 'D')} ({discord_timestamp(season_ends_at, 'R')})",
+            inline=True,
+        )
+    if best_season is not None:
+        embed.add_field(name="Best finished season", value=placing_text(best_season), inline=False)
     if stale:
         embed.set_footer(text=STALE_NOTE)
     return embed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from datetime import date
 
 from ..domain import UNKNOWN_MEMBER, visible_name
 
@@ -49,6 +50,19 @@ def format_count(n: int) -> str:
 def ordinal_rank(rank: int) -> str:
     """Leaderboard position as shown in lines: ``#1``."""
     return f"#{rank}"
+
+
+def day_text(day: str, *, year: bool = True) -> str:
+    """``2026-12-03`` as ``3 Dec 2026`` (names of days, not instants: no viewer's zone moves them)."""
+    d = date.fromisoformat(day)
+    return f"{d.day} {d.strftime('%b')}" + (f" {d.year}" if year else "")
+
+
+def day_range_text(first: str, last: str) -> str:
+    """``27 Nov – 3 Dec 2026``; one day alone when they are the same."""
+    if first == last:
+        return day_text(last)
+    return f"{day_text(first, year=first[:4] != last[:4])} – {day_text(last)}"
 
 
 def _clean(name: str | None) -> str | None:

@@ -110,12 +110,17 @@ class World:
             conn.close()
 
     def messages_of(self, user: int) -> int:
-        rows = self.query("SELECT SUM(messages) FROM member_stats WHERE guild_id = ? AND user_id = ?", self.guild, user)
+        # season > 0: the seasons' rows, not the windows' (negative scopes)
+        rows = self.query(
+            "SELECT SUM(messages) FROM member_stats WHERE guild_id = ? AND season > 0 AND user_id = ?", self.guild, user
+        )
         return int(rows[0][0] or 0) if rows else 0
 
     def voice_of(self, user: int) -> float:
         rows = self.query(
-            "SELECT SUM(voice_seconds) FROM member_stats WHERE guild_id = ? AND user_id = ?", self.guild, user
+            "SELECT SUM(voice_seconds) FROM member_stats WHERE guild_id = ? AND season > 0 AND user_id = ?",
+            self.guild,
+            user,
         )
         return float(rows[0][0] or 0.0) if rows else 0.0
 

@@ -98,9 +98,16 @@ async def test_commands_are_guild_commands_with_subcommands_and_an_optional_user
     subs = {o["name"]: o for o in top["options"]}
     assert set(subs) == {"messages", "voice"} and all(o["type"] == 1 for o in subs.values())
     assert all(o["description"] for o in subs.values())
-    (user,) = stats["options"]
+    user, period, season = stats["options"]
     assert user["name"] == "user" and user["type"] == 6 and not user.get("required")
     assert user["description"] == "Whose stats to show (default: yours)"
+    # /top messages, /top voice and /stats each take a period (choices) or a finished season (autocomplete).
+    for options in (subs["messages"]["options"], subs["voice"]["options"], [period, season]):
+        by_name = {o["name"]: o for o in options}
+        assert [c["value"] for c in by_name["period"]["choices"]] == ["season", "today", "week", "month", "all-time"]
+        season_option = by_name["season"]
+        assert season_option["type"] == 4 and season_option["autocomplete"] and season_option["min_value"] == 1
+        assert not by_name["period"].get("required") and not by_name["season"].get("required")
 
 
 async def test_empty_boards_show_the_kind_text(quiet: World) -> None:

@@ -25,7 +25,8 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def messages_of(url: str, guild: int, user: int) -> int:
-    rows = query(url, "SELECT SUM(messages) FROM member_stats WHERE guild_id = %s AND user_id = %s", guild, user)
+    sql = "SELECT SUM(messages) FROM member_stats WHERE guild_id = %s AND season > 0 AND user_id = %s"
+    rows = query(url, sql, guild, user)
     return int(rows[0][0] or 0) if rows else 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ import pytest
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import DailyActivity, MemberStats, Setting, VoiceSession
-from leaderboard_bot.domain import ActivityBatch
+from leaderboard_bot.domain import ALL_TIME, WEEK, ActivityBatch
+from leaderboard_bot.domain import TODAY as TODAY_WINDOW
 from leaderboard_bot.services.activity import ActivityService
+from leaderboard_bot.services.days import Calendar
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.ratelimit import SpamGuard
 from leaderboard_bot.services.recovery import RecoveryFile
+from leaderboard_bot.services.voice import VoiceRules, VoiceTracker
 from tests.factories import (
     MIDNIGHT,
     AllowAllGuard,
@@ -673,3 +677,58 @@ def test_what_the_anti_spam_limit_held_back_today_is_counted_per_member(
     assert service.held_back_today(7) == 0
     service.record_message(7)
     assert service.held_back_today(7) == 1
+
+
+# --------------------------------------------------------------------------- days in TIMEZONE
+
+
+def zoned_service(storage: Storage, clock: FakeClock, zone: str, guard: Any = None) -> ActivityService:
+    return ActivityService(
+        storage,
+        guild_id=G,
+        voice=VoiceTracker(lambda: VoiceRules(), Calendar(zone)),
+        guard=AllowAllGuard() if guard is None else guard,
+        names=NameService(storage, guild_id=G),
+        clock=clock,
+    )
+
+
+async def test_messages_and_voice_land_in_the_zones_day(activity_storage: Storage) -> None:
+    # 2026-01-05 11:00 UTC is already the 6th in Kiritimati (UTC+14), which starts it at 10:00 UTC.
+    clock = FakeClock(datetime(2026, 1, 5, 9, 30, tzinfo=UTC).timestamp())
+    service = zoned_service(activity_storage, clock, "Pacific/Kiritimati")
+    service.record_voice(1, here(CH))
+    service.record_voice(2, here(CH))
+    service.record_message(1)  # 09:30 UTC: the 5th there
+    clock.advance(3_600.0)
+    service.record_message(1)  # 10:30 UTC: the 6th there
+    assert await service.flush(season_one) is True
+    daily = await activity_storage.run(
+        lambda: sorted((r.day, r.user_id, r.messages, r.voice_seconds) for r in DailyActivity.select())
+    )
+    assert daily == [
+        ("2026-01-05", 1, 1, 1_800.0),
+        ("2026-01-05", 2, 0, 1_800.0),
+        ("2026-01-06", 1, 1, 1_800.0),
+        ("2026-01-06", 2, 0, 1_800.0),
+    ]
+
+
+async def test_a_window_lacks_only_what_falls_on_its_days(activity_storage: Storage) -> None:
+    clock = FakeClock(datetime(2026, 3, 29, 21, 30, tzinfo=UTC).timestamp())  # 23:30 in Berlin, summer time
+    service = zoned_service(activity_storage, clock, "Europe/Berlin")
+    service.record_message(1)  # the 29th in Berlin
+    clock.advance(3_600.0)
+    service.record_message(2)  # 00:30 on the 30th in Berlin, still the 29th in UTC
+    assert service.unwritten(TODAY_WINDOW.scope).buffered == {2: (1, 0.0)}
+    assert service.unwritten(WEEK.scope).buffered == {1: (1, 0.0), 2: (1, 0.0)}
+    assert service.unwritten(ALL_TIME.scope).buffered == {1: (1, 0.0), 2: (1, 0.0)}
+
+
+def test_held_back_today_starts_over_at_the_zones_midnight(activity_storage: Storage) -> None:
+    clock = FakeClock(datetime(2026, 1, 5, 22, 50, tzinfo=UTC).timestamp())  # 23:50 in Berlin
+    service = zoned_service(activity_storage, clock, "Europe/Berlin", guard=DenyListGuard([7]))
+    service.record_message(7)
+    assert service.held_back_today(7) == 1
+    clock.advance(600.0)  # 00:00 in Berlin: a new day there, still the 5th in UTC
+    assert service.held_back_today(7) == 0

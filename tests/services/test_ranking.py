@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from leaderboard_bot.db import Storage, repository
-from leaderboard_bot.domain import ActivityBatch, RankedEntry
+from leaderboard_bot.domain import ALL_TIME, MONTH, WEEK, ActivityBatch, Placing, RankedEntry, Window, shift_day
+from leaderboard_bot.domain import TODAY as TODAY_WINDOW
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.ranking import Rankings, Standing, TopCache
@@ -954,3 +955,122 @@ async def test_ranks_and_tops_on_a_big_board_with_ties_match_brute_force(
                 view = await rankings.view(board, limit, caller=u)  # type: ignore[arg-type]
                 if u in ids and ids.index(u) >= limit:
                     assert view.caller_rank == ids.index(u) + 1, (step, board, u)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_window_figures_match_the_days_they_cover_through_midnights_and_failures(
+    seed: int, rankings: Rankings, tracker: ActivityService, rank_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today, the last 7 and 30 days and all time, live (stored + unwritten) against a per-day
+    ledger, over 40 days. A window moves with the first write after midnight, so each new day
+    starts with a write (the documented lag) before the figures are compared."""
+    rng = random.Random(seed)
+    real = repository.apply_batch
+    failing = [False]
+
+    def maybe_failing(batch: ActivityBatch) -> None:
+        if failing[0]:
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", maybe_failing)
+    calendar = tracker.calendar
+    members = list(range(1, 25))
+    ledger: dict[tuple[str, int], list[float]] = {}  # (day, user) -> [messages, voice seconds]
+    joined: dict[int, float] = {}
+
+    def credit(user: int, start: float, end: float) -> None:
+        for day_name, seconds in calendar.split(start, end):
+            ledger.setdefault((day_name, user), [0.0, 0.0])[1] += seconds
+
+    def truth(window: Window, board: str) -> dict[int, float]:
+        today = calendar.day_of(rank_clock.now)
+        first = "" if window.days is None else shift_day(today, 1 - window.days)
+        out: dict[int, float] = {}
+        for (day_name, user), (n, s) in ledger.items():
+            if day_name >= first:
+                out[user] = out.get(user, 0.0) + (n if board == "messages" else s)
+        for user, since in joined.items():
+            if board == "voice":
+                for day_name, seconds in calendar.split(since, rank_clock.now):
+                    if day_name >= first:
+                        out[user] = out.get(user, 0.0) + seconds
+        return {u: v for u, v in out.items() if v > 1e-9}
+
+    day_before = calendar.day_of(rank_clock.now)
+    for _step in range(160):
+        action = rng.random()
+        if action < 0.5:
+            user = rng.choice(members)
+            count = rng.randint(1, 3)
+            send(tracker, user, count)
+            ledger.setdefault((calendar.day_of(rank_clock.now), user), [0.0, 0.0])[0] += count
+        elif action < 0.62:
+            user = rng.choice(members[:8])
+            if user in joined:
+                tracker.record_voice(user, None)
+                credit(user, joined.pop(user), rank_clock.now)
+            else:
+                tracker.record_voice(user, here(CH))
+                joined[user] = rank_clock.now
+        elif action < 0.8:
+            failing[0] = rng.random() < 0.25
+            await rankings.seasons.flush()
+        rank_clock.advance(rng.choice([60.0, 3_600.0, 5 * 3_600.0, 2 * 86_400.0 if rng.random() < 0.1 else 600.0]))
+        if calendar.day_of(rank_clock.now) != day_before:
+            failing[0] = False
+            assert await rankings.seasons.flush() is True  # the first write of the day moves the windows
+            day_before = calendar.day_of(rank_clock.now)
+        window = rng.choice([TODAY_WINDOW, WEEK, MONTH, ALL_TIME])
+        for board in ("messages", "voice"):
+            expected = sorted(truth(window, board).items(), key=lambda item: (-item[1], item[0]))
+            got = await rankings.top(board, 5, season=window.scope)  # type: ignore[arg-type]
+            assert [(e.user_id, round(e.value, 6)) for e in got] == [
+                (u, round(v, 6)) for u, v in expected[:5]
+            ], (window, board)
+        user = rng.choice(members)
+        standing = await rankings.standing(user, season=window.scope)
+        for board, rank, value in (
+            ("messages", standing.message_rank, float(standing.messages)),
+            ("voice", standing.voice_rank, standing.voice_seconds),
+        ):
+            order = [u for u, _ in sorted(truth(window, board).items(), key=lambda item: (-item[1], item[0]))]
+            assert rank == (order.index(user) + 1 if user in order else None), (window, board, user)
+            assert round(value, 6) == round(truth(window, board).get(user, 0.0), 6)
+
+
+async def test_a_flush_drops_cached_window_tops_and_keeps_the_seasons(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    send(tracker, 1, 2)
+    assert await rankings.seasons.flush() is True
+    await rankings.top("messages", 10, season=WEEK.scope)
+    await rankings.top("messages", 10)
+    assert len(rankings.cache) == 2
+    send(tracker, 1, 1)
+    assert await rankings.seasons.flush() is True
+    assert [key[1] for key, _ in rankings.cache.items()] == [1]
+    assert await rankings.top("messages", 10, season=WEEK.scope) == entries((1, 3.0))
+
+
+async def test_the_best_finished_season_is_read_once_and_forgotten_at_a_roll(
+    rankings: Rankings, tracker: ActivityService, rank_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rankings.seasons.load()
+    assert await rankings.best_finished(1) is None  # no finished season yet
+    send(tracker, 1, 2)
+    send(tracker, 2, 5)
+    assert await rankings.seasons.roll(reason="test") is not None
+    reads = []
+    real = repository.best_finished
+    monkeypatch.setattr(repository, "best_finished", lambda *a: reads.append(a) or real(*a))
+    assert await rankings.best_finished(1) == Placing(1, "messages", 2, 2.0)
+    assert await rankings.best_finished(1) == Placing(1, "messages", 2, 2.0)
+    assert len(reads) == 1
+    send(tracker, 1, 9)
+    assert await rankings.seasons.roll(reason="test") is not None
+    assert await rankings.best_finished(1) == Placing(2, "messages", 1, 9.0)
+    assert len(reads) == 2

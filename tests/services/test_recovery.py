@@ -24,6 +24,10 @@ from tests.services.test_activity import CH, T0, G, make_service, season_one, se
 IN_SEASONS = MemberStats.season > 0  # season rows, not the windows' (negative scopes)
 
 
+def season_rows() -> list[tuple[int, int, int]]:
+    return sorted((r.season, r.user_id, r.messages) for r in MemberStats.select().where(IN_SEASONS))
+
+
 def sample_batch(sequence: int | None = 7) -> ActivityBatch:
     return ActivityBatch(
         guild_id=G,
@@ -131,7 +135,7 @@ async def test_parts_are_applied_in_the_order_written_each_once(activity_storage
         assert await earlier.apply_all(activity_storage, G) == 2
     assert applied == [(3, None), (3, 1), (4, 2)]  # the format-1 file (oldest) first
     assert files_of(tmp_path) == []
-    rows = await activity_storage.run(lambda: sorted((r.season, r.user_id, r.messages) for r in MemberStats.select().where(IN_SEASONS)))
+    rows = await activity_storage.run(season_rows)
     assert rows == [(3, 5, 0), (3, 9, 3), (3, 2**63 - 1, 4), (4, 5, 0), (4, 2**63 - 1, 4)]
 
     # The same files again (a crash before they were removed): nothing is counted twice.
@@ -139,7 +143,7 @@ async def test_parts_are_applied_in_the_order_written_each_once(activity_storage
     later.write([second])
     _legacy(tmp_path / "db.unsaved.json", "old", 3, 50.0)
     await earlier.apply_all(activity_storage, G)
-    again = await activity_storage.run(lambda: sorted((r.season, r.user_id, r.messages) for r in MemberStats.select().where(IN_SEASONS)))
+    again = await activity_storage.run(season_rows)
     assert again == rows
 
 

@@ -34,7 +34,10 @@ def files_of(tmp_path: Path) -> list[Path]:
 
 async def by_season(storage: Storage) -> dict[tuple[int, int], int]:
     return await storage.run(
-        lambda: {(r.season, r.user_id): r.messages for r in MemberStats.select().where(IN_SEASONS & (MemberStats.guild_id == G))}
+        lambda: {
+            (r.season, r.user_id): r.messages
+            for r in MemberStats.select().where(IN_SEASONS & (MemberStats.guild_id == G))
+        }
     )
 
 

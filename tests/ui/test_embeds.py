@@ -5,12 +5,13 @@ import re
 import disnake
 import pytest
 
-from leaderboard_bot.domain import Board, BoardLine
+from leaderboard_bot.domain import ALL_TIME, MONTH, TODAY, WEEK, Board, BoardLine, Placing, Window
 from leaderboard_bot.ui.embeds import (
     BRAND_COLOUR,
     DEFAULT_ARROW,
     board_title,
     final_standings_embed,
+    finished_season_period,
     format_line,
     format_value,
     guild_icon_url,
@@ -18,6 +19,7 @@ from leaderboard_bot.ui.embeds import (
     leaderboard_embed,
     notice_embed,
     stats_embed,
+    window_period,
 )
 
 ZWSP = "\u200b"
@@ -441,3 +443,65 @@ def test_stats_say_whether_voice_counts_now_and_what_the_anti_spam_limit_held_ba
     held = stats(held_back_today=3)
     assert fields_by_name(held)["Messages"] == "1,234 · rank #2\n3 held back by the anti-spam limit today"
     assert "\n" not in fields_by_name(stats())["Messages"]  # nothing held back: nothing said
+
+
+# --------------------------------------------------------------------------- periods
+
+
+def test_a_window_board_is_titled_and_dated_by_its_days_in_the_owners_look() -> None:
+    period = window_period(WEEK, today="2026-12-03", zone="Europe/Berlin", first_day="2026-01-10")
+    embed = board(make_lines(3), period=period)
+    assert embed.title == "Message Leaderboard · Last 7 days"
+    assert embed.colour is not None and embed.colour.value == BRAND_COLOUR
+    assert embed.thumbnail.url == ICON
+    assert all(line.startswith(DEFAULT_ARROW) for line in desc_lines(embed))
+    # No reset date, no "last change": those belong to the pinned season boards.
+    assert fields_by_name(embed) == {"Last 7 days": "27 Nov – 3 Dec 2026 · Europe/Berlin days"}
+
+
+@pytest.mark.parametrize(
+    ("window", "label", "dates"),
+    [
+        (TODAY, "Today", "3 Dec 2026 · UTC days"),
+        (MONTH, "Last 30 days", "4 Nov – 3 Dec 2026 · UTC days"),
+        (ALL_TIME, "All time", "Every season since 10 Jan 2026"),
+    ],
+)
+def test_each_window_names_its_days(window: Window, label: str, dates: str) -> None:
+    period = window_period(window, today="2026-12-03", zone="UTC", first_day="2026-01-10")
+    assert (period.label, period.dates) == (label, dates)
+
+
+def test_a_window_across_new_year_names_both_years() -> None:
+    period = window_period(WEEK, today="2027-01-02", zone="UTC", first_day="2026-01-10")
+    assert period.dates == "27 Dec 2026 – 2 Jan 2027 · UTC days"
+
+
+def test_an_empty_window_or_finished_season_says_so_in_its_own_words() -> None:
+    today = window_period(TODAY, today="2026-12-03", zone="UTC", first_day="2026-01-10")
+    assert board([], kind="voice", period=today).description == "No voice time counted today."
+    finished = finished_season_period(2, 1_700_000_000.0, 1_702_592_000.0)
+    embed = board([], period=finished)
+    assert embed.description == "No messages counted in season 2."
+    assert embed.title == "Message Leaderboard · Season 2"
+    assert fields_by_name(embed) == {"Season 2": "Finished · ran <t:1700000000:D> – <t:1702592000:D>"}
+
+
+def test_stats_for_a_window_and_a_finished_season_with_the_best_one() -> None:
+    week = window_period(WEEK, today="2026-12-03", zone="UTC", first_day="2026-01-10")
+    embed = stats(period=week, best_season=Placing(4, "voice", 2, 3_700.0))
+    assert embed.title == "Stats for alice · Last 7 days"
+    fields = fields_by_name(embed)
+    assert fields["Last 7 days"] == "27 Nov – 3 Dec 2026 · UTC days"
+    assert fields["Best finished season"] == "Season 4: #2 in voice time (1h 01m)"
+    assert "Season 3 ends" not in fields and "In voice now" in fields
+    finished = stats(period=finished_season_period(2, 1_700_000_000.0, 1_702_592_000.0), held_back_today=3)
+    names = list(fields_by_name(finished))
+    assert "In voice now" not in names and "Best finished season" not in names
+    assert "held back" not in fields_by_name(finished)["Messages"]  # "today" means nothing in a finished season
+
+
+def test_a_long_name_leaves_room_for_the_period_in_the_title() -> None:
+    week = window_period(WEEK, today="2026-12-03", zone="UTC", first_day="2026-01-10")
+    embed = stats(name="n" * 300, period=week)
+    assert embed.title is not None and len(embed.title) <= 256 and embed.title.endswith(" · Last 7 days")
