@@ -230,6 +230,17 @@ def _v6_ranked_counts_without_triggers(db: Database) -> None:
     db.execute_sql('DROP TABLE IF EXISTS "board_size"')
 
 
+def _v7_best_placings(db: Database) -> None:
+    # Each member's best placing in any finished season, kept at every season's end, so /stats
+    # reads one row instead of ranking the member in every past season. Filled for the seasons
+    # that ended before it by repository.prepare_placings at the next start.
+    db.execute_sql(
+        'CREATE TABLE IF NOT EXISTS "best_placing" ("guild_id" BIGINT NOT NULL, "user_id" BIGINT NOT NULL, '
+        '"season" BIGINT NOT NULL, "board" VARCHAR(10) NOT NULL, "rank" BIGINT NOT NULL, '
+        '"value" DOUBLE PRECISION NOT NULL, PRIMARY KEY ("guild_id", "user_id"))'
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _v1_core,
     _v2_seasons_and_ranking,
@@ -237,6 +248,7 @@ MIGRATIONS: Sequence[Migration] = (
     _v4_board_order_and_sizes,
     _v5_lease,
     _v6_ranked_counts_without_triggers,
+    _v7_best_placings,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -130,6 +130,21 @@ class Season(BaseModel):
         primary_key = CompositeKey("guild_id", "number")
 
 
+class BestPlacing(BaseModel):
+    """A member's best placing in any finished season: the lowest rank on either board (then the
+    later season, then messages before voice), updated as each season ends."""
+
+    guild_id = BigIntegerField()
+    user_id = BigIntegerField()
+    season = BigIntegerField()
+    board = CharField(max_length=10)
+    rank = BigIntegerField()
+    value = DoubleField()
+
+    class Meta:
+        primary_key = CompositeKey("guild_id", "user_id")
+
+
 class Lease(BaseModel):
     """The one instance that counts for a guild, until ``expires_at`` (renewed with every flush)."""
 
@@ -147,5 +162,6 @@ ALL_MODELS: tuple[type[BaseModel], ...] = (
     VoiceSession,
     MemberName,
     Season,
+    BestPlacing,
     Lease,
 )

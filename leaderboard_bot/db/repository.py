@@ -14,6 +14,7 @@ from peewee import EXCLUDED, PostgresqlDatabase, chunked, fn
 
 from ..domain import ALL_TIME, ROLLING_WINDOWS, ActivityBatch, Board, RankedEntry, days_between, shift_day
 from .models import (
+    BestPlacing,
     DailyActivity,
     Lease,
     MemberName,
@@ -29,6 +30,7 @@ CHUNK_ROWS = 100
 WRITE_SEQUENCE_KEY = "write_sequence"  # the highest numbered batch committed (see services.recovery)
 RECOVERY_MARKER_PREFIX = "recovered:"  # format-1 recovery files' applied-markers
 WINDOWS_DAY_KEY = "windows_day"  # the day the rolling windows end on (they hold the days up to it)
+PLACINGS_KEY = "placings_through"  # the last finished season whose placings are in best_placing
 
 
 # --------------------------------------------------------------------------- writes
@@ -615,36 +617,13 @@ def count_beating(
     return rank_from_bottom(guild_id, season, board, value, user_id, ranked) - (1 if own == value > 0 else 0)
 
 
-# The write number a finished season's board counts hold at: they never change again.
-FINISHED = -1
-
-
-def best_finished(guild_id: int, user_id: int, seasons: Iterable[int]) -> tuple[int, Board, int, float] | None:
-    """The member's best placing in these finished seasons, as (season, board, rank, value):
-    the lowest rank on either board, then the later season, then messages before voice."""
-    numbers = list(seasons)
-    if not numbers:
+def best_placing(guild_id: int, user_id: int) -> tuple[int, Board, int, float] | None:
+    """The member's best placing in any finished season, as (season, board, rank, value)."""
+    row = BestPlacing.get_or_none((BestPlacing.guild_id == guild_id) & (BestPlacing.user_id == user_id))
+    if row is None:
         return None
-    best: tuple[int, Board, int, float] | None = None
-    with snapshot():
-        query: Any = (
-            MemberStats.select(MemberStats.season, MemberStats.messages, MemberStats.voice_seconds)
-            .where(
-                (MemberStats.guild_id == guild_id)
-                & MemberStats.season.in_(numbers)
-                & (MemberStats.user_id == user_id)
-            )
-            .tuples()
-        )
-        for season, messages, voice in sorted(query, key=itemgetter(0), reverse=True):
-            board: Board
-            for board, value in (("messages", float(messages)), ("voice", float(voice))):
-                if value <= 0:
-                    continue
-                rank = count_beating(guild_id, int(season), board, value, user_id, value, FINISHED) + 1
-                if best is None or rank < best[2]:
-                    best = (int(season), board, rank, value)
-    return best
+    board: Board = "voice" if row.board == "voice" else "messages"
+    return int(row.season), board, int(row.rank), float(row.value)
 
 
 def names(guild_id: int, user_ids: Iterable[int]) -> dict[int, str]:
@@ -707,7 +686,55 @@ def roll_season(
         nxt = Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number + 1))
         if nxt is None:
             nxt = Season.create(guild_id=guild_id, number=number + 1, started_at=start, ends_at=start + period)
+        record_placings(guild_id, number)
         return nxt
+
+
+# Each member's best placing in the finished season, from both boards at once (board order: value
+# descending, then user id; a member's better board wins, messages on a tie), kept where it is at
+# least as good as the stored one (a later season wins a tie: seasons end in order).
+_PLACINGS_SQL = (
+    'INSERT INTO "best_placing" ("guild_id", "user_id", "season", "board", "rank", "value") '
+    'SELECT "guild_id", "user_id", "season", "board", "rank", "value" FROM ('
+    'SELECT "ranked".*, ROW_NUMBER() OVER (PARTITION BY "user_id" ORDER BY "rank", "board") AS "pick" FROM ('
+    """SELECT "guild_id", "user_id", "season", 'messages' AS "board", """
+    'CAST("messages" AS DOUBLE PRECISION) AS "value", '
+    'ROW_NUMBER() OVER (ORDER BY "messages" DESC, "user_id") AS "rank" '
+    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "messages" > 0 '
+    'UNION ALL '
+    """SELECT "guild_id", "user_id", "season", 'voice', "voice_seconds", """
+    'ROW_NUMBER() OVER (ORDER BY "voice_seconds" DESC, "user_id") '
+    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "voice_seconds" > 0'
+    ') AS "ranked") AS "best" WHERE "pick" = 1 '
+    'ON CONFLICT ("guild_id", "user_id") DO UPDATE SET "season" = excluded."season", '
+    '"board" = excluded."board", "rank" = excluded."rank", "value" = excluded."value" '
+    'WHERE excluded."rank" <= "best_placing"."rank"'
+)
+
+
+def record_placings(guild_id: int, number: int) -> None:
+    """Fold finished season ``number`` into each member's best placing (idempotent)."""
+    database = database_proxy.obj
+    with database_proxy.atomic():
+        database.execute_sql(_PLACINGS_SQL.format(p=database.param), (guild_id, number, guild_id, number))
+        if number > int(get_setting(guild_id, PLACINGS_KEY, 0)):
+            _set_setting(guild_id, PLACINGS_KEY, number)
+
+
+def prepare_placings(guild_id: int) -> int:
+    """At start: fold in the finished seasons not yet in best_placing (those that ended before it
+    existed), oldest first. Returns how many."""
+    through = int(get_setting(guild_id, PLACINGS_KEY, 0))
+    query: Any = (
+        Season.select(Season.number)
+        .where((Season.guild_id == guild_id) & Season.ended_at.is_null(False) & (Season.number > through))
+        .order_by(Season.number)
+        .tuples()
+    )
+    numbers = [int(n) for (n,) in query]
+    for number in numbers:
+        record_placings(guild_id, number)
+    return len(numbers)
 
 
 def set_season_end(guild_id: int, number: int, ends_at: float) -> None:

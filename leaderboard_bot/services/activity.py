@@ -328,6 +328,13 @@ class ActivityService:
                 "built the today, week, month and all-time boards from the stored activity in {:.1f}s",
                 time.perf_counter() - started,
             )
+        started = time.perf_counter()
+        if placed := await self.storage.run(repository.prepare_placings, self.guild_id):
+            logger.info(
+                "recorded the members' best placings of {} finished season(s) in {:.1f}s",
+                placed,
+                time.perf_counter() - started,
+            )
         return closed
 
     async def prune_history(self, retention: float, pause: float = 0.1) -> int:

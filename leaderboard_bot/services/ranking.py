@@ -33,7 +33,6 @@ READ_PATIENCE = 1.0  # a command waits this long for the database before using t
 WRITE_LAG_STALE = 2.0  # a write waiting longer than this means stored figures lag what was counted
 LAST_KNOWN_TOPS = 64
 LAST_KNOWN_STANDINGS = 4096
-BEST_PLACINGS = 4096  # members whose best finished season is remembered (until the next roll)
 STANDING_READS = 3  # lock-free attempts before a standing waits for the flush lock
 MERGE_AT_MOST = 5_000  # a flush moving more members than this drops the cached tops it touches
 KNOWN_AT_MOST = 20_000  # stored counts kept for members with unwritten counts (cleared past it)
@@ -232,16 +231,8 @@ class Rankings:
         self._last_standings: LRUCache[tuple[int, int], Standing] = LRUCache(LAST_KNOWN_STANDINGS)
         self.stale_answers = 0
         self._counting: asyncio.Future[None] | None = None
-        # Finished seasons never change: a member's best placing holds until the next roll.
-        self._best: LRUCache[int, Placing | None] = LRUCache(BEST_PLACINGS)
-        self._rolls = 0
         activity.add_flush_listener(self.on_flush)
-        seasons.add_roll_listener(lambda finished, current: self._on_roll())
-
-    def _on_roll(self) -> None:
-        self.cache.invalidate()
-        self._best.clear()
-        self._rolls += 1
+        seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
     def on_flush(self, batch: ActivityBatch) -> None:
         """Move what is known forward to the write just committed instead of dropping it: the
@@ -443,16 +434,10 @@ class Rankings:
         return standing
 
     async def best_finished(self, user_id: int) -> Placing | None:
-        """The member's best placing in any finished season (lowest rank on either board)."""
-        if user_id in self._best:
-            return self._best[user_id]
-        rolls = self._rolls
-        seasons = [season.number for season in await self.seasons.finished()]
-        found = await self.storage.read(repository.best_finished, self.activity.guild_id, user_id, seasons)
-        placing = None if found is None else Placing(*found)
-        if rolls == self._rolls:  # (a roll meanwhile may have made a new best)
-            self._best[user_id] = placing
-        return placing
+        """The member's best placing in any finished season (lowest rank on either board): one
+        row, kept up to date as each season ends (repository.record_placings)."""
+        found = await self.storage.read(repository.best_placing, self.activity.guild_id, user_id)
+        return None if found is None else Placing(*found)
 
     # ------------------------------------------------------------------ answering commands
 

@@ -459,3 +459,55 @@ def test_window_boards_rank_like_season_boards(db: Database) -> None:
         order = brute_force_order(window.scope, "messages")
         assert [e.user_id for e in repository.top(G, window.scope, "messages", 10)] == order[:10]
         assert [repository.rank_of(G, window.scope, "messages", u) for u in order] == list(range(1, len(order) + 1))
+
+
+# --------------------------------------------------------------------------- best placings
+
+
+def brute_force_best(seasons: list[int], user: int) -> tuple[int, str, int, float] | None:
+    best = None
+    for season in seasons:  # in order: a later season wins a tie
+        for board in BOARDS:  # messages first: it wins a tie within a season
+            order = brute_force_order(season, board)
+            if user in order:
+                rank = order.index(user) + 1
+                value = next(
+                    float(r.messages if board == "messages" else r.voice_seconds)
+                    for r in MemberStats.select().where(
+                        (MemberStats.guild_id == G) & (MemberStats.season == season) & (MemberStats.user_id == user)
+                    )
+                )
+                if best is None or rank < best[2] or (rank == best[2] and season > best[0]):
+                    best = (season, board, rank, value)
+    return best
+
+
+def test_best_placings_match_brute_force_over_seasons(db: Database) -> None:
+    rng = random.Random(11)
+    seasons = [1, 2, 3, 4]
+    for season in seasons:
+        for user in rng.sample(range(1, 60), 35):
+            MemberStats.insert(
+                guild_id=G,
+                season=season,
+                user_id=user,
+                messages=rng.choice([0, 1, 1, 2, 3, 5, 8, 40]),
+                voice_seconds=rng.choice([0.0, 0.0, 30.0, 60.0, 3600.5]),
+            ).execute()
+        repository.record_placings(G, season)
+        repository.record_placings(G, season)  # twice (a roll retried): the same
+        for user in range(1, 60):
+            assert repository.best_placing(G, user) == brute_force_best(seasons[: season], user), (season, user)
+    assert repository.get_setting(G, repository.PLACINGS_KEY) == 4
+
+
+def test_placings_of_seasons_that_ended_before_they_existed_are_filled_in_order(db: Database) -> None:
+    for number in (1, 2, 3):
+        repository.ensure_season(G, 1_000.0 * number, 100.0)
+        MemberStats.insert(guild_id=G, season=number, user_id=7, messages=number, voice_seconds=0.0).execute()
+        MemberStats.insert(guild_id=G, season=number, user_id=8, messages=2, voice_seconds=0.0).execute()
+        repository.Season.update(ended_at=1_000.0 * number + 50).where(repository.Season.number == number).execute()
+    assert repository.prepare_placings(G) == 3
+    assert repository.best_placing(G, 7) == (3, "messages", 1, 3.0)
+    assert repository.best_placing(G, 8) == (1, "messages", 1, 2.0)  # then #2 (a tie, lower id first) and #2
+    assert repository.prepare_placings(G) == 0
