@@ -14,6 +14,7 @@ from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
 
 from ..adapters.disnake_names import shown_name
+from ..db.storage import StorageError
 from ..domain import WINDOWS, Board, BoardLine
 from ..services.voice import VoiceRules, voice_status
 from ..ui.embeds import (
@@ -105,7 +106,11 @@ class Leaderboards(commands.Cog):
             return {}
         typed = typed.strip().lstrip("#")
         choices: dict[str, int] = {}
-        for season in await self.bot.services.seasons.finished():
+        try:
+            finished = await self.bot.services.seasons.finished()
+        except StorageError:
+            return {}  # the database is away: no suggestions; a typed number still works
+        for season in finished:
             if not str(season.number).startswith(typed):
                 continue
             calendar = self.bot.services.activity.calendar
