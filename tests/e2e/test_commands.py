@@ -278,3 +278,30 @@ async def test_stats_say_whether_voice_time_counts_now_and_why_not(world: World)
     spam = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.carol})
     messages = {f["name"]: f["value"] for f in spam.embeds[0]["fields"]}["Messages"]
     assert messages.startswith("2 · rank") and "3 held back by the anti-spam limit today" in messages
+
+
+async def test_stats_say_when_an_excluded_channel_or_role_keeps_voice_time_from_counting(world: World) -> None:
+    """The two remaining reasons of the earning line. (The last one, "the bot lost its connection",
+    cannot be asked about: the command itself arrives over that connection; the unit tests of
+    services.voice.voice_status and exts/tracking cover it.)"""
+    fc, w = world.fc, world
+    muted = fc.add_role(w.guild, "muted")
+    await w.start_bot(EXCLUDED_CHANNELS=str(w.lounge2), EXCLUDED_ROLES=str(muted))
+    await fc.wait_for_commands("stats", guild=w.guild)
+
+    def in_voice(answer: object) -> str:
+        fields = {f["name"]: f["value"] for f in answer.embeds[0]["fields"]}  # type: ignore[attr-defined]
+        return str(fields["In voice now"])
+
+    await fc.voice_join(w.alice, w.lounge2)
+    await fc.voice_join(w.bob, w.lounge2)
+    await asyncio.sleep(0.5)
+    excluded_channel = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.alice})
+    assert "not counting: this channel is excluded from the leaderboard" in in_voice(excluded_channel)
+    await fc.member_update(w.guild, w.carol, roles=[muted])
+    await fc.voice_join(w.carol, w.lounge)
+    await fc.voice_move(w.bob, w.lounge)
+    await asyncio.sleep(0.5)
+    excluded_role = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.carol})
+    assert "not counting: holds a role excluded from the leaderboard" in in_voice(excluded_role)
+    assert "counting now" in in_voice(await fc.slash(w.guild, w.general, w.carol, "stats", {"user": w.bob}))
