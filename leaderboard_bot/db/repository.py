@@ -769,3 +769,31 @@ def finished_seasons(guild_id: int, limit: int) -> list[tuple[int, float, float]
 
 def season(guild_id: int, number: int) -> Season | None:
     return Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number))
+
+# --------------------------------------------------------------------------- charts (issue 12)
+# A member's daily buckets for the /stats chart. One point lookup per day on the primary key
+# (guild_id, day, user_id), not a scan of every member's rows on those days.
+
+
+def member_days(guild_id: int, user_id: int, days: Iterable[str]) -> dict[str, tuple[int, float]]:
+    """The member's stored (messages, voice seconds) on each of ``days`` that has a bucket."""
+    out: dict[str, tuple[int, float]] = {}
+    for chunk in chunked(sorted(set(days)), 400):
+        query: Any = (
+            DailyActivity.select(DailyActivity.day, DailyActivity.messages, DailyActivity.voice_seconds)
+            .where(
+                (DailyActivity.guild_id == guild_id)
+                & DailyActivity.day.in_(chunk)
+                & (DailyActivity.user_id == user_id)
+            )
+            .tuples()
+        )
+        out.update({str(d): (int(m or 0), float(v or 0.0)) for d, m, v in query})
+    return out
+
+
+def member_days_at(guild_id: int, user_id: int, days: Iterable[str]) -> tuple[int, dict[str, tuple[int, float]]]:
+    """:func:`member_days` with the write number of the same snapshot (one read transaction)."""
+    with snapshot():
+        return write_sequence(guild_id), member_days(guild_id, user_id, days)
+

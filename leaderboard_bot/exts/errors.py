@@ -42,6 +42,8 @@ class Reply:
 
     embed: disnake.Embed
     ephemeral: bool = False
+    # A picture the embed shows (``attachment://<its filename>``), uploaded with the answer.
+    file: disnake.File | None = None
 
 
 async def respond_in_time(
@@ -64,12 +66,14 @@ async def respond_in_time(
         if not done:
             await inter.response.defer()
         reply = await task
+        # Only an answer with a picture names the file (a File is read once, when sent).
+        upload: dict[str, Any] = {} if reply.file is None else {"file": reply.file}
         if inter.response.is_done():
             # Deferred publicly: the reply can no longer become ephemeral. Every ephemeral reply
             # (bots, DMs) is decided without I/O, so it is always sent on the fast path.
-            await inter.edit_original_response(embed=reply.embed)
+            await inter.edit_original_response(embed=reply.embed, **upload)
         else:
-            await inter.response.send_message(embed=reply.embed, ephemeral=reply.ephemeral)
+            await inter.response.send_message(embed=reply.embed, ephemeral=reply.ephemeral, **upload)
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():

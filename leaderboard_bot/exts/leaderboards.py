@@ -2,21 +2,29 @@
 running season, a window of days or a finished season) and ``/seasons``.
 
 Every answer goes through ``exts.errors.respond_in_time``: in time, and an apology on errors.
+``/stats`` attaches a chart of the member's days and ``/top chart:true`` one of the board, drawn
+on the charts thread within ``CHART_BUDGET``; a chart that fails or is late is left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
+import io
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
+from loguru import logger
 
 from ..adapters.disnake_names import shown_name
 from ..db.storage import StorageError
 from ..domain import WINDOWS, Board, BoardLine
+from ..services.daily import chart_days, member_days
 from ..services.voice import VoiceRules, voice_status
+from ..ui import charts
 from ..ui.embeds import (
     BoardPeriod,
     finished_season_period,
@@ -28,6 +36,7 @@ from ..ui.embeds import (
     window_period,
 )
 from ..ui.format import day_range_text, display_name
+from ..worker import DaemonWorker
 from .errors import Reply, ready, respond_in_time
 from .tracking import excluded, role_ids
 
@@ -37,6 +46,9 @@ if TYPE_CHECKING:
 SERVER_ONLY = "This command only works in the server."
 SEASONS_SHOWN = 10  # the most recent finished seasons listed by /seasons
 AUTOCOMPLETE_CHOICES = 25  # Discord's cap on autocomplete suggestions
+# A chart (its data and its drawing) gets this long; past it the answer goes without the picture.
+# Drawing takes about 0.1 s (bench/charts.py); the rest is room for a busy machine or database.
+CHART_BUDGET = 2.0
 
 PERIOD_CHOICES = [
     disnake.OptionChoice("This season", "season"),
@@ -50,20 +62,38 @@ WHOSE = commands.Param(None, description="Whose stats to show (default: yours)")
 PAST_SEASON = commands.Param(
     None, ge=1, le=2**31 - 1, description="A finished season's number instead (see /seasons)", name="season"
 )
+CHART = commands.Param(False, description="Attach a bar chart of the board (default: no)")
 
 
 class Scope:
     """What a command was asked to show: the number its figures are stored under (a season's, or
     a window's negative scope) and how to describe it (None: the running season)."""
 
-    def __init__(self, number: int, period: BoardPeriod | None) -> None:
+    def __init__(self, number: int, period: BoardPeriod | None, chart_days: list[str] | None = None) -> None:
         self.number = number
         self.period = period
+        self.chart_days = chart_days or []  # the days /stats charts (services.daily.chart_days)
 
 
 class Leaderboards(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
+        self._charts: DaemonWorker | None = None  # one thread draws every chart, in turn
+
+    @property
+    def chart_worker(self) -> DaemonWorker:
+        if self._charts is None:
+            self._charts = DaemonWorker("leaderboard-charts")
+        return self._charts
+
+    def warm_up_charts(self) -> None:
+        """Import matplotlib and draw one chart on the charts thread now, so the first /stats
+        does not pay for it (about a second; more on a first start that builds its font cache)."""
+        self.chart_worker.submit(charts.warm_up)
+
+    def cog_unload(self) -> None:
+        if self._charts is not None:
+            self._charts.stop(0)  # a daemon thread: a chart being drawn never holds up a stop
 
     # ------------------------------------------------------------------ commands
 
@@ -73,17 +103,29 @@ class Leaderboards(commands.Cog):
 
     @top.sub_command(name="messages")
     async def top_messages(
-        self, inter: ApplicationCommandInteraction, period: str = PERIOD, past_season: int | None = PAST_SEASON
+        self,
+        inter: ApplicationCommandInteraction,
+        period: str = PERIOD,
+        past_season: int | None = PAST_SEASON,
+        chart: bool = CHART,
     ) -> None:
         """Top members by messages this season, or over another stretch of time."""
-        await self._answer(inter, "top messages", lambda: self._top_reply(inter, "messages", period, past_season))
+        await self._answer(
+            inter, "top messages", lambda: self._top_reply(inter, "messages", period, past_season, chart=chart)
+        )
 
     @top.sub_command(name="voice")
     async def top_voice(
-        self, inter: ApplicationCommandInteraction, period: str = PERIOD, past_season: int | None = PAST_SEASON
+        self,
+        inter: ApplicationCommandInteraction,
+        period: str = PERIOD,
+        past_season: int | None = PAST_SEASON,
+        chart: bool = CHART,
     ) -> None:
         """Top members by voice time this season, or over another stretch of time."""
-        await self._answer(inter, "top voice", lambda: self._top_reply(inter, "voice", period, past_season))
+        await self._answer(
+            inter, "top voice", lambda: self._top_reply(inter, "voice", period, past_season, chart=chart)
+        )
 
     @commands.slash_command(name="stats")
     async def stats(
@@ -150,14 +192,20 @@ class Leaderboards(commands.Cog):
             if period != "season":
                 return _private("Pick either a period or a past season, not both.")
             if past_season == current.number:
-                return Scope(current.number, None)
+                return Scope(current.number, None, chart_days(self._today()))
             info = await seasons.finished_season(past_season)
             if info is None:
                 return _private(_no_such_season(past_season, current.number, await seasons.finished()))
             ended_at = info.ended_at or info.ends_at
-            return Scope(info.number, finished_season_period(info.number, info.started_at, ended_at))
+            calendar = self.bot.services.activity.calendar
+            season_days = (calendar.day_of(info.started_at), calendar.day_of(max(info.started_at, ended_at - 1)))
+            return Scope(
+                info.number,
+                finished_season_period(info.number, info.started_at, ended_at),
+                chart_days(self._today(), season=season_days),
+            )
         if period == "season":
-            return Scope(current.number, None)
+            return Scope(current.number, None, chart_days(self._today()))
         window = WINDOWS.get(period)  # type: ignore[call-overload]
         if window is None:  # (only a stale command registration could send another value)
             return _private("That period isn't available. Pick one from the list.")
@@ -170,10 +218,20 @@ class Leaderboards(commands.Cog):
             zone=calendar.zone_name,
             first_day=calendar.day_of(first_start),
         )
-        return Scope(window.scope, board_period)
+        return Scope(window.scope, board_period, chart_days(self._today(), window_days=window.days))
+
+    def _today(self) -> str:
+        activity = self.bot.services.activity
+        return activity.calendar.day_of(activity.clock())
 
     async def _top_reply(
-        self, inter: ApplicationCommandInteraction, board: Board, period: str = "season", past_season: int | None = None
+        self,
+        inter: ApplicationCommandInteraction,
+        board: Board,
+        period: str = "season",
+        past_season: int | None = None,
+        *,
+        chart: bool = False,
     ) -> Reply:
         bot = self.bot
         scope = await self._scope(period, past_season)
@@ -187,20 +245,22 @@ class Leaderboards(commands.Cog):
         caller_line = None
         if caller is not None and rank is not None:
             caller_line = BoardLine(rank=rank, name=shown_name(author), user_id=author.id, value=caller.value)
-        return Reply(
-            leaderboard_embed(
-                board=board,
-                lines=lines,
-                arrow=bot.services.settings.current.arrow_emoji,
-                guild_icon_url=guild_icon_url(inter.guild),
-                season_number=season.number,
-                season_ends_at=season.ends_at,
-                changed_at=bot.services.boards.changed_at(board),
-                caller_line=caller_line,
-                stale=stale,
-                period=scope.period,
-            )
+        embed = leaderboard_embed(
+            board=board,
+            lines=lines,
+            arrow=bot.services.settings.current.arrow_emoji,
+            guild_icon_url=guild_icon_url(inter.guild),
+            season_number=season.number,
+            season_ends_at=season.ends_at,
+            changed_at=bot.services.boards.changed_at(board),
+            caller_line=caller_line,
+            stale=stale,
+            period=scope.period,
         )
+        if not chart or not lines:
+            return Reply(embed)  # an empty board has nothing to draw: its text says so
+        draw = partial(charts.top_chart, board, list(lines), highlight=author.id)
+        return with_picture(embed, await self._picture(self.chart_worker.run(draw), charts.TOP_FILENAME))
 
     async def _stats_reply(
         self,
@@ -221,15 +281,19 @@ class Leaderboards(commands.Cog):
         scope = await self._scope(period, past_season)
         if isinstance(scope, Reply):
             return scope
+        # The chart's days are read and drawn while the figures are: no extra wait. A task that is
+        # not awaited (a notice, an error) ends by itself within CHART_BUDGET.
+        picture = asyncio.ensure_future(self._picture(self._activity_chart(target.id, scope), charts.ACTIVITY_FILENAME))
         season = bot.services.seasons.current
         standing = await bot.services.rankings.standing_for_reply(target.id, scope.number)
         best = await bot.services.rankings.best_finished(target.id)
         live = scope.period is None or scope.period.live
         in_channel = self._voice_channel(target) if live else None
         if standing.messages <= 0 and standing.voice_seconds <= 0 and in_channel is None and best is None:
+            picture.cancel()
             during = "this season yet" if scope.period is None else scope.period.during
             return Reply(notice_embed(f"{_safe(name, target.id)} hasn't been active {during}."))
-        return Reply(
+        return with_picture(
             stats_embed(
                 name=name,
                 avatar_url=target.display_avatar.url,
@@ -246,8 +310,33 @@ class Leaderboards(commands.Cog):
                 held_back_today=bot.services.activity.held_back_today(target.id),
                 period=scope.period,
                 best_season=best,
-            )
+            ),
+            await picture,
         )
+
+    async def _activity_chart(self, user_id: int, scope: Scope) -> bytes | None:
+        """The member's days (services.daily) drawn on the charts thread; None: no data to draw."""
+        services = self.bot.services
+        series = await member_days(services.storage, services.activity, user_id, scope.chart_days)
+        if series is None:
+            return None
+        first, last = series.days[0], series.days[-1]
+        caption = f"{day_range_text(first, last)} · {services.activity.calendar.zone_name} days"
+        draw = partial(charts.activity_chart, series.days, series.messages, series.voice_seconds, caption=caption)
+        return await self.chart_worker.run(draw)
+
+    async def _picture(self, work: Awaitable[bytes | None], filename: str) -> disnake.File | None:
+        """The chart ``work`` draws, as an attachment named ``filename``; None (the answer goes
+        without it) when it fails or takes longer than CHART_BUDGET."""
+        try:
+            png = await asyncio.wait_for(work, CHART_BUDGET)
+        except TimeoutError:
+            logger.warning("the chart {} took over {:.1f}s: answered without it", filename, CHART_BUDGET)
+            return None
+        except Exception:
+            logger.opt(exception=True).warning("could not draw the chart {}: answered without it", filename)
+            return None
+        return None if not png else disnake.File(io.BytesIO(png), filename=filename)
 
     def _voice_channel(self, target: disnake.User | disnake.Member) -> Any:
         state = target.voice if isinstance(target, disnake.Member) else None
@@ -281,6 +370,14 @@ def _private(text: str) -> Reply:
     return Reply(notice_embed(text), ephemeral=True)
 
 
+def with_picture(embed: disnake.Embed, picture: disnake.File | None) -> Reply:
+    """The reply, showing ``picture`` as the embed's image when there is one."""
+    if picture is None:
+        return Reply(embed)
+    embed.set_image(url=f"attachment://{picture.filename}")
+    return Reply(embed, file=picture)
+
+
 def _no_such_season(number: int, current: int, finished: list[Any]) -> str:
     if number > current:
         return f"Season {number} hasn't started yet: this is season {current}."
@@ -300,4 +397,6 @@ def _safe(name: str, user_id: int) -> str:
 
 
 def setup(bot: LeaderboardBot) -> None:
-    bot.add_cog(Leaderboards(bot))
+    cog = Leaderboards(bot)
+    bot.add_cog(cog)
+    cog.warm_up_charts()
