@@ -27,6 +27,7 @@ EXTENSIONS = (
     "leaderboard_bot.exts.seasons",
     "leaderboard_bot.exts.health",
     "leaderboard_bot.exts.admin",
+    "leaderboard_bot.exts.privacy",
 )
 STANDBY_EXTENSIONS = ("leaderboard_bot.exts.health",)  # /healthz says "standby"; nothing else runs
 

@@ -797,3 +797,243 @@ def member_days_at(guild_id: int, user_id: int, days: Iterable[str]) -> tuple[in
     with snapshot():
         return write_sequence(guild_id), member_days(guild_id, user_id, days)
 
+
+# --------------------------------------------------------------------------- privacy and exports (issue 12)
+# A member's privacy choice is a setting row ``privacy:<user id>`` (see services.privacy); /privacy
+# export reads everything stored about one member, /privacy delete erases it, /leaderboard export
+# streams one scope's rows with their ranks (see services.exports).
+
+PRIVACY_PREFIX = "privacy:"
+EXPORT_CHUNK = 2_000  # rows handed to the CSV writer at a time
+
+
+def privacy_key(user_id: int) -> str:
+    return f"{PRIVACY_PREFIX}{user_id}"
+
+
+def member_tables() -> list[type[Any]]:
+    """Every table with a ``user_id`` column, scoped by ``guild_id``: what names a member."""
+    from .models import ALL_MODELS
+
+    return [m for m in ALL_MODELS if "user_id" in m._meta.fields and "guild_id" in m._meta.fields]
+
+
+def _names_member(key: str, user_id: int) -> bool:
+    """Whether a setting key holds the member's id as one of its numbers (``privacy:<id>``)."""
+    return str(user_id) in "".join(ch if ch.isdigit() else " " for ch in key).split()
+
+
+def erase_member(guild_id: int, user_id: int, keep: Mapping[str, Any]) -> dict[str, int]:
+    """Delete every row about the member in this guild (every table with a user_id column: every
+    season's and window's totals, daily buckets, voice sessions, name, best placing; and settings
+    whose key names them), then store the ``keep`` settings (the stop marker), in one transaction.
+    Returns the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    with database_proxy.atomic():
+        for model in member_tables():
+            table = model._meta.table_name
+            deleted[table] = int(
+                model.delete().where((model.guild_id == guild_id) & (model.user_id == user_id)).execute()
+            )
+        naming: Any = (
+            Setting.select(Setting.key)
+            .where((Setting.guild_id == guild_id) & Setting.key.contains(str(user_id)))
+            .tuples()
+        )
+        keys = [str(k) for (k,) in naming if _names_member(str(k), user_id)]
+        if keys:
+            deleted["setting"] = int(
+                Setting.delete().where((Setting.guild_id == guild_id) & Setting.key.in_(keys)).execute()
+            )
+        for key, value in keep.items():
+            _set_setting(guild_id, key, value)
+    ranked = _ranked.get(database_proxy.obj, {})  # the boards shrank without a new write number
+    for board_key in [k for k in ranked if k[0] == guild_id]:
+        ranked.pop(board_key, None)
+    return deleted
+
+
+def member_data(guild_id: int, user_id: int) -> dict[str, Any]:
+    """Everything stored about one member, from one read transaction (for /privacy export)."""
+    with snapshot():
+        season_query: Any = (
+            Season.select(Season.number, Season.started_at, Season.ended_at).where(Season.guild_id == guild_id).tuples()
+        )
+        seasons = {int(n): (float(s), None if e is None else float(e)) for n, s, e in season_query}
+        totals: Any = (
+            MemberStats.select(MemberStats.season, MemberStats.messages, MemberStats.voice_seconds)
+            .where((MemberStats.guild_id == guild_id) & (MemberStats.user_id == user_id))
+            .order_by(MemberStats.season)
+            .tuples()
+        )
+        season_rows, window_rows = [], []
+        for number, messages, voice in totals:
+            row = {"messages": int(messages), "voice_seconds": float(voice)}
+            if number > 0:
+                started, ended = seasons.get(int(number), (None, None))
+                season_rows.append({"season": int(number), "started_at": started, "ended_at": ended, **row})
+            else:
+                window_rows.append({"scope": int(number), **row})
+        days: Any = (
+            DailyActivity.select(DailyActivity.day, DailyActivity.messages, DailyActivity.voice_seconds)
+            .where((DailyActivity.guild_id == guild_id) & (DailyActivity.user_id == user_id))
+            .order_by(DailyActivity.day)
+            .tuples()
+        )
+        sessions: Any = (
+            VoiceSession.select(
+                VoiceSession.channel_id, VoiceSession.started_at, VoiceSession.last_seen_at, VoiceSession.ended_at
+            )
+            .where((VoiceSession.guild_id == guild_id) & (VoiceSession.user_id == user_id))
+            .order_by(VoiceSession.started_at)
+            .tuples()
+        )
+        name = MemberName.get_or_none((MemberName.guild_id == guild_id) & (MemberName.user_id == user_id))
+        best = best_placing(guild_id, user_id)
+        return {
+            "seasons": season_rows,
+            "windows": window_rows,
+            "days": [{"day": str(d), "messages": int(m), "voice_seconds": float(v)} for d, m, v in days],
+            "voice_sessions": [
+                {"channel_id": int(c), "started_at": float(s), "last_seen_at": float(seen),
+                 "ended_at": None if e is None else float(e)}
+                for c, s, seen, e in sessions
+            ],
+            "name": None
+            if name is None
+            else {"display_name": str(name.display_name), "username": name.username, "updated_at": name.updated_at},
+            "best_placing": None
+            if best is None
+            else {"season": best[0], "board": best[1], "rank": best[2], "value": best[3]},
+            "privacy": get_setting(guild_id, privacy_key(user_id)),
+        }
+
+
+def day_span() -> tuple[str, str]:
+    """The widest day range: every stored day is between these names."""
+    return "0000-00-00", "9999-99-99"
+
+
+# One export row: (day or None, user id, stored name or None, messages, voice seconds, message
+# rank, voice rank); ranks are board order (value descending, then user id) over every row of the
+# scope (per day: of that day), hidden members included: the writer renumbers without them.
+ExportRow = tuple[str | None, int, str | None, int, float, int, int]
+
+_EXPORT_NAME = 'LEFT JOIN "member_name" AS n ON n."guild_id" = t."guild_id" AND n."user_id" = t."user_id"'
+
+
+def _export_sql(param: str, *, scope: int | None, per_day: bool) -> str:
+    p = param
+    if per_day:
+        return (
+            'SELECT t."day", t."user_id", n."display_name", t."messages", t."voice_seconds", '
+            'ROW_NUMBER() OVER (PARTITION BY t."day" ORDER BY t."messages" DESC, t."user_id") AS "mr", '
+            'ROW_NUMBER() OVER (PARTITION BY t."day" ORDER BY t."voice_seconds" DESC, t."user_id") AS "vr" '
+            f'FROM "daily_activity" AS t {_EXPORT_NAME} '
+            f'WHERE t."guild_id" = {p} AND t."day" BETWEEN {p} AND {p} ORDER BY t."day", "mr"'
+        )
+    if scope is not None:
+        source = f'(SELECT "guild_id", "user_id", "messages", "voice_seconds" FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p})'  # noqa: E501
+    else:
+        source = (
+            '(SELECT "guild_id", "user_id", SUM("messages") AS "messages", SUM("voice_seconds") AS "voice_seconds" '
+            f'FROM "daily_activity" WHERE "guild_id" = {p} AND "day" BETWEEN {p} AND {p} '
+            'GROUP BY "guild_id", "user_id")'
+        )
+    return (
+        'SELECT NULL, t."user_id", n."display_name", t."messages", t."voice_seconds", '
+        'ROW_NUMBER() OVER (ORDER BY t."messages" DESC, t."user_id") AS "mr", '
+        'ROW_NUMBER() OVER (ORDER BY t."voice_seconds" DESC, t."user_id") AS "vr" '
+        f'FROM {source} AS t {_EXPORT_NAME} ORDER BY "mr"'
+    )
+
+
+def export_values_of(
+    guild_id: int, user_ids: Iterable[int], *, scope: int | None, first_day: str, last_day: str, per_day: bool
+) -> list[tuple[str | None, int, int, float]]:
+    """(day or None, user, messages, voice seconds) of these members in the export's scope."""
+    out: list[tuple[str | None, int, int, float]] = []
+    for chunk in chunked(sorted(set(user_ids)), 500):
+        if scope is not None and not per_day:
+            for user, (messages, voice) in totals_of(guild_id, scope, chunk).items():
+                out.append((None, user, messages, voice))
+            continue
+        where = (
+            (DailyActivity.guild_id == guild_id)
+            & DailyActivity.day.between(first_day, last_day)
+            & DailyActivity.user_id.in_(chunk)
+        )
+        if per_day:
+            query: Any = (
+                DailyActivity.select(
+                    DailyActivity.day, DailyActivity.user_id, DailyActivity.messages, DailyActivity.voice_seconds
+                )
+                .where(where)
+                .tuples()
+            )
+            out.extend((str(d), int(u), int(m), float(v)) for d, u, m, v in query)
+        else:
+            query = (
+                DailyActivity.select(
+                    DailyActivity.user_id, fn.SUM(DailyActivity.messages), fn.SUM(DailyActivity.voice_seconds)
+                )
+                .where(where)
+                .group_by(DailyActivity.user_id)
+                .tuples()
+            )
+            out.extend((None, int(u), int(m or 0), float(v or 0.0)) for u, m, v in query)
+    return out
+
+
+def export_rows(
+    guild_id: int,
+    *,
+    scope: int | None,
+    first_day: str,
+    last_day: str,
+    per_day: bool,
+    excluded: Iterable[int],
+    on_excluded: Callable[[list[tuple[str | None, int, int, float]]], None],
+    emit: Callable[[list[ExportRow]], None],
+    chunk: int = EXPORT_CHUNK,
+) -> None:
+    """Stream an export from one read transaction: first the ``excluded`` members' values (so
+    the writer can renumber the ranks without them), then every row in chunks, in rank order.
+    ``scope``: a season number or window scope (member_stats), or None for the daily buckets from
+    ``first_day`` to ``last_day``; ``per_day``: one row per member per day of that day range."""
+    database = database_proxy.obj
+    with snapshot():
+        on_excluded(
+            export_values_of(guild_id, excluded, scope=scope, first_day=first_day, last_day=last_day, per_day=per_day)
+        )
+        sql = _export_sql(database.param, scope=None if per_day else scope, per_day=per_day)
+        params: tuple[Any, ...] = (
+            (guild_id, scope) if scope is not None and not per_day else (guild_id, first_day, last_day)
+        )
+        with _PEEWEE_ERRORS:
+            cursor = database.cursor()
+            try:
+                cursor.execute(sql, params)
+                while rows := cursor.fetchmany(chunk):
+                    emit(
+                        [
+                            (None if d is None else str(d), int(u), None if n is None else str(n), int(m), float(v),
+                             int(mr), int(vr))
+                            for d, u, n, m, v, mr, vr in rows
+                        ]
+                    )
+            finally:
+                cursor.close()
+
+
+def stored_days(guild_id: int) -> tuple[str, str] | None:
+    """The first and last day with a daily bucket (None: none yet)."""
+    row = (
+        DailyActivity.select(fn.MIN(DailyActivity.day), fn.MAX(DailyActivity.day))
+        .where(DailyActivity.guild_id == guild_id)
+        .tuples()
+        .first()
+    )
+    if row is None or row[0] is None:
+        return None
+    return str(row[0]), str(row[1])

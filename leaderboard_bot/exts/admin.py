@@ -1,5 +1,6 @@
 """``/leaderboard``: the server managers' commands. ``reset`` ends the season (the confirmation flow
-lives with the seasons); ``settings`` shows and changes the runtime settings without a restart."""
+lives with the seasons); ``settings`` shows and changes the runtime settings without a restart; ``export`` hands over a
+CSV (built in exts/privacy, which knows who chose to hide)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..ui.embeds import notice_embed, settings_embed
 
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
+    from .privacy import Privacy
     from .seasons import Seasons
 
 MANAGERS_ONLY = "You need the **Manage Server** permission for this, in the server."
@@ -46,6 +48,31 @@ class Admin(commands.Cog):
             await inter.response.send_message(embed=notice_embed("Seasons are not running."), ephemeral=True)
             return
         await seasons.ask_reset(inter)
+
+    @leaderboard.sub_command(
+        name="export", description="A CSV of a season, a period or a date range (members who chose to hide: a count)"
+    )
+    async def export(
+        self,
+        inter: ApplicationCommandInteraction,
+        season: int | None = commands.Param(default=None, ge=1, description="A season number (default: the current)"),
+        period: str | None = commands.Param(
+            default=None, choices=["today", "week", "month", "all-time"], description="Instead of a season"
+        ),
+        first_day: str | None = commands.Param(default=None, description="A date range instead: first day, YYYY-MM-DD"),
+        last_day: str | None = commands.Param(default=None, description="A date range instead: last day, YYYY-MM-DD"),
+        per_day: bool = commands.Param(default=False, description="One row per member per day"),
+    ) -> None:
+        if not self._allowed(inter):
+            await self._refuse(inter)
+            return
+        privacy: Privacy | None = self.bot.get_cog("Privacy")  # type: ignore[assignment]
+        if privacy is None:
+            await inter.response.send_message(embed=notice_embed("Exports are not running."), ephemeral=True)
+            return
+        await privacy.export_board(
+            inter, season=season, period=period, first_day=first_day, last_day=last_day, per_day=per_day
+        )
 
     @leaderboard.sub_command_group(name="settings")
     async def settings(self, inter: ApplicationCommandInteraction) -> None:

@@ -11,6 +11,7 @@ from disnake.ext import commands, tasks
 from loguru import logger
 
 from ..config import Tunables
+from ..services.privacy import STOPPED
 from ..services.voice import VoicePresence
 
 if TYPE_CHECKING:
@@ -70,14 +71,18 @@ class Tracking(commands.Cog):
         self.membership = bot.services.membership
         self.health = bot.services.health
         self.settings = bot.services.settings
+        self.privacy = bot.services.privacy
+        self._stopped = bot.services.privacy.stopped_live  # /privacy stop: never counted (a live set)
         self.guild_id = bot.config.guild_id
         self._watching_sessions = False  # on_socket_event_type is a listener only while disconnected
         self._contact_epoch = 0
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_privacy: Callable[[], None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
+        self._unsubscribe_privacy = self.privacy.subscribe(self._on_privacy)
         self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()
         self.prune_loop.start()
@@ -96,6 +101,8 @@ class Tracking(commands.Cog):
         self._watch_sessions(False)
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unsubscribe_privacy is not None:
+            self._unsubscribe_privacy()
 
     def _on_settings(self, old: Tunables, new: Tunables) -> None:
         if new.flush_interval != old.flush_interval:
@@ -103,6 +110,16 @@ class Tracking(commands.Cog):
         if (new.excluded_channels, new.excluded_roles) != (old.excluded_channels, old.excluded_roles):
             # Who counts in voice may change right now (a member in a newly excluded channel stops).
             task = asyncio.ensure_future(self.reconcile("exclusions changed"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_privacy(self, user_id: int, before: frozenset[str], after: frozenset[str]) -> None:
+        if STOPPED in after and STOPPED not in before:
+            # Like a member in an excluded channel: out of voice for the tracker, counted up to now.
+            self.tracker.record_voice(user_id, None)
+        elif STOPPED in before and STOPPED not in after:
+            # Counting again: if they are in voice right now, their time counts from now.
+            task = asyncio.ensure_future(self.reconcile("a member counts again"))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -143,6 +160,8 @@ class Tracking(commands.Cog):
             message.channel, role_ids(author) if tunables.excluded_roles else (), tunables
         ):
             return
+        if author.id in self._stopped:
+            return  # /privacy stop
         # The snowflake's time, not ours: a burst handled late is judged as it was sent.
         sent_at = ((message.id >> 22) + DISCORD_EPOCH_MS) / 1000.0
         if self.tracker.record_message(author.id, sent_at):
@@ -169,6 +188,8 @@ class Tracking(commands.Cog):
             roles=role_ids(member),
             tunables=self.bot.services.settings.current,
         )
+        if member.id in self._stopped:
+            presence = None  # /privacy stop: treated like an excluded member
         self.tracker.record_voice(member.id, presence)
 
     async def on_socket_event_type(self, event: str) -> None:
@@ -253,7 +274,7 @@ class Tracking(commands.Cog):
                 presence = voice_presence(
                     guild, state, is_bot=is_bot, roles=role_ids(member), tunables=self.bot.services.settings.current
                 )
-                if presence is None:
+                if presence is None or user_id in self._stopped:
                     continue
                 actual[user_id] = presence
                 if member is not None and not member.bot:

@@ -195,6 +195,25 @@ class ActivityService:
         """Events were lost: the gap is never credited (see VoiceTracker.suspend)."""
         self.voice.suspend(self.clock())
 
+    def forget(self, user_id: int) -> int:
+        """Drop the member's counts not yet written (``/privacy delete``): their message rows,
+        and their voice credit and sessions waiting for a flush. Call with :meth:`quiescent` held
+        (no write under way) and after they stopped counting. Returns the rows dropped."""
+        mine = [key for key in self._messages if key[1] == user_id]
+        for key in mine:
+            del self._messages[key]
+        self._held_back.pop(user_id, None)
+        drained = self.voice.checkpoint(self.clock())  # public API: take everything, give back the rest
+        opened = [key for key, session in drained.opened.items() if session.user_id == user_id]
+        seconds = [key for key in drained.seconds if key[1] == user_id]
+        for key in seconds:
+            del drained.seconds[key]
+        for session_key in opened:
+            del drained.opened[session_key]
+            drained.closed.pop(session_key, None)
+        self.voice.restore(drained)
+        return len(mine) + len(seconds) + len(opened)
+
     def pending_messages(self, user_id: int) -> int:
         return sum(n for (_, user), n in self._messages.items() if user == user_id)
 

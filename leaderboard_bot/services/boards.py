@@ -17,6 +17,7 @@ from ..db import Storage, repository
 from ..domain import BOARDS, Board, BoardLine, FinishedSeason, RankedEntry
 from .membership import MembershipService
 from .names import NameService
+from .privacy import PrivacyService
 from .ranking import Rankings, TopReply
 from .seasons import SeasonService
 from .settings import RuntimeSettings
@@ -62,6 +63,7 @@ class BoardService:
         settings: RuntimeSettings,
         clock: Callable[[], float] = time.time,
         membership: MembershipService | None = None,
+        privacy: PrivacyService | None = None,
     ) -> None:
         self.storage = storage
         self.guild_id = guild_id
@@ -71,6 +73,7 @@ class BoardService:
         self.settings = settings
         self.clock = clock
         self.membership = membership  # HIDE_DEPARTED: who left the server
+        self.privacy = privacy  # /privacy hide, stop, delete: never listed
         self._changes: dict[Board, _LastChange] = {board: _LastChange() for board in BOARDS}
         self._saved: dict[Board, dict[str, object]] = {}
 
@@ -88,12 +91,13 @@ class BoardService:
 
     async def lines(self, board: Board, *, season: int | None = None) -> list[BoardLine]:
         """The top of a board with display names, for the current season or an archived one
-        (``season`` is passed to the rankings as it is). With HIDE_DEPARTED, members who left the
-        server are left out and the lines below move up."""
+        (``season`` is passed to the rankings as it is). Members who chose to be hidden (or not
+        counted) are left out, and with HIDE_DEPARTED members who left the server: the lines below
+        move up."""
         season = self.seasons.current_number() if season is None else season
         size = self.settings.current.leaderboard_size
         membership = self._hiding()
-        if membership is None:
+        if membership is None and not self._unlisted():
             return await self._named(await self.rankings.top(board, size, season))
 
         async def top(limit: int) -> TopReply:
@@ -114,10 +118,11 @@ class BoardService:
         caller is among those, otherwise it may still count departed members further down."""
         size = self.settings.current.leaderboard_size
         membership = self._hiding()
-        if membership is None:
+        if membership is None and not self._unlisted():
             reply = await self.rankings.top_for_reply(board, size, season, caller=caller)
             return await self._named(reply.entries), reply.caller, reply.caller_rank, reply.stale
-        membership.note_present(caller)  # they are using a command in the server: here
+        if membership is not None:
+            membership.note_present(caller)  # they are using a command in the server: here
 
         async def top(limit: int) -> TopReply:
             return await self.rankings.top_for_reply(board, limit, season, caller=caller)
@@ -126,7 +131,9 @@ class BoardService:
         kept = [e for e in reply.entries if e.user_id not in gone]
         shown = kept[:size]
         caller_entry, caller_rank = None, None
-        if not any(e.user_id == caller for e in shown):
+        if caller in gone:
+            pass  # hidden by their own choice: /top is public, so no "your rank" line (/stats has it)
+        elif not any(e.user_id == caller for e in shown):
             position = next((i for i, e in enumerate(kept, start=1) if e.user_id == caller), None)
             if position is not None:  # read, but below the shown lines: its place among those read
                 caller_entry, caller_rank = kept[position - 1], position
@@ -136,6 +143,10 @@ class BoardService:
                 caller_entry, caller_rank = reply.caller, max(1, reply.caller_rank - gone_ahead)
         return await self._named(shown), caller_entry, caller_rank, reply.stale
 
+    def _unlisted(self) -> frozenset[int]:
+        """Members never listed by their own choice (/privacy hide, stop, delete)."""
+        return frozenset() if self.privacy is None else self.privacy.unlisted
+
     def _hiding(self) -> MembershipService | None:
         """The membership service when HIDE_DEPARTED is on (None: show everyone, ask nothing)."""
         if self.membership is None or not self.settings.current.hide_departed:
@@ -144,22 +155,27 @@ class BoardService:
 
     async def _without_departed(
         self,
-        membership: MembershipService,
+        membership: MembershipService | None,
         top: Callable[[int], Awaitable[TopReply]],
         size: int,
         *,
         keep: int | None = None,
     ) -> tuple[TopReply, set[int]]:
-        """Read ``size`` + :data:`EXTRA_CANDIDATES` entries, more while too many of them left and
-        the board has more, and find who left among them. Lookups share one time budget: those
-        without an answer by then are shown."""
+        """Read ``size`` + :data:`EXTRA_CANDIDATES` entries, more while too many of them are left
+        out and the board has more, and find who is left out among them: members hidden by their
+        own choice (the caller ``keep`` too: they are not listed either), and with ``membership``
+        (HIDE_DEPARTED) who left. Lookups share one time budget: those without an answer by then
+        are shown."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + membership.budget
+        deadline = loop.time() + (0.0 if membership is None else membership.budget)
         limit = size + EXTRA_CANDIDATES
         while True:
             reply = await top(limit)
-            candidates = [e.user_id for e in reply.entries if e.user_id != keep]
-            gone = await membership.departed(candidates, budget=max(0.0, deadline - loop.time()))
+            unlisted = self._unlisted()
+            gone = {e.user_id for e in reply.entries if e.user_id in unlisted}
+            if membership is not None:
+                candidates = [e.user_id for e in reply.entries if e.user_id != keep and e.user_id not in gone]
+                gone |= await membership.departed(candidates, budget=max(0.0, deadline - loop.time()))
             kept = len(reply.entries) - len(gone)
             # A stale reply is the last figures read: a longer read would wait for the database.
             if kept >= size or len(reply.entries) < limit or limit >= MOST_CANDIDATES or reply.stale:
@@ -180,10 +196,22 @@ class BoardService:
         for number, started_at, ended_at in seasons:
             winners = {}
             for board in BOARDS:
-                top = await self.rankings.top(board, 1, number)
+                top = await self._first_listed(board, number)
                 winners[board] = (await self._named(top))[0] if top else None
             out.append(FinishedSeason(number, started_at, ended_at, winners))
         return out
+
+    async def _first_listed(self, board: Board, season: int) -> list[RankedEntry]:
+        """The season's leader, passing over members hidden by their own choice (as one entry,
+        or none). Members who left stay: a past season's winner is history."""
+        limit = 1
+        while True:
+            unlisted = self._unlisted()
+            top = await self.rankings.top(board, limit, season)
+            listed = [e for e in top if e.user_id not in unlisted]
+            if listed or len(top) < limit or limit >= MOST_CANDIDATES:
+                return listed[:1]
+            limit = min(MOST_CANDIDATES, limit + len(unlisted) + EXTRA_CANDIDATES)
 
     def changed_at(self, board: Board) -> float | None:
         """When what the board shows last changed (None before it was ever shown)."""

@@ -16,6 +16,7 @@ from .health import HealthMonitor, Sources
 from .lease import LeaseService
 from .membership import MemberLookup, MembershipService
 from .names import NameService, NameSource
+from .privacy import PrivacyService
 from .ranking import Rankings, TopCache
 from .ratelimit import MessageGuard, NullGuard, SpamGuard
 from .recovery import RecoveryFile
@@ -57,6 +58,7 @@ class Services:
     settings_store: SettingsStore
     lease: LeaseService
     membership: MembershipService
+    privacy: PrivacyService
 
     async def open(self) -> None:
         """Open the database and restore state (seasons, saved counts, board history)."""
@@ -71,6 +73,7 @@ class Services:
     async def activate(self) -> None:
         """Restore what counting needs (this instance holds the lease, or runs alone)."""
         await self.activity.start()  # first: a season roll saved in the recovery file is applied here
+        await self.privacy.load()  # before the listeners start: a stopped member is never counted
         await self.seasons.load()
         await self.boards.load()
         self.rankings.warm()
@@ -129,6 +132,8 @@ def build_services(
     )
     activity.observe_flush = health.flushed
     membership = MembershipService(members, enabled=lambda: settings.current.hide_departed, clock=clock)
+    privacy = PrivacyService(storage, guild_id=guild_id, activity=activity, names=names)
+    names.withheld = privacy.stopped_live  # /privacy stop: no name stored
     boards = BoardService(
         storage,
         guild_id=guild_id,
@@ -138,6 +143,7 @@ def build_services(
         settings=settings,
         clock=clock,
         membership=membership,
+        privacy=privacy,
     )
 
     def apply(old: Tunables, new: Tunables) -> None:
@@ -153,4 +159,6 @@ def build_services(
 
     settings.subscribe(apply)
     store = SettingsStore(settings, storage, guild_id)
-    return Services(settings, storage, names, activity, seasons, rankings, boards, health, store, lease, membership)
+    return Services(
+        settings, storage, names, activity, seasons, rankings, boards, health, store, lease, membership, privacy
+    )

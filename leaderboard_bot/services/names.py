@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from loguru import logger
@@ -56,12 +57,17 @@ class NameService:
         # Only a definite "no such user" is remembered, and only for a while: an account
         # can come back, and a 5xx or a timeout says nothing about the user at all.
         self._not_found_until: dict[int, float] = {}
+        # /privacy stop: members whose names are never stored (services.privacy sets this).
+        # A live set (one membership test per message, no call).
+        self.withheld: AbstractSet[int] = frozenset()
 
     # ------------------------------------------------------------------ what was seen
 
     def seen(self, user_id: int, nick: str | None, global_name: str | None, username: str) -> None:
         """A member's names as Discord sent them (every message and voice event): the shown name is
         worked out, and written with the next flush, only when they changed since last seen."""
+        if user_id in self.withheld:
+            return  # /privacy stop: no name stored
         fingerprint = hash((nick, global_name, username))
         if self._fingerprints.get(user_id) == fingerprint:
             return  # the usual case: one hash and one lookup per message
@@ -72,6 +78,8 @@ class NameService:
 
     def remember(self, user_id: int, display_name: str, username: str | None) -> None:
         """Keep the latest name; it is written with the next flush only when it changed."""
+        if user_id in self.withheld:
+            return  # /privacy stop: neither kept nor written
         if username == display_name:
             display_name = username  # one string kept, not two equal ones
         entry = (display_name, username)
@@ -82,6 +90,12 @@ class NameService:
         known.move_to_end(user_id)
         if len(known) > self.known_names:
             known.popitem(last=False)
+
+    def forget(self, user_id: int) -> None:
+        """/privacy stop or delete: drop the member's name from memory, written or not."""
+        self._known.pop(user_id, None)
+        self._fingerprints.pop(user_id, None)
+        self._unwritten.pop(user_id, None)
 
     def known_name(self, user_id: int) -> str | None:
         entry = self._known.get(user_id)

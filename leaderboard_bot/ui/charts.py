@@ -59,8 +59,8 @@ def activity_chart(
     top, bottom = figure.subplots(2, 1, sharex=True)
     positions = list(range(len(days)))
     width = 0.72 if len(days) > 1 else 0.4
-    top.bar(positions, counts, width=width, color=PURPLE, edgecolor=TINT, linewidth=0.6)
-    bottom.bar(positions, hours, width=width, color=TINT, edgecolor=TINT, linewidth=0.6)
+    _bars(top, positions, counts, width, [PURPLE] * len(counts))
+    _bars(bottom, positions, hours, width, [TINT] * len(hours))
     _style(top, "Messages", max(counts, default=0.0), _compact)
     _style(bottom, "Voice (hours)", max(hours, default=0.0), _hours)
     if not any(counts) and not any(hours):
@@ -71,7 +71,7 @@ def activity_chart(
     bottom.set_xticks(ticks, [_day_label(days[i]) for i in ticks])
     if caption:
         figure.suptitle(_printable(caption, 60), color=GREY, fontsize=7, x=0.99, ha="right", y=0.985)
-    figure.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.11, hspace=0.35)
+    figure.subplots_adjust(left=0.11, right=0.96, top=0.9, bottom=0.11, hspace=0.35)
     return _png(figure)
 
 
@@ -85,10 +85,14 @@ def top_chart(board: Board, lines: Sequence[BoardLine], *, highlight: int | None
     values = [_finite(line.value) / (3600.0 if voice else 1.0) for line in lines]
     positions = list(range(len(lines)))
     colours = [TINT if line.user_id == highlight else PURPLE for line in lines]
-    axes.barh(positions, values, height=0.7, color=colours, edgecolor=TINT, linewidth=0.6)
-    axes.set_yticks(positions, [f"{line.rank}. {_printable(line.name, NAME_CHARACTERS)}" for line in lines])
-    for label in axes.get_yticklabels():
-        label.set_parse_math(False)  # a "$" in a name is a dollar sign, never TeX
+    _bars(axes, positions, values, 0.7, colours, horizontal=True)
+    # Names as plain text beside the axis, not tick labels (a tick is several artists: with 25
+    # lines they were half of the drawing time). parse_math=False: a "$" in a name is a dollar sign.
+    beside = axes.get_yaxis_transform()  # x in axes fractions, y in data
+    for position, line in zip(positions, lines, strict=True):
+        name = f"{line.rank}. {_printable(line.name, NAME_CHARACTERS)}"
+        axes.text(-0.015, position, name, transform=beside, ha="right", va="center", color=GREY, fontsize=7,
+                  parse_math=False)
     axes.set_ylim(max(len(lines), 1) - 0.5, -0.5)  # rank 1 at the top
     peak = max(values, default=0.0)
     axes.set_xlim(0, peak * 1.18 if peak > 0 else 1.0)  # room for the value after the longest bar
@@ -96,13 +100,12 @@ def top_chart(board: Board, lines: Sequence[BoardLine], *, highlight: int | None
         text = _hours(value) + " h" if voice else _compact(value)
         axes.text(value, position, " " + text, va="center", ha="left", color=GREY, fontsize=6.5, parse_math=False)
     axes.xaxis.set_visible(False)
+    axes.yaxis.set_visible(False)
     for side in ("top", "right", "bottom"):
         axes.spines[side].set_visible(False)
     axes.spines["left"].set_color(GREY)
-    axes.tick_params(axis="y", colors=GREY, labelsize=7, length=0)
-    axes.set_title("Voice time (hours)" if voice else "Messages", color=GREY, fontsize=7.5, loc="left")
+    _title(axes, "Voice time (hours)" if voice else "Messages")
     if not lines:
-        axes.set_yticks([])
         axes.text(0.5, 0.5, "nobody yet", transform=axes.transAxes, ha="center", va="center", color=GREY, fontsize=7)
     height = top_size(len(lines))[1]
     figure.subplots_adjust(left=0.33, right=0.97, top=1 - 36 / height, bottom=20 / height)
@@ -130,11 +133,33 @@ def _png(figure: Figure) -> bytes:
     return out.getvalue()
 
 
+def _bars(
+    axes: Axes, positions: Sequence[int], values: Sequence[float], width: float, colours: Sequence[str],
+    *, horizontal: bool = False,
+) -> None:
+    """Bars as one collection (``Axes.bar`` adds a patch per bar, several times slower to draw),
+    each with a thin lighter edge so that the dark purple stands out on a dark theme too."""
+    from matplotlib.collections import PolyCollection
+
+    half = width / 2
+    shapes = []
+    for at, value in zip(positions, values, strict=True):
+        corners = [(at - half, 0.0), (at - half, value), (at + half, value), (at + half, 0.0)]
+        shapes.append([(y, x) for x, y in corners] if horizontal else corners)
+    axes.add_collection(PolyCollection(shapes, facecolors=colours, edgecolors=TINT, linewidths=0.6))
+
+
+def _title(axes: Axes, text: str) -> None:
+    """A panel's name above its top left corner (plain text: ``set_title`` re-lays itself out on
+    every draw)."""
+    axes.text(0.0, 1.04, text, transform=axes.transAxes, color=GREY, fontsize=7.5, ha="left", va="bottom")
+
+
 def _style(axes: Axes, title: str, peak: float, tick_text: Any) -> None:
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     axes.patch.set_alpha(0.0)
-    axes.set_title(title, color=GREY, fontsize=7.5, loc="left", pad=3)
+    _title(axes, title)
     axes.set_ylim(0, peak * 1.1 if peak > 0 else 1.0)
     axes.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=title == "Messages", min_n_ticks=2))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: tick_text(value)))

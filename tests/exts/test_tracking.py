@@ -20,6 +20,7 @@ from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.health import HealthMonitor
 from leaderboard_bot.services.membership import MembershipService
 from leaderboard_bot.services.names import NameService
+from leaderboard_bot.services.privacy import STOPPED, PrivacyService
 from leaderboard_bot.services.voice import VoicePresence
 from tests.factories import AllowAllGuard, FakeClock, runtime_settings, voice_tracker
 from tests.helpers import mock_guild, mock_member, mock_voice_channel, mock_voice_state
@@ -56,6 +57,7 @@ class World:
         )
         self.health = HealthMonitor(clock=self.clock)
         self.membership = MembershipService(None, enabled=lambda: True, clock=self.clock)
+        self.privacy = PrivacyService(NoStorage(), guild_id=GUILD, activity=self.tracker, names=self.names)  # type: ignore[arg-type]
         self.listeners: dict[str, list[Any]] = {}  # added at run time (the cog's own are not here)
         self.bot = SimpleNamespace(
             services=SimpleNamespace(
@@ -64,6 +66,7 @@ class World:
                 settings=runtime_settings(),
                 health=self.health,
                 membership=self.membership,
+                privacy=self.privacy,
             ),
             config=SimpleNamespace(guild_id=GUILD),
             ws=SimpleNamespace(open=True),
@@ -344,3 +347,44 @@ async def test_a_counted_message_or_a_voice_join_proves_the_member_is_here(world
     w.in_voice(2)
     await cog.on_voice_state_update(bob, mock_voice_state(None), w.lounge.voice_states[2])
     assert not w.membership.known_departed(2)
+
+
+# ---------------------------------------------------------------------- /privacy stop (issue 12)
+
+
+async def test_a_stopped_member_is_not_counted_and_no_name_is_kept(world: tuple[World, Tracking]) -> None:
+    w, cog = world
+    await w.privacy.set_flag(ALICE, STOPPED, True)
+    await cog.on_message(message(ALICE, w.clock.now))
+    await cog.on_message(message(BOB, w.clock.now))
+    assert w.tracker.pending_messages(ALICE) == 0 and w.tracker.pending_messages(BOB) == 1
+    assert w.names.known_name(ALICE) is None and ALICE not in w.names.unwritten()
+    await w.privacy.set_flag(ALICE, STOPPED, False)
+    await cog.on_message(message(ALICE, w.clock.now))
+    assert w.tracker.pending_messages(ALICE) == 1 and w.names.known_name(ALICE) == "alice"
+
+
+async def test_a_stopped_member_in_voice_stops_counting_at_once_and_counts_again_after_start(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    cog._unsubscribe_privacy = w.privacy.subscribe(cog._on_privacy)  # what cog_load does
+    w.members.update({ALICE: member(ALICE), BOB: member(BOB), 104: member(104)})
+    for user in (ALICE, BOB, 104):
+        w.in_voice(user)
+    await cog.reconcile("test")
+    assert w.tracker.voice.counting_users() == {ALICE, BOB, 104}
+    w.clock.advance(60)
+    await w.privacy.set_flag(ALICE, STOPPED, True)  # like an excluded member: out of voice now
+    assert w.tracker.voice.counting_users() == {BOB, 104}
+    credited = w.tracker.unflushed_voice_seconds(ALICE)
+    w.clock.advance(60)
+    assert w.tracker.unflushed_voice_seconds(ALICE) == credited == 60.0  # up to the stop, nothing after
+    alice = mock_member(ALICE)
+    alice.guild = w.guild
+    await cog.on_voice_state_update(alice, w.lounge.voice_states[ALICE], w.lounge.voice_states[ALICE])  # a mute
+    await cog.reconcile("test")
+    assert ALICE not in w.tracker.voice.counting_users()
+    await w.privacy.set_flag(ALICE, STOPPED, False)
+    await asyncio.gather(*list(cog._tasks))  # the reconcile the start asked for
+    assert w.tracker.voice.counting_users() == {ALICE, BOB, 104}
