@@ -317,6 +317,8 @@ class Leaderboards(commands.Cog):
     async def _activity_chart(self, user_id: int, scope: Scope) -> bytes | None:
         """The member's days (services.daily) drawn on the charts thread; None: no data to draw."""
         services = self.bot.services
+        if not scope.chart_days:
+            return None
         series = await member_days(services.storage, services.activity, user_id, scope.chart_days)
         if series is None:
             return None

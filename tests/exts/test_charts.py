@@ -190,3 +190,56 @@ async def test_top_answers_without_the_picture_when_drawing_fails(monkeypatch: p
         board.cog_unload()
     assert reply.file is None and reply.embed.image.url is None
     assert reply.embed.title  # the board itself is all there
+
+
+# --------------------------------------------------------------------------- which days /stats charts
+
+
+def scope_bot(finished: Any = None) -> Any:
+    """Just what _scope reads: season 5 running, season 4 finished (1-30 Nov 2026 UTC)."""
+    season_4 = SimpleNamespace(number=4, started_at=1_793_491_200.0, ended_at=1_796_083_200.0, ends_at=0.0)
+
+    async def finished_seasons() -> list[Any]:
+        return [season_4]
+
+    async def finished_season(number: int) -> Any:
+        return season_4 if number == 4 else None
+
+    from leaderboard_bot.services.days import Calendar
+
+    return SimpleNamespace(
+        config=SimpleNamespace(guild_id=GUILD_ID),
+        services=SimpleNamespace(
+            seasons=SimpleNamespace(
+                current=SimpleNamespace(number=5, started_at=1_796_083_200.0),
+                finished=finished_seasons,
+                finished_season=finished_season,
+            ),
+            activity=SimpleNamespace(calendar=Calendar(), clock=lambda: 1_796_299_200.0),  # 3 Dec 2026 12:00 UTC
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("period", "past_season", "first", "last", "count"),
+    [
+        ("today", None, "2026-12-03", "2026-12-03", 1),
+        ("week", None, "2026-11-27", "2026-12-03", 7),
+        ("month", None, "2026-11-04", "2026-12-03", 30),
+        ("season", None, "2026-11-04", "2026-12-03", 30),  # the running season: the last 30 days
+        ("all-time", None, "2026-11-04", "2026-12-03", 30),
+        ("season", 5, "2026-11-04", "2026-12-03", 30),  # the running season asked by number
+        ("season", 4, "2026-11-01", "2026-11-30", 30),  # a finished season: its own days
+    ],
+)
+async def test_the_stats_chart_covers_the_periods_days(
+    period: str, past_season: int | None, first: str, last: str, count: int
+) -> None:
+    scope = await Leaderboards(scope_bot())._scope(period, past_season)
+    assert not isinstance(scope, Reply)
+    assert (scope.chart_days[0], scope.chart_days[-1], len(scope.chart_days)) == (first, last, count)
+
+
+async def test_no_days_to_chart_is_no_picture() -> None:
+    board = Leaderboards(scope_bot())
+    assert await board._activity_chart(42, leaderboards.Scope(5, None)) is None
