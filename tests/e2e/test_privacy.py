@@ -114,6 +114,14 @@ async def test_a_member_exports_their_data_then_erases_it_and_nothing_is_left(wo
     assert files["my-leaderboard-data.json"]["size"] > 200
 
     asked = await privacy(w, w.alice, "delete")
+    (cancel_id,) = [
+        c["custom_id"] for row in asked.message["components"] for c in row["components"] if "cancel" in c["custom_id"]
+    ]
+    cancelled = await fc.click(w.guild, w.general, w.alice, asked.interaction.original_id, cancel_id)
+    assert "Nothing was erased" in cancelled.embeds[0]["description"]
+    assert w.messages_of(w.alice) == 3
+
+    asked = await privacy(w, w.alice, "delete")
     assert "Erase your data?" in asked.embeds[0]["title"]
     assert w.messages_of(w.alice) == 3  # nothing happens before confirming
     (confirm_id,) = [
