@@ -1011,7 +1011,9 @@ def export_rows(
             (guild_id, scope) if scope is not None and not per_day else (guild_id, first_day, last_day)
         )
         with _PEEWEE_ERRORS:
-            cursor = database.cursor()
+            # PostgreSQL: a server-side (named) cursor, so the client holds one chunk, not the result.
+            postgres = isinstance(database, PostgresqlDatabase)
+            cursor = database.connection().cursor(name="leaderboard_export") if postgres else database.cursor()
             try:
                 cursor.execute(sql, params)
                 while rows := cursor.fetchmany(chunk):
