@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from ..db import Storage, repository
+from ..db.storage import StorageError
 
 if TYPE_CHECKING:
     from .activity import ActivityService
@@ -161,6 +162,7 @@ class PrivacyService:
             rows = await self._erase_rows(user_id)
         else:
             async with self.activity.quiescent():  # no write under way: none can bring rows back
+                await self._write_spilled()
                 dropped = self.activity.forget(user_id)
                 if self.names is not None:
                     self.names.forget(user_id)
@@ -168,6 +170,16 @@ class PrivacyService:
         self._apply(user_id, frozenset({STOPPED}))
         logger.info("privacy: erased the data of a member on their request ({} rows)", sum(rows.values()))
         return Erased(rows, dropped)
+
+    async def _write_spilled(self) -> None:
+        """Counts moved to the recovery file during an outage would be written after the erase,
+        bringing the member back: write them first (the caller holds the flush lock)."""
+        activity = self.activity
+        if activity is None or not activity.spilled_rows:
+            return
+        await activity.write_locked(activity.current_season())
+        if activity.spilled_rows:
+            raise StorageError("the counts saved to disk during the outage could not be written yet")
 
     async def _erase_rows(self, user_id: int) -> dict[str, int]:
         marker = {repository.privacy_key(user_id): encode(frozenset({STOPPED}))}

@@ -9,6 +9,7 @@ from typing import Any
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import ALL_MODELS, Setting, database_proxy
+from leaderboard_bot.db.storage import StorageError
 from leaderboard_bot.domain import ALL_TIME, WEEK, ActivityBatch, SessionClose, SessionOpen
 from leaderboard_bot.services.container import Services
 from leaderboard_bot.services.privacy import HIDDEN, STOPPED, PrivacyService, encode, parse
@@ -245,5 +246,38 @@ async def test_a_service_without_activity_erases_the_rows_only(tmp_path: Path) -
         erased = await bare.erase(ALICE)
         assert erased.unwritten == 0 and erased.rows["member_stats"] >= 2  # the season and the windows
         assert bare.is_stopped(ALICE)
+    finally:
+        await services.storage.close()
+
+
+async def test_counts_moved_to_disk_in_an_outage_are_written_before_the_erase(tmp_path: Path, monkeypatch: Any) -> None:
+    services = await open_services(tmp_path, FakeClock(MIDNIGHT + 3_600))
+    activity = services.activity
+    written: list[int] = []
+
+    async def write_locked(season: int, now: float | None = None, **_: Any) -> bool:
+        written.append(season)
+        if len(written) == 1:
+            activity._spilled.clear()  # written: nothing left on disk
+        return True
+
+    try:
+        monkeypatch.setattr(activity, "write_locked", write_locked)
+        monkeypatch.setattr(activity, "_spilled", {7: 3})
+        await services.privacy.erase(ALICE)
+        assert written == [1]  # under the flush lock, before the rows went
+        await services.privacy.erase(BOB)
+        assert written == [1]  # nothing on disk: no extra write
+
+        monkeypatch.setattr(activity, "_spilled", {8: 1})  # and the write fails: nothing is erased
+        await write(services.storage, 1, {CAROL: 2})
+        try:
+            await services.privacy.erase(CAROL)
+        except StorageError:
+            pass
+        else:
+            raise AssertionError("expected a StorageError")
+        assert await services.storage.run(repository.member_totals, G, 1, CAROL) == (2, 0.0)
+        assert services.privacy.is_stopped(CAROL)  # not counted meanwhile
     finally:
         await services.storage.close()
