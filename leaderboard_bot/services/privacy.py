@@ -21,6 +21,7 @@ from loguru import logger
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
+from ..domain import window_of
 
 if TYPE_CHECKING:
     from .activity import ActivityService
@@ -43,6 +44,11 @@ def parse(value: Any) -> frozenset[str]:
 
 def encode(flags: frozenset[str]) -> str:
     return ",".join(flag for flag in FLAGS if flag in flags)
+
+
+def _period(scope: int) -> str | None:
+    window = window_of(scope)
+    return None if window is None else window.period
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,8 @@ class PrivacyService:
                 "messages": self.activity.pending_messages(user_id),
                 "voice_seconds": self.activity.unflushed_voice_seconds(user_id),
             }
-        return {**stored, "unwritten": unwritten, "privacy": sorted(self.choices(user_id))}
+        windows = [{"period": _period(w["scope"]), **w} for w in stored["windows"]]
+        return {**stored, "windows": windows, "unwritten": unwritten, "privacy": sorted(self.choices(user_id))}
 
     def _apply(self, user_id: int, after: frozenset[str]) -> None:
         before = self.choices(user_id)

@@ -212,7 +212,9 @@ async def test_a_members_data_holds_every_season_window_day_session_and_choice(t
             (2, 1, 0.0),
         ]
         assert data["seasons"][0]["ended_at"] is not None and data["seasons"][1]["ended_at"] is None
-        assert {w["scope"]: w["messages"] for w in data["windows"]}[ALL_TIME.scope] == 5
+        windows = {w["period"]: w["messages"] for w in data["windows"]}
+        assert windows == {"today": 1, "week": 5, "month": 5, "all-time": 5}  # today: 2024-03-11's one
+        assert {w["scope"] for w in data["windows"]} == {-1, -7, -30, ALL_TIME.scope}
         assert data["days"] == [
             {"day": DAY, "messages": 4, "voice_seconds": 30.0},
             {"day": "2024-03-11", "messages": 1, "voice_seconds": 0.0},
