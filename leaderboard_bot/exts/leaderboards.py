@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
-from loguru import logger
 
 from ..adapters.disnake_names import shown_name
 from ..db.storage import StorageError
 from ..domain import WINDOWS, Board, BoardLine
 from ..services.daily import chart_days, member_days
+from ..services.logthrottle import LogThrottle, report_failure, report_recovery
 from ..services.voice import VoiceRules, voice_status
 from ..ui import charts
 from ..ui.embeds import (
@@ -79,6 +79,7 @@ class Leaderboards(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
         self._charts: DaemonWorker | None = None  # one thread draws every chart, in turn
+        self._chart_log = LogThrottle()
 
     @property
     def chart_worker(self) -> DaemonWorker:
@@ -330,14 +331,18 @@ class Leaderboards(commands.Cog):
     async def _picture(self, work: Awaitable[bytes | None], filename: str) -> disnake.File | None:
         """The chart ``work`` draws, as an attachment named ``filename``; None (the answer goes
         without it) when it fails or takes longer than CHART_BUDGET."""
+        operation = ("chart", filename)  # a chart failing at every command is logged once, then summed up
         try:
             png = await asyncio.wait_for(work, CHART_BUDGET)
         except TimeoutError:
-            logger.warning("the chart {} took over {:.1f}s: answered without it", filename, CHART_BUDGET)
+            text = f"the chart {filename} took over {CHART_BUDGET:.1f}s: answered without it"
+            report_failure(self._chart_log, operation, "timeout", text)
             return None
-        except Exception:
-            logger.opt(exception=True).warning("could not draw the chart {}: answered without it", filename)
+        except Exception as error:
+            text = f"could not draw the chart {filename}: answered without it"
+            report_failure(self._chart_log, operation, type(error).__name__, text, exception=error)
             return None
+        report_recovery(self._chart_log, operation, f"the chart {filename} is drawn again")
         return None if not png else disnake.File(io.BytesIO(png), filename=filename)
 
     def _voice_channel(self, target: disnake.User | disnake.Member) -> Any:

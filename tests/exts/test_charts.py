@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import disnake
 import pytest
+from loguru import logger
 
 from leaderboard_bot.domain import BoardLine
 from leaderboard_bot.exts import leaderboards
@@ -243,3 +245,28 @@ async def test_the_stats_chart_covers_the_periods_days(
 async def test_no_days_to_chart_is_no_picture() -> None:
     board = Leaderboards(scope_bot())
     assert await board._activity_chart(42, leaderboards.Scope(5, None)) is None
+
+
+@pytest.fixture
+def chart_logs() -> Iterator[list[str]]:
+    records: list[str] = []
+    sink = logger.add(lambda message: records.append(str(message)), level="DEBUG", format="{message}")
+    yield records
+    logger.remove(sink)
+
+
+async def test_a_chart_failing_at_every_command_is_logged_once_then_its_recovery(chart_logs: list[str]) -> None:
+    board = cog()
+
+    async def broken() -> bytes:
+        raise RuntimeError("no renderer")
+
+    async def fine() -> bytes:
+        return b"\x89PNG"
+
+    for _ in range(5):
+        assert await board._picture(broken(), "activity.png") is None
+    assert await board._picture(fine(), "activity.png") is not None
+    lines = [line for line in chart_logs if "activity.png" in line]
+    assert lines[0].startswith("could not draw the chart activity.png: answered without it")
+    assert len(lines) == 2 and "drawn again" in lines[1] and "recovered after 5 failures" in lines[1]
