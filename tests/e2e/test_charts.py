@@ -144,3 +144,22 @@ async def test_without_a_renderer_stats_and_top_still_answer_without_pictures(un
     await w.wait_log("could not draw the chart activity.png")
     await w.wait_log("could not draw the chart top.png")
 
+
+
+# --------------------------------------------------------------------------- a finished season
+
+
+async def test_a_finished_season_has_its_charts_too(world: World) -> None:
+    from .test_history import seed_history  # season 1 ran from 40 to 10 days ago; Bobby won messages
+
+    w = world
+    seed_history(w)
+    await w.start_bot()
+    await w.fc.wait_for_commands("top", "stats", guild=w.guild)
+    stats = await w.fc.slash(w.guild, w.general, w.alice, "stats", {"user": w.bob, "season": 1})
+    assert field(stats, "Messages").startswith("50 ")
+    assert [a["filename"] for a in attachments(stats)] == ["activity.png"]
+    assert image_url(stats) == "attachment://activity.png"
+    top = await w.fc.slash(w.guild, w.general, w.alice, "top messages", {"season": 1, "chart": True})
+    assert "Bobby" in top.embeds[0]["description"]
+    assert [a["filename"] for a in attachments(top)] == ["top.png"] and image_url(top) == "attachment://top.png"
