@@ -9,7 +9,9 @@ on the charts thread within ``CHART_BUDGET``; a chart that fails or is late is l
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
+from loguru import logger
 
 from ..adapters.disnake_names import shown_name
 from ..db.storage import StorageError
@@ -89,8 +92,21 @@ class Leaderboards(commands.Cog):
 
     def warm_up_charts(self) -> None:
         """Import matplotlib and draw one chart on the charts thread now, so the first /stats
-        does not pay for it (about a second; more on a first start that builds its font cache)."""
-        self.chart_worker.submit(charts.warm_up)
+        does not pay for it (about a second; more on a first start that builds its font cache).
+        Says in the log when charts are ready, or that answers will go without them."""
+        started = time.monotonic()
+
+        def done(future: concurrent.futures.Future[None]) -> None:  # on the charts thread
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is None:
+                logger.info("charts ready: matplotlib loaded and a first chart drawn in {:.1f}s",
+                            time.monotonic() - started)
+            else:
+                logger.warning("charts cannot be drawn ({}): /stats and /top answer without them", error)
+
+        self.chart_worker.submit(charts.warm_up).add_done_callback(done)
 
     def cog_unload(self) -> None:
         if self._charts is not None:

@@ -40,6 +40,7 @@ async def charted(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wor
     try:
         await w.start_bot(SPAM_LIMIT="off")
         await w.fc.wait_for_commands("top", "stats", guild=w.guild)
+        await w.wait_log("charts ready", timeout=60)  # matplotlib loaded on the charts thread (slow on a busy box)
         await _activity(w)
         yield w
     finally:
@@ -57,6 +58,7 @@ async def unchartable(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     try:
         await w.start_bot(SPAM_LIMIT="off", PYTHONPATH=str(broken.parent))
         await w.fc.wait_for_commands("top", "stats", guild=w.guild)
+        await w.wait_log("charts cannot be drawn (matplotlib is broken on purpose (test))", timeout=60)
         await _activity(w)
         yield w
     finally:
@@ -156,6 +158,7 @@ async def test_a_finished_season_has_its_charts_too(world: World) -> None:
     seed_history(w)
     await w.start_bot()
     await w.fc.wait_for_commands("top", "stats", guild=w.guild)
+    await w.wait_log("charts ready", timeout=60)
     stats = await w.fc.slash(w.guild, w.general, w.alice, "stats", {"user": w.bob, "season": 1})
     assert field(stats, "Messages").startswith("50 ")
     assert [a["filename"] for a in attachments(stats)] == ["activity.png"]
