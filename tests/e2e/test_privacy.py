@@ -11,6 +11,8 @@ from leaderboard_bot.exts.privacy import CONFIRM_ID
 
 from .harness import World
 from .test_departed import board_lines, names_in, top_names
+from .test_seasons import CONFIRM_ID as RESET_CONFIRM_ID
+from .test_seasons import finals
 
 
 async def privacy(w: World, user: int, sub: str) -> Any:
@@ -150,3 +152,41 @@ async def test_a_member_exports_their_data_then_erases_it_and_nothing_is_left(wo
     assert rows_naming(w, w.alice) == []
     await fc.send_message(w.guild, w.general, w.alice, "counted from zero")
     await w.wait_db(lambda: w.messages_of(w.alice) == 1, "alice counted from zero")
+
+
+async def test_a_hidden_member_is_left_off_the_final_standings_past_boards_and_season_winners(world: World) -> None:
+    fc, w = world.fc, world
+    await w.start_bot(UPDATE_INTERVAL="1s", SPAM_LIMIT="off")
+    await fc.wait_for_commands("privacy", guild=w.guild)
+    owner = fc.guilds[w.guild].owner_id
+    for user, count in ((w.alice, 3), (w.bob, 2), (w.carol, 1)):
+        for i in range(count):
+            await fc.send_message(w.guild, w.general, user, f"m{i}")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 1, "the messages")
+    await privacy(w, w.alice, "hide")
+
+    asked = await fc.slash(w.guild, w.general, owner, "leaderboard reset")
+    (confirm_id,) = [
+        c["custom_id"]
+        for row in asked.message["components"]
+        for c in row["components"]
+        if c["custom_id"].startswith(RESET_CONFIRM_ID)
+    ]
+    await fc.click(w.guild, w.general, owner, asked.interaction.original_id, confirm_id)
+    await fc.wait_for(lambda: finals(w, w.chat_lb), 10, "the final standings")
+    final = finals(w, w.chat_lb)[0].embeds[0]["description"]
+    assert "Bobby" in final and "carol" in final and "Ali" not in final
+    past = await fc.slash(w.guild, w.general, w.bob, "seasons")
+    (season,) = past.embeds[0]["fields"]
+    assert "Messages: **#1** Bobby" in season["value"]
+    names, _ = await top_names_of_season(w, w.bob, 1)
+    assert names == ["#1 Bobby", "#2 carol"]
+    # Shown again: the archive lists her again too.
+    await privacy(w, w.alice, "show")
+    names, _ = await top_names_of_season(w, w.bob, 1)
+    assert names == ["#1 Ali", "#2 Bobby", "#3 carol"]
+
+
+async def top_names_of_season(w: World, user: int, season: int) -> tuple[list[str], Any]:
+    answer = await w.fc.slash(w.guild, w.general, user, "top messages", {"season": season})
+    return names_in(answer.embeds[0]["description"].splitlines()), answer
