@@ -290,6 +290,10 @@ class Leaderboards(commands.Cog):
             name = _safe(shown_name(target), target.id)
             return Reply(notice_embed(f"Bots aren't tracked, so {name} has no stats."), ephemeral=True)
         bot = self.bot
+        if target.id != inter.author.id and bot.services.privacy.is_unlisted(target.id):
+            # /privacy hide or stop: their figures are shown to them only.
+            name = _safe(shown_name(target), target.id)
+            return Reply(notice_embed(f"{name} chose not to be listed, so their stats are private."), ephemeral=True)
         if isinstance(target, disnake.Member):
             name = shown_name(target)  # nick > global name > username, skipping invisible ones
         else:

@@ -63,6 +63,10 @@ async def test_hidden_members_still_count_but_are_never_listed_and_stopped_ones_
     assert "Your rank" not in answer.embeds[0]["description"]  # /top is public: no line for a hidden caller
     stats = await fc.slash(w.guild, w.general, w.alice, "stats")
     assert "#1" in str(stats.embeds[0])  # her own rank, raw, in /stats
+    asked = await fc.slash(w.guild, w.general, w.bob, "stats", {"user": w.alice})
+    assert asked.ephemeral and asked.embeds[0]["description"] == (
+        "**Ali** chose not to be listed, so their stats are private."
+    )  # and only to her
     await fc.send_message(w.guild, w.general, w.alice, "still counted")
     await w.wait_db(lambda: w.messages_of(w.alice) == 4, "alice's fourth message, counted while hidden")
     assert "listed" in (await privacy(w, w.alice, "show")).embeds[0]["description"]
