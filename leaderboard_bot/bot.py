@@ -28,6 +28,7 @@ EXTENSIONS = (
     "leaderboard_bot.exts.health",
     "leaderboard_bot.exts.admin",
     "leaderboard_bot.exts.privacy",
+    "leaderboard_bot.exts.web",  # WEB_PORT: the web leaderboard (does nothing when off)
 )
 STANDBY_EXTENSIONS = ("leaderboard_bot.exts.health",)  # /healthz says "standby"; nothing else runs
 

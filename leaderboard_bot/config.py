@@ -100,6 +100,13 @@ class Settings:
     max_pending_rows: int = 1_000_000  # MAX_PENDING_ROWS: unwritten rows kept in memory before spilling to disk
     standby: bool = False  # STANDBY: with another instance running, wait as a hot standby instead of exiting
     timezone: str = "UTC"  # TIMEZONE: the IANA zone whose days bucket activity (today/week/month boards)
+    web_port: int | None = None  # WEB_PORT: the web leaderboard, off by default
+    web_host: str = "127.0.0.1"  # WEB_HOST
+    web_public: bool = False  # WEB_PUBLIC: false asks visitors to sign in with Discord (members only)
+    web_oauth_base: str = "https://discord.com"  # WEB_OAUTH_BASE: Discord's OAuth2 and API origin
+    web_client_id: str | None = None  # WEB_CLIENT_ID: the application's OAuth2 client id
+    web_client_secret: str | None = field(default=None, repr=False)  # WEB_CLIENT_SECRET
+    web_redirect_url: str | None = None  # WEB_REDIRECT_URL: https://your.host/auth/callback
 
 
 # --------------------------------------------------------------------------- parsers
@@ -377,6 +384,29 @@ def _parse_host(text: str) -> str:
     return host
 
 
+def _parse_optional_text(text: str) -> str | None:
+    value = text.strip()
+    if value.lower() in _OFF_WORDS:
+        return None
+    if any(ch.isspace() for ch in value):
+        raise ValueError("has spaces: use the value as the developer portal shows it, or off")  # may be a secret
+    return value
+
+
+def _parse_web_url(text: str) -> str | None:
+    value = _parse_optional_text(text)
+    if value is not None and (not value.startswith(("https://", "http://")) or len(value) <= len("http://")):
+        raise ValueError(f"{_show(text)} is not a web address: use one like https://lb.example.com/x, or off")
+    return value.rstrip("/") if value is not None else None
+
+
+def _parse_oauth_base(text: str) -> str:
+    value = _parse_web_url(text)
+    if value is None:
+        raise ValueError(f"{_show(text)} is required: use https://discord.com")
+    return value
+
+
 def _duration_at_most(limit: float, limit_text: str) -> Callable[[str], float]:
     """A duration parser with an upper bound: absurd values would overflow timers and dates."""
 
@@ -424,6 +454,13 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("MAX_PENDING_ROWS", "max_pending_rows", "1000000", _parse_pending_rows),
     ("STANDBY", "standby", "off", parse_bool),
     ("TIMEZONE", "timezone", "UTC", _parse_timezone),
+    ("WEB_PORT", "web_port", "off", _parse_port),
+    ("WEB_HOST", "web_host", "127.0.0.1", _parse_host),
+    ("WEB_PUBLIC", "web_public", "false", parse_bool),
+    ("WEB_OAUTH_BASE", "web_oauth_base", "https://discord.com", _parse_oauth_base),
+    ("WEB_CLIENT_ID", "web_client_id", "off", _parse_optional_text),
+    ("WEB_CLIENT_SECRET", "web_client_secret", "off", _parse_optional_text),
+    ("WEB_REDIRECT_URL", "web_redirect_url", "off", _parse_web_url),
 )
 
 

@@ -574,6 +574,8 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "EXCLUDED_CHANNELS", "EXCLUDED_ROLES", "HIDE_DEPARTED",
         "HEALTH_PORT",
         "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY", "TIMEZONE",
+        "WEB_PORT", "WEB_HOST", "WEB_PUBLIC", "WEB_OAUTH_BASE", "WEB_CLIENT_ID", "WEB_CLIENT_SECRET",
+        "WEB_REDIRECT_URL",
     )  # fmt: skip
 
 
@@ -596,6 +598,12 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         ("TIMEZONE", "../../etc/passwd"),
         ("TIMEZONE", "Europe/"),
         ("TIMEZONE", "europe/berlin"),
+        ("WEB_PORT", "0"),
+        ("WEB_HOST", "local host"),
+        ("WEB_PUBLIC", "maybe"),
+        ("WEB_OAUTH_BASE", "discord.com"),
+        ("WEB_REDIRECT_URL", "example.com/auth/callback"),
+        ("WEB_CLIENT_ID", "12 34"),
     ],
 )
 def test_the_operations_settings_refuse_bad_values_with_one_line(variable: str, value: str) -> None:
