@@ -1,30 +1,35 @@
 """Benchmark 5: resident memory after 100,000 distinct members each sent a message, this bot
 against a bare disnake bot given the same load, same run.
 
-    python bench/memory.py [--members 100000] [--rounds 1]
+    python bench/memory.py [--members 100000] [--rounds 1] [--no-chart-warm-up]
 
 Against ../shared/fakecord (or $FAKECORD_DIR). Each bot starts on a fake guild of ``--members``
 members; each member sends one message; once the bot has handled them all (a command queued behind
 the last one answers) and ``--settle`` seconds have passed (this bot flushes every 5 s and forgets
-full spam buckets then), the bot process's RSS is read with psutil. This bot runs with its defaults
-(SPAM_LIMIT on) on a fresh SQLite file; every member's message is checked as counted.
+full spam buckets then), the bot process's RSS is read (and its anonymous and file-backed parts,
+from /proc). This bot runs with its defaults (SPAM_LIMIT on) on a fresh SQLite file; every member's
+message is checked as counted.
+
+``--no-chart-warm-up`` (a diagnosis, not how the bot runs) starts this bot with the charts' warm-up
+at start (matplotlib imported and one chart drawn on the charts thread) made a no-op, to tell what
+the counting itself costs from what the charts' library holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import psutil
+from typing import Any
 
 from bench.ingest import (
     bare_count,
     blast,
-    db_totals,
     make_world,
     ours_marker,
     rss,
@@ -32,6 +37,26 @@ from bench.ingest import (
     start_ours,
     stop_ours,
 )
+
+
+def rss_parts(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of a process, from /proc (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile", "RssShmem"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+
+
+def season_totals(db: Path) -> dict[int, int]:
+    """Each member's messages in the seasons (the windows' rows, under negative scopes, hold the same again)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT user_id, SUM(messages) FROM member_stats WHERE season > 0 GROUP BY user_id")
+        return {int(u): int(m) for u, m in rows.fetchall()}
+    finally:
+        conn.close()
 
 
 async def round_bare(members: int, settle: float, tmp: Path) -> tuple[int, int]:
@@ -48,8 +73,30 @@ async def round_bare(members: int, settle: float, tmp: Path) -> tuple[int, int]:
         await world.fc.stop()
 
 
-async def round_ours(members: int, settle: float, tmp: Path) -> tuple[int, int]:
+# Runs the bot as ``python -m leaderboard_bot`` does, with the charts' warm-up replaced first.
+NO_CHART_WARM_UP = (
+    "import runpy\n"
+    "import leaderboard_bot.ui.charts as charts\n"
+    "charts.warm_up = lambda: None\n"
+    "runpy.run_module('leaderboard_bot', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def without_chart_warm_up(world: Any) -> None:
+    start_bot = world.fc.start_bot
+
+    async def start(argv: list[str], **kwargs: Any) -> Any:
+        if argv == ["-m", "leaderboard_bot"]:
+            argv = [sys.executable, "-c", NO_CHART_WARM_UP]
+        return await start_bot(argv, **kwargs)
+
+    world.fc.start_bot = start
+
+
+async def round_ours(members: int, settle: float, tmp: Path, *, chart_warm_up: bool = True) -> tuple[int, int]:
     world = await make_world(members)
+    if not chart_warm_up:
+        without_chart_warm_up(world)
     db = tmp / f"memory-{time.monotonic_ns()}.db"
     bot = await start_ours(world, tmp, db, SPAM_LIMIT="5/5s")
     try:
@@ -58,10 +105,10 @@ async def round_ours(members: int, settle: float, tmp: Path) -> tuple[int, int]:
         await ours_marker(world)
         await asyncio.sleep(settle)
         after = rss(bot)
-        shared = psutil.Process(bot.proc.pid).memory_info().shared  # file-backed: the database through mmap
-        print(f"  ours: of which file-backed {shared / 1e6:.0f} MB", flush=True)
+        anon, file = rss_parts(bot.proc.pid)  # file-backed: the database read through mmap
+        print(f"  ours: of which anonymous {anon / 1e6:.0f} MB, file-backed {file / 1e6:.0f} MB", flush=True)
         await stop_ours(bot)
-        totals = db_totals(db)
+        totals = season_totals(db)
         assert len(totals) == members and set(totals.values()) == {1}, "a member's message was not counted"
         return before, after
     finally:
@@ -74,12 +121,13 @@ async def main() -> None:
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--settle", type=float, default=12.0)
+    ap.add_argument("--no-chart-warm-up", action="store_true", help="diagnosis: the charts' warm-up made a no-op")
     args = ap.parse_args()
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             b0, b1 = await round_bare(args.members, args.settle, Path(tmp))
-            o0, o1 = await round_ours(args.members, args.settle, Path(tmp))
+            o0, o1 = await round_ours(args.members, args.settle, Path(tmp), chart_warm_up=not args.no_chart_warm_up)
             bare.append(b1)
             ours.append(o1)
             print(f"round {r + 1}: bare {b0 / 1e6:.0f} -> {b1 / 1e6:.0f} MB, ours {o0 / 1e6:.0f} -> {o1 / 1e6:.0f} MB "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any
 
@@ -38,33 +38,28 @@ PLACINGS_KEY = "placings_through"  # the last finished season whose placings are
 
 def apply_batch(batch: ActivityBatch) -> None:
     """Add a flush's counts, record voice sessions and move the heartbeat, atomically."""
-    # Season totals per member; the daily buckets are the batch's own (day, user) keys.
-    messages: dict[int, int] = {}
-    voice: dict[int, float] = {}
-    for (_, user), count in batch.messages.items():
-        messages[user] = messages.get(user, 0) + count
-    for (_, user), seconds in batch.voice.items():
-        voice[user] = voice.get(user, 0.0) + seconds
-
+    database = database_proxy.obj
     with database_proxy.atomic():
         if batch.lease is not None:
             renew_lease(batch.guild_id, batch.lease.holder, batch.lease.expires_at)
         # Windows first: built for the first time, they must not already hold this batch.
         days = {day for day, _ in batch.messages} | {day for day, _ in batch.voice}
         last_day = move_windows(batch.guild_id, max(days | ({batch.today} if batch.today else set()), default=None))
-        season_key = ("guild_id", "season", "user_id")
-        _add_counters("member_stats", season_key, (batch.guild_id, batch.season), messages, voice)
-        _add_counters("member_stats", season_key, (batch.guild_id, ALL_TIME.scope), messages, voice)
+        # Each scope the batch adds to: the season, all time, and each rolling window with the part
+        # of the batch on its days ((first, last) day; None: all of the batch).
+        scopes: list[tuple[int, tuple[str, str] | None]] = [(batch.season, None), (ALL_TIME.scope, None)]
         if last_day is not None and days:
             for window in ROLLING_WINDOWS:
                 assert window.days is not None
                 first_day = shift_day(last_day, 1 - window.days)
                 if all(first_day <= day <= last_day for day in days):  # nearly always: all of it is today's
-                    _add_counters("member_stats", season_key, (batch.guild_id, window.scope), messages, voice)
+                    scopes.append((window.scope, None))
                 else:
-                    in_window = _per_member_between(batch, first_day, last_day)
-                    _add_counters("member_stats", season_key, (batch.guild_id, window.scope), *in_window)
-        _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), batch.messages, batch.voice)
+                    scopes.append((window.scope, (first_day, last_day)))
+        if isinstance(database, PostgresqlDatabase):
+            _add_batch_per_row(batch, scopes)
+        else:
+            _add_batch_in_sql(batch, scopes, len(days))
         for sessions in chunked(batch.opened, CHUNK_ROWS):
             VoiceSession.insert_many(
                 [
@@ -87,26 +82,8 @@ def apply_batch(batch: ActivityBatch) -> None:
         VoiceSession.update(last_seen_at=batch.heartbeat_at).where(
             (VoiceSession.guild_id == batch.guild_id) & VoiceSession.ended_at.is_null()
         ).execute()
-        name_rows = [
-            {
-                "guild_id": batch.guild_id,
-                "user_id": user,
-                "display_name": display[:255],
-                "username": (username or None),
-                "updated_at": batch.heartbeat_at,
-            }
-            # In member order: two writers (processes) that take row locks in one order never deadlock.
-            for user, (display, username) in sorted(batch.names.items())
-        ]
-        for chunk in chunked(name_rows, CHUNK_ROWS):
-            MemberName.insert_many(chunk).on_conflict(
-                conflict_target=[MemberName.guild_id, MemberName.user_id],
-                update={
-                    MemberName.display_name: EXCLUDED.display_name,
-                    MemberName.username: EXCLUDED.username,
-                    MemberName.updated_at: EXCLUDED.updated_at,
-                },
-            ).execute()
+        if batch.names:
+            _write_names(batch)
         if batch.sequence is not None and batch.sequence > int(get_setting(batch.guild_id, WRITE_SEQUENCE_KEY, 0)):
             _set_setting(batch.guild_id, WRITE_SEQUENCE_KEY, batch.sequence)
         if batch.recovery_id is not None:
@@ -118,6 +95,175 @@ def apply_batch(batch: ActivityBatch) -> None:
         counts = _ranked.get(database_proxy.obj, {})
         for key in [k for k in counts if k[0] == batch.guild_id]:
             counts.pop(key, None)
+    if len(batch.messages) + len(batch.voice) + len(batch.names) >= BIG_FLUSH_ROWS:
+        release_memory(database)
+
+
+def _add_batch_per_row(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, str] | None]]) -> None:
+    """PostgreSQL: each scope's and the daily buckets' rows upserted with executemany."""
+    messages: dict[int, int] = {}
+    voice: dict[int, float] = {}
+    for (_, user), count in batch.messages.items():
+        messages[user] = messages.get(user, 0) + count
+    for (_, user), seconds in batch.voice.items():
+        voice[user] = voice.get(user, 0.0) + seconds
+    season_key = ("guild_id", "season", "user_id")
+    for scope, between in scopes:
+        if between is None:
+            _add_counters("member_stats", season_key, (batch.guild_id, scope), messages, voice)
+        else:
+            in_window = _per_member_between(batch, *between)
+            _add_counters("member_stats", season_key, (batch.guild_id, scope), *in_window)
+    _add_counters("daily_activity", ("guild_id", "day", "user_id"), (batch.guild_id,), batch.messages, batch.voice)
+
+
+# SQLite: the batch goes once into a TEMP table (in memory, rolled back with the transaction), fed
+# lazily (no list of 100,000 rows in Python); each scope's upsert is then one INSERT ... SELECT ...
+# ON CONFLICT that SQLite runs without coming back to Python per row. The per-member sums are split
+# by shape (1: messages only, 2: voice only, 3: both) so a message-only row's update leaves the voice
+# column, and its board index entry, alone (an UPDATE rewrites the index of every column it SETs),
+# and kept in member id order within a shape (each insert lands beside the previous one).
+_FLUSH_TEMP_TABLES = (
+    'CREATE TEMP TABLE IF NOT EXISTS "flush_daily" ("day" TEXT NOT NULL, "user_id" INTEGER NOT NULL, '
+    '"messages" INTEGER NOT NULL, "voice_seconds" REAL NOT NULL, PRIMARY KEY ("day", "user_id")) WITHOUT ROWID',
+    'CREATE TEMP TABLE IF NOT EXISTS "flush_member" ("shape" INTEGER NOT NULL, "user_id" INTEGER NOT NULL, '
+    '"messages" INTEGER NOT NULL, "voice_seconds" REAL NOT NULL, PRIMARY KEY ("shape", "user_id")) WITHOUT ROWID',
+)
+_ALL_DAYS = ("0000-00-00", "9999-12-31")  # every day name (YYYY-MM-DD) is between these
+_SHAPE = 'CASE WHEN "voice_seconds" = 0 THEN 1 WHEN "messages" = 0 THEN 2 ELSE 3 END'
+_FILL_MEMBERS_ONE_DAY = (
+    f'INSERT INTO temp."flush_member" SELECT {_SHAPE}, "user_id", "messages", "voice_seconds" FROM temp."flush_daily"'
+)
+_FILL_MEMBERS = (
+    f'INSERT INTO temp."flush_member" SELECT {_SHAPE}, "user_id", "messages", "voice_seconds" FROM ('
+    'SELECT "user_id", SUM("messages") AS "messages", SUM("voice_seconds") AS "voice_seconds" '
+    'FROM temp."flush_daily" WHERE "day" BETWEEN ? AND ? GROUP BY "user_id")'
+)
+_SHAPE_UPDATES = {
+    1: '"messages" = "member_stats"."messages" + excluded."messages"',
+    2: '"voice_seconds" = "member_stats"."voice_seconds" + excluded."voice_seconds"',
+    3: '"messages" = "member_stats"."messages" + excluded."messages", '
+    '"voice_seconds" = "member_stats"."voice_seconds" + excluded."voice_seconds"',
+}
+_ADD_SCOPE = {
+    shape: 'INSERT INTO "member_stats" ("guild_id", "season", "user_id", "messages", "voice_seconds") '
+    'SELECT ?, ?, "user_id", "messages", "voice_seconds" FROM temp."flush_member" WHERE "shape" = ? '
+    f'ORDER BY "user_id" ON CONFLICT ("guild_id", "season", "user_id") DO UPDATE SET {updates}'
+    for shape, updates in _SHAPE_UPDATES.items()
+}
+# daily_activity has no index beside its key: one statement updates both counters.
+_ADD_DAILY = (
+    'INSERT INTO "daily_activity" ("guild_id", "day", "user_id", "messages", "voice_seconds") '
+    'SELECT ?, "day", "user_id", "messages", "voice_seconds" FROM temp."flush_daily" WHERE true '
+    'ORDER BY "day", "user_id" ON CONFLICT ("guild_id", "day", "user_id") DO UPDATE SET '
+    '"messages" = "daily_activity"."messages" + excluded."messages", '
+    '"voice_seconds" = "daily_activity"."voice_seconds" + excluded."voice_seconds"'
+)
+
+
+def _daily_rows(batch: ActivityBatch) -> Iterator[tuple[str, int, int, float]]:
+    """(day, user, messages, voice seconds) per (day, user) key of the batch, made one at a time."""
+    messages, voice = batch.messages, batch.voice
+    for key, count in messages.items():
+        yield key[0], key[1], count, voice.get(key, 0.0)
+    for key, seconds in voice.items():
+        if key not in messages:
+            yield key[0], key[1], 0, seconds
+
+
+def _add_batch_in_sql(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, str] | None]], days: int) -> None:
+    if not (batch.messages or batch.voice):
+        return
+    database = database_proxy.obj
+    with _PEEWEE_ERRORS:  # the same error types as peewee's own queries raise
+        cursor = database.cursor()
+        try:
+            for sql in _FLUSH_TEMP_TABLES:
+                cursor.execute(sql)
+            cursor.execute('DELETE FROM temp."flush_daily"')
+            cursor.execute('DELETE FROM temp."flush_member"')
+            cursor.executemany('INSERT INTO temp."flush_daily" VALUES (?, ?, ?, ?)', _daily_rows(batch))
+            filled: tuple[str, str] | None = None
+            # The scopes taking the whole batch first, then any window taking only part of it (rare:
+            # a batch across midnight), each after the per-member sums of its days; in scope order,
+            # so that new rows are appended to each B-tree rather than inserted into its middle.
+            for scope, between in sorted(scopes, key=lambda s: (s[1] is not None, s[0])):
+                wanted = between or _ALL_DAYS
+                if filled != wanted:
+                    if filled is not None:
+                        cursor.execute('DELETE FROM temp."flush_member"')
+                    if between is None and days == 1:
+                        cursor.execute(_FILL_MEMBERS_ONE_DAY)  # one row per member already
+                    else:
+                        cursor.execute(_FILL_MEMBERS, wanted)
+                    filled = wanted
+                for shape, sql in _ADD_SCOPE.items():
+                    cursor.execute(sql, (batch.guild_id, scope, shape))
+            cursor.execute(_ADD_DAILY, (batch.guild_id,))
+            cursor.execute('DELETE FROM temp."flush_daily"')
+            cursor.execute('DELETE FROM temp."flush_member"')
+        finally:
+            cursor.close()
+
+
+_NAME_UPSERT = (
+    'INSERT INTO "member_name" ("guild_id", "user_id", "display_name", "username", "updated_at") '
+    'VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT ("guild_id", "user_id") DO UPDATE SET '
+    '"display_name" = excluded."display_name", "username" = excluded."username", "updated_at" = excluded."updated_at"'
+)
+
+
+def _write_names(batch: ActivityBatch) -> None:
+    """The batch's names, one prepared upsert run with executemany over rows made one at a time."""
+    database = database_proxy.obj
+    names, guild_id, at = batch.names, batch.guild_id, batch.heartbeat_at
+    # In member order: two writers (processes) that take row locks in one order never deadlock.
+    rows = ((guild_id, user, names[user][0][:255], names[user][1] or None, at) for user in sorted(names))
+    with _PEEWEE_ERRORS:
+        cursor = database.cursor()
+        try:
+            cursor.executemany(_NAME_UPSERT.format(p=database.param), rows)
+        finally:
+            cursor.close()
+
+
+# After a flush of this many rows (a burst of new members), the writer connection's page cache
+# (filled by the upserts, all clean once committed) and the memory the C allocator keeps free are
+# handed back to the system: the next small flush reads the few pages it needs again.
+BIG_FLUSH_ROWS = 10_000
+# glibc raises its mmap threshold each time it frees a large mapped block (up to 32 MB), after which
+# large blocks (the table of a 100,000-entry dict: a few MB) come from the heap and stay there once
+# freed. Fixed at its default, they are mapped and unmapped: given back as soon as they are freed.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+_libc: list[Any] = []
+
+
+def release_memory(database: Any) -> None:
+    """SQLite's shrink_memory on this connection, then glibc's malloc_trim (outside a transaction)."""
+    if isinstance(database, PostgresqlDatabase) or database.in_transaction():
+        return
+    database.execute_sql("PRAGMA shrink_memory")
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (malloc_trim, mallopt), else None; the mmap threshold is
+    fixed the first time."""
+    if not _libc:
+        libc: Any = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.malloc_trim, libc.mallopt  # noqa: B018  # both exist: glibc
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        except (OSError, AttributeError):
+            libc = None
+        _libc.append(libc)
+    return _libc[0]
 
 
 def _per_member_between(
@@ -227,8 +373,9 @@ def rebuild_windows(guild_id: int, day: str) -> None:
         _set_setting(guild_id, WINDOWS_DAY_KEY, day)
 
 
-# One prepared statement per shape, run with executemany: peewee would build the SQL of every
-# 100-row chunk in Python (about half of a 100,000-member flush, holding the GIL). Rows are split by
+# PostgreSQL (see _add_batch_per_row): one prepared statement per shape, run with executemany:
+# peewee would build the SQL of every 100-row chunk in Python (about half of a 100,000-member
+# flush, holding the GIL). Rows are split by
 # which counters moved, so a message-only row does not rewrite the voice board's index entry (an
 # UPDATE rewrites the index of every column it SETs) and leaves the update trigger one test.
 _COUNTERS = ("messages", "voice_seconds")

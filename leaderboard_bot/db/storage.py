@@ -49,7 +49,17 @@ SQLITE_PRAGMAS = {
     "cache_size": -64_000,
     "mmap_size": 256 * 1024 * 1024,
     "temp_store": "memory",
+    # The flush's TEMP tables (repository.apply_batch) are emptied at its end: with this (set before
+    # the temp database holds anything) their pages are given back, not kept on its free list (5 MB
+    # after a flush of 100,000 members).
+    "temp.auto_vacuum": "full",
 }
+# The connection opened by open_database is the writer's (Storage opens it on its database thread).
+# It reads through its own cache only: every page a write changes is copied into that cache anyway,
+# and pages it also mapped would count twice in the process's resident memory (once mapped, once
+# copied: 25 MB after a flush of 100,000 new members into a season and its four windows). Readers
+# keep the map. Measured: no change to the flush's time.
+WRITER_MMAP_SIZE = 0
 # PRAGMA optimize runs ANALYZE where the planner would gain from it; the limit bounds each table's
 # analysis to a sample, so it stays a few milliseconds on a huge file (at open and at close).
 OPTIMIZE_ANALYSIS_LIMIT = 1000
@@ -223,6 +233,7 @@ def open_database(database_url: str) -> Database:
     db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
+    db.execute_sql(f"PRAGMA mmap_size = {WRITER_MMAP_SIZE}")
     migrate(db)
     optimize(db)
     return db

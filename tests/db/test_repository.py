@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,7 +210,17 @@ def test_every_rank_count_and_the_top_walk_the_board_index(
 def test_open_database_runs_optimize_and_sizes_the_cache(sqlite_db: SqliteDatabase) -> None:
     db = sqlite_db
     assert db.execute_sql("PRAGMA cache_size").fetchone()[0] <= -64_000  # at least 64 MB
-    assert db.execute_sql("PRAGMA mmap_size").fetchone()[0] >= 256 * 1024 * 1024
+    assert db.execute_sql("PRAGMA mmap_size").fetchone()[0] == 0  # the writer's: its own cache only
+    seen: list[int] = []
+
+    def read() -> None:  # another thread: a reader's connection maps the file
+        seen.append(db.execute_sql("PRAGMA mmap_size").fetchone()[0])
+        db.close()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    assert seen[0] >= 256 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- migration v4
@@ -364,6 +375,52 @@ def test_v6_drops_the_board_size_triggers_and_table(db: Database) -> None:
     names = schema_names(db)
     assert "board_size" not in names and not {n for n in names if n.startswith("member_stats_board_size")}
     assert {"member_stats_board_messages", "member_stats_board_voice", "lease"} <= names
+
+
+def test_a_flush_across_midnight_adds_each_window_only_its_days(db: Database) -> None:
+    """Every scope of one batch holding three days: the season and all time get all of it, each
+    window only the days it spans (on SQLite each such part is summed in SQL from the temp table)."""
+    repository.apply_batch(batch(messages={("2026-11-01", 9): 1}, today="2026-11-01"))
+    days = ("2026-11-03", "2026-11-09", "2026-11-10")  # the month, the week and today end on the 10th
+    repository.apply_batch(
+        batch(
+            messages={(days[0], 1): 1, (days[1], 1): 2, (days[2], 1): 4, (days[2], 2): 8},
+            voice={(days[0], 2): 1.5, (days[1], 3): 2.5, (days[2], 1): 0.25},
+            names={1: ("Ann", "ann"), 2: ("Bo", None)},
+            today=days[2],
+        )
+    )
+    assert totals() == {1: (7, 0.25), 2: (8, 1.5), 3: (0, 2.5), 9: (1, 0.0)}
+    assert window_rows(ALL_TIME.scope) == totals()
+    assert window_rows(TODAY.scope) == {1: (4, 0.25), 2: (8, 0.0)}
+    assert window_rows(WEEK.scope) == {1: (6, 0.25), 2: (8, 0.0), 3: (0, 2.5)}
+    assert window_rows(MONTH.scope) == {1: (7, 0.25), 2: (8, 1.5), 3: (0, 2.5), 9: (1, 0.0)}
+    check_windows(days[2])
+    assert repository.names(G, [1, 2]) == {1: "Ann", 2: "Bo"}
+
+
+def test_a_big_flush_gives_memory_back_after_it_commits(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[bool] = []
+    monkeypatch.setattr(repository, "release_memory", lambda database: released.append(database.in_transaction()))
+    repository.apply_batch(batch(messages={("2026-12-02", u): 1 for u in range(1, repository.BIG_FLUSH_ROWS)}))
+    assert released == []  # a flush below the size leaves the caches as they are
+    repository.apply_batch(batch(messages={("2026-12-02", u): 1 for u in range(1, repository.BIG_FLUSH_ROWS + 1)}))
+    assert released == [False]  # once, after the commit
+    assert totals()[1] == (2, 0.0) and totals()[repository.BIG_FLUSH_ROWS] == (1, 0.0)
+    monkeypatch.undo()
+    repository.release_memory(db)  # for real: SQLite's shrink_memory and glibc's malloc_trim; nothing lost
+    with db.atomic():
+        repository.release_memory(db)  # inside a transaction it does nothing
+    assert len(totals()) == repository.BIG_FLUSH_ROWS
+
+
+def test_v8_stores_the_flushed_tables_without_rowid_on_sqlite(db: Database) -> None:
+    if not isinstance(db, SqliteDatabase):
+        pytest.skip("PostgreSQL has no rowid: v8 changes nothing there")
+    for table in ("member_stats", "daily_activity"):
+        sql = db.execute_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        assert sql.rstrip().upper().endswith("WITHOUT ROWID"), sql
+    assert {"member_stats_board_messages", "member_stats_board_voice"} <= schema_names(db)
 
 
 # --------------------------------------------------------------------------- windows
