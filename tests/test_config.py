@@ -573,7 +573,7 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         "LOG_FORMAT", "ARROW_EMOJI", "LEADERBOARD_SIZE", "CACHE_TTL", "VOICE_SESSION_RETENTION", "COMMAND_LIMIT",
         "EXCLUDED_CHANNELS", "EXCLUDED_ROLES", "HIDE_DEPARTED",
         "HEALTH_PORT",
-        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY", "TIMEZONE",
+        "HEALTH_HOST", "LOG_FILE", "MAX_PENDING_ROWS", "STANDBY", "TIMEZONE", "CHARTS",
         "WEB_PORT", "WEB_HOST", "WEB_PUBLIC", "WEB_OAUTH_BASE", "WEB_CLIENT_ID", "WEB_CLIENT_SECRET",
         "WEB_REDIRECT_URL",
     )  # fmt: skip
@@ -645,3 +645,8 @@ def test_a_bad_timezone_says_what_a_good_one_looks_like() -> None:
     assert str(caught.value) == (
         'TIMEZONE: "Berlin" is not a time zone: use an IANA name like UTC, Europe/Berlin or America/New_York'
     )
+
+
+def test_charts_can_be_turned_off() -> None:
+    assert load_settings({"BOT_TOKEN": "x"}).charts is True
+    assert load_settings({"BOT_TOKEN": "x", "CHARTS": "off"}).charts is False

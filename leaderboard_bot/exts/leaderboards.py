@@ -274,8 +274,8 @@ class Leaderboards(commands.Cog):
             stale=stale,
             period=scope.period,
         )
-        if not chart or not lines:
-            return Reply(embed)  # an empty board has nothing to draw: its text says so
+        if not chart or not lines or not self.bot.config.charts:
+            return Reply(embed)  # an empty board has nothing to draw: its text says so (CHARTS=off: none)
         draw = partial(charts.top_chart, board, list(lines), highlight=author.id)
         return with_picture(embed, await self._picture(self.chart_worker.run(draw), charts.TOP_FILENAME))
 
@@ -338,7 +338,7 @@ class Leaderboards(commands.Cog):
     async def _activity_chart(self, user_id: int, scope: Scope) -> bytes | None:
         """The member's days (services.daily) drawn on the charts thread; None: no data to draw."""
         services = self.bot.services
-        if not scope.chart_days:
+        if not scope.chart_days or not self.bot.config.charts:
             return None
         series = await member_days(services.storage, services.activity, user_id, scope.chart_days)
         if series is None:
@@ -426,4 +426,5 @@ def _safe(name: str, user_id: int) -> str:
 def setup(bot: LeaderboardBot) -> None:
     cog = Leaderboards(bot)
     bot.add_cog(cog)
-    cog.warm_up_charts()
+    if bot.config.charts:
+        cog.warm_up_charts()

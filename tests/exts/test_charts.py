@@ -82,7 +82,7 @@ def test_with_picture_points_the_embed_image_at_the_attachment() -> None:
 
 
 def cog() -> Leaderboards:
-    return Leaderboards(SimpleNamespace(config=SimpleNamespace(guild_id=GUILD_ID)))  # type: ignore[arg-type]
+    return Leaderboards(SimpleNamespace(config=SimpleNamespace(guild_id=GUILD_ID, charts=True)))  # type: ignore[arg-type]
 
 
 async def test_a_drawn_chart_becomes_an_attachment() -> None:
@@ -145,7 +145,7 @@ def top_bot(lines: list[Any]) -> Any:
     season = SimpleNamespace(number=1, ends_at=2_000_000_000.0, started_at=1_000_000_000.0)
     calendar = SimpleNamespace(day_of=lambda ts: "2026-12-03", zone_name="UTC")
     return SimpleNamespace(
-        config=SimpleNamespace(guild_id=GUILD_ID),
+        config=SimpleNamespace(guild_id=GUILD_ID, charts=True),
         services=SimpleNamespace(
             seasons=SimpleNamespace(current=season, finished=finished),
             boards=SimpleNamespace(lines_for_reply=lines_for_reply, changed_at=lambda board: None),
@@ -180,6 +180,17 @@ async def test_top_without_chart_or_with_an_empty_board_has_no_picture() -> None
     assert empty.file is None and empty.embed.image.url is None
 
 
+async def test_with_charts_off_nothing_is_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("CHARTS=off draws nothing")
+
+    monkeypatch.setattr(leaderboards.charts, "top_chart", never)
+    bot = top_bot(LINES)
+    bot.config.charts = False
+    reply = await Leaderboards(bot)._top_reply(top_inter(), "messages", chart=True)
+    assert reply.file is None and reply.embed.image.url is None
+
+
 async def test_top_answers_without_the_picture_when_drawing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> bytes:
         raise RuntimeError("no renderer")
@@ -210,7 +221,7 @@ def scope_bot(finished: Any = None) -> Any:
     from leaderboard_bot.services.days import Calendar
 
     return SimpleNamespace(
-        config=SimpleNamespace(guild_id=GUILD_ID),
+        config=SimpleNamespace(guild_id=GUILD_ID, charts=True),
         services=SimpleNamespace(
             seasons=SimpleNamespace(
                 current=SimpleNamespace(number=5, started_at=1_796_083_200.0),
