@@ -48,7 +48,7 @@ KEEPALIVE = 15.0  # seconds between comments on an idle live stream (finds viewe
 CHART_TTL = 60.0  # a member's chart is drawn at most once a minute
 SESSION_COOKIE = "lb_session"
 STATE_COOKIE = "lb_state"
-OPEN_PATHS = ("/auth/", "/static/", "/favicon.ico")
+OPEN_PATHS = ("/auth/", "/static/", "/icon.png")  # what the sign-in page itself needs
 SECURITY_HEADERS = {
     # Everything comes from the bot itself: no external fonts, scripts, images or trackers.
     "Content-Security-Policy": (

@@ -156,7 +156,9 @@ class WebBoards:
             if previous is None:  # the first read after a start: when the pinned boards last changed
                 known = [self.boards.changed_at(board) for board in BOARDS]
                 changed_at = max((k for k in known if k is not None), default=changed_at)
-            version = 1 if previous is None else previous.version + 1
+            # Milliseconds, and always more than the last: a page left open across a restart of
+            # the bot still takes the new run's standings as newer than what it shows.
+            version = max(int(self.clock() * 1000), 0 if previous is None else previous.version + 1)
             payload = json.dumps(
                 {"season": season.number, "changed_at": changed_at, "version": version, "tabs": shown[1]},
                 separators=(",", ":"),

@@ -125,7 +125,7 @@ async def test_a_snapshot_holds_every_tab_and_changes_only_when_the_standings_do
     web = view(services, clock)
     await messages(services, {ALI: 3, BOB: 5})
     first = await web.check()
-    assert first is not None and first.version == 1
+    assert first is not None and first.version == 5_000_000
     assert set(first.tabs) == set(TABS)
     season = first.tabs["season"]["messages"]
     shown = [(line.rank, line.name, line.value) for line in season]
@@ -133,13 +133,13 @@ async def test_a_snapshot_holds_every_tab_and_changes_only_when_the_standings_do
     assert [line.name for line in first.tabs["today"]["messages"]] == ["Bob *bold*", "Ali"]
     assert first.tabs["season"]["voice"] == []
     payload = json.loads(first.payload)
-    assert payload["version"] == 1 and payload["tabs"]["week"]["messages"][0]["name"] == "Bob *bold*"
+    assert payload["version"] == first.version and payload["tabs"]["week"]["messages"][0]["name"] == "Bob *bold*"
     assert str(ALI) not in first.payload.decode() and str(BOB) not in first.payload.decode()
     assert await web.check() is None  # unchanged: nothing to send
     clock.advance(10.0)
     await messages(services, {ALI: 4})
     second = await web.check()
-    assert second is not None and second.version == 2 and second.changed_at == 5010.0
+    assert second is not None and second.version == 5_010_000 and second.changed_at == 5010.0
     assert [line.name for line in second.tabs["season"]["messages"]] == ["Ali", "Bob *bold*"]
     assert (await web.snapshot()) is second
 
