@@ -917,6 +917,7 @@ def finished_seasons(guild_id: int, limit: int) -> list[tuple[int, float, float]
 def season(guild_id: int, number: int) -> Season | None:
     return Season.get_or_none((Season.guild_id == guild_id) & (Season.number == number))
 
+
 # --------------------------------------------------------------------------- charts (issue 12)
 # A member's daily buckets for the /stats chart. One point lookup per day on the primary key
 # (guild_id, day, user_id), not a scan of every member's rows on those days.
