@@ -4,6 +4,7 @@ live stream, the packaged templates, and the Discord sign-in against a fake OAut
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -178,7 +179,27 @@ async def test_the_live_stream_sends_the_standings_then_each_change(
     second = await next_event()
     assert second["version"] > first["version"]
     assert second["tabs"]["season"]["messages"][0]["name"] == "Cat"
-    stream.close()
+    cog.broadcast.close()  # the bot is stopping: every stream ends, none holds the stop up
+    assert await asyncio.wait_for(stream.content.read(), 5) == b""
+    assert len(cog.broadcast) == 0
+
+
+async def test_a_flush_wakes_the_watcher_which_pushes_the_change_once(
+    site: tuple[Web, TestClient[Any, Any], Services],
+) -> None:
+    cog, _client, services = site
+    await cog.push_change()
+    queue = cog.broadcast.subscribe()
+    watcher = asyncio.ensure_future(cog._watch())
+    try:
+        await messages(services, {ALI: 10})  # the flush listener wakes the watcher
+        event = await asyncio.wait_for(queue.get(), 5)
+        names = [e["name"] for e in json.loads(event.split(b"data: ", 1)[1])["tabs"]["today"]["messages"]]
+        assert names[0] == "Ali"
+        await asyncio.sleep(1.5)
+        assert queue.empty()  # nothing changed since: nothing sent
+    finally:
+        watcher.cancel()
 
 
 async def test_the_site_stays_off_without_a_port_and_refuses_to_start_unprotected(tmp_path: Path) -> None:
