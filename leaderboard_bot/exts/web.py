@@ -472,11 +472,13 @@ class Web(commands.Cog):
                 "client_id": self.config.web_client_id or "",
                 "client_secret": self.config.web_client_secret or "",
             }
-            async with session.post(f"{base}/api/oauth2/token", data=form) as reply:
+            async with session.post(f"{base}/api/v10/oauth2/token", data=form) as reply:
                 reply.raise_for_status()
                 token = (await reply.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
-            async with session.get(f"{base}/api/users/@me/guilds", headers=headers) as reply:
+            # 200 is the most servers an account can be in: one page holds them all.
+            guilds_url = f"{base}/api/v10/users/@me/guilds"
+            async with session.get(guilds_url, headers=headers, params={"limit": "200"}) as reply:
                 reply.raise_for_status()
                 guilds = await reply.json()
         wanted = str(self.config.guild_id)

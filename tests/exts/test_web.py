@@ -234,11 +234,12 @@ def fake_discord(guild_id: int) -> web.Application:
 
     async def guilds(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
+        assert request.query["limit"] == "200"
         ids = [str(guild_id), "42"] if auth == "Bearer token-member" else ["42"]
         return web.json_response([{"id": i, "name": "x"} for i in ids])
 
-    app.router.add_post("/api/oauth2/token", token)
-    app.router.add_get("/api/users/@me/guilds", guilds)
+    app.router.add_post("/api/v10/oauth2/token", token)
+    app.router.add_get("/api/v10/users/@me/guilds", guilds)
     return app
 
 
