@@ -214,3 +214,68 @@ async def test_a_hidden_member_is_absent_and_their_page_is_not_found(world: Worl
     assert gone is not None and gone.status == 404
     api = await page.goto(site + "/api/boards?period=all-time")
     assert api is not None and "Ali" not in await api.text()
+
+
+async def fake_discord_oauth(guild: int) -> tuple[Any, str]:
+    """Discord's OAuth2 pages as far as the sign-in uses them: the authorize page approves at once
+    (as for someone who approved before) and sends the browser back with a code; the token and
+    guilds endpoints answer for that code. Returns (runner, base URL)."""
+    from aiohttp import web
+
+    async def authorize(request: web.Request) -> web.Response:
+        query = request.query
+        assert query["scope"] == "identify guilds" and query["response_type"] == "code"
+        target = f"{query['redirect_uri']}?code=member-code&state={query['state']}"
+        return web.Response(status=302, headers={"Location": target})
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        assert form["code"] == "member-code" and form["client_secret"] == "e2e-secret"
+        return web.json_response({"access_token": "member-token", "token_type": "Bearer"})
+
+    async def guilds(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer member-token"
+        return web.json_response([{"id": str(guild), "name": "Test Guild"}])
+
+    app = web.Application()
+    app.router.add_get("/oauth2/authorize", authorize)
+    app.router.add_post("/api/v10/oauth2/token", token)
+    app.router.add_get("/api/v10/users/@me/guilds", guilds)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_member_signs_in_with_discord_in_the_browser(world: World, browser: Browser) -> None:
+    w = world
+    runner, oauth = await fake_discord_oauth(w.guild)
+    try:
+        port = free_port()
+        site = f"http://127.0.0.1:{port}"
+        await w.start_bot(
+            UPDATE_INTERVAL="1s", SPAM_LIMIT="off", WEB_PORT=str(port), WEB_OAUTH_BASE=oauth,
+            WEB_CLIENT_ID="1234", WEB_CLIENT_SECRET="e2e-secret", WEB_REDIRECT_URL=f"{site}/auth/callback",
+        )  # fmt: skip
+        await w.wait_log("web leaderboard on http://")
+        assert "e2e-secret" not in w.log_text()
+        await send(w, w.alice, 2)
+        page = await browser.new_page(viewport=DESKTOP)
+        gate = await page.goto(site + "/")
+        assert gate is not None and gate.status == 401
+        assert "Ali" not in await page.locator("main").inner_text()
+        await page.get_by_role("link", name="Sign in with Discord").click()
+        await page.wait_for_url(site + "/")
+        await eventually(page, lambda: _has(page, "Ali"), "the board after signing in")
+        cookies = {c["name"]: c for c in await page.context.cookies()}
+        assert cookies["lb_session"]["httpOnly"] and cookies["lb_session"]["sameSite"] == "Lax"
+        await page.get_by_role("link", name="Sign out").click()
+        again = await page.goto(site + "/")
+        assert again is not None and again.status == 401
+    finally:
+        await runner.cleanup()
+
+
+async def _has(page: Page, name: str) -> bool:
+    return name in [entry[1] for entry in await page_entries(page)]
