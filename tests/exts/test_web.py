@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -328,3 +329,61 @@ async def test_someone_outside_the_server_or_with_a_forged_state_is_not_let_in(
     assert refused.status == 502
     client.session.cookie_jar.update_cookies({SESSION_COOKIE: "eyJtZW1iZXIiOnRydWV9.forged"})
     assert (await client.get("/", allow_redirects=False)).status == 401
+
+
+# --------------------------------------------------------------------------- accessibility
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_the_colours_the_page_uses_for_text_have_enough_contrast() -> None:
+    css = package_files().joinpath("static", "site.css").read_text()
+    colours = dict(re.findall(r"--(\w+): (#[0-9a-fA-F]{6});", css))
+    assert colours["purple"].lower() == "#571173"
+    pairs = [
+        ("text", "bg"), ("text", "card"), ("muted", "card"), ("muted", "bg"), ("purple", "card"), ("purple", "bg"),
+    ]  # fmt: skip
+    for fore, back in pairs:
+        assert contrast(colours[fore], colours[back]) >= 4.5, (fore, back)  # WCAG AA for body text
+    assert contrast("#ffffff", colours["purple"]) >= 4.5  # the header and the selected tab
+
+
+class _Outline(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+async def test_the_page_has_a_language_labels_one_heading_and_named_regions(
+    site: tuple[Web, TestClient[Any, Any], Services],
+) -> None:
+    _cog, client, services = site
+    assert await services.seasons.roll(reason="test") is not None  # a past season too
+    for path in ("/", "/?period=month"):
+        outline = _Outline()
+        outline.feed(await (await client.get(path)).text())
+        tags = outline.tags
+        assert ("html", {"lang": "en"}) in tags
+        assert any(t == "meta" and a.get("name") == "viewport" for t, a in tags)
+        assert [t for t, _ in tags].count("h1") == 1
+        ids = {a["id"] for _, a in tags if a.get("id")}
+        labelled = [a["aria-labelledby"] for t, a in tags if t == "section"]
+        assert labelled and all(label in ids for label in labelled)  # every region is named by its heading
+        assert len(labelled) == len(set(labelled))
+        assert all("alt" in a for t, a in tags if t == "img")
+        assert any(t == "nav" and a.get("aria-label") for t, a in tags)
+        assert sum(1 for t, a in tags if t == "a" and a.get("aria-current") == "page") == 1
+        assert any(t == "a" and a.get("href") == "#main" for t, a in tags)  # skip link
+        assert any(a.get("aria-live") for _, a in tags)
