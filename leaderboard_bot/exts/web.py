@@ -46,6 +46,7 @@ CHECK_GAP = 1.0  # seconds: at most one standings check per second, however many
 FALLBACK_CHECK = 15.0  # seconds: names, departures and privacy choices change without a flush
 KEEPALIVE = 15.0  # seconds between comments on an idle live stream (finds viewers who left)
 CHART_TTL = 60.0  # a member's chart is drawn at most once a minute
+MEMBER_RECHECK = 600.0  # seconds: a signed-in visitor who left the server is let in at most this long after
 SESSION_COOKIE = "lb_session"
 STATE_COOKIE = "lb_state"
 OPEN_PATHS = ("/auth/", "/static/", "/icon.png")  # what the sign-in page itself needs
@@ -109,6 +110,7 @@ class Web(commands.Cog):
         self._unsubscribe: list[Callable[[], None]] = []
         self._charts: dict[int, tuple[float, bytes | None]] = {}
         self._icon: tuple[str, bytes] | None = None
+        self._members_checked: dict[int, tuple[float, bool]] = {}  # signed-in visitor -> (when, still here)
         files = package_files()
         self._static = {name: files.joinpath("static", name).read_bytes() for name in ("site.css", "live.js")}
         self.templates = jinja2.Environment(
@@ -275,7 +277,7 @@ class Web(commands.Cog):
         """WEB_PUBLIC=false: only visitors signed in as members of the guild get past this."""
         if not self.config.web_public and not request.path.startswith(OPEN_PATHS):
             session = unsign(self.secret, "session", request.cookies.get(SESSION_COOKIE), now=self._now())
-            if session is None or not session.get("member"):
+            if session is None or not session.get("member") or not await self._still_member(session.get("user")):
                 if request.path.startswith(("/api/", "/events")) or request.path.endswith(".png"):
                     return web.json_response({"error": "sign in with Discord first"}, status=401)
                 return self._render("signin.html", 401, title="Sign in")
@@ -283,6 +285,28 @@ class Web(commands.Cog):
         if not response.prepared:
             response.headers.update(SECURITY_HEADERS)
         return response
+
+    async def _still_member(self, user: object) -> bool:
+        """Whether a signed-in visitor is still in the server: asked through the bot's member lookup
+        (its cache, then Discord) at most every MEMBER_RECHECK seconds. Only Discord's "Unknown
+        Member" turns them away; a lookup that fails lets them in."""
+        lookup = getattr(getattr(self.bot.services, "membership", None), "lookup", None)
+        if lookup is None or not isinstance(user, str) or not user.isdecimal():
+            return True
+        user_id, now = int(user), self._now()
+        known = self._members_checked.get(user_id)
+        if known is not None and now - known[0] < MEMBER_RECHECK:
+            return known[1]
+        try:
+            answer = await asyncio.wait_for(lookup.is_member(user_id), 3.0)
+        except Exception as error:
+            logger.debug("web: could not tell whether a signed-in visitor is still in the server ({!r})", error)
+            answer = None
+        here = answer is not False
+        self._members_checked[user_id] = (now, here)
+        while len(self._members_checked) > 10_000:
+            self._members_checked.pop(next(iter(self._members_checked)))
+        return here
 
     async def _index(self, request: web.Request) -> web.Response:
         assert self.view is not None
@@ -446,22 +470,24 @@ class Web(commands.Cog):
             text = "That sign-in link expired or was not started here. Please sign in again."
             return self._render("message.html", 400, title="Sign-in failed", text=text)
         try:
-            member = await self._is_member(code)
+            member = await self._member_id(code)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
             logger.warning("web sign-in: Discord did not answer as expected ({})", error)
             return self._render("message.html", 502, title="Sign-in failed",
                                 text="Discord did not confirm the sign-in. Please try again.")  # fmt: skip
-        if not member:
+        if member is None:
             return self._render("message.html", 403, title="Members only",
                                 text="This leaderboard is only shown to members of the server.")  # fmt: skip
         response = _redirect("/")
-        cookie = sign(self.secret, "session", {"member": True}, now=self._now())
+        self._members_checked[int(member)] = (self._now(), True)
+        cookie = sign(self.secret, "session", {"member": True, "user": member}, now=self._now())
         response.set_cookie(SESSION_COOKIE, cookie, max_age=7 * 86400, **self._cookie_flags())
         response.del_cookie(STATE_COOKIE, path="/")
         return response
 
-    async def _is_member(self, code: str) -> bool:
-        """Trade the code for a token and ask Discord whether the visitor is in the guild."""
+    async def _member_id(self, code: str) -> str | None:
+        """Trade the code for a token and ask Discord who the visitor is and whether they are in
+        the guild: their id when they are (kept in the signed cookie, never shown), else None."""
         base = self.config.web_oauth_base
         timeout = aiohttp.ClientTimeout(total=15)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -476,13 +502,18 @@ class Web(commands.Cog):
                 reply.raise_for_status()
                 token = (await reply.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(f"{base}/api/v10/users/@me", headers=headers) as reply:
+                reply.raise_for_status()
+                user = str((await reply.json())["id"])
             # 200 is the most servers an account can be in: one page holds them all.
             guilds_url = f"{base}/api/v10/users/@me/guilds"
             async with session.get(guilds_url, headers=headers, params={"limit": "200"}) as reply:
                 reply.raise_for_status()
                 guilds = await reply.json()
+        if not user.isdecimal():
+            raise ValueError("Discord sent a user without an id")
         wanted = str(self.config.guild_id)
-        return any(isinstance(g, dict) and str(g.get("id")) == wanted for g in guilds)
+        return user if any(isinstance(g, dict) and str(g.get("id")) == wanted for g in guilds) else None
 
     async def _logout(self, request: web.Request) -> web.Response:
         response = self._render("message.html", title="Signed out", text="You are signed out.")

@@ -216,7 +216,7 @@ async def test_a_hidden_member_is_absent_and_their_page_is_not_found(world: Worl
     assert api is not None and "Ali" not in await api.text()
 
 
-async def fake_discord_oauth(guild: int) -> tuple[Any, str]:
+async def fake_discord_oauth(guild: int, user: int) -> tuple[Any, str]:
     """Discord's OAuth2 pages as far as the sign-in uses them: the authorize page approves at once
     (as for someone who approved before) and sends the browser back with a code; the token and
     guilds endpoints answer for that code. Returns (runner, base URL)."""
@@ -237,10 +237,15 @@ async def fake_discord_oauth(guild: int) -> tuple[Any, str]:
         assert request.headers["Authorization"] == "Bearer member-token"
         return web.json_response([{"id": str(guild), "name": "Test Guild"}])
 
+    async def me(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer member-token"
+        return web.json_response({"id": str(user), "username": "alice"})
+
     app = web.Application()
     app.router.add_get("/oauth2/authorize", authorize)
     app.router.add_post("/api/v10/oauth2/token", token)
     app.router.add_get("/api/v10/users/@me/guilds", guilds)
+    app.router.add_get("/api/v10/users/@me", me)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -250,7 +255,7 @@ async def fake_discord_oauth(guild: int) -> tuple[Any, str]:
 
 async def test_a_member_signs_in_with_discord_in_the_browser(world: World, browser: Browser) -> None:
     w = world
-    runner, oauth = await fake_discord_oauth(w.guild)
+    runner, oauth = await fake_discord_oauth(w.guild, w.alice)
     try:
         port = free_port()
         site = f"http://127.0.0.1:{port}"
@@ -268,6 +273,7 @@ async def test_a_member_signs_in_with_discord_in_the_browser(world: World, brows
         await page.get_by_role("link", name="Sign in with Discord").click()
         await page.wait_for_url(site + "/")
         await eventually(page, lambda: _has(page, "Ali"), "the board after signing in")
+        assert str(w.alice) not in await page.content()
         cookies = {c["name"]: c for c in await page.context.cookies()}
         assert cookies["lb_session"]["httpOnly"] and cookies["lb_session"]["sameSite"] == "Lax"
         await page.get_by_role("link", name="Sign out").click()

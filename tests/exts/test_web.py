@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,14 +22,16 @@ from loguru import logger
 
 from leaderboard_bot.config import load_settings
 from leaderboard_bot.db import Storage
-from leaderboard_bot.exts.web import SESSION_COOKIE, Web, package_files
+from leaderboard_bot.exts.web import MEMBER_RECHECK, SESSION_COOKIE, Web, package_files
 from leaderboard_bot.services.container import Services, build_services
 from tests.factories import MIDNIGHT, FakeClock, FakeNameSource
+from tests.services.test_membership import FakeLookup
 
 G = 5151
 ALI, BOB, CAT = 111111111111111111, 222222222222222222, 333333333333333333
 IDS = (str(ALI), str(BOB), str(CAT))
 FORMS = web.AppKey("forms", list[dict[str, Any]])
+MEMBER = 777777777777777777  # who signs in
 
 
 async def open_services(tmp_path: Path, **env: str) -> Services:
@@ -239,13 +242,18 @@ def fake_discord(guild_id: int) -> web.Application:
         ids = [str(guild_id), "42"] if auth == "Bearer token-member" else ["42"]
         return web.json_response([{"id": i, "name": "x"} for i in ids])
 
+    async def me(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        return web.json_response({"id": str(MEMBER) if auth == "Bearer token-member" else "4242", "username": "x"})
+
     app.router.add_post("/api/v10/oauth2/token", token)
+    app.router.add_get("/api/v10/users/@me", me)
     app.router.add_get("/api/v10/users/@me/guilds", guilds)
     return app
 
 
 @pytest.fixture
-async def private_site(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], web.Application]]:
+async def private_site(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], web.Application, Web]]:
     discord_app = fake_discord(G)
     discord = TestServer(discord_app)
     await discord.start_server()
@@ -267,7 +275,7 @@ async def private_site(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, An
     client: TestClient[Any, Any] = TestClient(TestServer(cog.make_app()))
     await client.start_server()
     try:
-        yield client, discord_app
+        yield client, discord_app, cog
     finally:
         cog.cog_unload()
         await client.close()
@@ -289,9 +297,9 @@ async def start_sign_in(client: TestClient[Any, Any]) -> str:
 
 
 async def test_a_member_signs_in_with_discord_and_then_sees_the_page(
-    private_site: tuple[TestClient[Any, Any], web.Application],
+    private_site: tuple[TestClient[Any, Any], web.Application, Web],
 ) -> None:
-    client, discord = private_site
+    client, discord, _cog = private_site
     gate = await client.get("/", allow_redirects=False)
     assert gate.status == 401 and "Sign in with Discord" in await gate.text()
     assert (await client.get("/api/boards")).status == 401
@@ -315,9 +323,9 @@ async def test_a_member_signs_in_with_discord_and_then_sees_the_page(
 
 
 async def test_someone_outside_the_server_or_with_a_forged_state_is_not_let_in(
-    private_site: tuple[TestClient[Any, Any], web.Application],
+    private_site: tuple[TestClient[Any, Any], web.Application, Web],
 ) -> None:
-    client, _discord = private_site
+    client, _discord, _cog = private_site
     state = await start_sign_in(client)
     stranger = await client.get(f"/auth/callback?code=stranger&state={state}", allow_redirects=False)
     assert stranger.status == 403 and "only shown to members" in await stranger.text()
@@ -329,6 +337,27 @@ async def test_someone_outside_the_server_or_with_a_forged_state_is_not_let_in(
     assert refused.status == 502
     client.session.cookie_jar.update_cookies({SESSION_COOKIE: "eyJtZW1iZXIiOnRydWV9.forged"})
     assert (await client.get("/", allow_redirects=False)).status == 401
+
+
+async def test_a_signed_in_member_who_leaves_the_server_is_turned_away_at_the_next_check(
+    private_site: tuple[TestClient[Any, Any], web.Application, Web],
+) -> None:
+    client, _discord, cog = private_site
+    lookup = FakeLookup({MEMBER: True})
+    cog.bot.services.membership.lookup = lookup
+    state = await start_sign_in(client)
+    await client.get(f"/auth/callback?code=member&state={state}", allow_redirects=False)
+    assert str(MEMBER) not in await (await client.get("/")).text()  # signed in; the id is never shown
+    assert lookup.calls == []  # just signed in: not asked again yet
+    lookup.answers[MEMBER] = False  # they left
+    assert (await client.get("/")).status == 200  # until the next check
+    later = time.time() + MEMBER_RECHECK + 1
+    cog._now = lambda: later  # type: ignore[method-assign]
+    assert (await client.get("/", allow_redirects=False)).status == 401
+    assert lookup.calls == [MEMBER]
+    lookup.answers[MEMBER] = RuntimeError("Discord is down")
+    cog._members_checked.clear()
+    assert (await client.get("/")).status == 200  # a failing lookup lets them in
 
 
 # --------------------------------------------------------------------------- accessibility
