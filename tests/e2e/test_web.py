@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,13 @@ async def test_a_hidden_member_is_absent_and_their_page_is_not_found(world: Worl
     assert gone is not None and gone.status == 404
     api = await page.goto(site + "/api/boards?period=all-time")
     assert api is not None and "Ali" not in await api.text()
+
+    await page.goto(site + "/")  # a live viewer connected while the bot stops: it does not hold the stop up
+    await page.wait_for_function("document.body.getAttribute('data-live') === '1'", timeout=10_000)
+    started = time.monotonic()
+    await w.stop_all()
+    assert time.monotonic() - started < 10
+    assert w.bots[0].returncode == 0
 
 
 async def fake_discord_oauth(guild: int, user: int) -> tuple[Any, str]:
