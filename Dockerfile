@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     DATABASE_URL=sqlite:////data/leaderboard.db \
-    HEALTH_HOST=0.0.0.0
+    HEALTH_HOST=0.0.0.0 \
+    WEB_HOST=0.0.0.0
 
 WORKDIR /app
 COPY pyproject.toml setup.cfg README.md LICENSE ./
