@@ -346,7 +346,11 @@ def _drop_emptied(guild_id: int, scope: int) -> None:
     MemberStats.update(voice_seconds=0.0).where(
         in_scope & (MemberStats.voice_seconds < VOICE_EPSILON) & (MemberStats.voice_seconds != 0)
     ).execute()
-    MemberStats.delete().where(in_scope & (MemberStats.messages <= 0) & (MemberStats.voice_seconds <= 0)).execute()
+    # "voice_seconds + 0" keeps SQLite off the voice board's index (which would walk every member
+    # without voice time, most of them) and on the messages one's short range of rows at zero.
+    MemberStats.delete().where(
+        in_scope & (MemberStats.messages <= 0) & ((MemberStats.voice_seconds + 0) <= 0)
+    ).execute()
 
 
 def rebuild_windows(guild_id: int, day: str) -> None:
@@ -700,14 +704,15 @@ def ranked_count(guild_id: int, season: int, board: Board, sequence: int | None 
     return count
 
 
-def count_ranked_boards(guild_id: int, season: int) -> None:
-    """Count both boards at the current write number (and find their medians the first time), so
-    the next rank finds them ready."""
+def count_ranked_boards(guild_id: int, *scopes: int) -> None:
+    """Count both boards of each scope (a season or a window) at the current write number (and find
+    their medians the first time), so the next rank finds them ready."""
     with database_proxy.atomic():
         sequence = write_sequence(guild_id)
-        for board in ("messages", "voice"):
-            ranked = ranked_count(guild_id, season, board, sequence)
-            _nearer_the_top(guild_id, season, board, 0.0, 0, ranked)
+        for scope in scopes:
+            for board in ("messages", "voice"):
+                ranked = ranked_count(guild_id, scope, board, sequence)
+                _nearer_the_top(guild_id, scope, board, 0.0, 0, ranked)
 
 
 # PostgreSQL's default, READ COMMITTED, takes a new snapshot for every statement: a rank's counts

@@ -36,6 +36,7 @@ LAST_KNOWN_STANDINGS = 4096
 STANDING_READS = 3  # lock-free attempts before a standing waits for the flush lock
 MERGE_AT_MOST = 5_000  # a flush moving more members than this drops the cached tops it touches
 KNOWN_AT_MOST = 20_000  # stored counts kept for members with unwritten counts (cleared past it)
+WINDOW_RANKED_LATELY = repository.MEDIAN_MAX_AGE  # seconds a ranked window keeps being counted per flush
 
 
 class TopCache:
@@ -231,6 +232,9 @@ class Rankings:
         self._last_standings: LRUCache[tuple[int, int], Standing] = LRUCache(LAST_KNOWN_STANDINGS)
         self.stale_answers = 0
         self._counting: asyncio.Future[None] | None = None
+        # Windows whose ranks were read lately (scope -> monotonic time): counted after each flush
+        # with the season, so a window's first rank after a write need not count its board inline.
+        self._windows_ranked: dict[int, float] = {}
         activity.add_flush_listener(self.on_flush)
         seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
@@ -243,7 +247,7 @@ class Rankings:
         if sequence is None:
             self.cache.invalidate()
             return
-        self._count_boards_soon(batch.season)
+        self._count_boards_soon(batch.season, *self._windows_ranked_lately())
         added = batch.per_member()
         known = self._known if self._known_at is not None and self._known_at[0] == batch.season else None
         moved_on: dict[str, list[int]] = {}
@@ -281,14 +285,23 @@ class Rankings:
         the first rank of a big board then costs what every other one does."""
         self._count_boards_soon(self.seasons.current_number())
 
-    def _count_boards_soon(self, season: int) -> None:
+    def _windows_ranked_lately(self) -> list[int]:
+        """The windows ranked within WINDOW_RANKED_LATELY seconds (forgetting older ones): a window
+        nobody asks about costs no counting."""
+        now = time.monotonic()
+        for scope, at in list(self._windows_ranked.items()):
+            if now - at > WINDOW_RANKED_LATELY:
+                del self._windows_ranked[scope]
+        return sorted(self._windows_ranked)
+
+    def _count_boards_soon(self, *scopes: int) -> None:
         """Count each board's ranked members at the new write number off the hot path (the reader
         thread), so a rank counted from the bottom of a big board need not count them itself."""
         if self._counting is not None and not self._counting.done():
             return
         try:
             self._counting = asyncio.ensure_future(
-                self.storage.read(repository.count_ranked_boards, self.activity.guild_id, season)
+                self.storage.read(repository.count_ranked_boards, self.activity.guild_id, *scopes)
             )
         except RuntimeError:  # no running loop (a synchronous test): nothing to prepare
             return
@@ -369,6 +382,8 @@ class Rankings:
         user_id: int | None = None,
         rank_boards: tuple[Board, ...] = (),
     ) -> LiveRead | None:
+        if rank_boards and window_of(season) is not None:
+            self._windows_ranked[season] = time.monotonic()
         known_at = self._known_at[1] if self._known_at is not None and self._known_at[0] == season else None
         # Only what this read can use: the stored counts of members with unwritten counts.
         known = None if known_at is None else {u: self._known[u] for u in unwritten.members() if u in self._known}

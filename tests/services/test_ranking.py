@@ -1070,3 +1070,43 @@ async def test_the_best_finished_season_follows_each_roll(rankings: Rankings, tr
     assert await rankings.seasons.roll(reason="test") is not None  # member 1 inactive: the best stays
     assert await rankings.best_finished(1) == Placing(2, "messages", 1, 9.0)
     assert await rankings.best_finished(2) == Placing(3, "messages", 1, 1.0)  # a later tie wins
+
+
+async def test_a_flush_counts_the_boards_of_windows_ranked_lately_in_the_background(
+    rankings: Rankings, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted: list[tuple[int, ...]] = []
+    count_ranked_boards = repository.count_ranked_boards
+
+    def spy(guild_id: int, *scopes: int) -> None:
+        counted.append(scopes)
+        count_ranked_boards(guild_id, *scopes)
+
+    monkeypatch.setattr(repository, "count_ranked_boards", spy)
+
+    async def flush_and_count() -> tuple[int, ...]:
+        counted.clear()
+        assert await rankings.seasons.flush() is True
+        assert rankings._counting is not None
+        await rankings._counting
+        return counted[-1]
+
+    send(tracker, 1, 2)
+    assert await flush_and_count() == (1,)  # only the season: no window was ranked
+    await rankings.top("messages", 10, season=MONTH.scope)  # a top needs no count
+    send(tracker, 1, 1)
+    assert await flush_and_count() == (1,)
+    await rankings.standing(1, season=WEEK.scope)
+    send(tracker, 2, 1)
+    assert await flush_and_count() == (1, WEEK.scope)
+    guild = rankings.activity.guild_id
+
+    def week_count_and_write() -> tuple[tuple[int, int] | None, int]:
+        counts = repository._ranked.get(repository.database_proxy.obj, {})
+        return counts.get((guild, WEEK.scope, "messages")), repository.write_sequence(guild)
+
+    week_count, write = await rankings.storage.read(week_count_and_write)
+    assert week_count == (write, 2)  # the week's board, counted at the new write number
+    monkeypatch.setattr("leaderboard_bot.services.ranking.WINDOW_RANKED_LATELY", -1.0)
+    send(tracker, 2, 1)
+    assert await flush_and_count() == (1,)  # not ranked lately: forgotten
