@@ -1,7 +1,7 @@
 """Benchmark 5: resident memory after 100,000 distinct members each sent a message, this bot
 against a bare disnake bot given the same load, same run.
 
-    python bench/memory.py [--members 100000] [--rounds 1] [--no-chart-warm-up]
+    python bench/memory.py [--members 100000] [--rounds 1]
 
 Against ../shared/fakecord (or $FAKECORD_DIR). Each bot starts on a fake guild of ``--members``
 members; each member sends one message; once the bot has handled them all (a command queued behind
@@ -10,9 +10,10 @@ full spam buckets then), the bot process's RSS is read (and its anonymous and fi
 from /proc). This bot runs with its defaults (SPAM_LIMIT on) on a fresh SQLite file; every member's
 message is checked as counted.
 
-``--no-chart-warm-up`` (a diagnosis, not how the bot runs) starts this bot with the charts' warm-up
-at start (matplotlib imported and one chart drawn on the charts thread) made a no-op, to tell what
-the counting itself costs from what the charts' library holds.
+The charts are drawn in a child process of the bot (started at start-up to warm up, ended after
+10 idle minutes): the target is the bot's own process; the child's RSS, while it is alive, is
+printed on its own line. (Before the charts moved there, ``--no-chart-warm-up`` made their warm-up
+a no-op to tell the counting's memory from matplotlib's; it is gone with the need for it.)
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import argparse
 import asyncio
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.ingest import (
     bare_count,
@@ -73,30 +72,20 @@ async def round_bare(members: int, settle: float, tmp: Path) -> tuple[int, int]:
         await world.fc.stop()
 
 
-# Runs the bot as ``python -m leaderboard_bot`` does, with the charts' warm-up replaced first.
-NO_CHART_WARM_UP = (
-    "import runpy\n"
-    "import leaderboard_bot.ui.charts as charts\n"
-    "charts.warm_up = lambda: None\n"
-    "runpy.run_module('leaderboard_bot', run_name='__main__', alter_sys=True)\n"
-)
+def children_rss(pid: int) -> int:
+    """Resident bytes of a process's children (the charts' process), 0 when there is none."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += int(Path(f"/proc/{child}/statm").read_text().split()[1]) * 4096
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
 
 
-def without_chart_warm_up(world: Any) -> None:
-    start_bot = world.fc.start_bot
-
-    async def start(argv: list[str], **kwargs: Any) -> Any:
-        if argv == ["-m", "leaderboard_bot"]:
-            argv = [sys.executable, "-c", NO_CHART_WARM_UP]
-        return await start_bot(argv, **kwargs)
-
-    world.fc.start_bot = start
-
-
-async def round_ours(members: int, settle: float, tmp: Path, *, chart_warm_up: bool = True) -> tuple[int, int]:
+async def round_ours(members: int, settle: float, tmp: Path) -> tuple[int, int]:
     world = await make_world(members)
-    if not chart_warm_up:
-        without_chart_warm_up(world)
     db = tmp / f"memory-{time.monotonic_ns()}.db"
     bot = await start_ours(world, tmp, db, SPAM_LIMIT="5/5s")
     try:
@@ -106,7 +95,8 @@ async def round_ours(members: int, settle: float, tmp: Path, *, chart_warm_up: b
         await asyncio.sleep(settle)
         after = rss(bot)
         anon, file = rss_parts(bot.proc.pid)  # file-backed: the database read through mmap
-        print(f"  ours: of which anonymous {anon / 1e6:.0f} MB, file-backed {file / 1e6:.0f} MB", flush=True)
+        print(f"  ours: of which anonymous {anon / 1e6:.0f} MB, file-backed {file / 1e6:.0f} MB; "
+              f"the charts' child process {children_rss(bot.proc.pid) / 1e6:.0f} MB", flush=True)  # fmt: skip
         await stop_ours(bot)
         totals = season_totals(db)
         assert len(totals) == members and set(totals.values()) == {1}, "a member's message was not counted"
@@ -121,13 +111,12 @@ async def main() -> None:
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--settle", type=float, default=12.0)
-    ap.add_argument("--no-chart-warm-up", action="store_true", help="diagnosis: the charts' warm-up made a no-op")
     args = ap.parse_args()
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             b0, b1 = await round_bare(args.members, args.settle, Path(tmp))
-            o0, o1 = await round_ours(args.members, args.settle, Path(tmp), chart_warm_up=not args.no_chart_warm_up)
+            o0, o1 = await round_ours(args.members, args.settle, Path(tmp))
             bare.append(b1)
             ours.append(o1)
             print(f"round {r + 1}: bare {b0 / 1e6:.0f} -> {b1 / 1e6:.0f} MB, ours {o0 / 1e6:.0f} -> {o1 / 1e6:.0f} MB "

@@ -100,7 +100,7 @@ class Settings:
     max_pending_rows: int = 1_000_000  # MAX_PENDING_ROWS: unwritten rows kept in memory before spilling to disk
     standby: bool = False  # STANDBY: with another instance running, wait as a hot standby instead of exiting
     timezone: str = "UTC"  # TIMEZONE: the IANA zone whose days bucket activity (today/week/month boards)
-    charts: bool = True  # CHARTS: draw /stats and /top charts (matplotlib, about 50 MB when loaded)
+    charts: bool = True  # CHARTS: draw /stats and /top charts (matplotlib, in a child process)
     web_port: int | None = None  # WEB_PORT: the web leaderboard, off by default
     web_host: str = "127.0.0.1"  # WEB_HOST
     web_public: bool = False  # WEB_PUBLIC: false asks visitors to sign in with Discord (members only)

@@ -3,7 +3,7 @@ running season, a window of days or a finished season) and ``/seasons``.
 
 Every answer goes through ``exts.errors.respond_in_time``: in time, and an apology on errors.
 ``/stats`` attaches a chart of the member's days and ``/top chart:true`` one of the board, drawn
-on the charts thread within ``CHART_BUDGET``; a chart that fails or is late is left out.
+in the charts' child process within ``CHART_BUDGET``; a chart that fails or is late is left out.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ..ui.embeds import (
     window_period,
 )
 from ..ui.format import day_range_text, display_name
-from ..worker import DaemonWorker
+from ..worker import ProcessWorker
 from .errors import Reply, ready, respond_in_time
 from .tracking import excluded, role_ids
 
@@ -50,8 +50,10 @@ SERVER_ONLY = "This command only works in the server."
 SEASONS_SHOWN = 10  # the most recent finished seasons listed by /seasons
 AUTOCOMPLETE_CHOICES = 25  # Discord's cap on autocomplete suggestions
 # A chart (its data and its drawing) gets this long; past it the answer goes without the picture.
-# Drawing takes about 0.1 s (bench/charts.py); the rest is room for a busy machine or database.
+# Drawing takes about 0.1 s (bench/charts.py), plus about 0.5 s for the first chart after the charts'
+# process was idle (a new process imports matplotlib); the rest is room for a busy machine or database.
 CHART_BUDGET = 2.0
+CHARTS_IDLE = 600.0  # seconds without a chart before the charts' process ends (the next one starts it again)
 
 PERIOD_CHOICES = [
     disnake.OptionChoice("This season", "season"),
@@ -81,22 +83,24 @@ class Scope:
 class Leaderboards(commands.Cog):
     def __init__(self, bot: LeaderboardBot) -> None:
         self.bot = bot
-        self._charts: DaemonWorker | None = None  # one thread draws every chart, in turn
+        # One child process draws every chart, in turn: matplotlib's memory (about 50 MB) and its
+        # pure-Python drawing stay out of the bot's process; the child ends after 10 idle minutes.
+        self._charts: ProcessWorker | None = None
         self._chart_log = LogThrottle()
 
     @property
-    def chart_worker(self) -> DaemonWorker:
+    def chart_worker(self) -> ProcessWorker:
         if self._charts is None:
-            self._charts = DaemonWorker("leaderboard-charts")
+            self._charts = ProcessWorker("leaderboard-charts", idle=CHARTS_IDLE)
         return self._charts
 
     def warm_up_charts(self) -> None:
-        """Import matplotlib and draw one chart on the charts thread now, so the first /stats
-        does not pay for it (about a second; more on a first start that builds its font cache).
-        Says in the log when charts are ready, or that answers will go without them."""
+        """Start the charts' process and draw one chart there now: it builds matplotlib's font cache
+        on a first start (several seconds), and the log says when charts are ready or that answers
+        will go without them. The process ends after CHARTS_IDLE seconds without a chart."""
         started = time.monotonic()
 
-        def done(future: concurrent.futures.Future[None]) -> None:  # on the charts thread
+        def done(future: concurrent.futures.Future[None]) -> None:  # on the pool's thread
             if future.cancelled():
                 return
             error = future.exception()
@@ -110,7 +114,7 @@ class Leaderboards(commands.Cog):
 
     def cog_unload(self) -> None:
         if self._charts is not None:
-            self._charts.stop(0)  # a daemon thread: a chart being drawn never holds up a stop
+            self._charts.stop()  # a chart being drawn never holds up a stop
 
     # ------------------------------------------------------------------ commands
 
@@ -336,7 +340,7 @@ class Leaderboards(commands.Cog):
         )
 
     async def _activity_chart(self, user_id: int, scope: Scope) -> bytes | None:
-        """The member's days (services.daily) drawn on the charts thread; None: no data to draw."""
+        """The member's days (services.daily) drawn in the charts' process; None: no data to draw."""
         services = self.bot.services
         if not scope.chart_days or not self.bot.config.charts:
             return None

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
+import os
+import time
 from collections.abc import Iterator
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +20,7 @@ from leaderboard_bot.domain import BoardLine
 from leaderboard_bot.exts import leaderboards
 from leaderboard_bot.exts.errors import Reply
 from leaderboard_bot.exts.leaderboards import Leaderboards, with_picture
+from leaderboard_bot.ui import charts
 from leaderboard_bot.ui.embeds import notice_embed
 from tests.exts.test_errors import DEFER_AFTER, GUILD_ID, FakeInter, FakeResponse, respond
 
@@ -37,6 +40,11 @@ class FileInter(FakeInter):
 
     async def edit_original_response(self, *, embed: disnake.Embed, **kwargs: Any) -> None:  # type: ignore[override]
         self.calls.append(("edit", embed.description, kwargs.get("file")))
+
+
+def sleep_then(seconds: float, value: bytes) -> bytes:
+    time.sleep(seconds)
+    return value
 
 
 def png_file() -> disnake.File:
@@ -108,24 +116,26 @@ async def test_nothing_to_draw_is_no_attachment() -> None:
 
 
 async def test_a_chart_over_the_budget_is_left_out_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leaderboards, "CHART_BUDGET", 0.2)
-    gate = threading.Event()
     board = cog()
     try:
+        await board.chart_worker.run(os.getpid)  # the child started (its start is not what is timed)
+        monkeypatch.setattr(leaderboards, "CHART_BUDGET", 0.2)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await board._picture(board.chart_worker.run(lambda: gate.wait(10) and b"late"), "top.png") is None
+        late = partial(sleep_then, 10.0, b"late")
+        assert await board._picture(board.chart_worker.run(late), "top.png") is None
         assert loop.time() - started < 1.0
+        assert await board.chart_worker.run(partial(sleep_then, 0.0, b"next")) == b"next"  # not behind it
     finally:
-        gate.set()
         board.cog_unload()
 
 
-async def test_the_charts_thread_draws_off_the_event_loop() -> None:
+async def test_charts_are_drawn_in_the_charts_process_not_the_bots() -> None:
     board = cog()
     try:
-        name = await board.chart_worker.run(lambda: threading.current_thread().name)
-        assert name == "leaderboard-charts" and name != threading.current_thread().name
+        assert await board.chart_worker.run(os.getpid) != os.getpid()
+        png = await board.chart_worker.run(partial(charts.activity_chart, ["2026-12-01"], [3], [60.0], caption="x"))
+        assert png.startswith(b"\x89PNG")
     finally:
         board.cog_unload()
 
