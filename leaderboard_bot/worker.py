@@ -61,10 +61,20 @@ class DaemonWorker:
 
 def _quiet_child() -> None:
     """In the child: Ctrl+C in the bot's terminal reaches the whole process group; the bot ends
-    its child itself. A little lower priority, so that a chart yields the CPU to counting."""
+    its child itself. A little lower priority, so that a chart yields the CPU to counting. And it
+    ends with the bot even after a ``kill -9``, which leaves no one to tell it (it holds both ends
+    of its job queue, so it would never see the queue close)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(5)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns when the parent process has ended, however it ended
+    os._exit(0)
 
 
 class ProcessWorker:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -36,12 +38,12 @@ def interrupt_self() -> str:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet reaped, is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except OSError:
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie (ended, not yet reaped) is not alive
-        return stat.read().split(") ")[-1][0] != "Z"
 
 
 async def wait_until(condition: object, timeout: float = 10.0) -> None:
@@ -119,3 +121,33 @@ async def test_the_thread_worker_still_runs_jobs_in_order() -> None:
         assert [await worker.run(partial(int, n)) for n in ("1", "2")] == [1, 2]
     finally:
         assert worker.stop(1.0)
+
+
+BOT_KILLED = """
+import asyncio, os, sys, time
+from leaderboard_bot.worker import ProcessWorker
+
+async def main() -> None:
+    worker = ProcessWorker("charts")
+    print(await worker.run(os.getpid), flush=True)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+async def test_the_child_ends_when_the_bot_is_killed_with_sigkill(tmp_path: Path) -> None:
+    script = tmp_path / "bot.py"
+    script.write_text(BOT_KILLED)
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        assert bot.stdout is not None
+        child = int(await asyncio.wait_for(bot.stdout.readline(), 30))
+        assert alive(child)
+    finally:
+        bot.kill()
+        await bot.wait()
+    await wait_until(lambda: not alive(child))
