@@ -50,6 +50,9 @@ class LeaderboardBot(commands.InteractionBot):
             intents=bot_intents(),
             test_guilds=[config.guild_id],
             allowed_mentions=disnake.AllowedMentions.none(),
+            # No message cache: the bot listens to raw delete and edit events only, and 1,000 cached
+            # messages (with their authors) are memory and work per message for nothing.
+            max_messages=None,
             # A standby registers nothing: its commands are not loaded yet, and a sync would delete
             # the active instance's. After a takeover the commands the active one synced are used.
             command_sync_flags=commands.CommandSyncFlags.none() if standby else commands.CommandSyncFlags.default(),

@@ -79,12 +79,14 @@ class Tracking(commands.Cog):
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_privacy: Callable[[], None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._early_flushes: set[asyncio.Future[None]] = set()
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self._unsubscribe_privacy = self.privacy.subscribe(self._on_privacy)
         self.flush_loop.change_interval(seconds=self.bot.services.settings.current.flush_interval)
         self.flush_loop.start()
+        self.tracker.on_many_pending = self._flush_early
         self.prune_loop.start()
         if self.bot.is_ready():
             # Loaded by a takeover on a live connection: on_ready has come and gone, so read who is
@@ -94,6 +96,7 @@ class Tracking(commands.Cog):
             task.add_done_callback(self._tasks.discard)
 
     def cog_unload(self) -> None:
+        self.tracker.on_many_pending = None
         for task in self._tasks:
             task.cancel()
         self.flush_loop.cancel()
@@ -132,6 +135,20 @@ class Tracking(commands.Cog):
             logger.exception("flush failed unexpectedly; will retry on the next interval")
         # Buckets of members who went quiet are full again: forget them even if nobody writes.
         self.tracker.guard.forget_full()
+
+    def _flush_early(self) -> None:
+        """A burst filled the buffers (services.activity EARLY_FLUSH_ROWS): write them now, in turn
+        with the scheduled flushes (the flush lock), rather than at the next interval."""
+        # Kept apart from _tasks: a stop never cancels a write under way (the final flush waits for it).
+        task = asyncio.ensure_future(self._flush_burst())
+        self._early_flushes.add(task)
+        task.add_done_callback(self._early_flushes.discard)
+
+    async def _flush_burst(self) -> None:
+        try:
+            await self.bot.services.seasons.flush()
+        except Exception:
+            logger.exception("an early flush failed unexpectedly; the next interval retries")
 
     @tasks.loop(hours=1)
     async def prune_loop(self) -> None:

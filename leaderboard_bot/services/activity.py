@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from itertools import islice
@@ -53,6 +54,10 @@ RECOVERY_MARKER_RETENTION = 30 * 86_400.0
 HELD_BACK_MEMBERS = 10_000  # members whose held-back messages today are remembered (for /stats)
 MAX_PENDING_ROWS = 1_000_000  # (member, day) rows held in memory; past it the oldest go to disk
 SPILL_SHARE = 0.1  # the share of the bound moved to disk at once (so a full buffer spills rarely)
+# A burst of new members (a raid, an announcement) is written at this many rows instead of waiting
+# for the flush interval: what a burst holds in memory (the rows, the names to write) stays bounded,
+# and with it the allocator's high-water mark, which a process never fully gives back.
+EARLY_FLUSH_ROWS = 20_000
 SPILL_RETRY_AFTER = 30.0  # after the disk refused a spill, the rows stay in memory this long
 
 
@@ -109,6 +114,11 @@ class ActivityService:
         self.last_flush_at: float | None = None
         self.last_error: StorageError | None = None
         self.max_pending_rows = max_pending_rows
+        self.early_flush_rows = EARLY_FLUSH_ROWS
+        # Told (once per batch) when the buffers reach early_flush_rows while writes succeed: the
+        # bot then flushes without waiting for the interval (exts.tracking).
+        self.on_many_pending: Callable[[], None] | None = None
+        self._early_flush_asked = False
         self.claim_lease = claim_lease  # what each write asserts (services.lease); True: release it
         self.on_lease_lost: Callable[[str], None] | None = None
         self.fenced = False  # lost the lease: never writes again (another instance counts)
@@ -149,9 +159,14 @@ class ActivityService:
             messages[key] = count + 1
             return True
         messages[key] = 1
-        # Only a new row can reach the bound.
-        if len(messages) + self.voice.pending_rows() >= self.max_pending_rows:
+        # Only a new row can reach the bounds.
+        rows = len(messages) + self.voice.pending_rows()
+        if rows >= self.max_pending_rows:
             self._request_spill()
+        elif rows >= self.early_flush_rows and not self._early_flush_asked and self._failing_since is None:
+            self._early_flush_asked = True  # (while writes fail, the rows wait for the next attempt)
+            if self.on_many_pending is not None:
+                self.on_many_pending()
         return True
 
     def _event_time(self, sent_at: float, now: float) -> float:
@@ -459,6 +474,7 @@ class ActivityService:
 
     def _take(self, season: int, now: float) -> ActivityBatch:
         messages, self._messages = self._messages, Counter()
+        self._early_flush_asked = False
         drained = self.voice.checkpoint(now)
         batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
         batch.lease = self.claim_lease(self._releasing)
@@ -543,7 +559,15 @@ class ActivityService:
                 break
         if write.cancelled():
             return asyncio.CancelledError("the database write was cancelled"), cancelled
-        return write.exception(), cancelled
+        error = write.exception()
+        del write
+        if error is not None:
+            # Its traceback runs through this frame, which held the write and so the error: a
+            # cycle that kept every failed batch until a full garbage collection (an outage of
+            # a busy server is many such batches).
+            traceback.clear_frames(error.__traceback__)
+            error.__traceback__ = None
+        return error, cancelled
 
     # ------------------------------------------------------------------ the recovery file
 

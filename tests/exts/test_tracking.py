@@ -388,3 +388,27 @@ async def test_a_stopped_member_in_voice_stops_counting_at_once_and_counts_again
     await w.privacy.set_flag(ALICE, STOPPED, False)
     await asyncio.gather(*list(cog._tasks))  # the reconcile the start asked for
     assert w.tracker.voice.counting_users() == {ALICE, BOB, 104}
+
+
+async def test_a_burst_of_new_members_is_flushed_without_waiting_for_the_interval(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    flush = AsyncMock(return_value=True)
+    w.bot.services.seasons = SimpleNamespace(flush=flush)
+    w.bot.services.settings.update(flush_interval=3600.0)
+    w.tracker.early_flush_rows = 10
+    await cog.cog_load()
+    try:
+        await asyncio.sleep(0.05)  # the loop's first run
+        scheduled = flush.await_count
+        for user in range(1, 10):
+            await cog.on_message(message(user, w.clock.now))
+        await asyncio.sleep(0.05)
+        assert flush.await_count == scheduled  # nine rows: below the threshold
+        await cog.on_message(message(10, w.clock.now))
+        await asyncio.sleep(0.05)
+        assert flush.await_count == scheduled + 1
+    finally:
+        cog.cog_unload()
+    assert w.tracker.on_many_pending is None  # an unloaded extension is not called

@@ -233,6 +233,36 @@ async def test_failed_write_keeps_everything_and_the_next_flush_writes_it_once(
     assert activity_service.pending_messages(1) == 0
 
 
+async def test_a_burst_of_new_members_asks_for_an_early_flush_once_per_batch_while_writes_succeed(
+    activity_service: ActivityService, activity_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    activity_service.early_flush_rows = 50
+    activity_service.on_many_pending = lambda: asked.append(len(activity_service._messages))
+    for member in range(49):
+        activity_service.record_message(member)
+        activity_service.record_message(member)  # a known row is not a new one
+    assert asked == []
+    for member in range(49, 120):
+        activity_service.record_message(member)
+    assert asked == [50]  # once, at the threshold, however far past it the burst goes
+    assert await activity_service.flush(season_one) is True
+    for member in range(1_000, 1_050):
+        activity_service.record_message(member)
+    assert asked == [50, 50]  # the next batch asks again
+
+    fail_batches(monkeypatch)
+    assert await activity_service.flush(season_one) is False
+    for member in range(2_000, 2_100):
+        activity_service.record_message(member)
+    assert asked == [50, 50]  # failing writes: the rows wait for the next attempt, no extra ones
+    assert await activity_service.flush(season_one) is True
+    for member in range(3_000, 3_050):
+        activity_service.record_message(member)
+    assert asked == [50, 50, 50]
+    assert sum(m for m, _ in (await stats(activity_storage)).values()) == 49 * 2 + 71 + 50 + 100  # (the last 50 wait)
+
+
 async def test_storage_run_failure_also_keeps_the_buffer(
     activity_service: ActivityService,
     activity_storage: Storage,
@@ -616,6 +646,7 @@ async def test_a_30_minute_outage_with_5000_in_voice_keeps_each_attempt_the_same
 ) -> None:
     """The work of a retried flush and the memory held do not grow with the outage: pending
     voice is one entry per member and day, however many attempts failed (timings: bench/outage.py)."""
+    import gc
     import tracemalloc
 
     members = 5_000
@@ -633,6 +664,8 @@ async def test_a_30_minute_outage_with_5000_in_voice_keeps_each_attempt_the_same
     monkeypatch.setattr(repository, "apply_batch", locked)
     file_sizes: list[int] = []
     memory: list[int] = []
+    gc.collect()
+    gc.disable()  # what is held, not what waits for a collection: a cycle per failed batch counts
     tracemalloc.start()
     try:
         for _ in range(30):  # one flush a minute, every one failing
@@ -642,6 +675,7 @@ async def test_a_30_minute_outage_with_5000_in_voice_keeps_each_attempt_the_same
             memory.append(tracemalloc.get_traced_memory()[0])
     finally:
         tracemalloc.stop()
+        gc.enable()
     assert set(sizes) == {(members, members, members)} and len(sizes) == 30
     assert max(file_sizes) - min(file_sizes) < 0.05 * max(file_sizes)  # the file is rewritten, not appended to
     assert memory[-1] - memory[4] < 1_000_000  # flat: under 1 MB drift from minute 5 to 30

@@ -12,7 +12,7 @@ import pytest
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.domain import UNKNOWN_MEMBER, ActivityBatch, NameInfo
 from leaderboard_bot.services.activity import ActivityService
-from leaderboard_bot.services.names import NOT_FOUND_TTL, NameService
+from leaderboard_bot.services.names import NOT_FOUND_TTL, FingerprintTable, NameService
 from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, open_storage, voice_tracker
 
 G = 7171
@@ -362,3 +362,35 @@ def test_names_in_memory_are_bounded_and_each_member_is_kept_once() -> None:
     for member in range(999, 989, -1):
         names.seen(member, None, None, f"member{member}")  # unchanged: nothing to write
     assert names.take_unwritten() == {}
+
+
+def test_the_fingerprint_table_keeps_grows_forgets_and_stays_bounded() -> None:
+    table = FingerprintTable(max_entries=5_000, capacity=8)
+    # Snowflakes a millisecond apart differ in their high bits only: they must not pile on one slot.
+    members = [(1_404_855_785_183_252_572 + n) << 3 for n in range(3_000)] + list(range(1_000))
+    for n, member in enumerate(members):
+        table.put(member, n + 1)
+    assert len(table) == 4_000
+    assert all(table.get(member) == n + 1 for n, member in enumerate(members))
+    assert table.get(10**6) == 0 and table.get(-1) == 0 and table.get(1 << 64) == 0  # unknown or not an id
+    table.put(members[0], 77)  # a changed fingerprint replaces the old one
+    assert table.get(members[0]) == 77 and len(table) == 4_000
+    table.put(members[1], 0)  # forgotten
+    table.put(123_456_789_012, 0)  # forgetting an unknown member keeps nothing
+    assert table.get(members[1]) == 0 and table.get(123_456_789_012) == 0 and len(table) == 4_000
+    table.put(-5, 9)  # not a Discord id: never kept
+    assert len(table) == 4_000
+    for member in range(10_000, 11_001):
+        table.put(member, 1)  # past max_entries: everything is forgotten and counting starts over
+    assert len(table) <= 5_000 and table.get(members[-1]) == 0 and table.get(11_000) == 1
+
+
+def test_a_member_forgotten_by_privacy_is_written_again_when_seen() -> None:
+    names = NameService(None, guild_id=G)  # type: ignore[arg-type]
+    names.seen(5, None, None, "five")
+    names.take_unwritten()
+    names.seen(5, None, None, "five")
+    assert names.take_unwritten() == {}  # unchanged
+    names.forget(5)
+    names.seen(5, None, None, "five")
+    assert names.take_unwritten() == {5: ("five", "five")}
