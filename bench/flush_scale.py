@@ -9,6 +9,12 @@ updates (the same members again). The baseline is the v3 way of writing the same
 schema (v4: board indexes and size triggers included). Prints the best round of each, and the ratio
 baseline / apply_batch.
 
+``--busy`` times the flush while another thread runs Python non-stop, as the event loop does in a
+burst of messages (exactly when a flush is big), with a name for every member as the bot's flush of
+new members has: ``apply_batch`` handing SQLite many rows per statement against one statement per
+row (``MULTI_ROW_INSERT_ROWS = 1``, as the executemany before it did: sqlite3 lets go of the GIL
+around every statement), quiet and busy, same run.
+
 ``--database-url`` times the same on PostgreSQL (benchmark 7): a server URL whose user may create
 databases (each timing gets a fresh one, dropped after), or ``pg`` for a throw-away cluster started
 from the installed PostgreSQL (tests/pg.py). Client and server share the machine.
@@ -20,6 +26,7 @@ import argparse
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,16 +125,69 @@ def rounds(
             best[label] = [min(best[label][0], ins), min(best[label][1], upd)]
 
 
+class Busy:
+    """Another thread running Python without pause (the event loop in a burst), while in use."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self.spins = 0
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            for _ in range(1_000):
+                self.spins += 1
+
+    def __enter__(self) -> Busy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def busy_rounds(count: int, batch: ActivityBatch, tmp: str) -> None:
+    batch.names = {u: (f"Member {u}", f"member{u}") for _, u in batch.messages}
+    per_statement = repository.MULTI_ROW_INSERT_ROWS
+    best: dict[tuple[str, bool], list[float]] = {}
+    for round_ in range(count):
+        for label, rows in (("many rows per statement", per_statement), ("one row per statement", 1)):
+            for busy in (False, True):
+                repository.MULTI_ROW_INSERT_ROWS = rows
+                url = f"sqlite:///{tmp}/busy-{round_}-{rows}-{busy}.db"
+                if busy:
+                    with Busy():
+                        ins, upd = time_flushes(url, repository.apply_batch, batch)
+                else:
+                    ins, upd = time_flushes(url, repository.apply_batch, batch)
+                old = best.get((label, busy), [1e9, 1e9])
+                best[(label, busy)] = [min(old[0], ins), min(old[1], upd)]
+    repository.MULTI_ROW_INSERT_ROWS = per_statement
+    members = len(batch.messages)
+    print(f"one flush of {members} distinct members with their names on SQLite, best of {count}:")
+    for (label, busy), (ins, upd) in best.items():
+        print(f"  {label:24} {'busy' if busy else 'quiet'}: insert {ins:7.3f} s   update {upd:7.3f} s")
+    for i, kind in enumerate(("insert", "update")):
+        many, one = best[("many rows per statement", True)][i], best[("one row per statement", True)][i]
+        print(f"  busy {kind}: one row per statement / many rows per statement {one / many:6.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--voice-share", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="PostgreSQL: a server URL that may create databases, or pg")
+    parser.add_argument("--busy", action="store_true", help="the flush while the event loop is busy")
     args = parser.parse_args()
     logger.remove()
     rng = random.Random(7)
     batch = make_batch(args.members, args.voice_share, rng)
+    if args.busy:
+        with tempfile.TemporaryDirectory() as tmp:
+            busy_rounds(args.rounds, batch, tmp)
+        return
     best: dict[str, list[float]] = {"v3": [1e9, 1e9], "v4": [1e9, 1e9]}
     with tempfile.TemporaryDirectory() as tmp:
         if args.database_url:

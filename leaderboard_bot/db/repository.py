@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import chain, islice
 from operator import itemgetter
 from typing import Any
 
@@ -74,10 +76,8 @@ def apply_batch(batch: ActivityBatch) -> None:
                     for s in sessions
                 ]
             ).on_conflict_ignore().execute()
-        for closed in batch.closed:
-            VoiceSession.update(ended_at=closed.ended_at, last_seen_at=closed.ended_at).where(
-                (VoiceSession.key == closed.key) & VoiceSession.ended_at.is_null()
-            ).execute()
+        if batch.closed:
+            _close_sessions(batch)
         # Every open session has been credited up to this flush: that is its heartbeat.
         VoiceSession.update(last_seen_at=batch.heartbeat_at).where(
             (VoiceSession.guild_id == batch.guild_id) & VoiceSession.ended_at.is_null()
@@ -171,6 +171,27 @@ def _daily_rows(batch: ActivityBatch) -> Iterator[tuple[str, int, int, float]]:
             yield key[0], key[1], 0, seconds
 
 
+# The most rows one multi-row INSERT carries (fewer when SQLite allows fewer bound variables).
+# sqlite3 lets go of the GIL around every statement it runs, and executemany runs one per row: while
+# the event loop is busy (a burst, exactly when a flush is big) each row then waits up to the switch
+# interval (5 ms) for the GIL to come back. 100,000 rows took 24 s that way instead of 0.1 s; in
+# statements of 5,000 rows, 0.17 s (bench/README.md, "the flush under load").
+MULTI_ROW_INSERT_ROWS = 5_000
+
+
+def _insert_rows(cursor: Any, head: str, width: int, rows: Iterable[tuple[Any, ...]], tail: str = "") -> None:
+    """SQLite: ``head VALUES (?, ...), ... tail`` over ``rows`` (each ``width`` values), many rows
+    per statement, the rows taken from ``rows`` as they go (never all of them in a list)."""
+    limit = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(MULTI_ROW_INSERT_ROWS, limit // width))
+    row = "(" + ", ".join(["?"] * width) + ")"
+    full = f"{head} VALUES {', '.join([row] * per)}{tail}"
+    source = iter(rows)
+    while params := list(chain.from_iterable(islice(source, per))):
+        count = len(params) // width
+        cursor.execute(full if count == per else f"{head} VALUES {', '.join([row] * count)}{tail}", params)
+
+
 def _add_batch_in_sql(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, str] | None]], days: int) -> None:
     if not (batch.messages or batch.voice):
         return
@@ -182,7 +203,7 @@ def _add_batch_in_sql(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, s
                 cursor.execute(sql)
             cursor.execute('DELETE FROM temp."flush_daily"')
             cursor.execute('DELETE FROM temp."flush_member"')
-            cursor.executemany('INSERT INTO temp."flush_daily" VALUES (?, ?, ?, ?)', _daily_rows(batch))
+            _insert_rows(cursor, 'INSERT INTO temp."flush_daily"', 4, _daily_rows(batch))
             filled: tuple[str, str] | None = None
             # The scopes taking the whole batch first, then any window taking only part of it (rare:
             # a batch across midnight), each after the per-member sums of its days; in scope order,
@@ -206,15 +227,53 @@ def _add_batch_in_sql(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, s
             cursor.close()
 
 
-_NAME_UPSERT = (
-    'INSERT INTO "member_name" ("guild_id", "user_id", "display_name", "username", "updated_at") '
-    'VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT ("guild_id", "user_id") DO UPDATE SET '
+_CLOSE_SESSION = (
+    'UPDATE "voice_session" SET "ended_at" = %s, "last_seen_at" = %s WHERE "key" = %s AND "ended_at" IS NULL'
+)
+_CLOSED_TEMP_TABLE = (
+    'CREATE TEMP TABLE IF NOT EXISTS "flush_closed" ("key" TEXT NOT NULL PRIMARY KEY, "ended_at" REAL NOT NULL) '
+    "WITHOUT ROWID"
+)
+_CLOSE_SESSIONS = (
+    'UPDATE "voice_session" SET ("ended_at", "last_seen_at") = (SELECT c."ended_at", c."ended_at" '
+    'FROM temp."flush_closed" AS c WHERE c."key" = "voice_session"."key") '
+    'WHERE "ended_at" IS NULL AND "key" IN (SELECT "key" FROM temp."flush_closed")'
+)
+
+
+def _close_sessions(batch: ActivityBatch) -> None:
+    """End the batch's closed sessions (a session already ended keeps its end): on SQLite in one
+    statement from a TEMP table filled many rows at a time (see _insert_rows: a mass disconnect is
+    thousands of sessions), on PostgreSQL with executemany (psycopg pipelines it)."""
+    database = database_proxy.obj
+    with _PEEWEE_ERRORS:
+        cursor = database.cursor()
+        try:
+            if isinstance(database, PostgresqlDatabase):
+                cursor.executemany(_CLOSE_SESSION, ((c.ended_at, c.ended_at, c.key) for c in batch.closed))
+                return
+            cursor.execute(_CLOSED_TEMP_TABLE)
+            cursor.execute('DELETE FROM temp."flush_closed"')
+            # OR IGNORE: as the statement per session did, the first end given for a session holds.
+            _insert_rows(
+                cursor, 'INSERT OR IGNORE INTO temp."flush_closed"', 2, ((c.key, c.ended_at) for c in batch.closed)
+            )
+            cursor.execute(_CLOSE_SESSIONS)
+            cursor.execute('DELETE FROM temp."flush_closed"')
+        finally:
+            cursor.close()
+
+
+_NAME_INSERT = 'INSERT INTO "member_name" ("guild_id", "user_id", "display_name", "username", "updated_at")'
+_NAME_CONFLICT = (
+    ' ON CONFLICT ("guild_id", "user_id") DO UPDATE SET '
     '"display_name" = excluded."display_name", "username" = excluded."username", "updated_at" = excluded."updated_at"'
 )
 
 
 def _write_names(batch: ActivityBatch) -> None:
-    """The batch's names, one prepared upsert run with executemany over rows made one at a time."""
+    """The batch's names upserted, over rows made one at a time: on SQLite many rows per statement,
+    on PostgreSQL one prepared statement run with executemany (psycopg pipelines it)."""
     database = database_proxy.obj
     names, guild_id, at = batch.names, batch.guild_id, batch.heartbeat_at
     # In member order: two writers (processes) that take row locks in one order never deadlock.
@@ -222,7 +281,11 @@ def _write_names(batch: ActivityBatch) -> None:
     with _PEEWEE_ERRORS:
         cursor = database.cursor()
         try:
-            cursor.executemany(_NAME_UPSERT.format(p=database.param), rows)
+            if isinstance(database, PostgresqlDatabase):
+                p = database.param
+                cursor.executemany(f"{_NAME_INSERT} VALUES ({p}, {p}, {p}, {p}, {p}){_NAME_CONFLICT}", rows)
+            else:
+                _insert_rows(cursor, _NAME_INSERT, 5, rows, _NAME_CONFLICT)
         finally:
             cursor.close()
 
@@ -266,9 +329,7 @@ def _glibc() -> Any:
     return _libc[0]
 
 
-def _per_member_between(
-    batch: ActivityBatch, first_day: str, last_day: str
-) -> tuple[dict[int, int], dict[int, float]]:
+def _per_member_between(batch: ActivityBatch, first_day: str, last_day: str) -> tuple[dict[int, int], dict[int, float]]:
     """The batch's counts on days from ``first_day`` to ``last_day``, per member."""
     messages: dict[int, int] = {}
     voice: dict[int, float] = {}
@@ -853,7 +914,7 @@ _PLACINGS_SQL = (
     'CAST("messages" AS DOUBLE PRECISION) AS "value", '
     'ROW_NUMBER() OVER (ORDER BY "messages" DESC, "user_id") AS "rank" '
     'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "messages" > 0 '
-    'UNION ALL '
+    "UNION ALL "
     """SELECT "guild_id", "user_id", "season", 'voice', "voice_seconds", """
     'ROW_NUMBER() OVER (ORDER BY "voice_seconds" DESC, "user_id") '
     'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "voice_seconds" > 0'
@@ -935,9 +996,7 @@ def member_days(guild_id: int, user_id: int, days: Iterable[str]) -> dict[str, t
         query: Any = (
             DailyActivity.select(DailyActivity.day, DailyActivity.messages, DailyActivity.voice_seconds)
             .where(
-                (DailyActivity.guild_id == guild_id)
-                & DailyActivity.day.in_(chunk)
-                & (DailyActivity.user_id == user_id)
+                (DailyActivity.guild_id == guild_id) & DailyActivity.day.in_(chunk) & (DailyActivity.user_id == user_id)
             )
             .tuples()
         )
@@ -1048,8 +1107,12 @@ def member_data(guild_id: int, user_id: int) -> dict[str, Any]:
             "windows": window_rows,
             "days": [{"day": str(d), "messages": int(m), "voice_seconds": float(v)} for d, m, v in days],
             "voice_sessions": [
-                {"channel_id": int(c), "started_at": float(s), "last_seen_at": float(seen),
-                 "ended_at": None if e is None else float(e)}
+                {
+                    "channel_id": int(c),
+                    "started_at": float(s),
+                    "last_seen_at": float(seen),
+                    "ended_at": None if e is None else float(e),
+                }
                 for c, s, seen, e in sessions
             ],
             "name": None
@@ -1172,8 +1235,15 @@ def export_rows(
                 while rows := cursor.fetchmany(chunk):
                     emit(
                         [
-                            (None if d is None else str(d), int(u), None if n is None else str(n), int(m), float(v),
-                             int(mr), int(vr))
+                            (
+                                None if d is None else str(d),
+                                int(u),
+                                None if n is None else str(n),
+                                int(m),
+                                float(v),
+                                int(mr),
+                                int(vr),
+                            )
                             for d, u, n, m, v, mr, vr in rows
                         ]
                     )

@@ -15,7 +15,7 @@ from peewee import Database, IntegrityError, SqliteDatabase
 
 from leaderboard_bot.db import repository
 from leaderboard_bot.db.migrations import LATEST_VERSION, migrate
-from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
+from leaderboard_bot.db.models import DailyActivity, MemberStats, VoiceSession, database_proxy
 from leaderboard_bot.db.storage import open_database
 from leaderboard_bot.domain import (
     ALL_TIME,
@@ -26,6 +26,8 @@ from leaderboard_bot.domain import (
     ActivityBatch,
     Board,
     SeasonRoll,
+    SessionClose,
+    SessionOpen,
     shift_day,
 )
 from tests.conftest import close_database, connect_raw
@@ -412,6 +414,56 @@ def test_a_big_flush_gives_memory_back_after_it_commits(db: Database, monkeypatc
     with db.atomic():
         repository.release_memory(db)  # inside a transaction it does nothing
     assert len(totals()) == repository.BIG_FLUSH_ROWS
+
+
+def test_a_flush_hands_sqlite_many_rows_per_statement(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite3 lets go of the GIL for every statement: a statement per row made a flush during a busy
+    event loop wait for the GIL once per row (100,000 rows: 24 s; bench/README.md). Exact values, a
+    partial last statement, and a number of statements that does not grow with the rows."""
+    if not isinstance(db, SqliteDatabase):
+        pytest.skip("PostgreSQL: psycopg pipelines executemany instead")
+    monkeypatch.setattr(repository, "MULTI_ROW_INSERT_ROWS", 700)
+    day = "2026-12-02"
+
+    def flush(members: int) -> int:
+        statements: list[str] = []
+        db.connection().set_trace_callback(statements.append)
+        try:
+            repository.apply_batch(
+                batch(
+                    messages={(day, u): u % 7 + 1 for u in range(1, members + 1)},
+                    voice={(day, u): u / 10 for u in range(1, members + 1, 3)},
+                    names={u: (f"Member \u200b{u}", f"m{u}") for u in range(1, members + 1)},
+                )
+            )
+        finally:
+            db.connection().set_trace_callback(None)
+        return len(statements)
+
+    small, large = flush(1_500), flush(3_000)
+    assert large - small <= 2 * (3_000 - 1_500) // 700 + 2  # two more statements per 700 rows, not per row
+    stored = totals()
+    assert len(stored) == 3_000
+    assert stored[2_998] == (2_998 % 7 + 1, 299.8) and stored[2_999] == (2_999 % 7 + 1, 0.0)
+    assert stored[4] == (2 * 5, 0.4 + 0.4) and stored[1_498] == (2 * (1_498 % 7 + 1), 149.8 + 149.8)
+    assert repository.names(G, [1, 2_999]) == {1: "Member \u200b1", 2_999: "Member \u200b2999"}
+
+    # A mass disconnect: 2,000 sessions end in one flush, one of them twice (the first end holds),
+    # one already ended (it keeps its end).
+    opened = [SessionOpen(f"s{n}", n, 5, 100.0) for n in range(2_000)]
+    repository.apply_batch(batch(opened=opened))
+    repository.apply_batch(batch(closed=[SessionClose("s0", 150.0)]))
+    closed = [SessionClose(f"s{n}", 200.0 + n) for n in range(2_000)] + [SessionClose("s1", 999.0)]
+    statements: list[str] = []
+    db.connection().set_trace_callback(statements.append)
+    try:
+        repository.apply_batch(batch(closed=closed))
+    finally:
+        db.connection().set_trace_callback(None)
+    assert len(statements) < 30
+    ends = {s.key: (s.ended_at, s.last_seen_at) for s in VoiceSession.select()}
+    assert ends["s0"] == (150.0, 150.0) and ends["s1"] == (201.0, 201.0) and ends["s1999"] == (2_199.0, 2_199.0)
+    assert all(end is not None for end, _ in ends.values())
 
 
 def test_v8_stores_the_flushed_tables_without_rowid_on_sqlite(db: Database) -> None:
