@@ -13,7 +13,9 @@ baseline / apply_batch.
 burst of messages (exactly when a flush is big), with a name for every member as the bot's flush of
 new members has: ``apply_batch`` handing SQLite many rows per statement against one statement per
 row (``MULTI_ROW_INSERT_ROWS = 1``, as the executemany before it did: sqlite3 lets go of the GIL
-around every statement), quiet and busy, same run.
+around every statement), quiet and busy, same run; then a read of 5,000 members' stored counts
+(one GIL hand-over per row) quiet and busy, at Python's default switch interval (5 ms) and at the
+bot's (``__main__.GIL_SWITCH_INTERVAL``).
 
 ``--database-url`` times the same on PostgreSQL (benchmark 7): a server URL whose user may create
 databases (each timing gets a fresh one, dropped after), or ``pg`` for a throw-away cluster started
@@ -23,6 +25,7 @@ from the installed PostgreSQL (tests/pg.py). Client and server share the machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from peewee import EXCLUDED, chunked
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/pg.py: the PostgreSQL helpers
 
+from leaderboard_bot.__main__ import GIL_SWITCH_INTERVAL
 from leaderboard_bot.db import open_database, repository
 from leaderboard_bot.db.models import DailyActivity, MemberStats, database_proxy
 from leaderboard_bot.domain import ActivityBatch
@@ -164,6 +168,7 @@ def busy_rounds(count: int, batch: ActivityBatch, tmp: str) -> None:
                 old = best.get((label, busy), [1e9, 1e9])
                 best[(label, busy)] = [min(old[0], ins), min(old[1], upd)]
     repository.MULTI_ROW_INSERT_ROWS = per_statement
+    reads = busy_reads(batch, tmp, count)
     members = len(batch.messages)
     print(f"one flush of {members} distinct members with their names on SQLite, best of {count}:")
     for (label, busy), (ins, upd) in best.items():
@@ -171,6 +176,40 @@ def busy_rounds(count: int, batch: ActivityBatch, tmp: str) -> None:
     for i, kind in enumerate(("insert", "update")):
         many, one = best[("many rows per statement", True)][i], best[("one row per statement", True)][i]
         print(f"  busy {kind}: one row per statement / many rows per statement {one / many:6.1f}x")
+    read_members = min(READ_MEMBERS, members)
+    print(f"reading the stored counts of {read_members} members (repository.totals_of), best of {count}:")
+    for interval, (quiet, busy) in reads.items():
+        label = "bot's" if interval == GIL_SWITCH_INTERVAL else "Python's default"
+        timings = f"quiet {quiet * 1000:7.1f} ms   busy {busy * 1000:7.1f} ms"
+        print(f"  switch interval {interval * 1000:g} ms ({label}): {timings}")
+
+
+READ_MEMBERS = 5_000
+
+
+def busy_reads(batch: ActivityBatch, tmp: str, count: int) -> dict[float, tuple[float, float]]:
+    """A read of many rows (the stored counts of members with unwritten counts, as a /top during a
+    burst makes) quiet and busy, at Python's default switch interval and at the bot's."""
+    users = sorted({u for _, u in batch.messages})[:READ_MEMBERS]
+    db = open_database(f"sqlite:///{tmp}/reads.db")
+    default = sys.getswitchinterval()
+    results: dict[float, tuple[float, float]] = {}
+    try:
+        repository.apply_batch(batch)
+        for interval in (0.005, GIL_SWITCH_INTERVAL):
+            sys.setswitchinterval(interval)
+            best = [1e9, 1e9]
+            for _ in range(count):
+                for i, busy in enumerate((False, True)):
+                    with Busy() if busy else contextlib.nullcontext():
+                        start = time.perf_counter()
+                        assert len(repository.totals_of(GUILD, SEASON, users)) == len(users)
+                        best[i] = min(best[i], time.perf_counter() - start)
+            results[interval] = (best[0], best[1])
+    finally:
+        sys.setswitchinterval(default)
+        db.close()
+    return results
 
 
 def main() -> None:

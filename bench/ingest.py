@@ -147,7 +147,8 @@ async def ours_marker(world: World) -> None:
 def db_totals(db: Path) -> dict[int, int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT user_id, SUM(messages) FROM member_stats GROUP BY user_id").fetchall()
+        query = "SELECT user_id, SUM(messages) FROM member_stats WHERE season > 0 GROUP BY user_id"  # not the windows'
+        rows = conn.execute(query).fetchall()
     finally:
         conn.close()
     return {int(u): int(m) for u, m in rows}
