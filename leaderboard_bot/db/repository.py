@@ -174,9 +174,26 @@ def _daily_rows(batch: ActivityBatch) -> Iterator[tuple[str, int, int, float]]:
 # The most rows one multi-row INSERT carries (fewer when SQLite allows fewer bound variables).
 # sqlite3 lets go of the GIL around every statement it runs, and executemany runs one per row: while
 # the event loop is busy (a burst, exactly when a flush is big) each row then waits up to the switch
-# interval (5 ms) for the GIL to come back. 100,000 rows took 24 s that way instead of 0.1 s; in
-# statements of 5,000 rows, 0.17 s (bench/README.md, "the flush under load").
-MULTI_ROW_INSERT_ROWS = 5_000
+# interval for the GIL to come back. 100,000 rows took 24 s that way instead of 0.1 s (bench/README.md,
+# "the flush under load"). Not more: sqlite3 keeps each statement text it ran prepared (its statement
+# cache, 128 per connection), and a prepared statement of 5,000 rows holds about 2.3 MB of SQLite's
+# memory; a statement of 1,024 four-value rows about 0.5 MB.
+MULTI_ROW_INSERT_ROWS = 1_024
+
+
+def _statement_sizes(count: int, per: int) -> Iterator[int]:
+    """How many rows each statement carries for ``count`` rows: ``per`` at a time, the rest in
+    powers of two. Only these few distinct statement texts are ever prepared (and cached), whatever
+    the counts: at most one more than the bits of ``per`` for each kind of insert."""
+    while count >= per:
+        yield per
+        count -= per
+    bit = 1 << max(count.bit_length() - 1, 0)
+    while count:
+        if count & bit:
+            yield bit
+            count -= bit
+        bit >>= 1
 
 
 def _insert_rows(cursor: Any, head: str, width: int, rows: Iterable[tuple[Any, ...]], tail: str = "") -> None:
@@ -185,11 +202,17 @@ def _insert_rows(cursor: Any, head: str, width: int, rows: Iterable[tuple[Any, .
     limit = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     per = max(1, min(MULTI_ROW_INSERT_ROWS, limit // width))
     row = "(" + ", ".join(["?"] * width) + ")"
-    full = f"{head} VALUES {', '.join([row] * per)}{tail}"
+    texts: dict[int, str] = {}
     source = iter(rows)
     while params := list(chain.from_iterable(islice(source, per))):
-        count = len(params) // width
-        cursor.execute(full if count == per else f"{head} VALUES {', '.join([row] * count)}{tail}", params)
+        start = 0
+        for size in _statement_sizes(len(params) // width, per):
+            text = texts.get(size)
+            if text is None:
+                text = texts[size] = f"{head} VALUES {', '.join([row] * size)}{tail}"
+            end = start + size * width
+            cursor.execute(text, params if start == 0 and end == len(params) else params[start:end])
+            start = end
 
 
 def _add_batch_in_sql(batch: ActivityBatch, scopes: list[tuple[int, tuple[str, str] | None]], days: int) -> None:

@@ -466,6 +466,46 @@ def test_a_flush_hands_sqlite_many_rows_per_statement(db: Database, monkeypatch:
     assert all(end is not None for end, _ in ends.values())
 
 
+@pytest.mark.parametrize("per", [1, 7, 700, 1_024])
+def test_statement_sizes_cover_the_rows_with_few_distinct_sizes(per: int) -> None:
+    sizes_seen: set[int] = set()
+    for count in [*range(0, 3 * per + 2), 10_007, 99_999]:
+        sizes = list(repository._statement_sizes(count, per))
+        assert sum(sizes) == count
+        assert all(size == per or (size < per and size & (size - 1) == 0) for size in sizes)
+        assert len(sizes) <= count // per + per.bit_length()
+        sizes_seen.update(sizes)
+    assert len(sizes_seen) <= per.bit_length() + 1
+
+
+def test_flushes_of_any_size_prepare_a_bounded_set_of_insert_statements(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite3 keeps every statement text it ran prepared (128 per connection), and a prepared
+    multi-row INSERT holds SQLite memory in proportion to its rows (5,000 rows: 2.3 MB). A statement
+    per remainder size made every flush of a new size add one: 16 MB held after the memory benchmark."""
+    if not isinstance(db, SqliteDatabase):
+        pytest.skip("PostgreSQL: psycopg pipelines executemany instead")
+    monkeypatch.setattr(repository, "MULTI_ROW_INSERT_ROWS", 64)
+    day = "2026-12-02"
+    texts: set[str] = set()
+    db.connection().set_trace_callback(texts.add)
+    try:
+        first = 1
+        for members in (1, 2, 3, 5, 17, 29, 45, 63, 64, 65, 100, 127, 200, 250, 333, 1_000):
+            users = range(first, first + members)
+            repository.apply_batch(
+                batch(messages={(day, u): 1 for u in users}, names={u: (f"n{u}", f"u{u}") for u in users})
+            )
+            first += members
+    finally:
+        db.connection().set_trace_callback(None)
+    # Traced texts have their values bound in; the shape is what the cache keys on.
+    inserts = {text.split(" VALUES ")[0] + f" x{text.count('), (') + 1}" for text in texts if " VALUES (" in text}
+    assert len(inserts) <= 2 * (64 .bit_length() + 1)
+    assert len(totals()) == first - 1
+
+
 def test_v8_stores_the_flushed_tables_without_rowid_on_sqlite(db: Database) -> None:
     if not isinstance(db, SqliteDatabase):
         pytest.skip("PostgreSQL has no rowid: v8 changes nothing there")
