@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dotenv import load_dotenv
 from loguru import logger
 
-from .config import ConfigError, Settings, load_settings, local_state_path
+from .config import ConfigError, Settings, is_postgres, load_settings, local_state_path
 from .logs import complete_logging, setup_logging
 
 if TYPE_CHECKING:
@@ -229,6 +229,28 @@ def _request_close(bot: LeaderboardBot, sig: signal.Signals) -> None:
 GIL_SWITCH_INTERVAL = 0.001
 
 
+# peewee imports every PostgreSQL driver installed when it is first imported (psycopg 3: about 11 MB
+# resident, bench/README.md); a bot on SQLite never uses one. Installed with the postgres or test extra.
+POSTGRES_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
+
+
+def import_storage_without_unused_drivers(database_url: str) -> None:
+    """Import peewee as if no PostgreSQL driver were installed, when the database is SQLite; the
+    drivers stay importable afterwards (nothing here needs them)."""
+    if is_postgres(database_url) or "peewee" in sys.modules:
+        return
+    hidden = [name for name in POSTGRES_DRIVERS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        import peewee  # noqa: F401  # decides its drivers now
+        import playhouse.pool  # type: ignore[import-untyped]  # noqa: F401  # untyped module
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
+
 def main() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     load_dotenv(".env", override=False)  # real environment variables win over .env
@@ -237,6 +259,7 @@ def main() -> None:
     except ConfigError as error:
         print(f"leaderboard-bot: configuration error: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    import_storage_without_unused_drivers(settings.database_url)
     try:
         setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token], log_file=settings.log_file)
     except (OSError, ValueError) as error:

@@ -137,3 +137,31 @@ def test_main_hands_the_gil_over_within_a_millisecond(monkeypatch: pytest.Monkey
     finally:
         sys.setswitchinterval(before)
     assert stopped.value.code == 0 and seen == [entry.GIL_SWITCH_INTERVAL] and entry.GIL_SWITCH_INTERVAL <= 0.001
+
+
+PROBE = """
+import sys
+from leaderboard_bot.__main__ import import_storage_without_unused_drivers
+import_storage_without_unused_drivers(sys.argv[1])
+import peewee
+import leaderboard_bot.bot  # everything the bot imports, the storage included
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("psycopg", "psycopg2"))
+print(peewee.psycopg is not None, bool(loaded))
+import psycopg  # still importable: nothing was left hidden
+print(psycopg.__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("database_url", "driver_loaded"),
+    [("sqlite:///x.db", False), ("postgresql://u:p@127.0.0.1/db", True)],
+)
+def test_a_sqlite_bot_does_not_load_the_postgresql_driver(database_url: str, driver_loaded: bool) -> None:
+    """peewee imports psycopg when installed (the postgres and test extras): about 11 MB resident
+    that a bot on SQLite never uses."""
+    pytest.importorskip("psycopg")
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, database_url], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(driver_loaded), str(driver_loaded), "psycopg"]
