@@ -28,9 +28,18 @@ EXTENSIONS = (
     "leaderboard_bot.exts.health",
     "leaderboard_bot.exts.admin",
     "leaderboard_bot.exts.privacy",
-    "leaderboard_bot.exts.web",  # WEB_PORT: the web leaderboard (does nothing when off)
+    "leaderboard_bot.exts.web",  # WEB_PORT: the web leaderboard, loaded only when set (see extensions)
 )
+WEB_EXTENSION = "leaderboard_bot.exts.web"
 STANDBY_EXTENSIONS = ("leaderboard_bot.exts.health",)  # /healthz says "standby"; nothing else runs
+
+
+def extensions(config: Settings) -> tuple[str, ...]:
+    """What an active instance loads: the web leaderboard only with WEB_PORT (its modules, jinja2
+    and its templates are about 2 MB that a bot without the site has no use for)."""
+    if config.web_port is None:
+        return tuple(e for e in EXTENSIONS if e != WEB_EXTENSION)
+    return EXTENSIONS
 
 
 def bot_intents() -> disnake.Intents:
@@ -85,7 +94,7 @@ class LeaderboardBot(commands.InteractionBot):
         """Restore what counting needs and start every feature (at start, or at a takeover)."""
         await self.services.activate()
         self._prepared = True
-        for extension in EXTENSIONS:
+        for extension in extensions(self.config):
             if extension not in self.extensions:
                 self.load_extension(extension)
 

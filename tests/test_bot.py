@@ -90,3 +90,14 @@ async def test_close_is_idempotent_and_writes_once(bot: LeaderboardBot, monkeypa
     await bot.close()
     await bot.close()
     assert calls == [1] and bot.closing and bot.shutdown_clean
+
+
+def test_the_web_extension_is_loaded_only_with_web_port() -> None:
+    from leaderboard_bot.bot import WEB_EXTENSION, extensions
+
+    off = load_settings({"BOT_TOKEN": "x", "GUILD_ID": str(GUILD)})
+    on = load_settings({"BOT_TOKEN": "x", "GUILD_ID": str(GUILD), "WEB_PORT": "8081", "WEB_PUBLIC": "true"})
+    assert WEB_EXTENSION in EXTENSIONS
+    assert extensions(on) == EXTENSIONS
+    assert extensions(off) == tuple(e for e in EXTENSIONS if e != WEB_EXTENSION)
+    assert extensions(off)[0] == "leaderboard_bot.exts.errors"
