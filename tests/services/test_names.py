@@ -383,6 +383,9 @@ def test_the_fingerprint_table_keeps_grows_forgets_and_stays_bounded() -> None:
     for member in range(10_000, 11_001):
         table.put(member, 1)  # past max_entries: everything is forgotten and counting starts over
     assert len(table) <= 5_000 and table.get(members[-1]) == 0 and table.get(11_000) == 1
+    # 12 bytes a slot (a 64-bit id, a 32-bit fingerprint): at most 24 a member at the lowest load.
+    assert table._ids.itemsize + table._values.itemsize == 12
+    assert table._ids.buffer_info()[1] == table._values.buffer_info()[1] <= 4 * 5_000
 
 
 def test_a_member_forgotten_by_privacy_is_written_again_when_seen() -> None:
