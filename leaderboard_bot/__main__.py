@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 from dotenv import load_dotenv
 from loguru import logger
 
-from .config import ConfigError, Settings, is_postgres, load_settings, local_state_path
+from .config import (
+    ConfigError,
+    Settings,
+    database_url_secrets,
+    is_postgres,
+    load_settings,
+    local_state_path,
+    shown_database_url,
+)
 from .logs import complete_logging, setup_logging
 
 if TYPE_CHECKING:
@@ -83,7 +91,7 @@ async def run(settings: Settings) -> int:
                 return EXIT_FAILURE
             logger.warning("{}. STANDBY is on: this instance waits as a hot standby", error)
         except OSError as error:
-            logger.error("cannot open the database {}: {}", settings.database_url, error)
+            logger.error("cannot open the database {}: {}", shown_database_url(settings.database_url), error)
             return EXIT_FAILURE
     storage = Storage(settings.database_url)
     lease = LeaseService(storage, guild_id=settings.guild_id, flush_interval=lambda: settings.tunables.flush_interval)
@@ -172,10 +180,10 @@ async def _run_locked(
             return EXIT_FAILURE
         except StorageError as error:
             advice = f": {error.advice}" if error.advice and error.kind != "damaged" else ""
-            logger.error("cannot open the database {}: {}{}", settings.database_url, error, advice)
+            logger.error("cannot open the database {}: {}{}", shown_database_url(settings.database_url), error, advice)
             return EXIT_FAILURE
         except OSError as error:
-            logger.error("cannot open the database {}: {}", settings.database_url, error)
+            logger.error("cannot open the database {}: {}", shown_database_url(settings.database_url), error)
             return EXIT_FAILURE
         if stand_by is not None:
             logger.warning(
@@ -261,11 +269,20 @@ def main() -> None:
         sys.exit(EXIT_CONFIG)
     import_storage_without_unused_drivers(settings.database_url)
     try:
-        setup_logging(settings.log_level, settings.log_format, secrets=[settings.bot_token], log_file=settings.log_file)
+        setup_logging(
+            settings.log_level,
+            settings.log_format,
+            secrets=[settings.bot_token, *database_url_secrets(settings.database_url)],
+            log_file=settings.log_file,
+        )
     except (OSError, ValueError) as error:
         print(f"leaderboard-bot: configuration error: LOG_FILE {settings.log_file!r}: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    logger.info("starting leaderboard-bot for guild {} (database {})", settings.guild_id, settings.database_url)
+    logger.info(
+        "starting leaderboard-bot for guild {} (database {})",
+        settings.guild_id,
+        shown_database_url(settings.database_url),
+    )
     sys.exit(asyncio.run(run(settings)))
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Settings",
     "SpamLimit",
     "Tunables",
+    "database_url_secrets",
     "is_postgres",
     "load_settings",
     "local_state_path",
@@ -31,6 +32,7 @@ __all__ = [
     "parse_duration",
     "parse_spam_limit",
     "postgres_url",
+    "shown_database_url",
     "sqlite_path",
 ]
 
@@ -230,6 +232,44 @@ def postgres_url(database_url: str) -> str:
     """The URL in the form libpq and peewee both take (``postgres://`` becomes ``postgresql://``)."""
     rest = database_url.partition("://")[2]
     return f"postgresql://{rest}"
+
+
+_MIN_REDACTED_PASSWORD = 4  # shorter ones would turn every such letter in the log into [REDACTED]
+
+
+def _url_passwords(database_url: str) -> list[str]:
+    """A PostgreSQL URL's passwords as written: in its user part and as ``?password=`` values."""
+    if not is_postgres(database_url):
+        return []
+    parts = urlsplit(database_url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    found = [userinfo.partition(":")[2]] if at else []
+    found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "password"]
+    return [password for password in found if password]
+
+
+def database_url_secrets(database_url: str) -> list[str]:
+    """The URL's passwords, as written and decoded, for the log redaction: a driver's error or a
+    traceback may repeat them. Very short ones are left out; the URL itself is logged through
+    :func:`shown_database_url`, which hides any password."""
+    secrets = {form for password in _url_passwords(database_url) for form in (password, unquote(password))}
+    return sorted(secret for secret in secrets if len(secret) >= _MIN_REDACTED_PASSWORD)
+
+
+def shown_database_url(database_url: str) -> str:
+    """The URL fit for a log line: its password, wherever it is written, replaced by ``***``."""
+    if not is_postgres(database_url):
+        return database_url
+    parts = urlsplit(database_url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and userinfo.partition(":")[1]:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    if parts.query:
+        query = "&".join(
+            "password=***" if pair.partition("=")[0] == "password" else pair for pair in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def postgres_driver_installed() -> bool:

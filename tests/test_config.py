@@ -13,6 +13,7 @@ from leaderboard_bot.config import (
     Settings,
     SpamLimit,
     Tunables,
+    database_url_secrets,
     is_postgres,
     load_settings,
     local_state_path,
@@ -20,6 +21,7 @@ from leaderboard_bot.config import (
     parse_duration,
     parse_spam_limit,
     postgres_url,
+    shown_database_url,
     sqlite_path,
 )
 
@@ -491,6 +493,24 @@ def test_local_files_live_beside_sqlite_and_in_the_working_directory_for_postgre
     assert len({here, local_state_path("postgresql://bot@db.example:6543/lb", 6),
                 local_state_path("postgresql://bot@db.example/lb", 5),
                 local_state_path("postgresql://bot@db.example:6543/other", 5)}) == 4  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secrets"),
+    [
+        ("postgresql://bot:s%40cret!@db:5432/lb", "postgresql://bot:***@db:5432/lb", ["s%40cret!", "s@cret!"]),
+        ("postgres://bot@db/lb?sslmode=require&password=hunter22", "postgres://bot@db/lb?sslmode=require&password=***",
+         ["hunter22"]),
+        ("postgresql://bot:p@ss@word@db/lb", "postgresql://bot:***@db/lb", ["p@ss@word"]),  # an unescaped @
+        ("postgresql://:only:colons@db/lb", "postgresql://:***@db/lb", ["only:colons"]),
+        ("postgresql://bot:pw@db/lb", "postgresql://bot:***@db/lb", []),  # too short to redact everywhere
+        ("postgresql://bot@db/lb", "postgresql://bot@db/lb", []),
+        ("sqlite:///data/pass:word@x.db", "sqlite:///data/pass:word@x.db", []),  # a file name, not a password
+    ],
+)  # fmt: skip
+def test_a_database_url_is_logged_without_its_password(url: str, shown: str, secrets: list[str]) -> None:
+    assert shown_database_url(url) == shown
+    assert database_url_secrets(url) == secrets
 
 
 def test_first_problem_in_table_order_wins() -> None:

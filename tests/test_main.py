@@ -165,3 +165,15 @@ def test_a_sqlite_bot_does_not_load_the_postgresql_driver(database_url: str, dri
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(driver_loaded), str(driver_loaded), "psycopg"]
+
+
+def test_a_postgresql_password_never_reaches_the_log(tmp_path: Path) -> None:
+    password = "hunter2-s3cret"
+    url = f"postgresql://bot:{password}@127.0.0.1:1/lb?password={password}"  # port 1: refused at once
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": url})
+    output = result.stderr + result.stdout
+    assert result.returncode == 1
+    assert "postgresql://bot:***@127.0.0.1:1/lb?password=***" in output  # the URL is still named
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot open the database" in errors[0]
+    assert password not in output and "Traceback" not in output
