@@ -16,6 +16,8 @@ from typing import Protocol
 # Float sums such as 0.1 * 10 land just below 1.0; without this slack a member
 # could be refused a token they have in fact earned.
 _EPSILON = 1e-9
+# A dict never gives back the table it grew to; below this many members the table is small anyway.
+_SHRINK_FROM = 1_024
 
 
 def _check_limits(capacity: int, refill_rate: float) -> None:
@@ -130,6 +132,7 @@ class SpamGuard:
         self._clock: Callable[[], float] = clock
         # Least recently used first, so idle (hence refilled) members sit at the front.
         self._buckets: OrderedDict[int, TokenBucket] = OrderedDict()
+        self._peak: int = 0  # most buckets held since the table was last sized
         self._allowed: int = 0
         self._blocked: int = 0
 
@@ -167,6 +170,8 @@ class SpamGuard:
         if bucket is None:
             bucket = TokenBucket(self._capacity, self._refill_rate, now)
             self._buckets[member_id] = bucket
+            if len(self._buckets) > self._peak:
+                self._peak = len(self._buckets)
         else:
             self._buckets.move_to_end(member_id)
         ok = bucket.try_take(now)
@@ -195,10 +200,7 @@ class SpamGuard:
         full = [member for member, bucket in self._buckets.items() if bucket.is_full(now)]
         for member in full:
             del self._buckets[member]
-        if len(full) > len(self._buckets):
-            # A dict never shrinks its table: after a burst of 100,000 members it kept 3.7 MB for
-            # the few left. Copied, it is sized for them (same order).
-            self._buckets = OrderedDict(self._buckets)
+        self._shrink_if_emptied()
         return len(full)
 
     def _prune(self, now: float) -> None:
@@ -206,6 +208,7 @@ class SpamGuard:
         # A full bucket is indistinguishable from a fresh one, so dropping it loses
         # nothing. Stopping at the first non-full bucket keeps this amortised O(1):
         # every bucket is removed at most once per insertion.
+        size = len(buckets)
         while buckets:
             oldest = next(iter(buckets.values()))
             if not oldest.is_full(now):
@@ -215,6 +218,17 @@ class SpamGuard:
         # bucket again, which errs on the lenient side rather than growing memory.
         while len(buckets) > self._max_members:
             buckets.popitem(last=False)
+        if len(buckets) < size:
+            self._shrink_if_emptied()
+
+    def _shrink_if_emptied(self) -> None:
+        """After a burst of 100,000 members the table kept 3.7 MB for the few left: once fewer
+        than half of the most held remain, copy them into a table their own size (same order).
+        The copy costs less than the removals that led to it, so it stays amortised O(1)."""
+        remaining = len(self._buckets)
+        if self._peak >= _SHRINK_FROM and remaining * 2 < self._peak:
+            self._buckets = OrderedDict(self._buckets)
+            self._peak = remaining
 
     def reconfigure(self, capacity: int, refill_rate: float) -> None:
         """Apply new limits to later messages; existing tokens are capped at the new capacity."""
