@@ -19,6 +19,7 @@ from .services.lease import LeaseService
 
 GATEWAY_CLOSE_TIMEOUT = 1.0
 
+WEB_EXTENSION = "leaderboard_bot.exts.web"  # WEB_PORT: the web leaderboard, loaded only when set
 EXTENSIONS = (
     "leaderboard_bot.exts.errors",
     "leaderboard_bot.exts.tracking",
@@ -28,9 +29,8 @@ EXTENSIONS = (
     "leaderboard_bot.exts.health",
     "leaderboard_bot.exts.admin",
     "leaderboard_bot.exts.privacy",
-    "leaderboard_bot.exts.web",  # WEB_PORT: the web leaderboard, loaded only when set (see extensions)
+    WEB_EXTENSION,
 )
-WEB_EXTENSION = "leaderboard_bot.exts.web"
 STANDBY_EXTENSIONS = ("leaderboard_bot.exts.health",)  # /healthz says "standby"; nothing else runs
 
 

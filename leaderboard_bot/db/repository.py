@@ -204,7 +204,10 @@ def _insert_rows(cursor: Any, head: str, width: int, rows: Iterable[tuple[Any, .
     row = "(" + ", ".join(["?"] * width) + ")"
     texts: dict[int, str] = {}
     source = iter(rows)
-    while params := list(chain.from_iterable(islice(source, per))):
+    while chunk := list(islice(source, per)):
+        if any(len(values) != width for values in chunk):  # it would shift later values into other columns
+            raise ValueError(f"rows for {head!r} must each have {width} values")
+        params = list(chain.from_iterable(chunk))
         start = 0
         for size in _statement_sizes(len(params) // width, per):
             text = texts.get(size)

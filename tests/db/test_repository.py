@@ -502,8 +502,21 @@ def test_flushes_of_any_size_prepare_a_bounded_set_of_insert_statements(
         db.connection().set_trace_callback(None)
     # Traced texts have their values bound in; the shape is what the cache keys on.
     inserts = {text.split(" VALUES ")[0] + f" x{text.count('), (') + 1}" for text in texts if " VALUES (" in text}
-    assert len(inserts) <= 2 * (64 .bit_length() + 1)
+    assert len(inserts) <= 2 * ((64).bit_length() + 1)
     assert len(totals()) == first - 1
+
+
+@pytest.mark.parametrize("rows", [[(1, 2), (3,), (4, 5, 6)], [(1, 2), (3, 4, 5)], [(1, 2, 3)]])
+def test_a_row_of_the_wrong_width_is_refused_before_anything_is_written(rows: list[tuple[int, ...]]) -> None:
+    """Rows are flattened into one parameter list per statement, so a short row would shift every
+    later value into another column (and the lengths of the first example even add up)."""
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE t (a, b)")
+    with pytest.raises(ValueError, match="2 values"):
+        repository._insert_rows(connection.cursor(), "INSERT INTO t", 2, rows)
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
 def test_v8_stores_the_flushed_tables_without_rowid_on_sqlite(db: Database) -> None:
@@ -646,7 +659,7 @@ def test_best_placings_match_brute_force_over_seasons(db: Database) -> None:
         repository.record_placings(G, season)
         repository.record_placings(G, season)  # twice (a roll retried): the same
         for user in range(1, 60):
-            assert repository.best_placing(G, user) == brute_force_best(seasons[: season], user), (season, user)
+            assert repository.best_placing(G, user) == brute_force_best(seasons[:season], user), (season, user)
     assert repository.get_setting(G, repository.PLACINGS_KEY) == 4
 
 
