@@ -24,17 +24,27 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
             return []
 
 
+def with_password(url: str) -> tuple[str, str]:
+    """The URL with a password in it (the throw-away cluster trusts local connections and ignores
+    it), and that password: the log must never show it."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    password = "e2e-db-pa55word"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo}:{password}@{host}").geturl(), password
+
+
 def messages_of(url: str, guild: int, user: int) -> int:
     sql = "SELECT SUM(messages) FROM member_stats WHERE guild_id = %s AND season > 0 AND user_id = %s"
     rows = query(url, sql, guild, user)
     return int(rows[0][0] or 0) if rows else 0
 
 
-async def test_the_bot_counts_and_ranks_on_postgresql_and_a_restart_continues(
-    world: World, postgres_url: str
-) -> None:
+async def test_the_bot_counts_and_ranks_on_postgresql_and_a_restart_continues(world: World, postgres_url: str) -> None:
     fc, w = world.fc, world
-    bot = await w.start_bot(DATABASE_URL=postgres_url)
+    url_with_password, password = with_password(postgres_url)
+    bot = await w.start_bot(DATABASE_URL=url_with_password)
     assert query(postgres_url, "SELECT version FROM schema_version") == [(LATEST_VERSION,)]
     assert not w.db_path.exists()  # nothing went to SQLite
     port, database = urlsplit(postgres_url).port, urlsplit(postgres_url).path.lstrip("/")
@@ -62,6 +72,9 @@ async def test_the_bot_counts_and_ranks_on_postgresql_and_a_restart_continues(
     bot.proc.send_signal(signal.SIGTERM)
     assert await bot.stop(timeout=15) == 0
     assert messages_of(postgres_url, w.guild, w.bob) == 5  # the stop wrote what was buffered
+    starting = [r["message"] for r in w.log_records(bot) if r["message"].startswith("starting leaderboard-bot")]
+    assert len(starting) == 1 and ":***@" in starting[0], starting
+    assert password not in bot.output()
 
     await w.start_bot(DATABASE_URL=postgres_url)
     await fc.send_message(w.guild, w.general, w.alice, "back")
