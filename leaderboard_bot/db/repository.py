@@ -939,11 +939,11 @@ _PLACINGS_SQL = (
     """SELECT "guild_id", "user_id", "season", 'messages' AS "board", """
     'CAST("messages" AS DOUBLE PRECISION) AS "value", '
     'ROW_NUMBER() OVER (ORDER BY "messages" DESC, "user_id") AS "rank" '
-    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "messages" > 0 '
+    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "messages" > 0 {listed} '
     "UNION ALL "
     """SELECT "guild_id", "user_id", "season", 'voice', "voice_seconds", """
     'ROW_NUMBER() OVER (ORDER BY "voice_seconds" DESC, "user_id") '
-    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "voice_seconds" > 0'
+    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "voice_seconds" > 0 {listed}'
     ') AS "ranked") AS "best" WHERE "pick" = 1 '
     'ON CONFLICT ("guild_id", "user_id") DO UPDATE SET "season" = excluded."season", '
     '"board" = excluded."board", "rank" = excluded."rank", "value" = excluded."value" '
@@ -951,11 +951,21 @@ _PLACINGS_SQL = (
 )
 
 
+# Members hidden by their own choice (any stored privacy choice: hidden, or not counted) are left
+# out and the rest renumbered, as the season's final standings list them.
+_LISTED = (
+    'AND NOT EXISTS (SELECT 1 FROM "setting" AS "s" WHERE "s"."guild_id" = "member_stats"."guild_id" '
+    'AND "s"."key" = CAST({p} AS TEXT) || CAST("member_stats"."user_id" AS TEXT))'
+)
+
+
 def record_placings(guild_id: int, number: int) -> None:
     """Fold finished season ``number`` into each member's best placing (idempotent)."""
     database = database_proxy.obj
+    p = database.param
+    sql = _PLACINGS_SQL.format(p=p, listed=_LISTED.format(p=p))
     with database_proxy.atomic():
-        database.execute_sql(_PLACINGS_SQL.format(p=database.param), (guild_id, number, guild_id, number))
+        database.execute_sql(sql, (guild_id, number, PRIVACY_PREFIX, guild_id, number, PRIVACY_PREFIX))
         if number > int(get_setting(guild_id, PLACINGS_KEY, 0)):
             _set_setting(guild_id, PLACINGS_KEY, number)
 

@@ -43,8 +43,9 @@ EXPORT_PERIODS = ("today", "week", "month", "all-time")
 
 CHANGES = {
     (HIDDEN, True): (
-        "You're **hidden**: you still count, but you're not listed on any board, `/top`, final standings "
-        "or past seasons. `/stats` still shows you your own rank. `/privacy show` lists you again.",
+        "You're **hidden**: you still count, but you're not listed on any board, `/top`, past seasons "
+        "or the final standings posted from now on (those already posted stay as they are). `/stats` "
+        "still shows you your own rank. `/privacy show` lists you again.",
         "You were already hidden.",
     ),
     (HIDDEN, False): (

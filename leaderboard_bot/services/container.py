@@ -134,6 +134,7 @@ def build_services(
     membership = MembershipService(members, enabled=lambda: settings.current.hide_departed, clock=clock)
     privacy = PrivacyService(storage, guild_id=guild_id, activity=activity, names=names)
     names.withheld = privacy.stopped_live  # /privacy stop: no name stored
+    rankings.unlisted = lambda: privacy.unlisted  # /privacy hide: ranks pass over them, as boards do
     boards = BoardService(
         storage,
         guild_id=guild_id,

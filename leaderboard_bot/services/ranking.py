@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -165,6 +166,23 @@ def live_rank(
     return ahead + 1
 
 
+def _unlisted_ahead(
+    board: Board,
+    user_id: int,
+    value: float,
+    unlisted: AbstractSet[int],
+    deltas: dict[int, Counts],
+    stored: dict[int, Counts],
+) -> int:
+    """How many unlisted members (other than the member) are ahead of ``value`` with their live counts."""
+    ahead = 0
+    for other in unlisted:
+        if other != user_id:
+            live = _on(board, stored.get(other, (0, 0.0))) + _on(board, deltas.get(other, (0, 0.0)))
+            ahead += int(live > 0 and _beats(live, other, value, user_id))
+    return ahead
+
+
 def read_live(
     guild_id: int,
     season: int,
@@ -176,10 +194,12 @@ def read_live(
     rank_boards: tuple[Board, ...] = (),
     known: dict[int, Counts] | None = None,
     known_at: int | None = None,
+    unlisted: AbstractSet[int] = frozenset(),
 ) -> LiveRead | None:
     """One read transaction (on the reader thread): the stored top and/or the member's stored counts
     and ranks, plus the stored counts of everyone with unwritten counts. None when a write committed
-    after ``unwritten`` was captured (read again)."""
+    after ``unwritten`` was captured (read again). Ranks pass over the ``unlisted`` members (hidden
+    by their own choice), as the boards do."""
     with repository.snapshot():
         sequence = repository.write_sequence(guild_id)
         deltas = unwritten.beyond(sequence)
@@ -191,6 +211,8 @@ def read_live(
         wanted = [u for u in deltas if u not in in_top and u not in stored and u != user_id]
         if user_id is not None:
             wanted.append(user_id)  # the member asked about: always from this snapshot
+            if rank_boards:  # those ahead of them who are never listed: not counted in their rank
+                wanted += [u for u in unlisted if u not in stored and u not in deltas and u != user_id]
         found = repository.totals_of(guild_id, season, wanted)
         stored.update(found)
         for user in wanted:
@@ -207,7 +229,8 @@ def read_live(
                 beating = repository.count_beating(
                     guild_id, season, ranked_board, value, user_id, _on(ranked_board, own), sequence
                 )
-                ranks[ranked_board] = live_rank(ranked_board, user_id, value, beating, deltas, stored)
+                rank = live_rank(ranked_board, user_id, value, beating, deltas, stored)
+                ranks[ranked_board] = rank - _unlisted_ahead(ranked_board, user_id, value, unlisted, deltas, stored)
         return LiveRead(sequence, deltas, stored, stored_top, ranks)
 
 
@@ -235,6 +258,9 @@ class Rankings:
         # Windows whose ranks were read lately (scope -> monotonic time): counted after each flush
         # with the season, so a window's first rank after a write need not count its board inline.
         self._windows_ranked: dict[int, float] = {}
+        # Members never listed by their own choice (the privacy service's, set by the container):
+        # a member's rank passes over them, as the boards do.
+        self.unlisted: Callable[[], AbstractSet[int]] = frozenset
         activity.add_flush_listener(self.on_flush)
         seasons.add_roll_listener(lambda finished, current: self.cache.invalidate())
 
@@ -313,9 +339,7 @@ class Rankings:
         """The live top ``limit`` of a season (the current one by default)."""
         return (await self.view(board, limit, season)).entries
 
-    async def view(
-        self, board: Board, limit: int, season: int | None = None, caller: int | None = None
-    ) -> TopReply:
+    async def view(self, board: Board, limit: int, season: int | None = None, caller: int | None = None) -> TopReply:
         """The live top, and the caller's own place when outside it, from one snapshot."""
         season = self.seasons.current_number() if season is None else season
         for _ in range(STANDING_READS):
@@ -381,6 +405,7 @@ class Rankings:
         limit: int = 0,
         user_id: int | None = None,
         rank_boards: tuple[Board, ...] = (),
+        unlisted: AbstractSet[int] = frozenset(),
     ) -> LiveRead | None:
         if rank_boards and window_of(season) is not None:
             self._windows_ranked[season] = time.monotonic()
@@ -398,6 +423,7 @@ class Rankings:
             rank_boards=rank_boards,
             known=known,
             known_at=known_at,
+            unlisted=unlisted,
         )
         if (
             read is not None
@@ -420,12 +446,17 @@ class Rankings:
         """The member's season (the current one by default): counts and ranks from one snapshot
         plus what it lacks, exactly once."""
         season = self.seasons.current_number() if season is None else season
+        unlisted = self.unlisted()
         for _ in range(STANDING_READS):
-            read = await self._read(season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS)
+            read = await self._read(
+                season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS, unlisted=unlisted
+            )
             if read is not None:
                 return self._standing(user_id, season, read)
         async with self.activity.quiescent():
-            read = await self._read(season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS)
+            read = await self._read(
+                season, self._unwritten(season), user_id=user_id, rank_boards=BOARDS, unlisted=unlisted
+            )
             if read is None:  # only another writer could move the write number now
                 raise StorageError("the database kept changing under the read; try again")
             return self._standing(user_id, season, read)

@@ -663,6 +663,19 @@ def test_best_placings_match_brute_force_over_seasons(db: Database) -> None:
     assert repository.get_setting(G, repository.PLACINGS_KEY) == 4
 
 
+def test_placings_pass_over_members_hidden_when_the_season_ends(db: Database) -> None:
+    """The final standings leave out who chose not to be listed and renumber the rest: a member's
+    best finished season says the place those standings gave them."""
+    for user, messages in ((5, 9), (6, 7), (7, 3)):
+        MemberStats.insert(guild_id=G, season=1, user_id=user, messages=messages, voice_seconds=0.0).execute()
+    repository.set_setting(G, repository.privacy_key(5), "hidden")
+    repository.set_setting(G + 1, repository.privacy_key(6), "hidden")  # another server's choice
+    repository.record_placings(G, 1)
+    assert repository.best_placing(G, 5) is None
+    assert repository.best_placing(G, 6) == (1, "messages", 1, 7.0)
+    assert repository.best_placing(G, 7) == (1, "messages", 2, 3.0)
+
+
 def test_placings_of_seasons_that_ended_before_they_existed_are_filled_in_order(db: Database) -> None:
     for number in (1, 2, 3):
         repository.ensure_season(G, 1_000.0 * number, 100.0)

@@ -168,6 +168,11 @@ async def test_a_hidden_member_is_left_off_the_final_standings_past_boards_and_s
             await fc.send_message(w.guild, w.general, user, f"m{i}")
     await w.wait_db(lambda: w.messages_of(w.carol) == 1, "the messages")
     await privacy(w, w.alice, "hide")
+    # /stats numbers as the boards do, whoever asks: no gap that tells someone above is hidden.
+    assert stats_field(await fc.slash(w.guild, w.general, w.carol, "stats", {"user": w.bob}), "Messages") == (
+        "2 · rank #1"
+    )
+    assert stats_field(await fc.slash(w.guild, w.general, w.carol, "stats"), "Messages") == "1 · rank #2"
 
     asked = await fc.slash(w.guild, w.general, owner, "leaderboard reset")
     (confirm_id,) = [
@@ -185,10 +190,16 @@ async def test_a_hidden_member_is_left_off_the_final_standings_past_boards_and_s
     assert "Messages: **#1** Bobby" in season["value"]
     names, _ = await top_names_of_season(w, w.bob, 1)
     assert names == ["#1 Bobby", "#2 carol"]
+    best = await fc.slash(w.guild, w.general, w.carol, "stats", {"user": w.bob})
+    assert stats_field(best, "Best finished season") == "Season 1: #1 in messages (2 messages)"
     # Shown again: the archive lists her again too.
     await privacy(w, w.alice, "show")
     names, _ = await top_names_of_season(w, w.bob, 1)
     assert names == ["#1 Ali", "#2 Bobby", "#3 carol"]
+
+
+def stats_field(answer: Any, name: str) -> str:
+    return next(f["value"] for f in answer.embeds[0]["fields"] if f["name"] == name)
 
 
 async def top_names_of_season(w: World, user: int, season: int) -> tuple[list[str], Any]:

@@ -524,6 +524,26 @@ async def test_standing_ranks_match_the_top_order(
     assert (await rankings.standing(2)).voice_rank is None
 
 
+async def test_standing_ranks_pass_over_members_who_chose_not_to_be_listed(
+    rankings: Rankings, tracker: ActivityService
+) -> None:
+    """Boards and /top leave hidden members out and renumber; a member's rank in /stats must agree
+    (and not tell, by a gap, that someone above is hidden). Stored and unwritten counts both."""
+    send(tracker, 1, 9)  # hidden, first when stored
+    send(tracker, 2, 7)
+    send(tracker, 3, 3)
+    assert await rankings.seasons.flush() is True
+    send(tracker, 4, 5)  # hidden, unwritten: ahead of 3 only
+    send(tracker, 3, 1)  # 3 has 4 now: behind 4's 5
+    hidden = {1, 4}
+    rankings.unlisted = lambda: hidden
+    ranks = {u: (await rankings.standing(u)).message_rank for u in (1, 2, 3, 4)}
+    assert ranks[2] == 1 and ranks[3] == 2  # the listed members: as the board numbers them
+    assert ranks[4] == 2  # a hidden member's own rank passes over the others hidden
+    hidden.clear()  # /privacy show: counted again at once
+    assert [(await rankings.standing(u)).message_rank for u in (1, 2, 4, 3)] == [1, 2, 3, 4]
+
+
 async def test_standing_reads_the_current_season(rankings: Rankings, tracker: ActivityService) -> None:
     send(tracker, 1, 4)
     assert await rankings.seasons.roll(reason="test") is not None
