@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -58,10 +59,19 @@ UNKNOWN_MEMBER = "Unknown member"
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # Bidirectional embeddings, overrides and isolates: a name holding one could reverse the rest
 # of its board line ("#1 Alice — 42" shown backwards). Removed from every name.
-BIDI_CONTROLS = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# The direction marks (LRM, RLM, ALM) go too: next to the " — 42" that follows a name they can
+# move it to the other side.
+BIDI_CONTROLS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Characters that render as nothing; a name made only of these (zero-width spaces, the Hangul
-# filler trick) is as good as blank for readers.
+# filler trick) is as good as blank for readers. Beside these letters and symbols that draw
+# nothing, every character of the categories below: combining marks with nothing to sit on,
+# format characters (soft hyphen, tags, invisible operators, joiners) and spaces.
 INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff")
+INVISIBLE_CATEGORIES = frozenset({"Mn", "Me", "Cf", "Cc", "Zs", "Zl", "Zp"})
+
+
+def _draws_nothing(character: str) -> bool:
+    return character in INVISIBLE_CHARACTERS or unicodedata.category(character) in INVISIBLE_CATEGORIES
 
 
 def visible_name(name: str | None) -> str | None:
@@ -69,7 +79,7 @@ def visible_name(name: str | None) -> str | None:
     if name is None:
         return None
     text = BIDI_CONTROLS.sub("", CONTROL_CHARACTERS.sub(" ", name)).strip()
-    if all(ch.isspace() or ch in INVISIBLE_CHARACTERS for ch in text):
+    if all(map(_draws_nothing, text)):
         return None
     return text
 

@@ -9,7 +9,15 @@ from leaderboard_bot.domain import BoardLine, best_name, visible_name
 from leaderboard_bot.ui.embeds import leaderboard_embed
 from tests.helpers import mock_member, mock_user
 
-INVISIBLE_NICKS = ["\u200b\u200b", "\u3164", "\u115f\u1160", " \ufeff ", "\u2800", "\u202e"]
+INVISIBLE_NICKS = [
+    "\u200b\u200b", "\u3164", "\u115f\u1160", " \ufeff ", "\u2800", "\u202e",
+    # Found by a tester: shown as blank board lines until they fell back too.
+    "\u0301\u0302\u0303",  # combining marks with nothing to sit on
+    "\u00ad\u00ad\u00ad",  # soft hyphens
+    "\U000e0041\U000e0042",  # tag characters
+    "\u2061\u2062\u2063",  # invisible operators
+    "\u034f", "\u061c", "\ufe0f", "\u3000\u2003",  # grapheme joiner, letter mark, selector, spaces
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("nick", INVISIBLE_NICKS)
@@ -24,8 +32,27 @@ def test_a_visible_nickname_wins_and_users_use_their_global_name() -> None:
     assert shown_name(mock_user(2, global_name="Bobby", name="bob")) == "Bobby"
 
 
+@pytest.mark.parametrize("name", ["e\u0301", "\u65e5\u672c", "\U0001f642", "a\u00adb", "\u0627\u0644\u0639"])
+def test_names_with_something_to_see_are_kept(name: str) -> None:
+    assert visible_name(name) == name
+
+
 @pytest.mark.parametrize(
-    "control", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
+    "control",
+    [
+        "\u061c",
+        "\u200e",
+        "\u200f",
+        "\u202a",
+        "\u202b",
+        "\u202c",
+        "\u202d",
+        "\u202e",
+        "\u2066",
+        "\u2067",
+        "\u2068",
+        "\u2069",
+    ],
 )
 def test_direction_controls_are_removed(control: str) -> None:
     assert visible_name(f"ab{control}cd") == "abcd"

@@ -290,10 +290,17 @@ async def test_discord_unreachable_at_start_is_retried_with_one_line_per_attempt
     assert proc.returncode == 0
 
 
-async def test_an_invisible_nickname_shows_the_global_name_on_the_board(world: World) -> None:
+@pytest.mark.parametrize(
+    "nick",
+    [
+        "\u200b\u3164",  # zero-width space and a Hangul filler
+        "\u0301\u0302\u00ad\U000e0041",  # combining marks, a soft hyphen, a tag character
+    ],
+)
+async def test_an_invisible_nickname_shows_the_global_name_on_the_board(world: World, nick: str) -> None:
     fc, w = world.fc, world
     ghost = fc.add_user("ghost", global_name="Casper")
-    fc.add_member(w.guild, ghost, nick="\u200b\u3164")  # zero-width space and a Hangul filler
+    fc.add_member(w.guild, ghost, nick=nick)
     await w.start_bot(UPDATE_INTERVAL="1s", SPAM_LIMIT="off")
     await fc.send_message(w.guild, w.general, ghost, "boo")
     board = await fc.wait_for(
