@@ -287,8 +287,13 @@ class ConfirmReset(disnake.ui.View):
         self.cancel.custom_id = f"{CANCEL_ID}:{origin.id}"
         cog.live_confirmations.update((self.confirm.custom_id, self.cancel.custom_id))
 
-    async def on_timeout(self) -> None:
+    def _forget(self) -> None:
+        """Once answered or expired, a click on these buttons (from another device, a stale client)
+        gets the cog's "expired" answer instead of none at all."""
         self.cog.live_confirmations.difference_update((self.confirm.custom_id, self.cancel.custom_id))
+
+    async def on_timeout(self) -> None:
+        self._forget()
         # If the member dismissed the message there is nothing left to tidy up.
         with contextlib.suppress(disnake.HTTPException):
             await self.origin.edit_original_response(
@@ -304,6 +309,7 @@ class ConfirmReset(disnake.ui.View):
     @disnake.ui.button(label="Reset now", style=disnake.ButtonStyle.danger, custom_id=CONFIRM_ID)
     async def confirm(self, button: disnake.ui.Button, inter: MessageInteraction) -> None:
         self.stop()
+        self._forget()
         await inter.response.defer()
         try:
             finished = await self.cog.end_season(
@@ -331,6 +337,7 @@ class ConfirmReset(disnake.ui.View):
     @disnake.ui.button(label="Cancel", style=disnake.ButtonStyle.secondary, custom_id=CANCEL_ID)
     async def cancel(self, button: disnake.ui.Button, inter: MessageInteraction) -> None:
         self.stop()
+        self._forget()
         await inter.response.edit_message(embed=notice_embed("Nothing was reset."), view=None)
 
 

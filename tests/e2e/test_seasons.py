@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 
@@ -101,9 +102,16 @@ async def test_manual_reset_needs_confirmation_and_manage_server(world: World) -
         for c in row["components"]
         if c["custom_id"].startswith(CONFIRM_ID)
     ]
+    # What another device (a stale client) still shows: the buttons, after this one used them.
+    stale = copy.deepcopy(fc._get_message(w.general, asked.interaction.original_id))
     done = await fc.click(w.guild, w.general, owner, asked.interaction.original_id, confirm_id)
     assert "Season 1 is archived" in done.embeds[0]["description"]
     assert w.query("SELECT number, ended_at IS NOT NULL FROM season ORDER BY number") == [(1, 1), (2, 0)]
+    # fakecord's click() refuses a button the message no longer has: the stale client's click, by hand.
+    click = {"custom_id": confirm_id, "component_type": 2}
+    again = await fc.await_interaction(fc.create_interaction(w.guild, w.general, owner, click, type=3, message=stale))
+    assert again.ephemeral and "expired" in again.embeds[0]["description"]  # answered, nothing more reset
+    assert w.query("SELECT COUNT(*) FROM season") == [(2,)]
     await fc.wait_for(lambda: finals(w, w.chat_lb) and finals(w, w.vc_lb), 10, "announcements")
     assert "Ali" in finals(w, w.chat_lb)[0].embeds[0]["description"]
     top = await fc.slash(w.guild, w.general, w.alice, "top messages")
