@@ -356,10 +356,20 @@ def _parse_log_format(text: str) -> str:
     return log_format
 
 
+# A custom emoji is at most 57 characters (<a:, a 32-character name, a 20-digit id, >). More would
+# push lines off a 25-line board, and a few thousand would leave its text empty.
+_EMOJI_MAX = 64
+
+
 def _parse_emoji(text: str) -> str:
     emoji = text.strip()
     if not emoji:
         raise ValueError("must not be empty: use an emoji like <a:name:123> or a unicode emoji")
+    if len(emoji) > _EMOJI_MAX:
+        raise ValueError(
+            f"is {len(emoji):,} characters long: use one emoji like <a:name:123> or a unicode emoji "
+            f"(at most {_EMOJI_MAX} characters)"
+        )
     return emoji
 
 

@@ -415,6 +415,7 @@ def test_missing_token_reported_before_other_problems() -> None:
         ("LEADERBOARD_SIZE", "ten"),
         ("LEADERBOARD_SIZE", "-1"),
         ("CACHE_TTL", "nan"),
+        ("ARROW_EMOJI", "<a:arrow:1403295268505522187>" * 3),  # lines would fall off a 25-line board
     ],
 )
 def test_invalid_value_names_variable(variable: str, value: str) -> None:
@@ -425,6 +426,13 @@ def test_invalid_value_names_variable(variable: str, value: str) -> None:
     assert str(error) == f"{variable}: {error.problem}"
     assert "\n" not in str(error)
     assert TOKEN not in str(error)
+
+
+def test_the_longest_custom_emoji_is_a_valid_arrow() -> None:
+    longest = f"<a:{'x' * 32}:{'9' * 20}>"
+    assert load_settings(env(ARROW_EMOJI=longest)).tunables.arrow_emoji == longest
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    assert load_settings(env(ARROW_EMOJI=family)).tunables.arrow_emoji == family
 
 
 def test_duration_error_message_is_exact() -> None:
