@@ -10,7 +10,7 @@ import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
 
-from ..config import RUNTIME_VARIABLES, ConfigError, field_of, show_value
+from ..config import RUNTIME_VARIABLES, ConfigError, field_of, parse_runtime, show_value
 from ..db.storage import StorageError
 from ..ui.embeds import notice_embed, settings_embed
 
@@ -20,6 +20,28 @@ if TYPE_CHECKING:
     from .seasons import Seasons
 
 MANAGERS_ONLY = "You need the **Manage Server** permission for this, in the server."
+BOARD_CHANNEL_VARIABLES = frozenset({"CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID"})
+# What the bot needs in a board's channel to show it at all (pinning is extra: unpinned, it still shows).
+BOARD_PERMISSIONS = (
+    ("view_channel", "View Channel"),
+    ("send_messages", "Send Messages"),
+    ("embed_links", "Embed Links"),
+)
+
+
+def board_channel_problem(guild: disnake.Guild, channel_id: int) -> str | None:
+    """Why a board cannot go to ``channel_id`` (None: it can). Checked before the setting changes:
+    once changed, the old board turns into a note pointing at the new channel."""
+    channel = guild.get_channel(channel_id)
+    if channel is None:
+        return f"`{channel_id}` is not a channel of this server that the bot can see."
+    if not isinstance(channel, disnake.TextChannel):
+        return f"{channel.mention} is not a text channel: a board is a message in a text channel."
+    allowed = channel.permissions_for(guild.me)
+    missing = [label for flag, label in BOARD_PERMISSIONS if not getattr(allowed, flag)]
+    if missing:
+        return f"The bot cannot post the board in {channel.mention}: it lacks {', '.join(missing)} there."
+    return None
 
 
 class Admin(commands.Cog):
@@ -100,6 +122,17 @@ class Admin(commands.Cog):
         if not self._allowed(inter):
             await self._refuse(inter)
             return
+        variable = name.strip().upper()
+        if variable in BOARD_CHANNEL_VARIABLES and inter.guild is not None:
+            try:
+                problem = board_channel_problem(inter.guild, parse_runtime(variable, value)[1])
+            except ConfigError:
+                problem = None  # not an id at all: change() below says so
+            if problem is not None:
+                await inter.response.send_message(
+                    embed=notice_embed(f"Nothing changed: {problem}", title="Invalid value"), ephemeral=True
+                )
+                return
         try:
             old, new = await self.bot.services.settings_store.change(
                 name, value, by=f"{inter.author} ({inter.author.id})"

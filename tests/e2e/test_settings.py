@@ -65,6 +65,33 @@ async def test_a_board_moved_to_another_channel_is_posted_there_and_leaves_a_not
     assert note.id == old.id and not note.pinned and str(new_channel) in note.embeds[0]["description"]
 
 
+async def test_a_board_channel_the_board_cannot_live_in_is_refused_and_nothing_moves(world: World) -> None:
+    """Changed, the setting turns the working board into a "moved" note: a channel the board
+    cannot be posted in would leave no board anywhere, so it is refused first, saying why."""
+    from fakecord import CATEGORY  # type: ignore[import-not-found]
+
+    fc, w = world.fc, world
+    await w.start_bot(UPDATE_INTERVAL="1s")
+    await fc.wait_for_commands("leaderboard", guild=w.guild)
+    old = await fc.wait_for(lambda: (m := board(w, w.chat_lb)) and m.pinned and m, 15, "the board")
+    category = fc.add_channel(w.guild, "Boards", type=CATEGORY)
+    elsewhere = fc.add_channel(fc.add_guild("Another server"), "their-chat")
+    locked = fc.add_channel(w.guild, "read-only")
+    fc.set_channel_forbidden(locked)
+    await asyncio.sleep(0.5)  # the gateway's channel events reach the bot
+    assert "is not a text channel" in await change(w, "CHAT_LB_CHANNEL_ID", str(category))
+    assert "not a channel of this server" in await change(w, "CHAT_LB_CHANNEL_ID", str(elsewhere))
+    refused = await change(w, "VC_LB_CHANNEL_ID", str(locked))
+    assert refused.startswith("Nothing changed") and "lacks Send Messages" in refused
+    await asyncio.sleep(2.5)  # two refreshes: the boards stayed where they were
+    assert board(w, w.chat_lb).id == old.id and board(w, w.chat_lb).pinned  # type: ignore[attr-defined]
+    assert "moved to" not in (board(w, w.chat_lb).embeds[0].get("description") or "")  # type: ignore[attr-defined]
+    assert board(w, category) is None and board(w, locked) is None
+    owner = fc.guilds[w.guild].owner_id
+    shown = await fc.slash(w.guild, w.general, owner, "leaderboard settings show")
+    assert "changed here" not in shown.embeds[0]["description"]
+
+
 async def test_excluded_channels_and_roles_are_not_counted(world: World) -> None:
     fc, w = world.fc, world
     commands_channel = fc.add_channel(w.guild, "bot-commands")
