@@ -2,7 +2,8 @@
 
 Edits happen only when the rendered embed changed (Discord throttles edits to hour-old messages,
 error 30046), a deleted message is re-posted and pinned, and no HTTP error ever ends the loop:
-forbidden channels and throttling back off and retry on later cycles.
+forbidden channels and throttling back off and retry on later cycles. A board the bot may edit but
+not read back (no Read Message History) is still edited in place, and that is told once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ LONG_RATE_LIMIT_SECONDS = 30.0
 VERIFY_EVERY_SECONDS = 10 * 60.0
 # What one refresh did (the "result" field of its log line); the rest log at DEBUG.
 CHANGED_RESULTS = {"posted", "edited", "pinned"}
+# /health's word for a board edited blind: the bot may edit its message but not read it back.
+UNREAD_DETAIL = "updated, but without Read Message History it cannot check the board is still there or pinned"
 
 
 @dataclass
@@ -191,7 +194,9 @@ class Scheduler(commands.Cog):
             seconds = time.perf_counter() - started
             failures = self._backoff[board].failures
             detail = f"backing off after {failures} failure(s)" if failures else ""
-            self.bot.services.health.refreshed(board, seconds, not failures, detail)
+            if not failures and self.unreadable(board):
+                detail = UNREAD_DETAIL  # working, but not as it should: a warning in /health
+            self.bot.services.health.refreshed(board, seconds, not detail, detail)
             if result is not None:
                 self._log_refresh(board, result, seconds)
 
@@ -217,6 +222,11 @@ class Scheduler(commands.Cog):
     def backing_off(self) -> list[str]:
         """Boards whose last refresh failed (for the health status)."""
         return [board for board in BOARDS if self._backoff[board].failures > 0]
+
+    def unreadable(self, board: Board) -> bool:
+        """Whether the board's message was refused to the bot (403) when it last checked it: it is
+        edited blind, without knowing whether it is still there and pinned."""
+        return self.log_throttle.failures(("read", board)) > 0
 
     async def _refresh_locked(self, board: Board, *, force: bool) -> str:
         """Returns what the refresh did: posted, edited, pinned, unchanged, failed or backing off."""
@@ -318,18 +328,26 @@ class Scheduler(commands.Cog):
         now = asyncio.get_running_loop().time()
         if now - self._verified_at.get(post.board, now) >= VERIFY_EVERY_SECONDS:
             self._verified.discard(post.board)
+        unread: disnake.Forbidden | None = None
         if post.message_id is not None and post.board not in self._verified:
             try:
                 stored = await channel.fetch_message(post.message_id)
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message is gone; posting a new one", post.board)
                 post.message_id = None
+            except disnake.Forbidden as error:
+                # No Read Message History: the message cannot be read, but the bot may still edit
+                # its own message. The edit checks what it can: it fails with NotFound if the board
+                # is gone (re-posted below), with Forbidden if the bot cannot post here at all.
+                unread = error
+                post.embed_hash = None
             else:
+                self._readable(post)
                 post.pinned = stored.pinned
                 if stored.flags.suppress_embeds or not stored.embeds:
                     logger.warning("the {} leaderboard's embed was hidden; restoring it", post.board)
                     post.embed_hash = None
-            self._verified.add(post.board)
+            self._verified.add(post.board)  # (unreadable: checked again at the next verification)
             self._verified_at[post.board] = now
         result = "unchanged"
         if post.message_id is not None and embed_hash != post.embed_hash:
@@ -337,6 +355,8 @@ class Scheduler(commands.Cog):
                 # suppress_embeds=False also undoes a moderator's "remove embed".
                 await channel.get_partial_message(post.message_id).edit(embed=embed, suppress_embeds=False)
                 result = "edited"
+                if unread is not None:
+                    self._unreadable(post, unread)
             except disnake.NotFound:
                 logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
                 post.message_id = None
@@ -357,6 +377,37 @@ class Scheduler(commands.Cog):
         post.embed_hash = embed_hash
         await self._save(post)
         return result
+
+    def _unreadable(self, post: BoardPost, error: disnake.Forbidden) -> None:
+        """The bot may edit its board but not read it (no Read Message History). Told once while
+        it lasts (a missing permission stays missing until someone grants it, so no summaries
+        every few minutes), counted for the recovery line and shown in /health."""
+        operation = ("read", post.board)
+        if self.unreadable(post.board):
+            self.log_throttle.failed(operation, (error.status, error.code))
+            return
+        report_failure(
+            self.log_throttle,
+            operation,
+            (error.status, error.code),
+            f"cannot read the {post.board} leaderboard message in <#{post.channel_id}> ({error.status} {error.text}): "
+            f"give the bot Read Message History there. Until then it keeps editing message {post.message_id} in "
+            "place, but cannot check that it is still there and pinned (a deleted board is noticed, and posted "
+            "again, only when an edit fails)",
+            board=post.board,
+            channel_id=post.channel_id,
+            status=error.status,
+            code=error.code,
+        )
+
+    def _readable(self, post: BoardPost) -> None:
+        report_recovery(
+            self.log_throttle,
+            ("read", post.board),
+            f"the bot can read the {post.board} leaderboard message again",
+            board=post.board,
+            channel_id=post.channel_id,
+        )
 
     async def _adopt_pinned(self, channel: disnake.abc.Messageable, board: Board) -> int | None:
         """Reuse our own pinned board if the database lost its id, instead of posting a duplicate."""

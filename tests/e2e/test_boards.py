@@ -192,3 +192,38 @@ async def test_a_failed_pin_is_retried(world: World) -> None:
     assert len(bot_posts(w, w.chat_lb)) == 1 and board.pinned
     assert w.log_text().count("could not pin the messages leaderboard") == 1  # warned once
     await w.wait_log("the messages leaderboard is pinned now")
+
+
+async def test_without_read_message_history_the_board_is_still_edited_in_place(world: World) -> None:
+    """Read Message History taken away (single-message GETs and the pin list answer 403 Missing
+    Access; editing its own message still works): after a restart the stored board keeps being
+    edited, never re-posted, and the missing permission is logged once and shown in /health."""
+    fc, w = world.fc, world
+    bot = await w.start_bot(UPDATE_INTERVAL="1s")
+    board = await fc.wait_for(lambda: next((m for m in bot_posts(w, w.chat_lb) if m.pinned), None), 20, "the pin")
+    await asyncio.sleep(1.5)
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 0
+    reads = rf"^/channels/{w.chat_lb}/messages/\d+$"
+    read_before = len(fc.calls("GET", reads))
+    fc.inject_error("GET", reads, status=403, code=50001, times=10_000)
+    fc.inject_error("GET", rf"^/channels/{w.chat_lb}/(messages/)?pins", status=403, code=50001, times=10_000)
+    await w.start_bot(UPDATE_INTERVAL="1s")
+    for user, name in ((w.alice, "Ali"), (w.bob, "Bobby"), (w.carol, "carol")):
+        await fc.send_message(w.guild, w.general, user, "hello")
+        await fc.wait_for(
+            lambda name=name: name in bot_posts(w, w.chat_lb)[0].embeds[0].get("description", ""), 15, f"{name} shown"
+        )
+    await asyncio.sleep(3)  # more cycles: nothing more is logged or fetched
+    assert [m.id for m in bot_posts(w, w.chat_lb)] == [board.id]  # edited in place, never a second board
+    assert len(fc.calls("POST", rf"^/channels/{w.chat_lb}/messages$")) == 1
+    assert not fc.calls("DELETE", rf"^/channels/{w.chat_lb}/")
+    patches = [c.status for c in fc.calls("PATCH", rf"^/channels/{w.chat_lb}/messages/{board.id}$")]
+    assert len(patches) >= 3 and set(patches) == {200}
+    assert [c.status for c in fc.calls("GET", reads)][read_before:] == [403]  # read once, not every cycle
+    log = w.log_text()
+    assert log.count("give the bot Read Message History") == 1
+    assert "could not update the messages leaderboard" not in log
+    health = await fc.slash(w.guild, w.general, fc.guilds[w.guild].owner_id, "health")
+    refreshes = {f["name"]: f["value"] for f in health.embeds[0]["fields"]}["Last board refresh"]
+    assert "without Read Message History" in refreshes

@@ -388,3 +388,83 @@ async def test_an_unexpected_error_has_one_traceback_and_a_database_outage_none(
     storage = [r for r in records if "StorageError" in r["message"]]
     assert len(storage) == 1 and storage[0]["level"] == "WARNING" and storage[0]["exception"] is None
     assert [r["extra"]["result"] for r in refresh_lines(records) if r["extra"]["board"] == "messages"] == ["failed"] * 6
+
+
+# ---------------------------------------------------------------------- no Read Message History
+
+
+async def test_a_board_that_cannot_be_read_back_is_still_edited_in_place_and_told_once(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services, records: list[dict[str, Any]]
+) -> None:
+    """Read Message History taken away (GET message and pins answer 403) while Send Messages
+    stays: the stored board is edited, never re-posted, with one warning and a /health note."""
+    await scheduler.refresh("messages")  # posted and pinned, its id stored
+    chat = boards[CHAT]
+    chat.channel.fetch_message.side_effect = http_error(disnake.Forbidden, 403, 50001)
+    restarted = Scheduler(scheduler.bot)  # a restart: the id comes from the database
+    try:
+        await restarted.refresh("messages")  # the edit itself shows the board is still there
+        assert chat.partial.edit.await_count == 1
+        for _ in range(3):
+            services.activity.record_message(7)
+            assert await services.seasons.flush() is True
+            await restarted.refresh("messages")
+        restarted._verified_at["messages"] -= 3600  # the periodic check comes round again
+        await restarted.refresh("messages")
+        assert chat.partial.edit.await_count == 5  # every change edited in place, and each check
+        assert chat.channel.fetch_message.await_count == 2  # at the restart and the periodic check: not every cycle
+        assert chat.channel.send.await_count == 1  # never a second board
+        assert not restarted.backing_off()
+        warnings = [r for r in records if r["level"] == "WARNING"]
+        assert len(warnings) == 1, warnings
+        assert "Read Message History" in warnings[0]["message"]
+        assert "cannot check that it is still there and pinned" in warnings[0]["message"]
+        assert warnings[0]["extra"]["status"] == 403 and warnings[0]["extra"]["code"] == 50001
+        refresh = services.health.last_refresh["messages"]
+        assert not refresh.ok and "Read Message History" in refresh.detail
+        assert [r["extra"]["result"] for r in refresh_lines(records)][1:] == ["edited"] * 5
+        # The permission is given back: the next check reads the board and says so once.
+        chat.channel.fetch_message.side_effect = lambda message_id: mock_message(message_id, pinned=True)
+        restarted._verified.clear()
+        await restarted.refresh("messages")
+        assert [r["message"] for r in records if "recovered" in r["message"]] == [
+            "the bot can read the messages leaderboard message again (recovered after 2 failures)"
+        ]
+        assert services.health.last_refresh["messages"].ok
+        assert chat.partial.edit.await_count == 5  # readable and unchanged: no edit
+    finally:
+        restarted.cog_unload()
+
+
+async def test_an_unreadable_board_that_was_deleted_is_posted_again_once(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    chat.channel.fetch_message.side_effect = http_error(disnake.Forbidden, 403, 50001)
+    chat.partial.edit.side_effect = http_error(disnake.NotFound, 404, 10008)  # deleted while the bot was down
+    scheduler._verified.clear()  # (on_ready)
+    await scheduler.refresh("messages")
+    assert chat.channel.send.await_count == 2
+    assert (await stored_post(services))["message_id"] == chat.posted[1]
+    chat.partial.edit.side_effect = None
+    services.activity.record_message(7)
+    await services.seasons.flush()
+    await scheduler.refresh("messages")
+    assert chat.channel.send.await_count == 2  # the new board is edited, not posted again
+    assert not scheduler.backing_off()
+
+
+async def test_an_unreadable_board_that_cannot_be_edited_either_backs_off_as_a_forbidden_channel(
+    scheduler: Scheduler, boards: dict[int, Board], records: list[dict[str, Any]]
+) -> None:
+    await scheduler.refresh("messages")
+    chat = boards[CHAT]
+    chat.channel.fetch_message.side_effect = http_error(disnake.Forbidden, 403, 50001)
+    chat.partial.edit.side_effect = http_error(disnake.Forbidden, 403, 50001)
+    scheduler._verified.clear()
+    await scheduler.refresh("messages")
+    assert scheduler.backing_off() == ["messages"]
+    assert chat.channel.send.await_count == 1
+    warnings = [r["message"] for r in records if r["level"] == "WARNING"]
+    assert len(warnings) == 1 and "the bot cannot see or post in the channel" in warnings[0]
