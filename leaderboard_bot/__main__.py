@@ -98,8 +98,10 @@ async def run(settings: Settings) -> int:
     # With the instance lock, any other holder of the lease on this database has stopped (SQLite
     # lives on one machine); without it, or across machines, only the lease's expiry tells.
     holder_gone = locked and settings.database_url.startswith("sqlite")
+    opened = waiting_for_database = False
     try:
         await storage.open()
+        opened = True
         if not locked:
             await lease.look()
         elif not await lease.try_acquire(holder_gone=holder_gone) and not settings.standby:
@@ -111,8 +113,18 @@ async def run(settings: Settings) -> int:
             )
             await storage.close()
             return EXIT_FAILURE
-    except StorageError:
-        pass  # _run_locked reports it with the same words as any failure to open the database
+    except StorageError as error:
+        if opened:
+            # Open, but the lease could not be taken: another program holds the write lock. What
+            # start-up writes (the recovery file, sessions left open) must wait for it, so this
+            # instance waits as a standby does and takes the lease as soon as the database answers.
+            waiting_for_database = True
+            logger.warning(
+                "the database did not answer ({}): waiting for it before counting; messages sent meanwhile "
+                "are not counted",
+                error,
+            )
+        # Otherwise _run_locked reports it with the same words as any failure to open the database.
     bot = LeaderboardBot(settings, storage, lease=lease, standby=not lease.active)
 
     async def stand_by() -> None:
@@ -132,7 +144,10 @@ async def run(settings: Settings) -> int:
             except StorageError as error:
                 logger.debug("standby: the lease could not be checked ({})", error)
                 continue
-            logger.warning("took over from {}: this instance counts from now on", previous)
+            if waiting_for_database and previous in (None, lease.holder):
+                logger.warning("the database answers again: this instance counts from now on")
+            else:
+                logger.warning("took over from {}: this instance counts from now on", previous)
             try:
                 await bot.activate()
             except Exception:
@@ -144,14 +159,17 @@ async def run(settings: Settings) -> int:
             return
 
     try:
-        return await _run_locked(settings, bot, None if lease.active else stand_by)
+        return await _run_locked(settings, bot, None if lease.active else stand_by, waiting_for_database)
     finally:
         if instance is not None:
             instance.release()
 
 
 async def _run_locked(
-    settings: Settings, bot: LeaderboardBot, stand_by: Callable[[], Coroutine[Any, Any, None]] | None
+    settings: Settings,
+    bot: LeaderboardBot,
+    stand_by: Callable[[], Coroutine[Any, Any, None]] | None,
+    waiting_for_database: bool = False,
 ) -> int:
     import aiohttp
     import disnake
@@ -186,12 +204,13 @@ async def _run_locked(
             logger.error("cannot open the database {}: {}", shown_database_url(settings.database_url), error)
             return EXIT_FAILURE
         if stand_by is not None:
-            logger.warning(
-                "standing by: {} counts for server {}; this instance connects to Discord without counting and "
-                "takes over if it stops",
-                bot.services.lease.current_holder,
-                settings.guild_id,
-            )
+            if not waiting_for_database:
+                logger.warning(
+                    "standing by: {} counts for server {}; this instance connects to Discord without counting "
+                    "and takes over if it stops",
+                    bot.services.lease.current_holder,
+                    settings.guild_id,
+                )
             _background.add(watcher := asyncio.ensure_future(stand_by()))
             watcher.add_done_callback(_background.discard)
         await login_with_retry(bot, settings.bot_token)

@@ -47,6 +47,38 @@ def sessions_of(w: World, user: int) -> list[tuple[float, float | None]]:
     ]
 
 
+async def test_a_restart_while_another_program_holds_the_write_lock_waits_for_it_then_counts(world: World) -> None:
+    """systemd restarts a crashed bot while an admin shell holds the write lock. What start-up
+    writes (the recovery file, sessions left open) must wait for the lock, so the bot waits: it
+    says so (not "standing by: None counts"), and counts as soon as the database answers."""
+    fc, w = world.fc, world
+    first = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")
+    await fc.send_message(w.guild, w.general, w.carol, "before")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 1, "the first message")
+    first.proc.kill()  # its lease row stays, unexpired
+    await first.proc.wait()
+    with write_lock(w.db_path):
+        second = await fc.start_bot(  # (w.start_bot waits for a counting bot's first voice reconcile)
+            ["-m", "leaderboard_bot"],
+            env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off"),
+            cwd=str(w.tmp),
+            token_env="BOT_TOKEN",
+            token="e2e-secret-token",
+            log_path=w.tmp / "bot-restarted.log",
+        )
+        w.bots.append(second)
+        await fc.wait_for(lambda: "waiting for it before counting" in second.output(), 15, "the waiting line")
+    await fc.wait_for(lambda: "the database answers again" in second.output(), 30, "the takeover")
+    await fc.wait_for_commands("top", guild=w.guild)
+    await fc.send_message(w.guild, w.general, w.carol, "after")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 2, "a count once the lock went")
+    top = await fc.slash(w.guild, w.general, w.alice, "top messages")
+    assert "carol" in top.embeds[0]["description"]
+    output = second.output()
+    assert "standing by" not in output and "took over from" not in output and "Traceback" not in output
+    assert second.returncode is None
+
+
 async def test_a_database_locked_for_30_seconds_never_freezes_the_bot(world: World) -> None:
     fc, w = world.fc, world
     await w.start_bot(FLUSH_INTERVAL="1s")  # the default anti-spam limit stays on
