@@ -27,6 +27,8 @@ from .logs import complete_logging, setup_logging
 if TYPE_CHECKING:
     from .bot import LeaderboardBot
 
+EXIT_INTERRUPTED = 130  # the shell's status for a program ended by Ctrl+C
+SHORT_SEASON = 3600.0  # a season shorter than this is most likely a unit forgotten in RESET_PERIOD
 STANDBY_POLL = 1.0  # how often a standby checks whether the active instance has gone
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -188,7 +190,7 @@ async def _run_locked(
         loop.default_exception_handler(context)
 
     loop.set_exception_handler(quiet_shutdown_noise)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
         loop.add_signal_handler(sig, _request_close, bot, sig)
     try:
         try:
@@ -279,6 +281,14 @@ def import_storage_without_unused_drivers(database_url: str) -> None:
 
 
 def main() -> None:
+    try:
+        _start()
+    except KeyboardInterrupt:  # Ctrl+C before the bot's own handlers were in place: nothing started
+        print("leaderboard-bot: stopped before it started", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _start() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     load_dotenv(".env", override=False)  # real environment variables win over .env
     try:
@@ -302,6 +312,12 @@ def main() -> None:
         settings.guild_id,
         shown_database_url(settings.database_url),
     )
+    if settings.tunables.reset_period < SHORT_SEASON:
+        logger.warning(
+            "RESET_PERIOD is {:g} seconds: the leaderboards reset that often (a number without a unit is "
+            "seconds; write 30d for 30 days)",
+            settings.tunables.reset_period,
+        )
     sys.exit(asyncio.run(run(settings)))
 
 

@@ -151,6 +151,9 @@ def _show(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+_SHORTEST_DURATION = 0.001
+
+
 def parse_duration(text: str) -> float:
     """Parse ``90s``, ``15m``, ``1.5h``, ``30d`` or plain seconds (``60``) into positive seconds."""
     cleaned = text.strip().lower()
@@ -172,6 +175,8 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"{_show(text)} is not a valid duration: it is too large, {_DURATION_HINT}")
     if seconds <= 0:
         raise ValueError(f"{_show(text)} is not a valid duration: it must be positive, {_DURATION_HINT}")
+    if seconds < _SHORTEST_DURATION:  # a rate over it (a spam limit's refill) would be infinite
+        raise ValueError(f"{_show(text)} is not a valid duration: it is too short, use at least 0.001s")
     return seconds
 
 
@@ -295,7 +300,10 @@ def local_state_path(database_url: str, guild_id: int) -> str:
     for an in-memory one); for PostgreSQL in the directory the bot starts in, named after the
     guild, the server and the database, so two bots in one directory never share them."""
     if not is_postgres(database_url):
-        return sqlite_path(database_url)
+        path = sqlite_path(database_url)
+        # The file itself, not a link to it: two bots reaching one file by two paths (a symlink, a
+        # releases/current deploy) must find the same lock and the same recovery file.
+        return path if path == ":memory:" else os.path.realpath(path)
     parts = urlsplit(database_url)
     host = parts.hostname or "local"
     if parts.port is not None:
@@ -458,13 +466,18 @@ def _parse_oauth_base(text: str) -> str:
     return value
 
 
-def _duration_at_most(limit: float, limit_text: str) -> Callable[[str], float]:
-    """A duration parser with an upper bound: absurd values would overflow timers and dates."""
+def _duration_at_most(
+    limit: float, limit_text: str, least: float = 0.0, least_text: str = ""
+) -> Callable[[str], float]:
+    """A duration parser with an upper bound (absurd values would overflow timers and dates) and
+    optionally a lower one (a loop every few microseconds would spin the CPU and flood the log)."""
 
     def parse(text: str) -> float:
         seconds = parse_duration(text)
         if seconds > limit:
             raise ValueError(f"{_show(text)} is too long: the most allowed is {limit_text}")
+        if seconds < least:
+            raise ValueError(f"{_show(text)} is too short: the least allowed is {least_text}")
         return seconds
 
     return parse
@@ -478,8 +491,8 @@ _VARIABLES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("CHAT_LB_CHANNEL_ID", "chat_lb_channel_id", "1404855785183252572", _parse_snowflake),
     ("VC_LB_CHANNEL_ID", "vc_lb_channel_id", "1404855743596728374", _parse_snowflake),
     ("DATABASE_URL", "database_url", "sqlite:///leaderboard.db", _parse_database_url),
-    ("FLUSH_INTERVAL", "flush_interval", "5s", _duration_at_most(_HOUR, "1h")),
-    ("UPDATE_INTERVAL", "update_interval", "60s", _duration_at_most(_DAY, "1d")),
+    ("FLUSH_INTERVAL", "flush_interval", "5s", _duration_at_most(_HOUR, "1h", 0.5, "0.5s")),
+    ("UPDATE_INTERVAL", "update_interval", "60s", _duration_at_most(_DAY, "1d", 1.0, "1s")),
     ("RESET_PERIOD", "reset_period", "30d", _duration_at_most(3660 * _DAY, "3660d (10 years)")),
     ("SPAM_LIMIT", "spam_limit", "5/5s", parse_spam_limit),
     ("VOICE_COUNT_DEAFENED", "voice_count_deafened", "false", parse_bool),

@@ -416,6 +416,11 @@ def test_missing_token_reported_before_other_problems() -> None:
         ("LEADERBOARD_SIZE", "-1"),
         ("CACHE_TTL", "nan"),
         ("ARROW_EMOJI", "<a:arrow:1403295268505522187>" * 3),  # lines would fall off a 25-line board
+        ("FLUSH_INTERVAL", "0.00001s"),  # a flush loop spinning the CPU and flooding the log
+        ("FLUSH_INTERVAL", "0.4s"),
+        ("UPDATE_INTERVAL", "0.5s"),
+        ("SPAM_LIMIT", "5/0.0000001s"),  # an infinite refill rate
+        ("COMMAND_LIMIT", "3/0.00000000001s"),
     ],
 )
 def test_invalid_value_names_variable(variable: str, value: str) -> None:
@@ -519,6 +524,25 @@ def test_local_files_live_beside_sqlite_and_in_the_working_directory_for_postgre
 def test_a_database_url_is_logged_without_its_password(url: str, shown: str, secrets: list[str]) -> None:
     assert shown_database_url(url) == shown
     assert database_url_secrets(url) == secrets
+
+
+def test_one_database_reached_by_two_paths_has_one_lock_and_one_recovery_file(tmp_path: Path) -> None:
+    """A symlinked database (a releases/current deploy): a second bot through the link must find
+    the first one's lock, not take its own and then force the lease away from it."""
+    from leaderboard_bot.db.lock import AlreadyRunning, InstanceLock
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lb.db").write_bytes(b"")
+    (tmp_path / "current").symlink_to(tmp_path / "data")
+    real, linked = f"sqlite:///{tmp_path}/data/lb.db", f"sqlite:///{tmp_path}/current/lb.db"
+    assert local_state_path(linked, 5) == local_state_path(real, 5) == str(tmp_path / "data" / "lb.db")
+    first = InstanceLock(local_state_path(real, 5))
+    first.acquire()
+    try:
+        with pytest.raises(AlreadyRunning):
+            InstanceLock(local_state_path(linked, 5)).acquire()
+    finally:
+        first.release()
 
 
 def test_first_problem_in_table_order_wins() -> None:

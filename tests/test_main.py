@@ -124,8 +124,9 @@ def test_main_hands_the_gil_over_within_a_millisecond(monkeypatch: pytest.Monkey
         return 0
 
     settings = SimpleNamespace(
-        log_level="INFO", log_format="text", bot_token="x", log_file=None, guild_id=1, database_url="sqlite:///x"
-    )
+        log_level="INFO", log_format="text", bot_token="x", log_file=None, guild_id=1, database_url="sqlite:///x",
+        tunables=SimpleNamespace(reset_period=30 * 86400.0),
+    )  # fmt: skip
     monkeypatch.setattr(entry, "load_dotenv", lambda *a, **k: None)
     monkeypatch.setattr(entry, "load_settings", lambda: settings)
     monkeypatch.setattr(entry, "setup_logging", lambda *a, **k: None)
@@ -177,3 +178,27 @@ def test_a_postgresql_password_never_reaches_the_log(tmp_path: Path) -> None:
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cannot open the database" in errors[0]
     assert password not in output and "Traceback" not in output
+
+
+def test_a_reset_period_without_a_unit_is_pointed_out(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")  # stops right after the start-up lines
+    env = {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": "sqlite:///not-a-directory/x.db"}
+    output = "".join(run_bot(tmp_path, {**env, "RESET_PERIOD": "30"}).stderr)
+    (warning,) = [line for line in output.splitlines() if "RESET_PERIOD" in line]
+    assert "WARNING" in warning and "30 seconds" in warning and "30d" in warning
+    assert "RESET_PERIOD" not in run_bot(tmp_path, {**env, "RESET_PERIOD": "30d"}).stderr
+
+
+def test_ctrl_c_before_the_bot_started_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leaderboard_bot import __main__ as entry
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "_start", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        entry.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "leaderboard-bot: stopped before it started\n"

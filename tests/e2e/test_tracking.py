@@ -229,14 +229,15 @@ async def test_bots_already_in_voice_at_start_are_not_company(world: World) -> N
     assert sorted(r[0] for r in w.query("SELECT user_id FROM voice_session")) == sorted([w.alice, w.bob])
 
 
-async def test_sigint_also_flushes_and_exits_0(world: World) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP])  # Ctrl+C; its terminal closed
+async def test_sigint_and_sighup_also_flush_and_exit_0(world: World, stop: signal.Signals) -> None:
     fc, w = world.fc, world
     bot = await w.start_bot(FLUSH_INTERVAL="1h")
     for i in range(3):
         await fc.send_message(w.guild, w.general, w.bob, f"m{i}")
     await fc.flush()
     await asyncio.sleep(0.5)
-    bot.proc.send_signal(signal.SIGINT)
+    bot.proc.send_signal(stop)
     assert await bot.stop(timeout=15) == 0
     assert w.messages_of(w.bob) == 3
 
