@@ -129,6 +129,9 @@ class StorageError(Exception):
             "lease lost": "another instance of the bot counts for this server now",
             "unreachable": "the PostgreSQL server cannot be reached: is it running, and are the host, port "
             "and password in DATABASE_URL right?",
+            "replaced": "counting goes on in memory and in the recovery file beside it; restart the bot to "
+            "use the file now at that path (a new one if there is none): what was counted meanwhile is "
+            "written there",
         }.get(self.kind, "")
 
 
@@ -177,6 +180,14 @@ def _release(error: BaseException) -> None:
             traceback.clear_frames(item.__traceback__)
             item.__traceback__ = None
         stack.extend((item.__context__, item.__cause__))
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _guarded(func: Callable[[], T]) -> T:
@@ -308,8 +319,11 @@ class Storage:
         self._pending: dict[int, int] = {}  # reads queued or running, per reader
         self._db: Database | None = None
         self._closed = False
+        self._file: tuple[str, tuple[int, int] | None] | None = None  # a SQLite file: (path, its identity)
 
     def _job(self, func: Callable[[], T]) -> T:
+        if self._file is not None and not getattr(_reading, "active", False) and func != self._close_db:
+            self._check_file(*self._file)
         db = self._db
         if isinstance(db, PooledPostgresqlDatabase) and func != self._close_db:  # closing borrows none
             return _guarded(partial(_pooled, db, func))
@@ -327,9 +341,18 @@ class Storage:
             self._readers = [
                 DaemonWorker(f"leaderboard-db-read-{n}", wrap=self._read_job) for n in range(POSTGRES_READERS)
             ]
-        elif sqlite_path(self.database_url) != ":memory:":
+        elif (path := sqlite_path(self.database_url)) != ":memory:":
             self._readers = [DaemonWorker("leaderboard-db-read", wrap=self._read_job)]
+            self._file = (path, _file_identity(path))
         self._pending = {id(reader): 0 for reader in self._readers}
+
+    @staticmethod
+    def _check_file(path: str, identity: tuple[int, int] | None) -> None:
+        """Writes go to the file opened at start. Deleted (or replaced, as by copying a backup over
+        it) while the bot runs, that file is gone once the bot stops: every write then fails, so
+        what is counted stays in memory and in the recovery file, for the file at that path."""
+        if identity is not None and _file_identity(path) != identity:
+            raise StorageError(f"the database file {path} was deleted or replaced while the bot runs", kind="replaced")
 
     @property
     def database(self) -> Database | None:

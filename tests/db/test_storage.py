@@ -596,6 +596,31 @@ async def test_a_query_failing_on_a_lock_held_by_another_process_hands_the_loop_
         await storage.close()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_and_say_why(
+    tmp_path: Path, how: str
+) -> None:
+    """The open connection would go on writing into the old file, which vanishes when the bot
+    stops: every count since would be lost. Failing writes keep them in memory and on disk."""
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, "k", 1)
+        assert await storage.read(repository.get_setting, G, "k") == 1  # the reader connected, as in the bot
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":  # a backup copied over it
+            sqlite3.connect(path).close()
+        with pytest.raises(StorageError) as caught:
+            await storage.run(repository.set_setting, G, "k", 2)
+        error = caught.value
+        assert error.kind == "replaced" and str(path) in str(error) and "restart the bot" in error.advice
+        assert await storage.read(repository.get_setting, G, "k") == 1  # reads still answer
+    finally:
+        assert await storage.close()
+
+
 async def test_a_full_disk_is_reported_as_such_not_as_a_failed_rollback(tmp_path: Path) -> None:
     storage = Storage(f"sqlite:///{tmp_path}/full.db")
     await storage.open()

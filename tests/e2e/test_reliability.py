@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import sqlite3
 import time
@@ -77,6 +78,26 @@ async def test_a_restart_while_another_program_holds_the_write_lock_waits_for_it
     output = second.output()
     assert "standing by" not in output and "took over from" not in output and "Traceback" not in output
     assert second.returncode is None
+
+
+async def test_a_database_file_deleted_under_the_running_bot_loses_nothing_counted_after(world: World) -> None:
+    """rm leaderboard.db while the bot runs: it used to go on writing into the deleted file and
+    exit 0, and the restart began from an empty file with everything since gone."""
+    fc, w = world.fc, world
+    bot = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")
+    await fc.send_message(w.guild, w.general, w.carol, "before")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 1, "the first message")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{w.db_path}{suffix}").unlink(missing_ok=True)
+    for i in range(3):
+        await fc.send_message(w.guild, w.general, w.carol, f"after {i}")
+    await fc.wait_for(lambda: "was deleted or replaced" in bot.output(), 10, "the warning")
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.stop(timeout=15) == 1  # not everything could be written: it is on disk
+    await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 3, "the counts since the deletion, in the new file")
+    await asyncio.sleep(1.0)
+    assert w.messages_of(w.carol) == 3  # once
 
 
 async def test_a_database_locked_for_30_seconds_never_freezes_the_bot(world: World) -> None:
