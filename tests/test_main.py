@@ -202,3 +202,10 @@ def test_ctrl_c_before_the_bot_started_is_one_line_not_a_traceback(
         entry.main()
     assert exited.value.code == 130
     assert capsys.readouterr().err == "leaderboard-bot: stopped before it started\n"
+
+
+def test_a_database_url_naming_a_folder_says_so_not_damaged(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": "sqlite:///data"})
+    (error,) = [line for line in (result.stderr + result.stdout).splitlines() if "ERROR" in line]
+    assert result.returncode == 1 and "is a folder, not a database file" in error and "damaged" not in error

@@ -95,6 +95,8 @@ class StorageError(Exception):
     @classmethod
     def describe(cls, error: BaseException) -> StorageError:
         cause = _real_cause(error)
+        if isinstance(cause, StorageError):  # already in words
+            return cls(str(cause), kind=cause.kind)
         text = str(cause) or type(cause).__name__
         lowered = text.lower()
         sqlstate = _sqlstate(error)
@@ -202,6 +204,10 @@ def _guarded(func: Callable[[], T]) -> T:
 def check_integrity(path: str, budget: float = INTEGRITY_CHECK_SECONDS) -> None:
     """``PRAGMA quick_check`` on a read-only connection (nothing is written to a damaged file).
     Raises DatabaseDamaged; a check that runs out of time is abandoned, not failed."""
+    if os.path.isdir(path):
+        raise StorageError(
+            f"{path} is a folder, not a database file: name a file in it, e.g. sqlite:///{path.rstrip('/')}/leaderboard.db"
+        )
     if path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0:
         return
     deadline = time.monotonic() + budget

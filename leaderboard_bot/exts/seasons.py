@@ -111,7 +111,8 @@ class Seasons(commands.Cog):
                     self.log_throttle,
                     ("end season", number),
                     "write failed",
-                    f"could not end season {number}: writing activity failed; retrying soon",
+                    f"could not end season {number}: writing activity failed"
+                    + ("; it is tried again at the next check" if expected is None else "; nothing was reset"),
                     summary=f"could not end season {number} (writing activity failed)",
                     season=number,
                 )

@@ -83,10 +83,13 @@ def _roll(data: list[Any]) -> SeasonRoll:
 
 class UnreadableRecoveryFile(Exception):
     def __init__(self, path: Path, error: BaseException) -> None:
+        if isinstance(error, OSError):
+            fix = "Fix its permissions (it must be readable by the bot's user) and start again"
+        else:  # cut short (a full disk, a copy interrupted) or edited by hand
+            fix = "It is damaged (not the JSON the bot writes): restore it from a backup and start again"
         super().__init__(
-            f"cannot read the recovery file {path} ({error}): it holds counts not yet written. Fix its "
-            "permissions (it must be readable by the bot's user) and start again, or move it away to give "
-            "those counts up"
+            f"cannot read the recovery file {path} ({error}): it holds counts not yet written. {fix}, or move "
+            "it away to give those counts up"
         )
         self.path = path
 

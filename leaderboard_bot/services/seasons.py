@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from loguru import logger
 
@@ -85,7 +86,8 @@ class SeasonService:
             # RESET_PERIOD was changed: the running season follows the new length.
             ends_at = info.started_at + self.period
             await self.storage.run(repository.set_season_end, guild_id, info.number, ends_at)
-            logger.info("season {} now ends at {} (RESET_PERIOD changed)", info.number, ends_at)
+            when = datetime.fromtimestamp(ends_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            logger.info("season {} now ends at {} (RESET_PERIOD changed)", info.number, when)
             info = SeasonInfo(info.number, info.started_at, ends_at)
         self.current = info
         return info
