@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import disnake
 from disnake.ext import commands
 from disnake.interactions import ApplicationCommandInteraction
+from loguru import logger
 
 from ..config import RUNTIME_VARIABLES, ConfigError, field_of, parse_runtime, show_value
 from ..db.storage import StorageError
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .seasons import Seasons
 
 MANAGERS_ONLY = "You need the **Manage Server** permission for this, in the server."
+DATABASE_BUSY = "Nothing changed: the database is busy right now. Please try again in a moment."
 BOARD_CHANNEL_VARIABLES = frozenset({"CHAT_LB_CHANNEL_ID", "VC_LB_CHANNEL_ID"})
 # What the bot needs in a board's channel to show it at all (pinning is extra: unpinned, it still shows).
 BOARD_PERMISSIONS = (
@@ -123,33 +125,39 @@ class Admin(commands.Cog):
             await self._refuse(inter)
             return
         variable = name.strip().upper()
-        if variable in BOARD_CHANNEL_VARIABLES and inter.guild is not None:
-            try:
-                problem = board_channel_problem(inter.guild, parse_runtime(variable, value)[1])
-            except ConfigError:
-                problem = None  # not an id at all: change() below says so
-            if problem is not None:
-                await inter.response.send_message(
-                    embed=notice_embed(f"Nothing changed: {problem}", title="Invalid value"), ephemeral=True
-                )
-                return
+        # Checked without I/O, so a refusal is answered at once.
         try:
-            old, new = await self.bot.services.settings_store.change(
-                name, value, by=f"{inter.author} ({inter.author.id})"
-            )
+            parsed = parse_runtime(variable, value)[1]
         except ConfigError as error:
             await inter.response.send_message(
                 embed=notice_embed(f"Nothing changed: {error}"[:2000], title="Invalid value"), ephemeral=True
             )
             return
-        except StorageError:
-            text = "Nothing changed: the database is busy right now. Please try again in a moment."
-            await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+        if variable in BOARD_CHANNEL_VARIABLES and inter.guild is not None:
+            problem = board_channel_problem(inter.guild, parsed)
+            if problem is not None:
+                await inter.response.send_message(
+                    embed=notice_embed(f"Nothing changed: {problem}", title="Invalid value"), ephemeral=True
+                )
+                return
+        # The write may wait for the database's lock (a backup, a flush waiting on one): answer
+        # "thinking…" privately first, as /privacy does, so Discord never drops the command.
+        await inter.response.defer(ephemeral=True)
+        who = f"{inter.author} ({inter.author.id})"
+        try:
+            old, new = await self.bot.services.settings_store.change(variable, value, by=who)
+        except ConfigError as error:  # already checked above; kept so a stricter store is still answered
+            await inter.edit_original_response(
+                embed=notice_embed(f"Nothing changed: {error}"[:2000], title="Invalid value")
+            )
             return
-        await inter.response.send_message(
-            embed=notice_embed(f"**{name}** is now `{new}` (was `{old}`). It applies at once and is kept across "
+        except StorageError as error:
+            _log_busy(f"set {variable}", who, error)
+            await inter.edit_original_response(embed=notice_embed(DATABASE_BUSY))
+            return
+        await inter.edit_original_response(
+            embed=notice_embed(f"**{variable}** is now `{new}` (was `{old}`). It applies at once and is kept across "
                                "restarts; `/leaderboard settings reset` returns to the value from the environment."),
-            ephemeral=True,
         )  # fmt: skip
 
     @settings.sub_command(name="reset", description="Return one setting (or all) to the value from the environment")
@@ -163,14 +171,33 @@ class Admin(commands.Cog):
         if not self._allowed(inter):
             await self._refuse(inter)
             return
+        store = self.bot.services.settings_store
+        variable = None if name == "all" else name
+        if not store.overridden(variable):  # nothing stored to delete: answered at once, no I/O
+            text = "Nothing to reset: those settings already come from the environment."
+            await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+            return
+        await inter.response.defer(ephemeral=True)  # the delete may wait for the database's lock
         who = f"{inter.author} ({inter.author.id})"
-        names = await self.bot.services.settings_store.reset(None if name == "all" else name, by=who)
+        try:
+            names = await store.reset(variable, by=who)
+        except StorageError as error:
+            _log_busy(f"reset {name}", who, error)
+            await inter.edit_original_response(embed=notice_embed(DATABASE_BUSY))
+            return
         text = (
             f"Back to the environment's values: {', '.join(names)}."
             if names
             else "Nothing to reset: those settings already come from the environment."
         )
-        await inter.response.send_message(embed=notice_embed(text), ephemeral=True)
+        await inter.edit_original_response(embed=notice_embed(text))
+
+
+def _log_busy(what: str, who: str, error: StorageError) -> None:
+    """One line, no traceback: a locked or unavailable database is expected, and already explained."""
+    logger.warning(
+        "/leaderboard settings {} by {}: nothing changed, the database refused the write ({})", what, who, error
+    )
 
 
 def setup(bot: LeaderboardBot) -> None:

@@ -1,5 +1,5 @@
 """Runtime settings end to end: changed without a restart, kept across one, a board moved to
-another channel, and excluded channels and roles."""
+another channel, excluded channels and roles, and changes while the database is locked."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from .harness import World
+from .test_reliability import write_lock
 
 
 def board(w: World, channel: int) -> object | None:
@@ -118,3 +119,40 @@ async def test_excluded_channels_and_roles_are_not_counted(world: World) -> None
     await fc.voice_move(w.alice, w.lounge)
     await asyncio.sleep(1.5)
     assert w.voice_of(w.alice) == 0.0
+
+
+async def test_set_and_reset_answer_in_time_while_the_database_is_locked_and_change_nothing(world: World) -> None:
+    """A backup holding the write lock: both commands are acknowledged within Discord's 3 s
+    (fakecord raises InteractionTimeout otherwise), then say nothing changed; nothing did, in
+    memory or on disk; the log has one line per refusal and no traceback."""
+    fc, w = world.fc, world
+    bot = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")
+    await fc.wait_for_commands("leaderboard", guild=w.guild)
+    owner = fc.guilds[w.guild].owner_id
+    assert "is now `5`" in await change(w, "LEADERBOARD_SIZE", "5")
+    with write_lock(w.db_path):
+        await fc.send_message(w.guild, w.general, w.alice, "a flush waits on the lock too")
+        await asyncio.sleep(1.0)
+        answers = [
+            await fc.slash(
+                w.guild, w.general, owner, "leaderboard settings set", {"name": "LEADERBOARD_SIZE", "value": "3"},
+                timeout=40,
+            ),
+            await fc.slash(w.guild, w.general, owner, "leaderboard settings reset", {"name": "all"}, timeout=40),
+        ]  # fmt: skip
+        for answer in answers:
+            text = answer.embeds[0]["description"]
+            assert answer.ephemeral and text.startswith("Nothing changed") and "busy" in text, text
+        shown = await fc.slash(w.guild, w.general, owner, "leaderboard settings show")  # no I/O: answers at once
+        assert "`LEADERBOARD_SIZE` = `5` · *changed here*" in shown.embeds[0]["description"]
+    assert w.query("SELECT value FROM setting WHERE key = 'override:LEADERBOARD_SIZE'") == [('"5"',)]
+    records = [r for r in w.log_records(bot) if "/leaderboard settings" in r["message"]]
+    refused = [r for r in records if "nothing changed" in r["message"]]
+    assert [r["level"] for r in refused] == ["WARNING", "WARNING"], refused
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in bot.output() and "could not send the apology" not in bot.output()
+    # The lock gone, the same commands work.
+    assert "is now `3` (was `5`)" in await change(w, "LEADERBOARD_SIZE", "3")
+    reset = await fc.slash(w.guild, w.general, owner, "leaderboard settings reset", {"name": "all"})
+    assert reset.embeds[0]["description"] == "Back to the environment's values: LEADERBOARD_SIZE."
+    assert w.query("SELECT value FROM setting WHERE key LIKE 'override:%'") == []
