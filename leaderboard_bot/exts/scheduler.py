@@ -46,6 +46,10 @@ LONG_RATE_LIMIT_SECONDS = 30.0
 VERIFY_EVERY_SECONDS = 10 * 60.0
 # What one refresh did (the "result" field of its log line); the rest log at DEBUG.
 CHANGED_RESULTS = {"posted", "edited", "pinned"}
+# A board deleted within this long of being posted, a second time in a row, was most likely
+# deleted by a bot (an auto-moderator): the next post waits 5 s, doubling up to MAX_BACKOFF_SECONDS.
+QUICK_DELETE_SECONDS = 60.0
+REPOST_WAIT_SECONDS = 5.0
 # /health's word for a board edited blind: the bot may edit its message but not read it back.
 UNREAD_DETAIL = "updated, but without Read Message History it cannot check the board is still there or pinned"
 
@@ -83,6 +87,11 @@ class Scheduler(commands.Cog):
         self._backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
         self._locks: dict[Board, asyncio.Lock] = {board: asyncio.Lock() for board in BOARDS}
         self._pin_backoff = {board: Backoff(interval, MAX_BACKOFF_SECONDS) for board in BOARDS}
+        # A board deleted soon after it was posted, again and again (an auto-moderator deleting
+        # everything there), is posted again after growing waits: no wall of posts and pin notices.
+        self._posted_at: dict[Board, float] = {}
+        self._quick_deletes: dict[Board, int] = {}
+        self._repost_not_before: dict[Board, float] = {}
         # Boards whose stored message was checked on this connection: a deletion while the bot
         # was offline sends no event, and an unchanged board would otherwise never notice.
         self._verified: set[Board] = set()
@@ -122,6 +131,15 @@ class Scheduler(commands.Cog):
             task = asyncio.ensure_future(self.refresh_all())
             self._season_refreshes.add(task)
             task.add_done_callback(self._season_refreshes.discard)
+
+    def _refresh_later(self, board: Board, delay: float) -> None:
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self.refresh(board, force=True)
+
+        task = asyncio.ensure_future(later())
+        self._season_refreshes.add(task)  # (cancelled with the rest at unload)
+        task.add_done_callback(self._season_refreshes.discard)
 
     def _on_season_roll(self, finished: SeasonInfo, current: SeasonInfo) -> None:
         # Both boards start from zero now; not awaited, so the final standings are not held up.
@@ -362,7 +380,10 @@ class Scheduler(commands.Cog):
                 post.message_id = None
         # (An unchanged embed is not edited at all: nothing counts against Discord's edit limits.)
         if post.message_id is None:
+            if asyncio.get_running_loop().time() < self._repost_not_before.get(post.board, 0.0):
+                return "backing off"
             message = await channel.send(embed=embed)
+            self._posted_at[post.board] = asyncio.get_running_loop().time()
             post.message_id, post.pinned, result = message.id, False, "posted"
             self._pin_backoff[post.board].succeeded()  # a new message starts a new pin history
             self.log_throttle.succeeded(("pin", post.board))
@@ -521,8 +542,28 @@ class Scheduler(commands.Cog):
         for post in self.posts.values():
             if post.message_id in message_ids:
                 post.message_id = None
-                logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
-                await self.refresh(post.board, force=True)
+                now = asyncio.get_running_loop().time()
+                age = now - self._posted_at.get(post.board, float("-inf"))
+                streak = self._quick_deletes[post.board] = (
+                    self._quick_deletes.get(post.board, 0) + 1 if age < QUICK_DELETE_SECONDS else 0
+                )
+                if streak <= 1:  # once (a moderator's purge): posted again at once
+                    logger.warning("the {} leaderboard message was deleted; posting a new one", post.board)
+                    await self.refresh(post.board, force=True)
+                    continue
+                delay = min(MAX_BACKOFF_SECONDS, REPOST_WAIT_SECONDS * 2.0 ** min(streak - 2, 20))
+                self._repost_not_before[post.board] = now + delay
+                if streak == 2:
+                    logger.warning(
+                        "the {} leaderboard was deleted {:.0f}s after it was posted: something (an auto-moderator?) "
+                        "deletes messages in <#{}>. It is posted again after growing waits (up to {:.0f} min) while "
+                        "this goes on; exempt the bot there, or choose another channel",
+                        post.board,
+                        age,
+                        post.channel_id,
+                        MAX_BACKOFF_SECONDS / 60,
+                    )
+                self._refresh_later(post.board, delay)
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: disnake.RawMessageUpdateEvent) -> None:

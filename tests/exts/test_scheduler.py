@@ -161,6 +161,38 @@ async def test_a_deleted_board_is_posted_again(
     assert (await stored_post(services))["message_id"] == chat.posted[1]
 
 
+async def test_a_board_deleted_again_and_again_right_after_posting_is_posted_after_growing_waits(
+    scheduler: Scheduler, boards: dict[int, Board], warnings: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An auto-moderator deleting everything in the board channel: re-posting at once each time
+    made a post (and a pin notice) every second. Once is a moderator's purge (posted again at
+    once); deleted again soon after, the next post waits, doubling."""
+    from leaderboard_bot.exts import scheduler as module
+
+    monkeypatch.setattr(module, "REPOST_WAIT_SECONDS", 0.1)
+    chat = boards[CHAT]
+
+    async def delete_the_board() -> None:
+        await scheduler.on_raw_message_delete(SimpleNamespace(message_id=chat.posted[-1]))  # type: ignore[arg-type]
+
+    await scheduler.refresh("messages")
+    await delete_the_board()
+    assert chat.channel.send.await_count == 2  # once: at once
+    for wait in (0.1, 0.2):  # again, soon after: waits that double
+        await delete_the_board()
+        await scheduler.refresh("messages")  # the loop's cycle meanwhile: still waiting
+        posts = chat.channel.send.await_count
+        await asyncio.sleep(wait * 0.5)
+        assert chat.channel.send.await_count == posts
+        await asyncio.sleep(wait * 0.5 + 0.1)
+        assert chat.channel.send.await_count == posts + 1
+    assert sum("deletes messages in" in w for w in warnings) == 1
+    # Long after it was posted (a moderator, some other day): posted again at once.
+    scheduler._posted_at["messages"] -= 120
+    await delete_the_board()
+    assert chat.channel.send.await_count == 5 and scheduler._quick_deletes["messages"] == 0
+
+
 async def test_a_forbidden_channel_backs_off_and_is_warned_about_once(
     scheduler: Scheduler, boards: dict[int, Board], warnings: list[str]
 ) -> None:
