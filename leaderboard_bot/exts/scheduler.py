@@ -590,6 +590,8 @@ class Scheduler(commands.Cog):
         for post in self.posts.values():
             if channel.id == post.channel_id and post.message_id is not None:
                 self._verified.discard(post.board)  # the next refresh checks it is still pinned
+                if not post.pinned:  # a pin freed (Discord keeps 250 a channel): try now, not in minutes
+                    self._pin_backoff[post.board].retry_now()
                 await self.refresh(post.board, force=True)
 
 

@@ -33,6 +33,11 @@ class Backoff:
         first, self.warned = not self.warned, True
         return delay, first
 
+    def retry_now(self) -> None:
+        """Let the next try happen at once (something changed that may fix it); a failure then
+        still waits longer than the last one."""
+        self.until = 0.0
+
     def succeeded(self) -> bool:
         """Reset; returns whether a failure streak (that was warned about) just ended."""
         recovered = self.warned

@@ -233,6 +233,21 @@ async def test_a_failed_pin_is_retried_later_not_at_once(
     assert (await stored_post(services))["pinned"] is True
 
 
+async def test_a_pin_freed_in_the_channel_pins_the_board_at_once_not_after_the_back_off(
+    scheduler: Scheduler, boards: dict[int, Board], services: Services
+) -> None:
+    """The channel had Discord's 250 pins: the board was posted unpinned. A moderator unpinning
+    something else (a pins-update event) is the moment to try again, not 15 minutes later."""
+    chat = boards[CHAT]
+    chat.partial.pin.side_effect = http_error(disnake.HTTPException, 400, 30003)  # maximum pins reached
+    await scheduler.refresh("messages")
+    assert scheduler._pin_backoff["messages"].waiting()
+    chat.partial.pin.side_effect = None
+    await scheduler.on_guild_channel_pins_update(chat.channel, None)
+    assert chat.partial.pin.await_count == 2
+    assert (await stored_post(services))["pinned"] is True
+
+
 async def test_a_changed_channel_setting_moves_the_board(
     scheduler: Scheduler, boards: dict[int, Board], services: Services
 ) -> None:
