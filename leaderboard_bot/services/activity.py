@@ -39,7 +39,7 @@ from ..domain import (
 from .names import NameService
 from .ratelimit import MessageGuard
 from .recovery import RecoveryFile
-from .voice import VoiceDrain, VoicePresence, VoiceTracker
+from .voice import VoiceClock, VoiceDrain, VoicePresence, VoiceTracker
 
 Clock = Callable[[], float]
 SeasonNumber = Callable[[], int]  # the season owner's answer to "which season is it now?"
@@ -71,6 +71,7 @@ class ActivityService:
         guard: MessageGuard,
         names: NameService,
         clock: Clock = time.time,
+        monotonic: Clock | None = None,
         recovery: RecoveryFile | None = None,
         snapshot_every: Callable[[], float] = lambda: 60.0,
         earliest_event: Callable[[], float] = lambda: 0.0,
@@ -86,6 +87,10 @@ class ActivityService:
         self.guard = guard
         self.names = names
         self.clock = clock
+        # Voice time is wall time checked against ``monotonic`` (None: the wall clock is trusted,
+        # as with a fake one in tests): a step of the wall clock is never credited (voice_now).
+        self.voice_clock = VoiceClock(lambda: self.clock(), monotonic)
+        self.clock_jumps = 0
         self.snapshot_every = snapshot_every
         self.earliest_event = earliest_event  # the current season's start: nothing counts before it
         self.current_season = current_season  # where spilled rows belong if read back at the next start
@@ -192,15 +197,37 @@ class ActivityService:
             )
         return to
 
+    def voice_now(self) -> float:
+        """The wall time to give the voice tracker now. Every voice path reads it (first), so a
+        step of the wall clock since the last reading is found before any time is credited: open
+        sessions skip it (VoiceTracker.clock_jumped), and it is logged once, with its size. Time
+        in voice is thus what the monotonic clock measured, on the days the wall clock showed."""
+        now, jump = self.voice_clock.read()
+        if jump is not None:
+            self.clock_jumps += 1
+            self.voice.clock_jumped(jump.before, jump.after)
+            logger.warning(
+                "the system clock jumped {} by {:.0f}s ({}); the jump is not counted as voice time for the {} "
+                "member(s) in voice, only the real time elapsed",
+                "forward" if jump.size > 0 else "back",
+                abs(jump.size),
+                "an NTP correction, a manual change or a resume from suspend"
+                if jump.size > 0
+                else "an NTP correction or a manual change",
+                len(self.voice.counting_users()),
+            )
+        return now
+
     def record_voice(self, user_id: int, presence: VoicePresence | None, now: float | None = None) -> None:
-        self.voice.update(user_id, presence, self.clock() if now is None else now)
+        at = self.voice_now()
+        self.voice.update(user_id, presence, at if now is None else now)
 
     def reconcile_voice(self, actual: dict[int, VoicePresence], gone_at: float | None = None) -> None:
-        self.voice.reconcile(actual, self.clock(), gone_at)
+        self.voice.reconcile(actual, self.voice_now(), gone_at)
 
     def hold_voice(self) -> None:
         """The gateway connection dropped: credit nothing past now until it resumes or not."""
-        self.voice.hold(self.clock())
+        self.voice.hold(self.voice_now())
 
     def resume_voice(self) -> None:
         """The session resumed and Discord replayed the gap: it counts."""
@@ -208,7 +235,7 @@ class ActivityService:
 
     def suspend_voice(self) -> None:
         """Events were lost: the gap is never credited (see VoiceTracker.suspend)."""
-        self.voice.suspend(self.clock())
+        self.voice.suspend(self.voice_now())
 
     def forget(self, user_id: int) -> int:
         """Drop the member's counts not yet written (``/privacy delete``): their message rows,
@@ -218,7 +245,7 @@ class ActivityService:
         for key in mine:
             del self._messages[key]
         self._held_back.pop(user_id, None)
-        drained = self.voice.checkpoint(self.clock())  # public API: take everything, give back the rest
+        drained = self.voice.checkpoint(self.voice_now())  # public API: take everything, give back the rest
         opened = [key for key, session in drained.opened.items() if session.user_id == user_id]
         seconds = [key for key in drained.seconds if key[1] == user_id]
         for key in seconds:
@@ -235,7 +262,7 @@ class ActivityService:
     def unflushed_voice_seconds(self, user_id: int) -> float:
         in_flight = self._in_flight
         extra = sum(s for (_, u), s in in_flight.voice.items() if u == user_id) if in_flight else 0.0
-        return self.voice.unflushed_seconds(user_id, self.clock()) + extra
+        return self.voice.unflushed_seconds(user_id, self.voice_now()) + extra
 
     def _note_held_back(self, user_id: int, day: str) -> None:
         """Count what the anti-spam limit held back today, per member (for /stats). Only members
@@ -262,7 +289,7 @@ class ActivityService:
         buffered = (
             {}
             if rolling
-            else counts_per_member(self._messages, self.voice.unflushed_by_member(self.clock()).items())
+            else counts_per_member(self._messages, self.voice.unflushed_by_member(self.voice_now()).items())
         )
         if in_flight is None or in_flight.season != season:
             return Unwritten(committed=self.committed_sequence, buffered=buffered)
@@ -279,7 +306,7 @@ class ActivityService:
         Between midnight and the first write after it, the stored window still ends yesterday."""
         window = window_of(scope)
         assert window is not None
-        now = self.clock()
+        now = self.voice_now()
         today = self.calendar.day_of(now)
         first_day = None if window.days is None else shift_day(today, 1 - window.days)
         buffered = counts_per_member(
@@ -302,7 +329,7 @@ class ActivityService:
         )
 
     def live_session_seconds(self, user_id: int) -> float | None:
-        return self.voice.session_seconds(user_id, self.clock())
+        return self.voice.session_seconds(user_id, self.voice_now())
 
     def add_flush_listener(self, listener: FlushListener) -> None:
         self._listeners.append(listener)
@@ -449,7 +476,7 @@ class ActivityService:
                 self._give_back(batch)
             raise asyncio.CancelledError
         if isinstance(error, StorageError) and error.kind == "lease lost":
-            await self._fence(error)
+            await self._fence(error, batch)
             return False
         if error is not None:
             if not spilled:  # a spilled part stays in the file, under its own number
@@ -475,6 +502,7 @@ class ActivityService:
     def _take(self, season: int, now: float) -> ActivityBatch:
         messages, self._messages = self._messages, Counter()
         self._early_flush_asked = False
+        self.voice_now()  # a clock step since the last reading is skipped before crediting up to now
         drained = self.voice.checkpoint(now)
         batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
         batch.lease = self.claim_lease(self._releasing)
@@ -580,6 +608,7 @@ class ActivityService:
         if in_flight is not None and in_flight.roll is not None:
             season = in_flight.season + 1  # the rest belongs to the season the roll opens
         self._rest_season = season
+        self.voice_now()
         drained = self.voice.checkpoint(now)
         self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
         rest = self._batch(season, now, Counter(self._messages), self.voice.pending(), self.names.unwritten())
@@ -605,16 +634,17 @@ class ActivityService:
 
     # ------------------------------------------------------------------ losing the lease
 
-    async def _fence(self, error: StorageError) -> None:
+    async def _fence(self, error: StorageError, refused: ActivityBatch) -> None:
         """Another instance holds the lease and counts from its takeover on. What is buffered here
         cannot be split into before and after that moment, so it is dropped, with the recovery
         file: activity before the takeover that this instance had not written is lost, never
-        counted twice."""
+        counted twice. (``refused``: the write that found the lease gone, dropped as well.)"""
         self.fenced = True
-        messages = sum(self._messages.values())
+        messages = sum(self._messages.values()) + sum(refused.messages.values())
         self._messages = Counter()
-        self.voice.stop_all(self.clock())
-        self.voice.checkpoint(self.clock())
+        now = self.voice_now()
+        self.voice.stop_all(now)
+        self.voice.checkpoint(now)
         self.names.take_unwritten()
         self._spilled.clear()
         if self.recovery is not None:
@@ -668,6 +698,7 @@ class ActivityService:
         messages = dict(islice(self._messages.items(), target))  # insertion order: the oldest first
         for key in messages:
             del self._messages[key]
+        self.voice_now()
         drained = self.voice.checkpoint(now)
         voice = dict(islice(drained.seconds.items(), max(0, target - len(messages))))
         for key in voice:
@@ -706,7 +737,7 @@ class ActivityService:
         whatever the database does: what cannot be written in time goes to the recovery file
         and is written at the next start. Returns False when the database did not take it all."""
         started = time.monotonic()
-        now = self.clock()
+        now = self.voice_now()
         self.voice.stop_all(now)
         if self.fenced:
             return True  # another instance counts: nothing here may be written or saved

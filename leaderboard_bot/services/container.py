@@ -71,8 +71,15 @@ class Services:
         await self.settings_store.load()
 
     async def activate(self) -> None:
-        """Restore what counting needs (this instance holds the lease, or runs alone)."""
-        await self.activity.start()  # first: a season roll saved in the recovery file is applied here
+        """Restore what counting needs (this instance holds the lease, or runs alone).
+
+        Everything is read here, not kept from :meth:`open_storage`: a standby opened its storage
+        long before it takes over, and the active instance may have changed the stored settings
+        since (``/leaderboard settings set`` or ``reset``). They are read again before anything
+        counts, so the excluded channels, the spam limit or the board size in force are the stored
+        ones from the first message on."""
+        await self.settings_store.load()  # first: the spam guard, voice rules and exclusions follow it
+        await self.activity.start()  # before seasons: a season roll saved in the recovery file is applied here
         await self.privacy.load()  # before the listeners start: a stopped member is never counted
         await self.seasons.load()
         await self.boards.load()
@@ -85,6 +92,7 @@ def build_services(
     source: NameSource | None,
     *,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] | None = None,
     lease: LeaseService | None = None,
     members: MemberLookup | None = None,
 ) -> Services:
@@ -100,6 +108,9 @@ def build_services(
         guard=build_guard(settings.current.spam_limit),
         names=names,
         clock=clock,
+        # Voice time is checked against a monotonic clock: the system's with the system wall clock
+        # (a fake wall clock comes with its own, or none).
+        monotonic=monotonic if monotonic is not None or clock is not time.time else time.monotonic,
         recovery=recovery_file(config.database_url, config.guild_id),
         snapshot_every=lambda: settings.current.flush_interval,
         max_pending_rows=config.max_pending_rows,
@@ -149,7 +160,7 @@ def build_services(
 
     def apply(old: Tunables, new: Tunables) -> None:
         if (new.voice_count_deafened, new.voice_count_alone) != (old.voice_count_deafened, old.voice_count_alone):
-            activity.voice.rules_changed(clock())
+            activity.voice.rules_changed(activity.voice_now())
         if new.spam_limit != old.spam_limit:
             if new.spam_limit is not None and isinstance(activity.guard, SpamGuard):
                 activity.guard.reconfigure(new.spam_limit.burst, new.spam_limit.refill_rate)

@@ -9,6 +9,10 @@ the count of humans in each, so a voice event costs at most the members of the c
 touches, and a reconcile is one pass over the members in voice. Counted time accrues into
 per-member, per-day totals that a flush collects: the pending work is bounded by members and
 days, never by how many flushes failed.
+
+Times are wall-clock times (they decide the day a second belongs to, and are stored); the caller
+checks the wall clock against a monotonic one (:class:`VoiceClock`) and reports a step with
+:meth:`VoiceTracker.clock_jumped`, so a step is never credited as time in voice.
 """
 
 from __future__ import annotations
@@ -42,8 +46,59 @@ class VoicePresence:
 class _OpenSession:
     key: str
     channel_id: int
-    started_at: float
+    started_at: float  # on the current wall clock: moves with a clock jump, so the live length stays real
     credited_until: float
+    opened_at: float = 0.0  # the session row's started_at, as stored (never moved)
+
+
+# A wall-clock reading that differs from the last one plus the monotonic time since by more than
+# this is a step of the clock (NTP, an operator, a VM resumed from suspend), not time in voice.
+JUMP_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class ClockJump:
+    """The wall clock stepped: it read ``after`` when, by the monotonic clock, it should have read ``before``."""
+
+    before: float
+    after: float
+
+    @property
+    def size(self) -> float:
+        return self.after - self.before
+
+
+class VoiceClock:
+    """The wall clock as voice accounting reads it, checked against a monotonic clock.
+
+    Each reading is the wall time (days and stored timestamps need it); it is compared with the
+    previous reading plus the monotonic time elapsed since, and a difference over ``tolerance``
+    is reported as a :class:`ClockJump` (once: the next reading compares with this one). Without
+    a monotonic clock (a fake wall clock in tests) nothing is ever reported."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float] | None = None,
+        tolerance: float = JUMP_TOLERANCE,
+    ) -> None:
+        self.wall = wall
+        self.monotonic = monotonic
+        self.tolerance = tolerance
+        self._last: tuple[float, float] | None = None  # (wall, monotonic) of the previous reading
+
+    def read(self) -> tuple[float, ClockJump | None]:
+        wall = self.wall()
+        if self.monotonic is None:
+            return wall, None
+        mono = self.monotonic()
+        last, self._last = self._last, (wall, mono)
+        if last is None:
+            return wall, None
+        expected = last[0] + (mono - last[1])
+        if abs(wall - expected) <= self.tolerance:
+            return wall, None
+        return wall, ClockJump(before=expected, after=wall)
 
 
 # Sessions opened and closed while writes fail are kept as history up to this many; past it the
@@ -230,6 +285,23 @@ class VoiceTracker:
         """The counting rules changed: decide again for everyone, from ``now``."""
         self._decide_all(now, self.rules())
 
+    def clock_jumped(self, before: float, after: float) -> None:
+        """The wall clock stepped from ``before`` to ``after`` at one real moment (see
+        :class:`VoiceClock`). Open sessions are credited up to ``before`` on the old clock and go
+        on from ``after`` on the new one: the step itself is never credited nor taken away, and
+        each second lands on the day the clock showed when it passed. A moment the connection
+        dropped moves with the clock, so a RESUME still credits exactly the real gap."""
+        until = before if self._held_since is None else min(before, self._held_since)
+        shift = after - before
+        for user_id, session in self._open.items():
+            if until > session.credited_until:
+                self._pending.credit(user_id, session.credited_until, until)
+                session.credited_until = until
+            session.credited_until += shift
+            session.started_at += shift
+        if self._held_since is not None:
+            self._held_since += shift
+
     def stop_all(self, now: float) -> None:
         """Close every session at ``now`` (shutdown): the members are no longer watched. While the
         connection is down, only up to when it dropped: the gap can no longer be replayed."""
@@ -343,7 +415,9 @@ class VoiceTracker:
 
     def _start(self, user_id: int, channel_id: int, now: float) -> None:
         key = uuid.uuid4().hex
-        self._open[user_id] = _OpenSession(key=key, channel_id=channel_id, started_at=now, credited_until=now)
+        self._open[user_id] = _OpenSession(
+            key=key, channel_id=channel_id, started_at=now, credited_until=now, opened_at=now
+        )
         self._pending.opened[key] = SessionOpen(key, user_id, channel_id, now)
 
     def _close(self, user_id: int, now: float) -> None:
@@ -351,7 +425,9 @@ class VoiceTracker:
         end = max(now, session.credited_until)  # never negative, never before what was credited
         if end > session.credited_until:
             self._pending.credit(user_id, session.credited_until, end)
-        self._pending.closed[session.key] = SessionClose(session.key, end)
+        # The row ends when the clock says it does now; after the clock stepped back past the
+        # row's start, at its start (a row never ends before it starts).
+        self._pending.closed[session.key] = SessionClose(session.key, max(end, session.opened_at))
 
 
 def voice_status(

@@ -80,6 +80,7 @@ def _escape(text: str) -> str:
     text = _INLINE_MD_RE.sub(r"\\\1", text)
     text = _BLOCK_MD_RE.sub(r"\\\1", text)
     text = text.replace("@", "@" + _ZWSP)
+    text = text.replace("://", ":" + _ZWSP + "//")  # a name like https://evil.example is not a link
     return _ANGLE_RE.sub("<" + _ZWSP, text)
 
 

@@ -79,3 +79,62 @@ async def test_a_standby_takes_over_when_the_active_instance_is_killed_and_nothi
     lost_window = took_over - last_flush + 1.0  # what the dead instance had not written, and the switch
     assert left - joined - lost_window - 1.0 <= credited <= left - joined + 1.0  # never more than real time
     assert w.messages_of(w.alice) == 8  # nothing doubled
+
+
+async def test_a_standby_that_takes_over_uses_the_settings_changed_after_it_started(world: World) -> None:
+    """Settings set (or reset) with /leaderboard settings on the active instance while the standby
+    waits are in force from the standby's first counted message: an excluded channel is not
+    counted, the spam limit holds, /top has the stored size, and settings show marks them."""
+    fc, w = world.fc, world
+    commands_channel = fc.add_channel(w.guild, "bot-commands")
+    active = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on")
+    await fc.wait_for_commands("leaderboard", guild=w.guild)
+    owner = fc.guilds[w.guild].owner_id
+
+    async def change(name: str, value: str) -> None:
+        answer = await fc.slash(w.guild, w.general, owner, "leaderboard settings set", {"name": name, "value": value})
+        assert "is now" in answer.embeds[0]["description"]
+
+    await change("VOICE_COUNT_ALONE", "false")  # stored before the standby starts: it loads this one
+    standby = await fc.start_bot(
+        ["-m", "leaderboard_bot"],
+        env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on"),
+        cwd=str(w.tmp),
+        token_env="BOT_TOKEN",
+        token="e2e-secret-token",
+        log_path=w.tmp / "bot-standby.log",
+    )
+    w.bots.append(standby)
+    await fc.wait_for(lambda: "standing by" in standby.output(), 30, "the second instance to stand by")
+    await fc.wait_for(lambda: "Shard ID None has connected" in standby.output(), 30, "the standby to connect")
+    await change("EXCLUDED_CHANNELS", str(commands_channel))
+    await change("LEADERBOARD_SIZE", "1")
+    await change("SPAM_LIMIT", "2/1h")
+    reset = await fc.slash(w.guild, w.general, owner, "leaderboard settings reset", {"name": "VOICE_COUNT_ALONE"})
+    assert "VOICE_COUNT_ALONE" in reset.embeds[0]["description"]
+    for user in (w.alice, w.carol):
+        await fc.send_message(w.guild, w.general, user, "before")
+    await w.wait_db(lambda: w.messages_of(w.alice) == w.messages_of(w.carol) == 1, "the first messages")
+
+    active.proc.kill()  # SIGKILL: no shutdown, no lease release
+    await active.proc.wait()
+    await fc.wait_for(lambda: "took over from" in standby.output(), 15, "the standby to take over")
+    await fc.wait_for(
+        lambda: "voice reconciled (" in standby.output().split("took over from", 1)[1], 20, "the voice reconcile"
+    )
+    for i in range(3):
+        await fc.send_message(w.guild, commands_channel, w.alice, f"!help {i}")  # excluded
+    for i in range(5):
+        await fc.send_message(w.guild, w.general, w.bob, f"burst {i}")  # 2 per hour
+    await fc.send_message(w.guild, w.general, w.carol, "after")
+    await w.wait_db(lambda: w.messages_of(w.carol) == 2, "the messages after the takeover")
+    await asyncio.sleep(1.0)
+    assert w.messages_of(w.alice) == 1  # nothing from the excluded channel
+    assert w.messages_of(w.bob) == 2  # the spam limit set on the active instance
+    shown = (await fc.slash(w.guild, w.general, owner, "leaderboard settings show")).embeds[0]["description"]
+    for line in ("`LEADERBOARD_SIZE` = `1` · *changed here*", "`SPAM_LIMIT` = `2/3600s` · *changed here*"):
+        assert line in shown, shown
+    assert f"`EXCLUDED_CHANNELS` = `{commands_channel}` · *changed here*" in shown, shown
+    assert "`VOICE_COUNT_ALONE` = `true`\n" in shown + "\n", shown  # reset on the active one: from .env again
+    top = await fc.slash(w.guild, w.general, w.bob, "top messages")  # bob leads: no "your rank" line
+    assert top.embeds[0]["description"].count("**#") == 1, top.embeds[0]["description"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -316,3 +317,57 @@ async def test_stage_channel_time_counts_for_speakers_and_audience(world: World)
     await asyncio.sleep(0.7)
     for user in (w.alice, w.bob):
         assert 1.0 < w.voice_of(user) <= elapsed + 0.3
+
+
+# Shifts time.time() in the bot's process by the seconds written in $CLOCK_FILE (re-read every
+# 0.05 s), as NTP or an operator stepping the system clock would; time.monotonic() is untouched.
+CLOCK_HOOK = """
+import os, time as _t
+_path, _real = os.environ["CLOCK_FILE"], _t.time
+_state = {"at": -1.0, "off": 0.0}
+def time():
+    now = _t.monotonic()
+    if now - _state["at"] > 0.05:
+        _state["at"] = now
+        try:
+            _state["off"] = float(open(_path).read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+    return _real() + _state["off"]
+_t.time = time
+"""
+
+
+async def test_a_wall_clock_step_and_back_credits_only_the_real_time_in_voice(world: World) -> None:
+    fc, w = world.fc, world
+    hook = w.tmp / "clockhook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CLOCK_HOOK)
+    offset = w.tmp / "clock"
+    offset.write_text("0")
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (str(hook), root, os.environ.get("PYTHONPATH", "")) if p)
+    bot = await w.start_bot(CLOCK_FILE=str(offset), PYTHONPATH=path)
+    joined = time.monotonic()
+    await fc.voice_join(w.bob, w.lounge)
+    await asyncio.sleep(1.5)
+    offset.write_text(str(3 * 3600))  # the clock steps 3 hours forward...
+    await asyncio.sleep(2.0)
+    offset.write_text("0")  # ... and is set right again
+    await asyncio.sleep(1.5)
+    left = time.monotonic()
+    await fc.voice_leave(w.bob, w.guild)
+    await w.wait_db(
+        lambda: w.query("SELECT 1 FROM voice_session WHERE user_id = ? AND ended_at IS NOT NULL", w.bob),
+        "bob's session closed",
+    )
+    await asyncio.sleep(0.7)
+    assert abs(w.voice_of(w.bob) - (left - joined)) < 0.6, (w.voice_of(w.bob), left - joined)
+    [(started, ended)] = w.query("SELECT started_at, ended_at FROM voice_session WHERE user_id = ?", w.bob)
+    assert ended <= time.time() and abs((ended - started) - w.voice_of(w.bob)) < 0.6  # never in the future
+    jumps = [
+        r.get("message", "")
+        for r in w.log_records(bot)
+        if r.get("level") == "WARNING" and "clock jumped" in r.get("message", "")
+    ]
+    assert len(jumps) == 2 and "forward by 10800s" in jumps[0] and "back by 10800s" in jumps[1], jumps

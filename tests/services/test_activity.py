@@ -766,3 +766,162 @@ def test_held_back_today_starts_over_at_the_zones_midnight(activity_storage: Sto
     assert service.held_back_today(7) == 1
     clock.advance(600.0)  # 00:00 in Berlin: a new day there, still the 5th in UTC
     assert service.held_back_today(7) == 0
+
+
+# --------------------------------------------------------------------------- wall-clock jumps
+
+
+class SteppedClocks:
+    """A wall clock and a monotonic clock driven separately: ``tick`` is real time passing (both
+    move), ``step`` is the wall clock being set (NTP, an operator, a resume from suspend)."""
+
+    def __init__(self, start: float) -> None:
+        self.wall = FakeClock(start)
+        self.monotonic = FakeClock(50_000.0)
+
+    def tick(self, seconds: float) -> None:
+        self.wall.advance(seconds)
+        self.monotonic.advance(seconds)
+
+    def step(self, seconds: float) -> None:
+        self.wall.advance(seconds)
+
+
+def stepped_service(storage: Storage, clocks: SteppedClocks) -> ActivityService:
+    return ActivityService(
+        storage,
+        guild_id=G,
+        voice=voice_tracker(),
+        guard=AllowAllGuard(),
+        names=NameService(storage, guild_id=G),
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
+    )
+
+
+def _jump_warnings(log_lines: list[dict[str, Any]]) -> list[str]:
+    return [r["message"] for r in log_lines if r["level"] == "WARNING" and "clock jumped" in r["message"]]
+
+
+async def test_a_forward_clock_step_and_back_credits_only_the_real_time_in_voice(
+    activity_storage: Storage, log_lines: list[dict[str, Any]]
+) -> None:
+    # The tester's case: +3 h for 3 s while Bob is in voice, then back; flushes every second.
+    clocks = SteppedClocks(T0)
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    for _ in range(2):
+        clocks.tick(1.0)
+        assert await service.flush(season_one)
+    clocks.step(3 * 3600.0)
+    for _ in range(3):
+        clocks.tick(1.0)
+        assert await service.flush(season_one)
+        assert service.unflushed_voice_seconds(1) == 0.0
+    clocks.step(-3 * 3600.0)
+    for _ in range(3):
+        clocks.tick(1.0)
+        assert await service.flush(season_one)
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+
+    assert await stats(activity_storage) == {1: (0, 8.0)}
+    assert await daily(activity_storage) == {(TODAY, 1): (0, 8.0)}
+    # The row ends when Bob left, by the clock at that moment: never hours in the future.
+    assert [(s[2], s[4]) for s in await sessions(activity_storage)] == [(T0, T0 + 8.0)]
+    assert service.clock_jumps == 2
+    warnings = _jump_warnings(log_lines)
+    assert len(warnings) == 2
+    assert "forward by 10800s" in warnings[0] and "back by 10800s" in warnings[1]
+
+
+async def test_a_forward_clock_step_between_two_readings_is_not_credited(
+    activity_storage: Storage, log_lines: list[dict[str, Any]]
+) -> None:
+    # No flush in between: the step is found when the member leaves, and the clock stays set.
+    clocks = SteppedClocks(T0)
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    clocks.tick(5.0)
+    clocks.step(3 * 3600.0)
+    clocks.tick(7.0)
+    assert service.live_session_seconds(1) == 12.0  # /stats shows the real length too
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+
+    assert await stats(activity_storage) == {1: (0, 12.0)}
+    assert [(s[2], s[4]) for s in await sessions(activity_storage)] == [(T0, T0 + 3 * 3600.0 + 12.0)]
+    assert len(_jump_warnings(log_lines)) == 1
+
+
+async def test_a_backward_clock_step_still_credits_the_real_time_in_voice(
+    activity_storage: Storage, log_lines: list[dict[str, Any]]
+) -> None:
+    # The clock was an hour ahead and is set right while the member stays in voice.
+    clocks = SteppedClocks(T0)
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    clocks.tick(600.0)
+    assert await service.flush(season_one)
+    clocks.step(-3600.0)
+    clocks.tick(900.0)  # the wall clock is still before the last flush: the time counts all the same
+    assert service.unflushed_voice_seconds(1) == 900.0
+    assert await service.flush(season_one)
+    clocks.tick(100.0)
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+
+    assert await stats(activity_storage) == {1: (0, 1600.0)}
+    # The row never ends before it starts, even though the clock now reads earlier than its start.
+    [(_, _, started, _, ended)] = await sessions(activity_storage)
+    assert (started, ended) == (T0, T0)
+    warnings = _jump_warnings(log_lines)
+    assert len(warnings) == 1 and "back by 3600s" in warnings[0]
+
+
+async def test_a_forward_clock_step_across_midnight_splits_the_real_time_by_the_clock_of_the_moment(
+    activity_storage: Storage,
+) -> None:
+    clocks = SteppedClocks(MIDNIGHT - 100.0)  # 23:58:20
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    clocks.tick(60.0)  # 23:59:20
+    clocks.step(3600.0)  # 00:59:20, the next day
+    # A step is found at the next reading of the clock (every flush, voice event or /stats at the
+    # latest): the time since the previous reading counts on the days the clock showed before it.
+    assert await service.flush(season_one)
+    clocks.tick(40.0)
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+
+    assert await daily(activity_storage) == {(day(MIDNIGHT - 1), 1): (0, 60.0), (day(MIDNIGHT), 1): (0, 40.0)}
+
+
+async def test_a_backward_clock_step_across_midnight_credits_the_day_the_clock_shows(
+    activity_storage: Storage,
+) -> None:
+    clocks = SteppedClocks(MIDNIGHT + 30.0)  # 00:00:30
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    clocks.tick(60.0)  # 00:01:30
+    assert await service.flush(season_one)
+    clocks.step(-3600.0)  # 23:01:30, the day before
+    assert await service.flush(season_one)
+    clocks.tick(45.0)
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+
+    assert await daily(activity_storage) == {(day(MIDNIGHT), 1): (0, 60.0), (day(MIDNIGHT - 1), 1): (0, 45.0)}
+    assert await stats(activity_storage) == {1: (0, 105.0)}
+
+
+async def test_without_a_monotonic_clock_the_wall_clock_is_trusted(activity_storage: Storage) -> None:
+    # A fake wall clock alone (most tests): moving it is time passing, never a jump.
+    clock = FakeClock(T0)
+    service = make_service(activity_storage, clock)
+    service.record_voice(1, here(CH))
+    clock.advance(3600.0)
+    service.record_voice(1, None)
+    assert await service.flush(season_one)
+    assert await stats(activity_storage) == {1: (0, 3600.0)}
+    assert service.clock_jumps == 0

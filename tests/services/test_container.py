@@ -1,4 +1,5 @@
-"""build_services: one season owner for everyone, and runtime setting changes that reach the services."""
+"""build_services: one season owner for everyone, runtime setting changes that reach the services,
+and a standby's takeover that applies the settings stored since it started."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from leaderboard_bot.config import SpamLimit, load_settings
 from leaderboard_bot.db import Storage
 from leaderboard_bot.services.container import Services, build_services, recovery_file
 from leaderboard_bot.services.ratelimit import NullGuard, SpamGuard
+from leaderboard_bot.services.settings import RuntimeSettings, SettingsStore
 from tests.factories import MIDNIGHT, FakeClock, here
 
 G = 7373
@@ -88,3 +90,26 @@ def test_a_changed_cache_ttl_reaches_the_ranking_cache(tmp_path: Path) -> None:
     cache.put(("voice", 1, 10), ())
     assert cache.get(("messages", 1, 10)) == ()
     assert cache.get(("voice", 1, 10)) is None
+
+
+async def test_a_takeover_applies_the_settings_stored_since_the_standby_opened_its_storage(tmp_path: Path) -> None:
+    """A standby opens its storage at start and activates at its takeover, maybe days later: the
+    overrides the active instance stored (or reset) meanwhile are in force before it counts."""
+    clock = FakeClock(MIDNIGHT)
+    standby = services_for(tmp_path, clock, SPAM_LIMIT="off", LEADERBOARD_SIZE="10")
+    await standby.open_storage()
+    try:
+        active = SettingsStore(RuntimeSettings(standby.settings.defaults), standby.storage, G)  # the other instance
+        await active.change("EXCLUDED_CHANNELS", "55", by="mod")
+        await active.change("LEADERBOARD_SIZE", "1", by="mod")
+        await active.change("SPAM_LIMIT", "2/1h", by="mod")
+        assert standby.settings.current.leaderboard_size == 10 and standby.settings.overrides == {}
+        await standby.activate()
+        current = standby.settings.current
+        assert current.excluded_channels == frozenset({55}) and current.leaderboard_size == 1
+        assert set(standby.settings.overrides) == {"EXCLUDED_CHANNELS", "LEADERBOARD_SIZE", "SPAM_LIMIT"}
+        guard = standby.activity.guard  # the spam limit reached the counting path too
+        assert isinstance(guard, SpamGuard)
+        assert [standby.activity.record_message(1, MIDNIGHT + i) for i in range(3)].count(True) == 2
+    finally:
+        await standby.storage.close()

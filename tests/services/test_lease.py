@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.storage import StorageError
@@ -89,8 +90,16 @@ async def test_losing_the_lease_drops_what_is_buffered_and_never_writes_again(
     assert list(tmp_path.glob("a.db.unsaved*.json"))
     assert await other.try_acquire(holder_gone=True)  # another instance took over meanwhile
     service.record_message(1)
-    assert await service.flush(season_one) is False
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    try:
+        assert await service.flush(season_one) is False
+    finally:
+        logger.remove(sink)
     assert service.fenced and lost and "held by b" in lost[0]
+    # The write refused holds all that was unwritten: its 2 messages are the ones said dropped.
+    (dropped,) = [e for e in errors if "lost the lease" in e]
+    assert "2 unwritten message(s) held here are dropped" in dropped
     assert service.buffered() == (0, 0)
     assert not list(tmp_path.glob("a.db.unsaved*.json"))  # never applied at a later start either
     service.record_message(1)

@@ -10,12 +10,14 @@ import pytest
 
 from leaderboard_bot.domain import SessionClose, SessionOpen
 from leaderboard_bot.services.voice import (
+    ClockJump,
+    VoiceClock,
     VoiceDrain,
     VoicePresence,
     VoiceRules,
     VoiceTracker,
 )
-from tests.factories import MIDNIGHT, here, seconds_by_user, voice_tracker
+from tests.factories import MIDNIGHT, FakeClock, day, here, seconds_by_user, voice_tracker
 
 A, B, AFK = 10, 20, None  # channel ids; AFK is "not in a tracked channel"
 
@@ -561,6 +563,94 @@ def test_a_rules_change_to_stricter_rules_stops_counting_at_that_moment() -> Non
     t.rules_changed(MIDNIGHT + 40)
     assert not t.is_counting(1)
     assert seconds_by_user(t.checkpoint(MIDNIGHT + 100)) == {1: 40.0}
+
+
+# --------------------------------------------------------------------------- wall-clock jumps
+
+
+def test_a_forward_clock_jump_is_not_credited_and_the_session_ends_by_the_new_clock() -> None:
+    t = tracker()
+    t.update(1, here(A), 100.0)
+    t.clock_jumped(105.0, 105.0 + 3 * 3600)  # 5 s in, the clock steps 3 h forward
+    assert t.unflushed_seconds(1, 3 * 3600 + 108.0) == 8.0
+    assert t.session_seconds(1, 3 * 3600 + 108.0) == 8.0
+    t.update(1, None, 3 * 3600 + 110.0)
+    drain = t.checkpoint(3 * 3600 + 110.0)
+    assert seconds_by_user(drain) == {1: 10.0}
+    [closed] = drain.closed.values()
+    assert closed.ended_at == 3 * 3600 + 110.0
+
+
+def test_a_forward_clock_jump_and_back_leaves_the_session_ending_now() -> None:
+    # The tester's case: +3 h, then back; the row must not end in the future.
+    t = tracker()
+    t.update(1, here(A), 100.0)
+    t.clock_jumped(102.0, 102.0 + 3 * 3600)
+    assert seconds_by_user(t.checkpoint(105.0 + 3 * 3600)) == {1: 5.0}  # 2 s before the step, 3 after
+    t.clock_jumped(105.0 + 3 * 3600, 105.0)
+    t.update(1, None, 108.0)
+    drain = t.checkpoint(108.0)
+    assert seconds_by_user(drain) == {1: 3.0}  # 8 s in all, as spent
+    [closed] = drain.closed.values()
+    assert closed.ended_at == 108.0
+
+
+def test_a_backward_clock_jump_still_credits_the_real_time() -> None:
+    t = tracker()
+    t.update(1, here(A), 5_000.0)
+    assert seconds_by_user(t.checkpoint(5_010.0)) == {1: 10.0}
+    t.clock_jumped(5_020.0, 1_020.0)  # the clock was 4,000 s ahead and is set right
+    assert t.unflushed_seconds(1, 1_050.0) == 40.0
+    t.update(1, None, 1_050.0)
+    drain = t.checkpoint(1_050.0)
+    assert seconds_by_user(drain) == {1: 40.0}  # 10 before the step, 30 after it
+    [closed] = drain.closed.values()
+    assert closed.ended_at == 5_000.0  # never before the row's start
+
+
+def test_a_clock_jump_across_midnight_puts_each_second_on_the_day_the_clock_showed() -> None:
+    t = tracker()
+    t.update(1, here(A), MIDNIGHT - 30.0)
+    t.clock_jumped(MIDNIGHT - 10.0, MIDNIGHT + 3_590.0)  # forward over midnight
+    t.clock_jumped(MIDNIGHT + 3_600.0, MIDNIGHT - 7_200.0)  # and back over it
+    t.update(1, None, MIDNIGHT - 7_195.0)
+    assert t.checkpoint(MIDNIGHT - 7_195.0).seconds == {(day(MIDNIGHT - 1), 1): 25.0, (day(MIDNIGHT), 1): 10.0}
+
+
+def test_a_clock_jump_while_disconnected_keeps_the_gap_a_resume_credits() -> None:
+    t = tracker()
+    t.update(1, here(A), 0.0)
+    t.hold(10.0)
+    t.clock_jumped(20.0, 3_620.0)
+    assert t.held_since == 3_610.0
+    t.release()
+    t.update(1, None, 3_630.0)
+    assert seconds_by_user(t.checkpoint(3_630.0)) == {1: 30.0}  # 0 -> 30 of real time
+
+
+def test_the_voice_clock_reports_each_step_of_the_wall_clock_once() -> None:
+    wall, mono = FakeClock(1_000.0), FakeClock(7.0)
+    clock = VoiceClock(wall, mono)
+    assert clock.read() == (1_000.0, None)
+    wall.advance(30.0)
+    mono.advance(30.0)
+    assert clock.read() == (1_030.0, None)  # time passing is no step
+    wall.advance(0.5)  # within the tolerance (a reading's jitter)
+    assert clock.read() == (1_030.5, None)
+    wall.advance(3_602.0)
+    mono.advance(2.0)
+    assert clock.read() == (4_632.5, ClockJump(before=1_032.5, after=4_632.5))  # 2 s real, 3,600 s stepped
+    assert clock.read() == (4_632.5, None)  # reported once
+    wall.advance(-3_600.0)
+    jump = clock.read()[1]
+    assert jump is not None and jump.size == -3_600.0
+
+
+def test_the_voice_clock_without_a_monotonic_one_trusts_the_wall_clock() -> None:
+    wall = FakeClock(1_000.0)
+    clock = VoiceClock(wall)
+    wall.advance(86_400.0)
+    assert clock.read() == (87_400.0, None)
 
 
 # --------------------------------------------------------------------------- reconnects

@@ -104,7 +104,7 @@ def test_display_name_strips_outer_whitespace() -> None:
         ("-# small", r"\-# small"),
         ("- item", r"\- item"),
         ("a-b #1", "a-b #1"),
-        ("[x](https://e.vil)", r"\[x\](https://e.vil)"),
+        ("[x](https://e.vil)", "\\[x\\](https:" + ZWSP + "//e.vil)"),
         ("plain name", "plain name"),
     ],
 )
@@ -129,6 +129,7 @@ def test_display_name_collapses_newlines() -> None:
         ("<#789>", f"<{ZWSP}#789>"),
         ("<t:1700000000:R>", f"<{ZWSP}t:1700000000:R>"),
         ("<3 you", "<3 you"),
+        ("https://evil.example/login", f"https:{ZWSP}//evil.example/login"),  # not a link on the board
     ],
 )
 def test_display_name_neutralises_mentions(raw: str, expected: str) -> None:
