@@ -218,6 +218,12 @@ class ActivityService:
             )
         return now
 
+    def _checkpoint_voice(self, now: float) -> VoiceDrain:
+        """The voice credited up to ``now``, read earlier (a write waited in between). A clock step
+        since the last reading is skipped first; after a step back, ``now`` is past the new clock
+        and would credit the step, so the clock's reading of this moment is used instead."""
+        return self.voice.checkpoint(min(now, self.voice_now()))
+
     def record_voice(self, user_id: int, presence: VoicePresence | None, now: float | None = None) -> None:
         at = self.voice_now()
         self.voice.update(user_id, presence, at if now is None else now)
@@ -502,8 +508,7 @@ class ActivityService:
     def _take(self, season: int, now: float) -> ActivityBatch:
         messages, self._messages = self._messages, Counter()
         self._early_flush_asked = False
-        self.voice_now()  # a clock step since the last reading is skipped before crediting up to now
-        drained = self.voice.checkpoint(now)
+        drained = self._checkpoint_voice(now)
         batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
         batch.lease = self.claim_lease(self._releasing)
         batch.today = self.calendar.day_of(now)
@@ -608,8 +613,7 @@ class ActivityService:
         if in_flight is not None and in_flight.roll is not None:
             season = in_flight.season + 1  # the rest belongs to the season the roll opens
         self._rest_season = season
-        self.voice_now()
-        drained = self.voice.checkpoint(now)
+        drained = self._checkpoint_voice(now)
         self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
         rest = self._batch(season, now, Counter(self._messages), self.voice.pending(), self.names.unwritten())
         rest.sequence = self._next_sequence
@@ -698,8 +702,7 @@ class ActivityService:
         messages = dict(islice(self._messages.items(), target))  # insertion order: the oldest first
         for key in messages:
             del self._messages[key]
-        self.voice_now()
-        drained = self.voice.checkpoint(now)
+        drained = self._checkpoint_voice(now)
         voice = dict(islice(drained.seconds.items(), max(0, target - len(messages))))
         for key in voice:
             del drained.seconds[key]

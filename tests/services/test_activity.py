@@ -879,6 +879,24 @@ async def test_a_backward_clock_step_still_credits_the_real_time_in_voice(
     assert len(warnings) == 1 and "back by 3600s" in warnings[0]
 
 
+async def test_a_backward_clock_step_noticed_while_a_write_waits_is_not_credited(
+    activity_storage: Storage,
+) -> None:
+    """A flush reads the clock, then waits (spilled parts go first during an outage); a voice event
+    meanwhile notices the clock was set back an hour. Checkpointing at the moment read before
+    would credit that hour."""
+    clocks = SteppedClocks(T0)
+    service = stepped_service(activity_storage, clocks)
+    service.record_voice(1, here(CH))
+    clocks.tick(200.0)
+    read_before_the_wait = service.clock()
+    clocks.step(-3600.0)
+    clocks.tick(6.0)
+    service.record_voice(2, here(CH))  # the event that notices the step
+    batch = service._take(1, read_before_the_wait)
+    assert sum(seconds for (_, user), seconds in batch.voice.items() if user == 1) == pytest.approx(206.0)
+
+
 async def test_a_forward_clock_step_across_midnight_splits_the_real_time_by_the_clock_of_the_moment(
     activity_storage: Storage,
 ) -> None:
