@@ -116,7 +116,7 @@ async def run(settings: Settings) -> int:
             await storage.close()
             return EXIT_FAILURE
     except StorageError as error:
-        if opened:
+        if opened and holder_gone:
             # Open, but the lease could not be taken: another program holds the write lock. What
             # start-up writes (the recovery file, sessions left open) must wait for it, so this
             # instance waits as a standby does and takes the lease as soon as the database answers.
@@ -126,6 +126,17 @@ async def run(settings: Settings) -> int:
                 "are not counted",
                 error,
             )
+        elif opened and locked and not settings.standby:
+            # Another machine may hold the lease (PostgreSQL): counting could double every message,
+            # and standing by was not asked for.
+            logger.error(
+                "cannot tell whether another leaderboard-bot counts for server {} ({}); stopping rather than "
+                "risk counting twice: start it again once the database answers",
+                settings.guild_id,
+                error,
+            )
+            await storage.close()
+            return EXIT_FAILURE
         # Otherwise _run_locked reports it with the same words as any failure to open the database.
     bot = LeaderboardBot(settings, storage, lease=lease, standby=not lease.active)
 
@@ -190,7 +201,7 @@ async def _run_locked(
         loop.default_exception_handler(context)
 
     loop.set_exception_handler(quiet_shutdown_noise)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
+    for sig in stop_signals():
         loop.add_signal_handler(sig, _request_close, bot, sig)
     try:
         try:
@@ -242,6 +253,13 @@ _background: set[asyncio.Future[None]] = set()  # strong references: tasks are o
 
 
 _closing: set[asyncio.Future[None]] = set()
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop the bot cleanly: SIGHUP too (its terminal closed), unless it was
+    started with nohup, which asks it to outlive its terminal."""
+    hangup = [] if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else [signal.SIGHUP]
+    return [signal.SIGTERM, signal.SIGINT, *hangup]
 
 
 def _request_close(bot: LeaderboardBot, sig: signal.Signals) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -242,14 +242,35 @@ def postgres_url(database_url: str) -> str:
 _MIN_REDACTED_PASSWORD = 4  # shorter ones would turn every such letter in the log into [REDACTED]
 
 
+def _authority(database_url: str) -> tuple[str, str, str]:
+    """(scheme, user part, the rest) of a PostgreSQL URL, split as libpq reads it: the user part
+    ends at an "@" before any "/", so "#" or "?" in an unescaped password stay in it (urlsplit
+    would stop at them and leave the password in the host)."""
+    scheme, _, rest = database_url.partition("://")
+    head = rest.split("/", 1)[0]
+    userinfo, at, _ = head.rpartition("@")  # the last "@": an unescaped one in the password stays in it
+    return (scheme, userinfo, rest[len(userinfo) + 1 :]) if at else (scheme, "", rest)
+
+
+def _query_passwords(rest: str) -> list[str]:
+    """``?password=`` values as written (database_url_secrets adds their decoded form)."""
+    pairs = (pair.partition("=") for pair in rest.partition("?")[2].split("&"))
+    return [value for key, _, value in pairs if key == "password"]
+
+
+def _without_user(database_url: str) -> SplitResult:
+    """The URL split without its user part, so that a password's "#", "?" or ":" cannot be taken
+    for a port, a query or a fragment."""
+    scheme, _, rest = _authority(database_url)
+    return urlsplit(f"{scheme}://{rest}")
+
+
 def _url_passwords(database_url: str) -> list[str]:
     """A PostgreSQL URL's passwords as written: in its user part and as ``?password=`` values."""
     if not is_postgres(database_url):
         return []
-    parts = urlsplit(database_url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    found = [userinfo.partition(":")[2]] if at else []
-    found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "password"]
+    _, userinfo, rest = _authority(database_url)
+    found = [userinfo.partition(":")[2], *_query_passwords(rest)]
     return [password for password in found if password]
 
 
@@ -265,16 +286,13 @@ def shown_database_url(database_url: str) -> str:
     """The URL fit for a log line: its password, wherever it is written, replaced by ``***``."""
     if not is_postgres(database_url):
         return database_url
-    parts = urlsplit(database_url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if at and userinfo.partition(":")[1]:
-        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
-    if parts.query:
-        query = "&".join(
-            "password=***" if pair.partition("=")[0] == "password" else pair for pair in parts.query.split("&")
-        )
-        parts = parts._replace(query=query)
-    return parts.geturl()
+    scheme, userinfo, rest = _authority(database_url)
+    user, colon, _ = userinfo.partition(":")
+    shown_user = f"{user}:***@" if colon else f"{user}@" if userinfo else ""
+    base, question, query = rest.partition("?")
+    if question:
+        query = "&".join("password=***" if pair.partition("=")[0] == "password" else pair for pair in query.split("&"))
+    return f"{scheme}://{shown_user}{base}{question}{query}"
 
 
 def postgres_driver_installed() -> bool:
@@ -284,7 +302,7 @@ def postgres_driver_installed() -> bool:
 def _check_postgres_url(database_url: str) -> None:
     scheme = database_url.partition("://")[0]
     try:
-        urlsplit(database_url).port  # noqa: B018 - raises ValueError on a port that is not a number
+        _without_user(database_url).port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError:
         raise ValueError(f"{_show(scheme + '://...')} has no valid port: {_URL_HINT}") from None
     if not postgres_driver_installed():
@@ -304,11 +322,12 @@ def local_state_path(database_url: str, guild_id: int) -> str:
         # The file itself, not a link to it: two bots reaching one file by two paths (a symlink, a
         # releases/current deploy) must find the same lock and the same recovery file.
         return path if path == ":memory:" else os.path.realpath(path)
-    parts = urlsplit(database_url)
+    parts = _without_user(database_url)
     host = parts.hostname or "local"
     if parts.port is not None:
         host = f"{host}_{parts.port}"
-    database = unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or "postgres"
+    user = _authority(database_url)[1].partition(":")[0]
+    database = unquote(parts.path.lstrip("/")) or unquote(user) or "postgres"
     safe = "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part) for part in (database, host))
     return os.path.abspath(f"leaderboard-{guild_id}-{safe}")
 

@@ -516,6 +516,9 @@ def test_local_files_live_beside_sqlite_and_in_the_working_directory_for_postgre
          ["hunter22"]),
         ("postgresql://bot:p@ss@word@db/lb", "postgresql://bot:***@db/lb", ["p@ss@word"]),  # an unescaped @
         ("postgresql://:only:colons@db/lb", "postgresql://:***@db/lb", ["only:colons"]),
+        ("postgresql://bot:2024#Summer@db.example/lb", "postgresql://bot:***@db.example/lb", ["2024#Summer"]),
+        ("postgresql://bot:a?b:c@db/lb", "postgresql://bot:***@db/lb", ["a?b:c"]),  # as libpq reads it
+        ("postgresql://db/lb?password=x%23yz1", "postgresql://db/lb?password=***", ["x#yz1", "x%23yz1"]),
         ("postgresql://bot:pw@db/lb", "postgresql://bot:***@db/lb", []),  # too short to redact everywhere
         ("postgresql://bot@db/lb", "postgresql://bot@db/lb", []),
         ("sqlite:///data/pass:word@x.db", "sqlite:///data/pass:word@x.db", []),  # a file name, not a password
@@ -543,6 +546,16 @@ def test_one_database_reached_by_two_paths_has_one_lock_and_one_recovery_file(tm
             InstanceLock(local_state_path(linked, 5)).acquire()
     finally:
         first.release()
+
+
+def test_a_password_with_url_characters_is_neither_a_port_nor_in_the_local_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urlsplit stops the user part at "#" or "?": "2024#Summer@db" read as host "bot", port 2024."""
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://bot:abc#x?y@db.example:6543/lb"
+    assert load_settings(env(DATABASE_URL=url)).database_url == url  # accepted: no port "abc#x?y"
+    assert local_state_path(url, 5) == local_state_path("postgresql://bot@db.example:6543/lb", 5)
 
 
 def test_first_problem_in_table_order_wins() -> None:

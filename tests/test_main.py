@@ -209,3 +209,18 @@ def test_a_database_url_naming_a_folder_says_so_not_damaged(tmp_path: Path) -> N
     result = run_bot(tmp_path, {"BOT_TOKEN": SECRET, "LOG_FORMAT": "text", "DATABASE_URL": "sqlite:///data"})
     (error,) = [line for line in (result.stderr + result.stdout).splitlines() if "ERROR" in line]
     assert result.returncode == 1 and "is a folder, not a database file" in error and "damaged" not in error
+
+
+def test_sighup_stops_the_bot_unless_it_was_started_with_nohup() -> None:
+    import signal
+
+    from leaderboard_bot.__main__ import stop_signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert signal.SIGHUP in stop_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before starting it
+        assert stop_signals() == [signal.SIGTERM, signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -638,8 +638,13 @@ def settings_with_prefix(guild_id: int, prefix: str) -> dict[str, Any]:
 
 
 def delete_setting(guild_id: int, key: str) -> None:
+    delete_settings(guild_id, [key])
+
+
+def delete_settings(guild_id: int, keys: list[str]) -> None:
+    """Delete several stored settings in one statement: all of them, or (on a failure) none."""
     with database_proxy.atomic():
-        Setting.delete().where((Setting.guild_id == guild_id) & (Setting.key == key)).execute()
+        Setting.delete().where((Setting.guild_id == guild_id) & Setting.key.in_(keys)).execute()
 
 
 def get_setting(guild_id: int, key: str, default: Any = None) -> Any:

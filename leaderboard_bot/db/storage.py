@@ -349,14 +349,15 @@ class Storage:
             ]
         elif (path := sqlite_path(self.database_url)) != ":memory:":
             self._readers = [DaemonWorker("leaderboard-db-read", wrap=self._read_job)]
-            self._file = (path, _file_identity(path))
+            self._file = (path, await self._thread.run(partial(_file_identity, path)))  # a stat: off the loop
         self._pending = {id(reader): 0 for reader in self._readers}
 
     @staticmethod
     def _check_file(path: str, identity: tuple[int, int] | None) -> None:
-        """Writes go to the file opened at start. Deleted (or replaced, as by copying a backup over
-        it) while the bot runs, that file is gone once the bot stops: every write then fails, so
-        what is counted stays in memory and in the recovery file, for the file at that path."""
+        """Writes go to the file opened at start. Deleted, or another file moved over it (``mv``),
+        while the bot runs, that file is gone once the bot stops: every write then fails, so what
+        is counted stays in memory and in the recovery file, for the file at that path. (Copied
+        over in place, as by ``cp``, it is the same file: that cannot be told, and would be damaged.)"""
         if identity is not None and _file_identity(path) != identity:
             raise StorageError(f"the database file {path} was deleted or replaced while the bot runs", kind="replaced")
 

@@ -135,7 +135,7 @@ class Scheduler(commands.Cog):
     def _refresh_later(self, board: Board, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
-            await self.refresh(board, force=True)
+            await self._refresh_guarded(board, True)
 
         task = asyncio.ensure_future(later())
         self._season_refreshes.add(task)  # (cancelled with the rest at unload)

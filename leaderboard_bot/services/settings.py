@@ -10,7 +10,6 @@ from loguru import logger
 
 from ..config import ConfigError, Tunables, field_of, parse_runtime, show_value
 from ..db import Storage, repository
-from ..db.models import database_proxy
 from ..domain import Board
 
 SettingsListener = Callable[[Tunables, Tunables], None]  # (old, new)
@@ -60,13 +59,6 @@ class RuntimeSettings:
 
 
 OVERRIDE_PREFIX = "override:"
-
-
-def _delete_settings(guild_id: int, keys: list[str]) -> None:
-    """Delete several stored settings in one transaction: all of them, or (on a failure) none."""
-    with database_proxy.atomic():
-        for key in keys:
-            repository.delete_setting(guild_id, key)
 
 
 class SettingsStore:
@@ -144,7 +136,7 @@ class SettingsStore:
         names = self.overridden(variable)
         if not names:
             return []
-        await self.storage.run(_delete_settings, self.guild_id, [OVERRIDE_PREFIX + name for name in names])
+        await self.storage.run(repository.delete_settings, self.guild_id, [OVERRIDE_PREFIX + name for name in names])
         changes: dict[str, Any] = {}
         for name in names:
             if name not in self.settings.overrides:

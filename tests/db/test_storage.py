@@ -608,10 +608,13 @@ async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_
     try:
         await storage.run(repository.set_setting, G, "k", 1)
         assert await storage.read(repository.get_setting, G, "k") == 1  # the reader connected, as in the bot
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        if how == "replaced":  # a backup copied over it
-            sqlite3.connect(path).close()
+        if how == "replaced":  # a backup moved over it (mv backup.db board.db)
+            backup = tmp_path / "backup.db"
+            sqlite3.connect(backup).close()
+            os.replace(backup, path)
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
         with pytest.raises(StorageError) as caught:
             await storage.run(repository.set_setting, G, "k", 2)
         error = caught.value

@@ -41,7 +41,7 @@ class LockedStorage:
             raise StorageError.describe(sqlite3.OperationalError("database is locked"))
         if func.__name__ == "set_setting":
             self.stored[args[0]] = args[1]
-        else:  # _delete_settings
+        else:  # delete_settings
             for key in args[0]:
                 self.stored.pop(key, None)
 

@@ -76,29 +76,27 @@ async def test_a_reset_of_several_settings_the_database_refuses_resets_none_of_t
         await store.change("LEADERBOARD_SIZE", "5", by="mod")
         await store.change("SPAM_LIMIT", "2/1h", by="mod")
         before = settings.current
-        real_set, real_delete = repository.set_setting, repository.delete_setting
-        deleted: list[str] = []
+        real_set = repository.set_setting
 
         def locked(*args: object) -> None:
             raise sqlite3.OperationalError("database is locked")
-
-        def delete_then_lock(guild_id: int, key: str) -> None:
-            if deleted:  # the second key meets the lock
-                locked()
-            deleted.append(key)
-            real_delete(guild_id, key)
 
         monkeypatch.setattr(repository, "set_setting", locked)
         with pytest.raises(StorageError):
             await store.change("LEADERBOARD_SIZE", "3", by="mod")
         monkeypatch.setattr(repository, "set_setting", real_set)
-        monkeypatch.setattr(repository, "delete_setting", delete_then_lock)
-        with pytest.raises(StorageError):
-            await store.reset(None, by="mod")
+        holder = sqlite3.connect(tmp_path / "s.db", timeout=0, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another program holds the write lock
+        try:
+            await storage.run(lambda: repository.database_proxy.obj.execute_sql("PRAGMA busy_timeout = 50"))
+            with pytest.raises(StorageError):
+                await store.reset(None, by="mod")
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
         assert settings.current == before and set(settings.overrides) == {"LEADERBOARD_SIZE", "SPAM_LIMIT"}
         stored = await storage.run(repository.settings_with_prefix, G, OVERRIDE_PREFIX)
         assert stored == {OVERRIDE_PREFIX + "LEADERBOARD_SIZE": "5", OVERRIDE_PREFIX + "SPAM_LIMIT": "2/1h"}
-        monkeypatch.setattr(repository, "delete_setting", real_delete)
         assert await store.reset(None, by="mod") == ["LEADERBOARD_SIZE", "SPAM_LIMIT"]
         assert settings.current == tunables(leaderboard_size=10)
         assert await storage.run(repository.settings_with_prefix, G, OVERRIDE_PREFIX) == {}
