@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, SpamLimit, Tunables, local_state_path
+from ..config import Settings, SpamLimit, Tunables, is_postgres, local_state_path, sqlite_path
 from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
@@ -29,7 +30,11 @@ def recovery_file(database_url: str, guild_id: int = 0) -> RecoveryFile | None:
     """Where a shutdown that cannot reach the database saves what it could not write: beside a
     SQLite file, or for PostgreSQL in the directory the bot starts in (config.local_state_path)."""
     path = local_state_path(database_url, guild_id)
-    return None if path == ":memory:" else RecoveryFile(Path(path + ".unsaved.json"))
+    if path == ":memory:":
+        return None
+    # Before 2026-12-04 a symlinked database's files were named after the link, not the file.
+    linked = () if is_postgres(database_url) else (Path(os.path.abspath(sqlite_path(database_url)) + ".unsaved.json"),)
+    return RecoveryFile(Path(path + ".unsaved.json"), also=linked)
 
 
 def build_guard(limit: SpamLimit | None) -> MessageGuard:

@@ -114,8 +114,9 @@ def read_file(path: Path) -> SavedFile:
 class RecoveryFile:
     """``<database>.unsaved-<started>-<pid>.json``, one per process; all of them are read at start."""
 
-    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Any = time.time, also: tuple[Path, ...] = ()) -> None:
         self.path = path  # the base name: <database>.unsaved.json
+        self.also = also  # other base names read at start (where an earlier version saved them)
         self.clock = clock
         started = datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%dT%H%M%S")
         self.own_path = path.with_name(f"{path.name.removesuffix('.json')}-{started}-{os.getpid()}.json")
@@ -225,10 +226,13 @@ class RecoveryFile:
     # ------------------------------------------------------------------ reading (at start)
 
     def files(self) -> list[Path]:
-        base = self.path
-        if not base.parent.is_dir():
-            return []
-        return [p for p in base.parent.glob(f"{base.name.removesuffix('.json')}*.json") if p.is_file()]
+        found: dict[Path, Path] = {}
+        for base in (self.path, *self.also):
+            if base.parent.is_dir():
+                for file in base.parent.glob(f"{base.name.removesuffix('.json')}*.json"):
+                    if file.is_file():
+                        found.setdefault(file.resolve(), file)
+        return list(found.values())
 
     async def apply_all(self, storage: Storage, guild_id: int) -> int:
         """Write every saved part of ``guild_id`` not yet in the database, once, in the order the

@@ -37,6 +37,26 @@ def test_the_recovery_file_sits_beside_the_database(tmp_path: Path) -> None:
     assert recovery_file("sqlite:///:memory:") is None
 
 
+def test_a_symlinked_database_also_finds_recovery_files_saved_beside_the_link(tmp_path: Path) -> None:
+    """They were named after the link before the lock and files followed symlinks: the first start
+    after the upgrade must still write them."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / "data")
+    old = tmp_path / "current" / "c.db.unsaved-20261203T000000-1.json"
+    old.write_text("{}")
+    file = recovery_file(f"sqlite:///{tmp_path}/current/c.db")
+    assert file is not None and file.path == tmp_path / "data" / "c.db.unsaved.json"
+    new = tmp_path / "data" / "c.db.unsaved-20261204T000000-2.json"
+    new.write_text("{}")
+    assert sorted(p.name for p in file.files()) == sorted([old.name, new.name])  # (one folder here: each once)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.db").symlink_to(tmp_path / "data" / "c.db")
+    linked = recovery_file(f"sqlite:///{tmp_path}/elsewhere/c.db")
+    stray = tmp_path / "elsewhere" / "c.db.unsaved-20261203T000000-3.json"
+    stray.write_text("{}")
+    assert linked is not None and stray in linked.files() and len(linked.files()) == 3
+
+
 async def test_a_flush_writes_into_the_season_the_owner_names(tmp_path: Path) -> None:
     clock = FakeClock(MIDNIGHT)
     services = services_for(tmp_path, clock)
