@@ -22,6 +22,7 @@ from disnake.interactions import ApplicationCommandInteraction, Interaction
 from loguru import logger
 
 from ..config import SpamLimit
+from ..db.storage import StorageError
 from ..services.ratelimit import SpamGuard
 from ..services.settings import RuntimeSettings
 from ..ui.embeds import notice_embed
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 DEFER_AFTER = 1.5
 
 APOLOGY = "Sorry, something went wrong while building that. Please try again in a moment."
+# The database is down or refusing (PostgreSQL unreachable, a file gone): expected, and not a bug.
+DATABASE_UNAVAILABLE = (
+    "The leaderboard's database is not answering right now, so these figures cannot be read. Counting "
+    "goes on; please try again in a moment."
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,11 @@ async def respond_in_time(
             "/{} was cancelled for user {}", command, inter.author.id
         )
         await apologise(inter)
+    except StorageError as error:
+        logger.bind(command=command, user_id=inter.author.id).warning(
+            "/{} could not read the database for user {}: {}", command, inter.author.id, error
+        )
+        await apologise(inter, DATABASE_UNAVAILABLE)
     except Exception:
         logger.bind(command=command, user_id=inter.author.id).exception(
             "/{} failed for user {}", command, inter.author.id
@@ -97,16 +108,23 @@ async def respond_in_time(
 async def report_command_error(inter: ApplicationCommandInteraction, error: BaseException) -> None:
     """Log a failed command with its context and apologise to the member, privately."""
     command = inter.application_command.qualified_name if inter.application_command else "?"
+    cause = getattr(error, "original", error)  # disnake wraps what the command raised
+    if isinstance(cause, StorageError):
+        logger.bind(command=command, user_id=inter.author.id).warning(
+            "/{} could not read the database for user {}: {}", command, inter.author.id, cause
+        )
+        await apologise(inter, DATABASE_UNAVAILABLE)
+        return
     logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
         "/{} failed for user {}", command, inter.author.id
     )
     await apologise(inter)
 
 
-async def apologise(inter: Interaction) -> None:
+async def apologise(inter: Interaction, text: str = APOLOGY) -> None:
     """Tell the member something broke, privately. After a public defer the "thinking…" message is
     removed and the apology follows as an ephemeral message (ephemerality is fixed by the defer)."""
-    embed = notice_embed(APOLOGY)
+    embed = notice_embed(text)
     try:
         if not inter.response.is_done():
             await inter.response.send_message(embed=embed, ephemeral=True)

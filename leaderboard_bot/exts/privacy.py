@@ -39,6 +39,7 @@ CONFIRM_TIMEOUT = 60.0
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024  # disnake's figure for a server without boosts
 FILES_PER_MESSAGE = 10
 DATABASE_BUSY = "The database did not answer. Nothing was changed; please try again in a moment."
+DATABASE_DID_NOT_ANSWER = "The database did not answer. Please try again in a moment."  # (a read: nothing to change)
 EXPORT_PERIODS = ("today", "week", "month", "all-time")
 
 CHANGES = {
@@ -130,7 +131,7 @@ class Privacy(commands.Cog):
         try:
             data = await self.privacy.data(user_id)
         except StorageError:
-            await inter.edit_original_response(embed=_private(DATABASE_BUSY.replace(" Nothing was changed;", "")))
+            await inter.edit_original_response(embed=_private(DATABASE_DID_NOT_ANSWER))
             return
         document = {"guild_id": self.bot.config.guild_id, "user_id": user_id, **data}
         json_bytes, csv_bytes = await asyncio.to_thread(
@@ -218,7 +219,7 @@ class Privacy(commands.Cog):
                     limit=limit,
                 )
             except StorageError:
-                await inter.edit_original_response(embed=_private(DATABASE_BUSY.replace(" Nothing was changed;", "")))
+                await inter.edit_original_response(embed=_private(DATABASE_DID_NOT_ANSWER))
                 return
             await self._send_files(inter, result, _export_summary(label, result, limit))
         finally:
@@ -231,9 +232,7 @@ class Privacy(commands.Cog):
         step = 1 if result.compressed else FILES_PER_MESSAGE
         for start in range(0, len(result.files), step):
             batch = result.files[start : start + step]
-            await inter.followup.send(
-                files=[disnake.File(f.path, filename=f.filename) for f in batch], ephemeral=True
-            )
+            await inter.followup.send(files=[disnake.File(f.path, filename=f.filename) for f in batch], ephemeral=True)
 
     async def _export_spec(
         self, season: int | None, period: str | None, first_day: str | None, last_day: str | None, per_day: bool
@@ -251,9 +250,7 @@ class Privacy(commands.Cog):
             if isinstance(days, str):
                 return days
             first, last = days
-            return ExportSpec(None, first, last, per_day, stem=f"leaderboard-{first}-to-{last}"), (
-                f"{first} to {last}"
-            )
+            return ExportSpec(None, first, last, per_day, stem=f"leaderboard-{first}-to-{last}"), (f"{first} to {last}")
         if period is not None:
             window = WINDOWS.get(period)  # type: ignore[call-overload]
             if window is None:

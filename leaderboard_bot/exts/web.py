@@ -466,7 +466,11 @@ class Web(commands.Cog):
             raise web.HTTPFound("/")
         expected = unsign(self.secret, "state", request.cookies.get(STATE_COOKIE), now=self._now())
         state, code = request.query.get("state", ""), request.query.get("code", "")
-        if expected is None or not code or not secrets.compare_digest(str(expected.get("state")), state):
+        if (
+            expected is None
+            or not code
+            or not secrets.compare_digest(str(expected.get("state")).encode(), state.encode())
+        ):
             text = "That sign-in link expired or was not started here. Please sign in again."
             return self._render("message.html", 400, title="Sign-in failed", text=text)
         try:

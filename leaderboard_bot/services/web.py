@@ -273,7 +273,7 @@ def unsign(secret: bytes, purpose: str, cookie: str | None, *, now: float) -> di
         return None
     body, mac = cookie.split(".")
     expected = _b64(hmac.new(secret, f"{purpose}.{body}".encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(mac, expected):
+    if not hmac.compare_digest(mac.encode(), expected.encode()):  # bytes: a str with "é" would raise
         return None
     try:
         value = json.loads(_unb64(body))

@@ -12,7 +12,8 @@ import pytest
 from disnake.ext import commands
 from loguru import logger
 
-from leaderboard_bot.exts.errors import APOLOGY, Errors, Reply, respond_in_time
+from leaderboard_bot.db.storage import StorageError
+from leaderboard_bot.exts.errors import APOLOGY, DATABASE_UNAVAILABLE, Errors, Reply, respond_in_time
 from leaderboard_bot.ui.embeds import notice_embed
 from tests.factories import runtime_settings
 
@@ -141,6 +142,29 @@ async def test_an_error_before_the_deadline_is_an_ephemeral_apology_with_context
     assert record["message"] == "/stats failed for user 42"
     assert record["extra"] == {"command": "stats", "user_id": 42}
     assert record["exception"] is not None and isinstance(record["exception"].value, RuntimeError)
+
+
+@pytest.mark.parametrize("after", [0.0, DEFER_AFTER * 2])
+async def test_a_database_that_does_not_answer_is_said_so_privately_and_logged_without_a_traceback(
+    logs: list[Any], after: float
+) -> None:
+    """A PostgreSQL server down with nothing read before to fall back on: not a bug, so not the
+    "something went wrong" apology and an ERROR with a traceback for each command."""
+
+    async def unreachable() -> Reply:
+        await asyncio.sleep(after)
+        raise StorageError("OperationalError: connection refused", kind="unreachable")
+
+    inter = FakeInter()
+    await respond(inter, unreachable(), command="stats")
+    assert inter.calls[-1][1:] == (DATABASE_UNAVAILABLE, True)
+    assert not [m for m in logs if m.record["level"].name == "ERROR"]
+    (warning,) = [m.record for m in logs if m.record["level"].name == "WARNING"]
+    assert "could not read the database" in warning["message"] and warning["exception"] is None
+    inter = FakeInter()
+    wrapped = commands.CommandInvokeError(StorageError("database is locked", kind="locked"))
+    await Errors(runtime_settings()).on_slash_command_error(inter, wrapped)  # type: ignore[arg-type]
+    assert inter.calls == [("send", DATABASE_UNAVAILABLE, True)]
 
 
 async def test_an_error_after_deferring_replaces_the_thinking_message_with_a_private_apology() -> None:

@@ -95,6 +95,7 @@ def test_signed_values_refuse_forgery_another_purpose_and_expiry() -> None:
     assert unsign(secret, "session", body + "x." + mac, now=150.0) is None
     assert unsign(secret, "session", None, now=0) is None
     assert unsign(secret, "session", "garbage", now=0) is None
+    assert unsign(secret, "session", body + ".\u00e9", now=0) is None  # not ASCII: refused, not a TypeError
 
 
 async def test_one_broadcast_reaches_every_viewer_and_a_slow_one_keeps_only_the_newest() -> None:
