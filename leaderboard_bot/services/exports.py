@@ -125,7 +125,14 @@ def _write_csv(
                     left_out += 1
                     continue
                 message_rank, voice_rank = renumber.ranks(row)
-                line = [user, name or "", messages, f"{voice:.1f}", message_rank or "", voice_rank or ""]
+                line = [
+                    user,
+                    spreadsheet_safe(name or ""),
+                    messages,
+                    f"{voice:.1f}",
+                    message_rank or "",
+                    voice_rank or "",
+                ]
                 writer.writerow([day, *line] if per_day else line)
                 rows += 1
         except BaseException as error:  # re-raised once the queue is drained
@@ -227,6 +234,15 @@ def _split(path: Path, budget: int) -> list[Path]:
 
 def member_json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
+# A cell a spreadsheet would read as a formula (=HYPERLINK(...) as a member's name): OWASP's
+# advice, a leading apostrophe, which spreadsheets show as text and do not display.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def member_days_csv(days: Iterable[dict[str, Any]]) -> bytes:

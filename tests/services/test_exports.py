@@ -59,6 +59,26 @@ async def test_a_season_export_renumbers_without_hidden_members_and_leaves_stopp
         ]
 
 
+async def test_a_name_a_spreadsheet_would_run_as_a_formula_is_exported_as_text(tmp_path: Path) -> None:
+    names = {
+        A: '=HYPERLINK("http://evil.example","x")',
+        B: "+cmd|' /C calc'!A0",
+        C: "-2+3",
+        D: "@SUM(A1:A9)",
+        E: "Zo\u00eb = fine",
+    }
+    async with open_storage(f"sqlite:///{tmp_path}/e.db") as storage:
+        batch = ActivityBatch(
+            guild_id=G, season=1, heartbeat_at=MIDNIGHT, messages={("2024-03-10", u): 1 for u in names},
+            names={u: (n, None) for u, n in names.items()}, today="2024-03-10",
+        )  # fmt: skip
+        await storage.run(repository.apply_batch, batch)
+        spec = ExportSpec(1, "2024-03-10", "2024-03-10", stem="season-1")
+        result = await write_export(storage, G, spec, tmp_path, hidden=set(), stopped=set(), limit=10 * 1024 * 1024)
+        shown = {int(row[0]): row[1] for row in read_csv(result.files[0].path)[1:]}
+    assert shown == {user: ("'" + name if user != E else name) for user, name in names.items()}
+
+
 async def test_windows_date_ranges_and_per_day_rows(tmp_path: Path) -> None:
     async with open_storage(f"sqlite:///{tmp_path}/e.db") as storage:
         await write(storage, "2024-03-09", {A: 1, B: 4})
