@@ -152,7 +152,7 @@ async def run(settings: Settings) -> int:
                     continue
             previous = lease.current_holder
             try:
-                if not await lease.try_acquire(holder_gone=locked and settings.database_url.startswith("sqlite")):
+                if not await lease.try_take_over(holder_gone=locked and settings.database_url.startswith("sqlite")):
                     continue
             except StorageError as error:
                 logger.debug("standby: the lease could not be checked ({})", error)

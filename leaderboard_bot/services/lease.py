@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..db import Storage, repository
+from ..db.storage import StorageError
 from ..domain import LeaseClaim
 
 LEASE_GRACE = 5.0  # past one flush interval, before a silent holder is presumed gone
@@ -45,6 +46,7 @@ class LeaseService:
         self.lost = False
         self.current_holder: str | None = None  # as last seen in the database
         self.current_expires_at = 0.0
+        self._watching_since: float | None = None  # a standby: since when the database has answered it
 
     @property
     def ttl(self) -> float:
@@ -65,6 +67,27 @@ class LeaseService:
         self.current_holder, self.current_expires_at = holder, expires_at
         self.active = holder == self.holder
         return self.active
+
+    async def try_take_over(self, *, holder_gone: bool = False) -> bool:
+        """A standby's poll: take the lease when its holder is known gone, when it was released,
+        or when it expired while this instance has watched the database for a whole TTL. An
+        expiry seen right after the database was unreachable (for both instances, as when a
+        PostgreSQL server restarts) proves nothing: the holder counted in memory meanwhile and
+        renews with its next write, within one TTL."""
+        try:
+            if holder_gone:
+                return await self.try_acquire(holder_gone=True)
+            await self.look()
+        except StorageError:
+            self._watching_since = None
+            raise
+        now = self.clock()
+        if self._watching_since is None:
+            self._watching_since = now
+        released = self.current_holder is None or self.current_expires_at <= 0.0
+        if not released and (self.current_expires_at > now or now - self._watching_since < self.ttl):
+            return False
+        return await self.try_acquire()
 
     async def look(self) -> None:
         """Learn who holds the lease, without trying to take it."""

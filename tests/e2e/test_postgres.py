@@ -83,3 +83,45 @@ async def test_the_bot_counts_and_ranks_on_postgresql_and_a_restart_continues(wo
     assert (messages_of(postgres_url, w.guild, w.alice), messages_of(postgres_url, w.guild, w.bob)) == (5, 5)
     daily = query(postgres_url, "SELECT SUM(messages) FROM daily_activity WHERE guild_id = %s", w.guild)
     assert daily == [(10,)]
+
+
+async def test_a_standby_on_another_machine_does_not_take_over_because_the_server_was_away(
+    world: World, postgres_url: str, postgres_admin_url: str
+) -> None:
+    """The PostgreSQL server is away longer than the lease lasts (a restart, a failover): both
+    instances lose it, the active one counts in memory. Taking the expired lease the moment the
+    server answered again, the standby made the active one drop all it had counted meanwhile."""
+    fc, w = world.fc, world
+    database = urlsplit(postgres_url).path.lstrip("/")
+
+    async def start(name: str) -> Any:
+        (w.tmp / name).mkdir()  # its own directory: as on another machine (its own lock file)
+        bot = await fc.start_bot(
+            ["-m", "leaderboard_bot"],
+            env=w.env(DATABASE_URL=postgres_url, FLUSH_INTERVAL="2s", SPAM_LIMIT="off", STANDBY="on"),
+            cwd=str(w.tmp / name), token_env="BOT_TOKEN", token="e2e-secret-token", log_path=w.tmp / f"{name}.log",
+        )  # fmt: skip
+        w.bots.append(bot)
+        return bot
+
+    active = await start("a")
+    await fc.wait_for(lambda: "voice reconciled" in active.output(), 30, "the active instance")
+    standby = await start("b")
+    await fc.wait_for(lambda: "standing by" in standby.output(), 30, "the standby")
+
+    def server_away(away: bool) -> None:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(not away).lower()}')
+            if away:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    await asyncio.to_thread(server_away, True)
+    for i in range(10):  # 10 s: longer than the lease (FLUSH_INTERVAL + 5 s)
+        await fc.send_message(w.guild, w.general, w.bob, f"during {i}")
+        await asyncio.sleep(1.0)
+    await asyncio.to_thread(server_away, False)
+    await w.wait_db(lambda: messages_of(postgres_url, w.guild, w.bob) == 10, "the counts of the outage", timeout=30)
+    await asyncio.sleep(9.0)  # past the standby's watch: the active instance renewed, nothing changed hands
+    assert active.returncode is None and "lost the lease" not in active.output()
+    assert "took over" not in standby.output()
+    assert messages_of(postgres_url, w.guild, w.bob) == 10

@@ -42,6 +42,42 @@ async def test_a_holder_known_to_be_gone_is_replaced_at_once(
     assert await second.try_acquire(holder_gone=True) is True
 
 
+async def test_a_standby_does_not_take_a_lease_that_expired_while_neither_could_reach_the_database(
+    activity_storage: Storage, activity_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL server restarts: the active instance counts in memory, cannot renew, and its
+    lease expires. Taken at once when the database answered again, the active one would find its
+    lease gone and drop everything it counted meanwhile. The standby first watches for one TTL."""
+    active, standby = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await active.try_acquire()
+    assert await standby.try_take_over() is False  # watching from now
+    real_look = standby.look
+
+    async def unreachable() -> None:
+        raise StorageError("connection refused", kind="unreachable")
+
+    monkeypatch.setattr(standby, "look", unreachable)
+    with pytest.raises(StorageError):
+        await standby.try_take_over()
+    activity_clock.advance(active.ttl + 10.0)  # the outage outlasts the lease
+    monkeypatch.setattr(standby, "look", real_look)
+    assert await standby.try_take_over() is False  # expired, but only just seen again
+    activity_clock.advance(active.ttl - 1.0)
+    assert await active.try_acquire()  # the active one's first write after the outage renews it
+    activity_clock.advance(2.0)
+    assert await standby.try_take_over() is False and standby.current_holder == "a"
+    # The active one really stops: taken over once its lease expires.
+    activity_clock.advance(active.ttl + 0.1)
+    assert await standby.try_take_over() is True
+
+
+async def test_a_standby_takes_a_released_lease_at_once(activity_storage: Storage, activity_clock: FakeClock) -> None:
+    active, standby = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
+    assert await active.try_acquire()
+    await activity_storage.run(repository.apply_batch, ActivityBatch(G, 1, T0, lease=active.claim(release=True)))
+    assert await standby.try_take_over() is True  # a clean stop: no need to watch first
+
+
 async def test_a_write_renews_the_lease_and_a_released_lease_is_free_at_once(
     activity_storage: Storage, activity_clock: FakeClock
 ) -> None:
