@@ -8,6 +8,7 @@ only the defaults of what ``services.settings.RuntimeSettings`` serves live.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -25,6 +26,7 @@ __all__ = [
     "SpamLimit",
     "Tunables",
     "database_url_secrets",
+    "earlier_state_paths",
     "is_postgres",
     "load_settings",
     "local_state_path",
@@ -322,14 +324,38 @@ def local_state_path(database_url: str, guild_id: int) -> str:
         # The file itself, not a link to it: two bots reaching one file by two paths (a symlink, a
         # releases/current deploy) must find the same lock and the same recovery file.
         return path if path == ":memory:" else os.path.realpath(path)
+    database, host = _postgres_target(database_url)
+    safe = _safe_name(database, host)
+    if safe != f"{database}-{host}":
+        # Characters were replaced: lb-a and lb_a would share one name, and one database's
+        # unwritten counts would be written into the other. The exact target tells them apart.
+        safe += "-" + hashlib.sha256(f"{database}\0{host}".encode()).hexdigest()[:8]
+    return os.path.abspath(f"leaderboard-{guild_id}-{safe}")
+
+
+def earlier_state_paths(database_url: str, guild_id: int) -> list[str]:
+    """Where earlier versions kept the same files, when it differs (read for recovery files only):
+    beside a symlink rather than the file it points to. (Not PostgreSQL names without the digest:
+    that name may now be another database's.)"""
+    if is_postgres(database_url):
+        return []
+    path = sqlite_path(database_url)
+    linked = path if path == ":memory:" else os.path.abspath(path)
+    return [] if linked in (":memory:", local_state_path(database_url, guild_id)) else [linked]
+
+
+def _postgres_target(database_url: str) -> tuple[str, str]:
+    """(database, host[_port]) a PostgreSQL URL connects to."""
     parts = _without_user(database_url)
     host = parts.hostname or "local"
     if parts.port is not None:
         host = f"{host}_{parts.port}"
     user = _authority(database_url)[1].partition(":")[0]
-    database = unquote(parts.path.lstrip("/")) or unquote(user) or "postgres"
-    safe = "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part) for part in (database, host))
-    return os.path.abspath(f"leaderboard-{guild_id}-{safe}")
+    return unquote(parts.path.lstrip("/")) or unquote(user) or "postgres", host
+
+
+def _safe_name(database: str, host: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", part) for part in (database, host))
 
 
 def _parse_snowflake(text: str) -> int:

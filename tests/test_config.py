@@ -558,6 +558,21 @@ def test_a_password_with_url_characters_is_neither_a_port_nor_in_the_local_file_
     assert local_state_path(url, 5) == local_state_path("postgresql://bot@db.example:6543/lb", 5)
 
 
+def test_postgresql_databases_whose_names_differ_only_in_replaced_characters_keep_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lb-a and lb_a shared one lock (a second bot refused to start) and one recovery file (one
+    database's unwritten counts were written into the other)."""
+    from leaderboard_bot.config import earlier_state_paths
+
+    monkeypatch.chdir(tmp_path)
+    dash, underscore = "postgresql://bot@db/lb-a", "postgresql://bot@db/lb_a"
+    assert local_state_path(dash, 5) != local_state_path(underscore, 5)
+    assert local_state_path(dash, 5) == local_state_path(dash, 5)  # stable
+    # The name lb-a had before is lb_a's now: never read for lb-a's recovery files.
+    assert earlier_state_paths(dash, 5) == earlier_state_paths(underscore, 5) == []
+
+
 def test_first_problem_in_table_order_wins() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env(CACHE_TTL="bad", LEADERBOARD_SIZE="99", FLUSH_INTERVAL="bad", GUILD_ID="bad"))

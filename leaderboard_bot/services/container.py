@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, SpamLimit, Tunables, is_postgres, local_state_path, sqlite_path
+from ..config import Settings, SpamLimit, Tunables, earlier_state_paths, local_state_path
 from ..db import Storage
 from .activity import ActivityService
 from .boards import BoardService
@@ -32,9 +31,8 @@ def recovery_file(database_url: str, guild_id: int = 0) -> RecoveryFile | None:
     path = local_state_path(database_url, guild_id)
     if path == ":memory:":
         return None
-    # Before 2026-12-04 a symlinked database's files were named after the link, not the file.
-    linked = () if is_postgres(database_url) else (Path(os.path.abspath(sqlite_path(database_url)) + ".unsaved.json"),)
-    return RecoveryFile(Path(path + ".unsaved.json"), also=linked)
+    earlier = tuple(Path(p + ".unsaved.json") for p in earlier_state_paths(database_url, guild_id))
+    return RecoveryFile(Path(path + ".unsaved.json"), also=earlier)
 
 
 def build_guard(limit: SpamLimit | None) -> MessageGuard:
