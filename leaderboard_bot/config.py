@@ -643,6 +643,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             # The token may have been pasted into the wrong variable; never echo it.
             raise ConfigError(variable, str(exc).replace(token, "[REDACTED]")) from None
+    if values["web_port"] is not None and values["web_port"] == values["health_port"]:
+        raise ConfigError("WEB_PORT", f"is {values['web_port']}, the port HEALTH_PORT uses: give each its own port")
     tunable_names = {f.name for f in fields(Tunables)}
     tunables = Tunables(**{name: value for name, value in values.items() if name in tunable_names})
     boot = {name: value for name, value in values.items() if name not in tunable_names}

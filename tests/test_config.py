@@ -573,6 +573,13 @@ def test_postgresql_databases_whose_names_differ_only_in_replaced_characters_kee
     assert earlier_state_paths(dash, 5) == earlier_state_paths(underscore, 5) == []
 
 
+def test_the_web_site_and_the_health_server_need_ports_of_their_own() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env(WEB_PORT="8080", HEALTH_PORT="8080"))
+    assert info.value.variable == "WEB_PORT" and "HEALTH_PORT" in info.value.problem
+    assert load_settings(env(WEB_PORT="8081", HEALTH_PORT="8080")).web_port == 8081
+
+
 def test_first_problem_in_table_order_wins() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env(CACHE_TTL="bad", LEADERBOARD_SIZE="99", FLUSH_INTERVAL="bad", GUILD_ID="bad"))
