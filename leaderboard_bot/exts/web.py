@@ -263,6 +263,9 @@ class Web(commands.Cog):
         privacy = getattr(self.bot.services, "privacy", None)
         if privacy is not None and privacy.is_unlisted(user_id):
             return None
+        membership = getattr(self.bot.services, "membership", None)
+        if membership is not None and membership.known_departed(user_id):  # (only with HIDE_DEPARTED)
+            return None  # left off the boards: no page of their own either
         return user_id
 
     def _now(self) -> float:

@@ -82,7 +82,8 @@ class MembershipService:
     # ------------------------------------------------------------------ what the boards ask
 
     def known_departed(self, user_id: int) -> bool:
-        return self._answers.get(user_id) is False
+        """Whether the member is known to have left, and members who left are hidden (HIDE_DEPARTED)."""
+        return self.enabled() and self._answers.get(user_id) is False
 
     async def departed(self, user_ids: Iterable[int], *, budget: float | None = None) -> set[int]:
         """Which of ``user_ids`` left the server, as far as can be told within ``budget`` seconds

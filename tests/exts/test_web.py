@@ -149,6 +149,18 @@ async def test_a_member_page_shows_their_season_and_chart_and_hidden_members_are
     assert "Bob" not in await (await client.get("/")).text()
 
 
+async def test_with_hide_departed_a_member_who_left_has_no_page_either(
+    site: tuple[Web, TestClient[Any, Any], Services],
+) -> None:
+    _cog, client, services = site
+    first = member_links(await (await client.get("/")).text())[0]  # Bob's
+    services.membership._answers[BOB] = False  # a lookup found he left
+    assert (await client.get(f"/member/{first}")).status == 200  # HIDE_DEPARTED off: shown
+    services.settings.update(hide_departed=True)
+    assert (await client.get(f"/member/{first}")).status == 404
+    assert (await client.get(f"/member/{first}/activity.png")).status == 404
+
+
 async def test_past_seasons_are_listed_with_their_final_standings(
     site: tuple[Web, TestClient[Any, Any], Services],
 ) -> None:
