@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import Any
 
 import peewee
-from peewee import EXCLUDED, PostgresqlDatabase, chunked, fn
+from peewee import EXCLUDED, Case, PostgresqlDatabase, chunked, fn
 
 from ..domain import ALL_TIME, ROLLING_WINDOWS, ActivityBatch, Board, RankedEntry, days_between, shift_day
 from .models import (
@@ -578,9 +578,11 @@ def lease_of(guild_id: int) -> tuple[str, float] | None:
 
 
 def close_orphan_sessions(guild_id: int) -> int:
-    """Close sessions a crash left open at their last heartbeat: time after it was never credited."""
+    """Close sessions a crash left open at their last heartbeat: time after it was never credited.
+    Never before their start: a heartbeat written after the clock was set back can be earlier."""
+    heartbeat, started = VoiceSession.last_seen_at, VoiceSession.started_at
     return (
-        VoiceSession.update(ended_at=VoiceSession.last_seen_at)
+        VoiceSession.update(ended_at=Case(None, [(heartbeat < started, started)], heartbeat))
         .where((VoiceSession.guild_id == guild_id) & VoiceSession.ended_at.is_null())
         .execute()
     )

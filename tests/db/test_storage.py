@@ -350,10 +350,13 @@ def test_close_orphan_sessions_closes_at_last_heartbeat(storage_db: Database) ->
     )
     repository.apply_batch(batch(heartbeat_at=100.0))
     repository.apply_batch(batch(guild_id=OTHER_G, heartbeat_at=90.0, opened=[SessionOpen("z", 3, 5, 80.0)]))
+    # Opened at 120, then the clock was set back: the flush's heartbeat, 110, is before its start.
+    repository.apply_batch(batch(heartbeat_at=110.0, opened=[SessionOpen("c", 4, 5, 120.0)]))
 
-    assert repository.close_orphan_sessions(G) == 1
+    assert repository.close_orphan_sessions(G) == 2
     a, b, z = session("a"), session("b"), session("z")
-    assert a.ended_at == 100.0  # the last heartbeat, not the wall clock
+    assert session("c").ended_at == 120.0  # never before its start
+    assert a.ended_at == 110.0  # the last heartbeat, not the wall clock
     assert b.ended_at == 30.0  # already closed: untouched
     assert z.ended_at is None  # other guild: untouched
     assert repository.open_sessions(G) == []
