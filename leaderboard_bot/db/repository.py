@@ -936,43 +936,56 @@ def roll_season(
         return nxt
 
 
-# Each member's best placing in the finished season, from both boards at once (board order: value
-# descending, then user id; a member's better board wins, messages on a tie), kept where it is at
-# least as good as the stored one (a later season wins a tie: seasons end in order).
-_PLACINGS_SQL = (
-    'INSERT INTO "best_placing" ("guild_id", "user_id", "season", "board", "rank", "value") '
-    'SELECT "guild_id", "user_id", "season", "board", "rank", "value" FROM ('
-    'SELECT "ranked".*, ROW_NUMBER() OVER (PARTITION BY "user_id" ORDER BY "rank", "board") AS "pick" FROM ('
-    """SELECT "guild_id", "user_id", "season", 'messages' AS "board", """
-    'CAST("messages" AS DOUBLE PRECISION) AS "value", '
-    'ROW_NUMBER() OVER (ORDER BY "messages" DESC, "user_id") AS "rank" '
-    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "messages" > 0 {listed} '
-    "UNION ALL "
-    """SELECT "guild_id", "user_id", "season", 'voice', "voice_seconds", """
-    'ROW_NUMBER() OVER (ORDER BY "voice_seconds" DESC, "user_id") '
-    'FROM "member_stats" WHERE "guild_id" = {p} AND "season" = {p} AND "voice_seconds" > 0 {listed}'
-    ') AS "ranked") AS "best" WHERE "pick" = 1 '
-    'ON CONFLICT ("guild_id", "user_id") DO UPDATE SET "season" = excluded."season", '
-    '"board" = excluded."board", "rank" = excluded."rank", "value" = excluded."value" '
-    'WHERE excluded."rank" <= "best_placing"."rank"'
-)
+def _unlisted(table: str, p: str) -> str:
+    """SQL: the member of ``table``'s row chose not to be listed (any stored privacy choice: hidden,
+    or not counted; a choice taken back is deleted)."""
+    return (
+        f'EXISTS (SELECT 1 FROM "setting" AS "s" WHERE "s"."guild_id" = {table}."guild_id" '
+        f'AND "s"."key" = CAST({p} AS TEXT) || CAST({table}."user_id" AS TEXT))'
+    )
 
 
-# Members hidden by their own choice (any stored privacy choice: hidden, or not counted) are left
-# out and the rest renumbered, as the season's final standings list them.
-_LISTED = (
-    'AND NOT EXISTS (SELECT 1 FROM "setting" AS "s" WHERE "s"."guild_id" = "member_stats"."guild_id" '
-    'AND "s"."key" = CAST({p} AS TEXT) || CAST("member_stats"."user_id" AS TEXT))'
-)
+def _placings_sql(p: str) -> str:
+    """Each member's best placing in the finished season, from both boards at once (board order:
+    value descending, then user id; a member's better board wins, messages on a tie), kept where it
+    is at least as good as the stored one (a later season wins a tie: seasons end in order).
+
+    Placed as the season's final standings list them: members who chose not to be listed are left
+    out and the rest renumbered. Such a member is placed among those listed (1 + the listed members
+    ahead of them, as their own /stats ranks them), for when they are listed again. One pass per
+    board: a row's place is its place among all, less the unlisted members up to it, plus one for
+    an unlisted row (itself was counted among them)."""
+    ranked = []
+    unlisted = _unlisted('"m"', p)
+    for board, column in (("messages", "messages"), ("voice", "voice_seconds")):
+        order = f'ORDER BY "{column}" DESC, "user_id"'
+        ranked.append(
+            f"""SELECT "guild_id", "user_id", "season", '{board}' AS "board", "value", """
+            '"place" - "unlisted_so_far" + "unlisted" AS "rank" FROM ('
+            f'SELECT "guild_id", "user_id", "season", CAST("{column}" AS DOUBLE PRECISION) AS "value", "unlisted", '
+            f'ROW_NUMBER() OVER ({order}) AS "place", '
+            f'SUM("unlisted") OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS "unlisted_so_far" '
+            f'FROM (SELECT "m".*, CASE WHEN {unlisted} THEN 1 ELSE 0 END AS "unlisted" '
+            f'FROM "member_stats" AS "m" WHERE "m"."guild_id" = {p} AND "m"."season" = {p} AND "m"."{column}" > 0'
+            f') AS "flagged") AS "placed"'
+        )
+    return (
+        'INSERT INTO "best_placing" ("guild_id", "user_id", "season", "board", "rank", "value") '
+        'SELECT "guild_id", "user_id", "season", "board", "rank", "value" FROM ('
+        'SELECT "ranked".*, ROW_NUMBER() OVER (PARTITION BY "user_id" ORDER BY "rank", "board") AS "pick" FROM ('
+        + " UNION ALL ".join(ranked)
+        + ') AS "ranked") AS "best" WHERE "pick" = 1 '
+        'ON CONFLICT ("guild_id", "user_id") DO UPDATE SET "season" = excluded."season", '
+        '"board" = excluded."board", "rank" = excluded."rank", "value" = excluded."value" '
+        'WHERE excluded."rank" <= "best_placing"."rank"'
+    )
 
 
 def record_placings(guild_id: int, number: int) -> None:
     """Fold finished season ``number`` into each member's best placing (idempotent)."""
     database = database_proxy.obj
-    p = database.param
-    sql = _PLACINGS_SQL.format(p=p, listed=_LISTED.format(p=p))
     with database_proxy.atomic():
-        database.execute_sql(sql, (guild_id, number, PRIVACY_PREFIX, guild_id, number, PRIVACY_PREFIX))
+        database.execute_sql(_placings_sql(database.param), (PRIVACY_PREFIX, guild_id, number) * 2)
         if number > int(get_setting(guild_id, PLACINGS_KEY, 0)):
             _set_setting(guild_id, PLACINGS_KEY, number)
 

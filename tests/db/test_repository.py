@@ -670,10 +670,15 @@ def test_placings_pass_over_members_hidden_when_the_season_ends(db: Database) ->
         MemberStats.insert(guild_id=G, season=1, user_id=user, messages=messages, voice_seconds=0.0).execute()
     repository.set_setting(G, repository.privacy_key(5), "hidden")
     repository.set_setting(G + 1, repository.privacy_key(6), "hidden")  # another server's choice
+    MemberStats.insert(guild_id=G, season=1, user_id=8, messages=5, voice_seconds=0.0).execute()
+    repository.set_setting(G, repository.privacy_key(8), "hidden,stopped")
     repository.record_placings(G, 1)
-    assert repository.best_placing(G, 5) is None
     assert repository.best_placing(G, 6) == (1, "messages", 1, 7.0)
     assert repository.best_placing(G, 7) == (1, "messages", 2, 3.0)
+    # Those hidden are placed among the listed members (as their own /stats ranks them), for when
+    # they show themselves again: 9 is ahead of everyone listed, 5 behind 7 only.
+    assert repository.best_placing(G, 5) == (1, "messages", 1, 9.0)
+    assert repository.best_placing(G, 8) == (1, "messages", 2, 5.0)
 
 
 def test_placings_of_seasons_that_ended_before_they_existed_are_filled_in_order(db: Database) -> None:
