@@ -224,3 +224,30 @@ def test_sighup_stops_the_bot_unless_it_was_started_with_nohup() -> None:
         assert stop_signals() == [signal.SIGTERM, signal.SIGINT]
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+async def test_with_standby_off_a_lease_that_cannot_be_checked_stops_the_bot(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL answers reads but not the lease: another machine could be counting, and standing
+    by was not asked for. It used to wait silently as a standby."""
+    from loguru import logger
+
+    from leaderboard_bot import __main__ as entry
+    from leaderboard_bot.config import load_settings
+    from leaderboard_bot.db.storage import StorageError
+    from leaderboard_bot.services.lease import LeaseService
+
+    async def refused(self: LeaseService, *, holder_gone: bool = False) -> bool:
+        raise StorageError("OperationalError: canceling statement due to lock timeout", kind="locked")
+
+    monkeypatch.chdir(tmp_path)  # the local lock file
+    monkeypatch.setattr(LeaseService, "try_acquire", refused)
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    try:
+        settings = load_settings({"BOT_TOKEN": SECRET, "DATABASE_URL": postgres_url})
+        assert await entry.run(settings) == entry.EXIT_FAILURE
+    finally:
+        logger.remove(sink)
+    assert len(errors) == 1 and "cannot tell whether another leaderboard-bot counts" in errors[0]
