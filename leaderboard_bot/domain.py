@@ -62,12 +62,12 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # The direction marks (LRM, RLM, ALM) go too: next to the " — 42" that follows a name they can
 # move it to the other side.
 BIDI_CONTROLS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# Characters that render as nothing; a name made only of these (zero-width spaces, the Hangul
-# filler trick) is as good as blank for readers. Beside these letters and symbols that draw
-# nothing, every character of the categories below: combining marks with nothing to sit on,
-# format characters (soft hyphen, tags, invisible operators, joiners) and spaces.
-INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2800\u3164\uffa0\ufeff")
+# Characters that render as nothing; a name made only of these is as good as blank for readers:
+# every character of these categories (combining marks with nothing to sit on, format characters
+# such as zero-width spaces, soft hyphens, tags and joiners, and spaces), and the letters and
+# symbols below that draw nothing (the Hangul fillers trick, the blank Braille pattern).
 INVISIBLE_CATEGORIES = frozenset({"Mn", "Me", "Cf", "Cc", "Zs", "Zl", "Zp"})
+INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
 
 def _draws_nothing(character: str) -> bool:

@@ -146,12 +146,7 @@ class Admin(commands.Cog):
         who = f"{inter.author} ({inter.author.id})"
         try:
             old, new = await self.bot.services.settings_store.change(variable, value, by=who)
-        except ConfigError as error:  # already checked above; kept so a stricter store is still answered
-            await inter.edit_original_response(
-                embed=notice_embed(f"Nothing changed: {error}"[:2000], title="Invalid value")
-            )
-            return
-        except StorageError as error:
+        except StorageError as error:  # (the value was checked above: change() raises no ConfigError)
             _log_busy(f"set {variable}", who, error)
             await inter.edit_original_response(embed=notice_embed(DATABASE_BUSY))
             return

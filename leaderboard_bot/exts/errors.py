@@ -90,10 +90,7 @@ async def respond_in_time(
         )
         await apologise(inter)
     except StorageError as error:
-        logger.bind(command=command, user_id=inter.author.id).warning(
-            "/{} could not read the database for user {}: {}", command, inter.author.id, error
-        )
-        await apologise(inter, DATABASE_UNAVAILABLE)
+        await _database_unavailable(inter, command, error)
     except Exception:
         logger.bind(command=command, user_id=inter.author.id).exception(
             "/{} failed for user {}", command, inter.author.id
@@ -110,15 +107,20 @@ async def report_command_error(inter: ApplicationCommandInteraction, error: Base
     command = inter.application_command.qualified_name if inter.application_command else "?"
     cause = getattr(error, "original", error)  # disnake wraps what the command raised
     if isinstance(cause, StorageError):
-        logger.bind(command=command, user_id=inter.author.id).warning(
-            "/{} could not read the database for user {}: {}", command, inter.author.id, cause
-        )
-        await apologise(inter, DATABASE_UNAVAILABLE)
+        await _database_unavailable(inter, command, cause)
         return
     logger.bind(command=command, user_id=inter.author.id).opt(exception=error).error(
         "/{} failed for user {}", command, inter.author.id
     )
     await apologise(inter)
+
+
+async def _database_unavailable(inter: Interaction, command: str, error: StorageError) -> None:
+    """Expected, and already explained by the storage's own lines: one WARNING, no traceback."""
+    logger.bind(command=command, user_id=inter.author.id).warning(
+        "/{} could not read the database for user {}: {}", command, inter.author.id, error
+    )
+    await apologise(inter, DATABASE_UNAVAILABLE)
 
 
 async def apologise(inter: Interaction, text: str = APOLOGY) -> None:

@@ -102,7 +102,8 @@ class Scheduler(commands.Cog):
             long_wait=LONG_RATE_LIMIT_SECONDS, no_global_limit=lambda: no_global_limit(bot.http)
         )
         self._unsubscribe: list[Callable[[], None]] = []
-        self._season_refreshes: set[asyncio.Future[None]] = set()
+        # Refreshes not awaited (a season roll, a settings change, a delayed repost): cancelled at unload.
+        self._background_refreshes: set[asyncio.Future[None]] = set()
         self._moved: list[BoardPost] = []  # posts whose channel setting changed, awaiting their note
         # Failures that repeat every cycle are logged once per kind, then summarised (not a storm).
         self.log_throttle = LogThrottle()
@@ -118,7 +119,7 @@ class Scheduler(commands.Cog):
 
     def cog_unload(self) -> None:
         self.refresh_loop.cancel()
-        for task in self._season_refreshes:
+        for task in self._background_refreshes:
             task.cancel()
         self._rate_limits.uninstall()
         for unsubscribe in self._unsubscribe:
@@ -129,8 +130,8 @@ class Scheduler(commands.Cog):
             self.refresh_loop.change_interval(seconds=new.update_interval)
         if new.hide_departed != old.hide_departed:  # who is shown changes: not at the next cycle
             task = asyncio.ensure_future(self.refresh_all())
-            self._season_refreshes.add(task)
-            task.add_done_callback(self._season_refreshes.discard)
+            self._background_refreshes.add(task)
+            task.add_done_callback(self._background_refreshes.discard)
 
     def _refresh_later(self, board: Board, delay: float) -> None:
         async def later() -> None:
@@ -138,14 +139,14 @@ class Scheduler(commands.Cog):
             await self._refresh_guarded(board, True)
 
         task = asyncio.ensure_future(later())
-        self._season_refreshes.add(task)  # (cancelled with the rest at unload)
-        task.add_done_callback(self._season_refreshes.discard)
+        self._background_refreshes.add(task)
+        task.add_done_callback(self._background_refreshes.discard)
 
     def _on_season_roll(self, finished: SeasonInfo, current: SeasonInfo) -> None:
         # Both boards start from zero now; not awaited, so the final standings are not held up.
         task = asyncio.ensure_future(self.refresh_all(force=True))
-        self._season_refreshes.add(task)
-        task.add_done_callback(self._season_refreshes.discard)
+        self._background_refreshes.add(task)
+        task.add_done_callback(self._background_refreshes.discard)
 
     # ------------------------------------------------------------------ the loop
 
