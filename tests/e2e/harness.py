@@ -59,17 +59,23 @@ class World:
         env.update(overrides)
         return env
 
-    async def start_bot(self, **env: str) -> BotProcess:
-        mark = len(self.fc.gateway_log)
+    async def launch_bot(self, *, cwd: Path | None = None, log_name: str | None = None, **env: str) -> BotProcess:
+        """Start a bot without waiting for it to count (a standby, one waiting for the database):
+        ``cwd`` is where it starts (another directory: as on another machine, its own lock file)."""
         bot = await self.fc.start_bot(
             ["-m", "leaderboard_bot"],
             env=self.env(**env),
-            cwd=str(self.tmp),
+            cwd=str(cwd or self.tmp),
             token_env="BOT_TOKEN",
             token="e2e-secret-token",
-            log_path=self.tmp / f"bot-{len(self.bots)}.log",
+            log_path=self.tmp / f"{log_name or f'bot-{len(self.bots)}'}.log",
         )
         self.bots.append(bot)
+        return bot
+
+    async def start_bot(self, **env: str) -> BotProcess:
+        mark = len(self.fc.gateway_log)
+        bot = await self.launch_bot(**env)
 
         def identified_or_dead() -> bool:
             if bot.returncode is not None:

@@ -96,13 +96,10 @@ async def test_a_standby_on_another_machine_does_not_take_over_because_the_serve
 
     async def start(name: str) -> Any:
         (w.tmp / name).mkdir()  # its own directory: as on another machine (its own lock file)
-        bot = await fc.start_bot(
-            ["-m", "leaderboard_bot"],
-            env=w.env(DATABASE_URL=postgres_url, FLUSH_INTERVAL="2s", SPAM_LIMIT="off", STANDBY="on"),
-            cwd=str(w.tmp / name), token_env="BOT_TOKEN", token="e2e-secret-token", log_path=w.tmp / f"{name}.log",
+        return await w.launch_bot(
+            cwd=w.tmp / name, log_name=name, DATABASE_URL=postgres_url, FLUSH_INTERVAL="2s", SPAM_LIMIT="off",
+            STANDBY="on",
         )  # fmt: skip
-        w.bots.append(bot)
-        return bot
 
     active = await start("a")
     await fc.wait_for(lambda: "voice reconciled" in active.output(), 30, "the active instance")

@@ -59,15 +59,7 @@ async def test_a_restart_while_another_program_holds_the_write_lock_waits_for_it
     first.proc.kill()  # its lease row stays, unexpired
     await first.proc.wait()
     with write_lock(w.db_path):
-        second = await fc.start_bot(  # (w.start_bot waits for a counting bot's first voice reconcile)
-            ["-m", "leaderboard_bot"],
-            env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off"),
-            cwd=str(w.tmp),
-            token_env="BOT_TOKEN",
-            token="e2e-secret-token",
-            log_path=w.tmp / "bot-restarted.log",
-        )
-        w.bots.append(second)
+        second = await w.launch_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off")  # (not counting yet)
         await fc.wait_for(lambda: "waiting for it before counting" in second.output(), 15, "the waiting line")
     await fc.wait_for(lambda: "the database answers again" in second.output(), 30, "the takeover")
     await fc.wait_for_commands("top", guild=w.guild)

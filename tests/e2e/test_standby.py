@@ -23,15 +23,9 @@ async def test_a_standby_takes_over_when_the_active_instance_is_killed_and_nothi
     active = await w.start_bot(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on")
     await fc.wait_for_commands("stats", guild=w.guild)
     port = free_port()
-    standby = await fc.start_bot(
-        ["-m", "leaderboard_bot"],
-        env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on", HEALTH_PORT=str(port)),
-        cwd=str(w.tmp),
-        token_env="BOT_TOKEN",
-        token="e2e-secret-token",
-        log_path=w.tmp / "bot-standby.log",
+    standby = await w.launch_bot(
+        log_name="bot-standby", FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on", HEALTH_PORT=str(port)
     )
-    w.bots.append(standby)
     await fc.wait_for(lambda: "standing by" in standby.output(), 30, "the second instance to stand by")
     await fc.wait_for(lambda: "Shard ID None has connected" in standby.output(), 30, "the standby to connect")
 
@@ -96,15 +90,7 @@ async def test_a_standby_that_takes_over_uses_the_settings_changed_after_it_star
         assert "is now" in answer.embeds[0]["description"]
 
     await change("VOICE_COUNT_ALONE", "false")  # stored before the standby starts: it loads this one
-    standby = await fc.start_bot(
-        ["-m", "leaderboard_bot"],
-        env=w.env(FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on"),
-        cwd=str(w.tmp),
-        token_env="BOT_TOKEN",
-        token="e2e-secret-token",
-        log_path=w.tmp / "bot-standby.log",
-    )
-    w.bots.append(standby)
+    standby = await w.launch_bot(log_name="bot-standby", FLUSH_INTERVAL="0.5s", SPAM_LIMIT="off", STANDBY="on")
     await fc.wait_for(lambda: "standing by" in standby.output(), 30, "the second instance to stand by")
     await fc.wait_for(lambda: "Shard ID None has connected" in standby.output(), 30, "the standby to connect")
     await change("EXCLUDED_CHANNELS", str(commands_channel))

@@ -50,6 +50,7 @@ def make_service(
     count_alone: bool = True,
     count_deafened: bool = False,
     recovery: Path | None = None,
+    monotonic: FakeClock | None = None,
 ) -> ActivityService:
     return ActivityService(
         storage,
@@ -58,6 +59,7 @@ def make_service(
         guard=guard if guard is not None else AllowAllGuard(),
         names=NameService(storage, guild_id=G),
         clock=clock,
+        monotonic=monotonic,
         recovery=RecoveryFile(recovery) if recovery is not None else None,
     )
 
@@ -788,15 +790,7 @@ class SteppedClocks:
 
 
 def stepped_service(storage: Storage, clocks: SteppedClocks) -> ActivityService:
-    return ActivityService(
-        storage,
-        guild_id=G,
-        voice=voice_tracker(),
-        guard=AllowAllGuard(),
-        names=NameService(storage, guild_id=G),
-        clock=clocks.wall,
-        monotonic=clocks.monotonic,
-    )
+    return make_service(storage, clocks.wall, monotonic=clocks.monotonic)
 
 
 def _jump_warnings(log_lines: list[dict[str, Any]]) -> list[str]:
