@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING
 
 import disnake
@@ -23,6 +23,10 @@ COUNTED_MESSAGE_TYPES = frozenset((disnake.MessageType.default, disnake.MessageT
 # A snowflake's time in Unix milliseconds is (id >> 22) + DISCORD_EPOCH: no datetime per message.
 DISCORD_EPOCH_MS = disnake.utils.DISCORD_EPOCH
 TRACKED_CHANNEL_TYPES = (disnake.VoiceChannel, disnake.StageChannel)
+# The first write of a day moves the today/week/month windows: done just after midnight, not up
+# to FLUSH_INTERVAL later (until then the stored "today" still holds yesterday).
+DAY_TURN_DELAY = 1.0
+DAY_TURN_RECHECK = 3600.0  # longest sleep: a wall-clock step or a new TIMEZONE is seen within it
 
 
 def excluded(channel: object, roles: Iterable[int], tunables: Tunables) -> bool:
@@ -80,6 +84,7 @@ class Tracking(commands.Cog):
         self._unsubscribe_privacy: Callable[[], None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._early_flushes: set[asyncio.Future[None]] = set()
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
@@ -88,12 +93,11 @@ class Tracking(commands.Cog):
         self.flush_loop.start()
         self.tracker.on_many_pending = self._flush_early
         self.prune_loop.start()
+        self._keep(self._day_turns())
         if self.bot.is_ready():
             # Loaded by a takeover on a live connection: on_ready has come and gone, so read who is
             # in voice now (the gap since the old instance stopped is not credited).
-            task = asyncio.ensure_future(self.reconcile("takeover"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep(self.reconcile("takeover"))
 
     def cog_unload(self) -> None:
         self.tracker.on_many_pending = None
@@ -112,9 +116,7 @@ class Tracking(commands.Cog):
             self.flush_loop.change_interval(seconds=new.flush_interval)
         if (new.excluded_channels, new.excluded_roles) != (old.excluded_channels, old.excluded_roles):
             # Who counts in voice may change right now (a member in a newly excluded channel stops).
-            task = asyncio.ensure_future(self.reconcile("exclusions changed"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep(self.reconcile("exclusions changed"))
 
     def _on_privacy(self, user_id: int, before: frozenset[str], after: frozenset[str]) -> None:
         if STOPPED in after and STOPPED not in before:
@@ -122,9 +124,7 @@ class Tracking(commands.Cog):
             self.tracker.record_voice(user_id, None)
         elif STOPPED in before and STOPPED not in after:
             # Counting again: if they are in voice right now, their time counts from now.
-            task = asyncio.ensure_future(self.reconcile("a member counts again"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep(self.reconcile("a member counts again"))
 
     @tasks.loop(seconds=5)
     async def flush_loop(self) -> None:
@@ -135,6 +135,21 @@ class Tracking(commands.Cog):
             logger.exception("flush failed unexpectedly; will retry on the next interval")
         # Buckets of members who went quiet are full again: forget them even if nobody writes.
         self.tracker.guard.forget_full()
+
+    async def _day_turns(self) -> None:
+        """Write once just after each midnight of the tracker's calendar (see DAY_TURN_DELAY)."""
+        calendar = self.tracker.calendar
+        while True:
+            now = self.tracker.clock()
+            await self._sleep(min(calendar.span(now)[1] - now, DAY_TURN_RECHECK) + DAY_TURN_DELAY)
+            if calendar.day_of(self.tracker.clock()) != calendar.day_of(now):  # not the recheck's wake-up
+                self._flush_early()  # not awaited here: unloading cancels this loop, never a write
+
+    def _keep(self, work: Coroutine[object, object, None]) -> None:
+        """Run ``work`` until the extension unloads."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _flush_early(self) -> None:
         """A burst filled the buffers (services.activity EARLY_FLUSH_ROWS): write them now, in turn

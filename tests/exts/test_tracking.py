@@ -412,3 +412,35 @@ async def test_a_burst_of_new_members_is_flushed_without_waiting_for_the_interva
     finally:
         cog.cog_unload()
     assert w.tracker.on_many_pending is None  # an unloaded extension is not called
+
+
+async def test_the_first_write_of_a_day_happens_just_after_midnight_not_an_interval_later(
+    world: tuple[World, Tracking],
+) -> None:
+    w, cog = world
+    flush = AsyncMock(return_value=True)
+    w.bot.services.seasons = SimpleNamespace(flush=flush)
+    w.bot.services.settings.update(flush_interval=3600.0)
+    midnight = 20 * 86_400.0
+    w.clock.set(midnight - 5_000.0)  # 83 minutes before a UTC midnight
+    slept: list[float] = []
+    woken = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        w.clock.advance(seconds)
+        if len(slept) == 3:
+            woken.set()
+            await asyncio.Event().wait()  # until the extension unloads
+
+    cog._sleep = sleep
+    await cog.cog_load()
+    try:
+        await asyncio.wait_for(woken.wait(), 1)
+        await asyncio.sleep(0.05)
+        # An hour (the same day: no write), the rest of the way to midnight plus a second (a
+        # write), then an hour towards the next midnight.
+        assert slept == [3_601.0, 1_400.0, 3_601.0]
+        assert flush.await_count == 2  # the interval loop's first run, and the one after midnight
+    finally:
+        cog.cog_unload()
