@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Iterable
@@ -27,11 +28,19 @@ REDACTED = "[REDACTED]"
 _handler_id: int | None = None
 
 
+# A secret shorter than this (a mistyped BOT_TOKEN "x", a test password) is redacted only where
+# it stands alone: replaced inside words, it would garble every line of the log.
+SHORT_SECRET = 8
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text`` with ``[REDACTED]``."""
+    """Replace every occurrence of each non-empty secret in ``text`` with ``[REDACTED]`` (a short
+    one only where it is not part of a longer word)."""
     for secret in secrets:
-        if secret:
+        if len(secret) >= SHORT_SECRET:
             text = text.replace(secret, REDACTED)
+        elif secret and secret in text:
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
     return text
 
 

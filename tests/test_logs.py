@@ -58,6 +58,13 @@ def test_redact_replaces_every_secret() -> None:
     assert redacted == "a [REDACTED] b [REDACTED] c [REDACTED]"
 
 
+def test_a_short_secret_is_redacted_only_where_it_stands_alone() -> None:
+    # BOT_TOKEN=x by mistake: every "x" in every line replaced would make the log unreadable.
+    assert redact("max 5 x: x", ["x"]) == "max 5 [REDACTED]: [REDACTED]"
+    assert redact("token=pw, user pwd", ["pw"]) == "token=[REDACTED], user pwd"
+    assert redact("a-long-secret-tokenish", ["a-long-secret-token"]) == "[REDACTED]ish"
+
+
 def test_redact_ignores_empty_secrets() -> None:
     assert redact("nothing to hide", ["", ""]) == "nothing to hide"
     assert redact("nothing to hide", []) == "nothing to hide"
