@@ -7,10 +7,14 @@ last string written, exception text included, can be scrubbed of secrets.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import inspect
 import json
 import logging
+import logging.handlers
+import os
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Iterable
@@ -212,8 +216,62 @@ def is_expected_failure(error: BaseException) -> bool:
     return isinstance(error, expected)
 
 
-LOG_FILE_ROTATION = "20 MB"
+LOG_FILE_ROTATION = 20 * 1024 * 1024  # bytes
 LOG_FILE_RETENTION = 10
+
+
+def _gzip_rotated(source: str, dest: str) -> None:
+    with open(source, "rb") as plain, gzip.open(dest, "wb") as packed:
+        shutil.copyfileobj(plain, packed)
+    os.remove(source)
+
+
+class _LogFileHandler(logging.handlers.RotatingFileHandler):
+    """Rotated at LOG_FILE_ROTATION, LOG_FILE_RETENTION kept, gzip-compressed (bot.log.1.gz ...).
+    A write the disk refuses (full, gone read-only) is said once on stderr, not as a traceback per
+    line, and again when writing works anew; the lines between are on stderr only."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, maxBytes=LOG_FILE_ROTATION, backupCount=LOG_FILE_RETENTION, encoding="utf-8")
+        self.rotator = _gzip_rotated
+        self.namer = lambda name: name + ".gz"
+        self.failing = False
+        self._refused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._refused = False
+        super().emit(record)
+        if self.failing and not self._refused:
+            self.failing = False
+            print(f"leaderboard-bot: writing the log file {self.baseFilename} again", file=sys.stderr)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._refused = True
+        if not self.failing:
+            self.failing = True
+            error = sys.exc_info()[1]
+            print(
+                f"leaderboard-bot: cannot write the log file {self.baseFilename} ({error}); "
+                "logging to the console only until it works again",
+                file=sys.stderr,
+            )
+
+
+class _LogFileSink:
+    """Loguru sink (on loguru's writer thread) handing each JSON line to _LogFileHandler."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.handler = _LogFileHandler(path)
+
+    def write(self, message: str) -> None:
+        self.handler.emit(logging.makeLogRecord({"msg": message.rstrip("\n")}))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # the disk still full: what it refused is on the console
+            self.handler.close()
+
+
 _file_handler_id: int | None = None
 
 
@@ -263,12 +321,9 @@ def setup_logging(
         _file_handler_id = None
     if log_file:
         _file_handler_id = logger.add(
-            log_file,
+            _LogFileSink(log_file),
             level=level,
             serialize=True,
-            rotation=LOG_FILE_ROTATION,
-            retention=LOG_FILE_RETENTION,
-            compression="gz",
             diagnose=False,
             backtrace=False,
             enqueue=True,  # file writes and rotation happen on loguru's thread, not the event loop

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,6 +397,59 @@ async def test_log_file_gets_json_lines_with_the_token_redacted(tmp_path: Path) 
         assert "s3cret-token" not in path.read_text()
     finally:
         setup_logging("INFO", "text", stream=io.StringIO())  # removes the file sink
+
+
+async def test_a_full_disk_under_the_log_file_is_said_once_not_a_traceback_per_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to stand for a full disk")
+    setup_logging("INFO", "text", stream=io.StringIO(), log_file="/dev/full")
+    try:
+        for n in range(20):
+            logger.info("line {}", n)
+        await complete_logging()
+    finally:
+        setup_logging("INFO", "text", stream=io.StringIO())
+    errors = capsys.readouterr().err
+    assert "Traceback" not in errors and "Logging error" not in errors
+    assert errors.count("cannot write the log file /dev/full") == 1, errors
+    assert "No space left on device" in errors
+
+
+def test_the_log_file_says_when_it_is_written_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from leaderboard_bot.logs import _LogFileSink
+
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    sink = _LogFileSink(str(tmp_path / "bot.log"))
+    real_stream = sink.handler.stream
+    sink.handler.stream = FullDisk()
+    sink.write('{"a": 1}\n')
+    sink.write('{"a": 2}\n')
+    sink.handler.stream = real_stream
+    sink.write('{"a": 3}\n')
+    sink.stop()
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "cannot write" in errors[0] and "again" in errors[1]
+    assert (tmp_path / "bot.log").read_text() == '{"a": 3}\n'
+
+
+def test_the_log_file_rotates_into_gzip_files_and_keeps_ten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from leaderboard_bot import logs
+
+    monkeypatch.setattr(logs, "LOG_FILE_ROTATION", 100)
+    path = tmp_path / "bot.log"
+    sink = logs._LogFileSink(str(path))
+    for n in range(40):
+        sink.write(json.dumps({"n": n, "pad": "x" * 60}) + "\n")
+    sink.stop()
+    rotated = sorted(tmp_path.glob("bot.log.*.gz"))
+    assert len(rotated) == logs.LOG_FILE_RETENTION
+    newest = [json.loads(line)["n"] for line in gzip.decompress((tmp_path / "bot.log.1.gz").read_bytes()).splitlines()]
+    assert newest == [38] and json.loads(path.read_text())["n"] == 39
 
 
 # --------------------------------------------------------------------------- storms
