@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 __all__ = [
     "ConfigError",
@@ -466,18 +466,27 @@ def _parse_pending_rows(text: str) -> int:
     return int(cleaned)
 
 
+# Names in the zone database that are not places: the machine's own setting, a placeholder.
+MACHINE_ZONES = frozenset(("localtime", "posixrules", "Factory"))
+
+
 def _parse_timezone(text: str) -> str:
     name = text.strip()
     if name.upper() in ("UTC", "Z", "ETC/UTC"):
         return "UTC"
+    if name in MACHINE_ZONES:
+        raise ValueError(
+            f"{_show(text)} is a file of this machine's time zone setup, not a zone: use your zone's IANA "
+            "name (`timedatectl` shows it), like Europe/Berlin or America/New_York"
+        )
     try:
         if not name or name.startswith(("/", ".")) or ".." in name:
             raise ValueError(name)
         ZoneInfo(name)
     except (ValueError, ZoneInfoNotFoundError, IsADirectoryError, UnicodeError):
-        raise ValueError(
-            f"{_show(text)} is not a time zone: use an IANA name like UTC, Europe/Berlin or America/New_York"
-        ) from None
+        spelled = {zone.lower(): zone for zone in available_timezones()}.get(name.lower())
+        hint = f"did you mean {spelled}?" if spelled else "use an IANA name like UTC, Europe/Berlin or America/New_York"
+        raise ValueError(f"{_show(text)} is not a time zone: {hint}") from None
     return name
 
 

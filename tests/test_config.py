@@ -685,6 +685,8 @@ def test_the_variable_names_are_exactly_the_documented_ones() -> None:
         ("TIMEZONE", "../../etc/passwd"),
         ("TIMEZONE", "Europe/"),
         ("TIMEZONE", "europe/berlin"),
+        ("TIMEZONE", "localtime"),
+        ("TIMEZONE", "Factory"),
         ("WEB_PORT", "0"),
         ("WEB_HOST", "local host"),
         ("WEB_PUBLIC", "maybe"),
@@ -732,6 +734,15 @@ def test_a_bad_timezone_says_what_a_good_one_looks_like() -> None:
     assert str(caught.value) == (
         'TIMEZONE: "Berlin" is not a time zone: use an IANA name like UTC, Europe/Berlin or America/New_York'
     )
+
+
+def test_a_timezone_in_the_wrong_case_gets_its_spelling_and_localtime_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BOT_TOKEN": "x", "TIMEZONE": "america/new_york"})
+    assert str(caught.value) == 'TIMEZONE: "america/new_york" is not a time zone: did you mean America/New_York?'
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BOT_TOKEN": "x", "TIMEZONE": "localtime"})
+    assert "this machine's time zone setup" in str(caught.value)
 
 
 def test_charts_can_be_turned_off() -> None:
