@@ -584,7 +584,14 @@ class ActivityService:
             try:
                 await asyncio.wait_for(asyncio.shield(write), max(0.05, next_snapshot - self.clock()))
             except TimeoutError:
-                await self._save_snapshot(batch.season)  # (_snapshot files the rest of a roll under the next season)
+                # Its own try: a cancel or an error while saving must not end the wait, or the
+                # batch (out of the buffers, not yet written) would be in neither place.
+                try:
+                    await self._save_snapshot(batch.season)  # (_snapshot files the rest of a roll under the next season)
+                except asyncio.CancelledError:
+                    cancelled = True
+                except Exception:
+                    logger.exception("could not save the unwritten counts to disk; the write goes on")
                 next_snapshot = self.clock() + self.snapshot_every()
             except asyncio.CancelledError:
                 cancelled = True

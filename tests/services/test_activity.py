@@ -30,6 +30,7 @@ from tests.factories import (
     day,
     fail_batches,
     here,
+    open_storage,
     voice_tracker,
 )
 
@@ -595,6 +596,52 @@ async def test_cancelling_a_flush_whose_write_is_still_queued_loses_nothing(
     assert await activity_service.shutdown(season_one) is True
     assert await stats(activity_storage) == {1: (1, 0.0), 2: (0, 40.0)}
     assert await sessions(activity_storage) == [(2, CH, T0, T0 + 40.0, T0 + 40.0)]
+
+
+async def test_a_flush_cancelled_while_it_saves_the_recovery_file_keeps_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels the flush loop while a hanging write's counts are being saved to disk: the
+    flush must still wait for the write, and its failure must give the batch back (found by review:
+    the cancel used to leave the wait from inside the save, the batch in neither place)."""
+    async with open_storage(f"sqlite:///{tmp_path}/activity.db") as storage:
+        clock = FakeClock(T0)
+        recovery = tmp_path / "activity.db.unsaved.json"
+        service = make_service(storage, clock, recovery=recovery)
+        await service.start()
+        service.snapshot_every = lambda: 0.0  # a save at every wait of the hanging write
+        real_apply, real_save = repository.apply_batch, RecoveryFile.write
+        write_started, fail_write = threading.Event(), threading.Event()
+        saving, finish_save = threading.Event(), threading.Event()
+
+        def hanging_then_locked(batch: ActivityBatch) -> None:
+            write_started.set()
+            assert fail_write.wait(10)
+            raise sqlite3.OperationalError("database is locked")
+
+        def slow_save(self: RecoveryFile, *args: Any, **kwargs: Any) -> Any:
+            saving.set()
+            assert finish_save.wait(10)
+            return real_save(self, *args, **kwargs)
+
+        monkeypatch.setattr(repository, "apply_batch", hanging_then_locked)
+        monkeypatch.setattr(RecoveryFile, "write", slow_save)
+        service.record_message(1)
+        flushing = asyncio.ensure_future(service.flush(season_one))
+        assert await asyncio.to_thread(write_started.wait, 10)
+        assert await asyncio.to_thread(saving.wait, 10)
+        flushing.cancel()  # cog_unload's flush_loop.cancel() during a stop
+        finish_save.set()
+        await asyncio.sleep(0.1)
+        assert not flushing.done()  # still waiting for the write's outcome
+        fail_write.set()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        assert service.pending_messages(1) == 1  # the failed write gave its batch back
+        monkeypatch.setattr(repository, "apply_batch", real_apply)
+        monkeypatch.setattr(RecoveryFile, "write", real_save)
+        assert await service.shutdown(season_one) is True
+        assert await stats(storage) == {1: (1, 0.0)}
 
 
 async def test_old_voice_sessions_are_pruned_in_batches_and_the_time_stays(
