@@ -112,6 +112,7 @@ class ActivityService:
         self._saved_up_to = 0  # the highest part number in this process's recovery file
         self._shutdown_saved = False  # after a stop saved the file, nothing may remove it
         self.committed_sequence = 0  # the number of the last batch this process committed
+        self.committed_roll: SeasonRoll | None = None  # the last season end this process committed
         self._clamped_logged = False
         self.flush_failures = 0
         self.messages_counted = 0
@@ -493,6 +494,8 @@ class ActivityService:
                 raise asyncio.CancelledError
             return False
         self.committed_sequence = max(self.committed_sequence, batch.sequence or 0)
+        if batch.roll is not None:
+            self.committed_roll = batch.roll
         if spilled:
             self._spilled.pop(batch.sequence or 0, None)
         self._note_success(now)
@@ -586,8 +589,8 @@ class ActivityService:
             except TimeoutError:
                 # Its own try: a cancel or an error while saving must not end the wait, or the
                 # batch (out of the buffers, not yet written) would be in neither place.
-                try:
-                    await self._save_snapshot(batch.season)  # (_snapshot files the rest of a roll under the next season)
+                try:  # (_snapshot files the rest of a roll under the next season)
+                    await self._save_snapshot(batch.season)
                 except asyncio.CancelledError:
                     cancelled = True
                 except Exception:

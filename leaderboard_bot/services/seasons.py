@@ -121,12 +121,12 @@ class SeasonService:
             # A manual reset starts the next season now.
             start = next_boundary(finished.ends_at, period, now) if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=now, period=period, next_starts_at=start)
-            committed_before = self.activity.committed_sequence
             try:
                 written = await self.activity.write_locked(finished.number, now, roll=roll)
             except asyncio.CancelledError:
-                # Cancelled (a stop) after the write committed: the season did end.
-                if self.activity.committed_sequence > committed_before:
+                # Cancelled (a stop) after the roll's own write committed: the season did end
+                # (not after a spilled part written before it: the season is still open then).
+                if self.activity.committed_roll is roll:
                     self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
                     self._finished = None
                 raise

@@ -507,6 +507,45 @@ async def test_kill_9_after_a_spill_during_a_spilled_write_loses_nothing(
     assert got == expected, sorted(u for u in expected if u not in got)
 
 
+async def test_a_roll_cancelled_while_a_spilled_part_commits_leaves_the_season_open(
+    activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll writes the parts spilled during an outage first, each in its own transaction. A stop
+    cancelling it while one of those commits must not be taken for the season's end (found by
+    review: the next write went into a season the database had not opened)."""
+    service = make_service(activity_storage, activity_clock, recovery=tmp_path / "activity.db.unsaved.json")
+    service.max_pending_rows = 100
+    seasons_ = SeasonService(activity_storage, service, runtime_settings(reset_period=1000.0), clock=activity_clock)
+    service.current_season = seasons_.current_number
+    await seasons_.load()
+    await service.start()
+    with monkeypatch.context() as patch:
+        Outage(patch)
+        await fill_during_outage(service, activity_clock, 300)
+    assert service.spilled_rows > 0
+    real = repository.apply_batch
+    part_started, commit_part = threading.Event(), threading.Event()
+
+    def slow_part(batch: ActivityBatch) -> None:
+        part_started.set()
+        assert commit_part.wait(10)
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", slow_part)
+    rolling = asyncio.ensure_future(seasons_.roll(reason="test"))
+    assert await asyncio.to_thread(part_started.wait, 10)
+    rolling.cancel()  # a stop
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(repository, "apply_batch", real)
+    commit_part.set()
+    with pytest.raises(asyncio.CancelledError):
+        await rolling
+    stored = await activity_storage.run(repository.current_season, G)
+    assert seasons_.current_number() == stored.number == 1
+    assert await service.shutdown(season_one) is True
+    assert sum(count for count, _ in (await stats(activity_storage)).values()) == 300
+
+
 async def test_a_part_spilled_during_a_roll_that_fails_lands_in_the_season_it_was_counted_in(
     activity_storage: Storage, activity_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
