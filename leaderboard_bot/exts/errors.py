@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import disnake
 from disnake.ext import commands
-from disnake.interactions import ApplicationCommandInteraction, Interaction
+from disnake.interactions import ApplicationCommandInteraction, Interaction, MessageInteraction
 from loguru import logger
 
 from ..config import SpamLimit
@@ -140,6 +140,21 @@ async def apologise(inter: Interaction, text: str = APOLOGY) -> None:
     except Exception:
         # Discord itself is failing (or the interaction expired): the log is all that is left.
         logger.opt(exception=True).warning("could not send the apology for interaction {}", inter.id)
+
+
+class ReportingView(disnake.ui.View):
+    """A view whose failing button is logged (loguru: redacted, one place) and apologised for,
+    privately, instead of disnake's default traceback on stderr and a member left waiting."""
+
+    async def on_error(self, error: Exception, item: disnake.ui.Item[Any], inter: MessageInteraction) -> None:
+        label = getattr(item, "label", None) or getattr(item, "custom_id", None) or type(item).__name__
+        if isinstance(error, StorageError):
+            await _database_unavailable(inter, f"{type(self).__name__} button {label!r}", error)
+            return
+        logger.bind(user_id=inter.author.id).opt(exception=error).error(
+            "the {} button {!r} failed for user {}", type(self).__name__, label, inter.author.id
+        )
+        await apologise(inter)
 
 
 async def ready(reply: Reply) -> Reply:

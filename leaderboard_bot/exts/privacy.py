@@ -28,6 +28,7 @@ from ..domain import WINDOWS, shift_day
 from ..services.exports import ExportResult, ExportSpec, member_days_csv, member_json, write_export
 from ..services.privacy import HIDDEN, STOPPED
 from ..ui.embeds import notice_embed
+from .errors import ReportingView
 
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
@@ -307,7 +308,7 @@ def _export_summary(label: str, result: ExportResult, limit: int) -> str:
     return " ".join(parts)
 
 
-class ConfirmDelete(disnake.ui.View):
+class ConfirmDelete(ReportingView):
     def __init__(self, cog: Privacy, origin: ApplicationCommandInteraction) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
         self.cog = cog
@@ -341,7 +342,9 @@ class ConfirmDelete(disnake.ui.View):
         await inter.response.defer()
         try:
             erased = await self.cog.privacy.erase(inter.author.id)
-        except StorageError:
+        except Exception as error:
+            if not isinstance(error, StorageError):
+                logger.bind(user_id=inter.author.id).exception("/privacy delete failed")
             text = (
                 "The database did not answer, so nothing stored was erased yet; you are not counted meanwhile. "
                 "Please run `/privacy delete` again in a moment."

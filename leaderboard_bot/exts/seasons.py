@@ -21,6 +21,7 @@ from ..services.backoff import Backoff
 from ..services.logthrottle import LogThrottle, report_failure, report_recovery
 from ..services.seasons import SeasonInfo
 from ..ui.embeds import final_standings_embed, guild_icon_url, notice_embed
+from .errors import ReportingView
 
 if TYPE_CHECKING:
     from ..bot import LeaderboardBot
@@ -275,7 +276,7 @@ def _announce_failure(error: Exception) -> str:
     return f"Discord answered {getattr(error, 'status', '?')}"
 
 
-class ConfirmReset(disnake.ui.View):
+class ConfirmReset(ReportingView):
     def __init__(self, cog: Seasons, origin: ApplicationCommandInteraction, season_number: int) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT)
         self.cog = cog

@@ -13,7 +13,7 @@ from disnake.ext import commands
 from loguru import logger
 
 from leaderboard_bot.db.storage import StorageError
-from leaderboard_bot.exts.errors import APOLOGY, DATABASE_UNAVAILABLE, Errors, Reply, respond_in_time
+from leaderboard_bot.exts.errors import APOLOGY, DATABASE_UNAVAILABLE, Errors, Reply, ReportingView, respond_in_time
 from leaderboard_bot.ui.embeds import notice_embed
 from tests.factories import runtime_settings
 
@@ -300,3 +300,30 @@ def test_command_limit_off_lets_everything_through() -> None:
     cog = Errors(runtime_settings(command_limit=None))
     member = RateLimitedInter(1)
     assert all(cog.bot_slash_command_check_once(member) for _ in range(100))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- buttons
+
+
+async def test_a_failing_button_is_logged_and_apologised_for_never_printed_by_disnake(
+    logs: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """disnake's View.on_error prints a traceback to stderr (past the redacting logger) and
+    leaves the member waiting; the bot's views log it and answer privately."""
+
+    class Confirm(ReportingView):
+        @disnake.ui.button(label="Go", custom_id="test:go")
+        async def go(self, button: disnake.ui.Button, inter: disnake.MessageInteraction) -> None:
+            raise RuntimeError("boom")
+
+    view = Confirm()
+    inter = FakeInter()
+    button = view.children[0]
+    await view.on_error(RuntimeError("boom"), button, inter)  # type: ignore[arg-type]
+    assert inter.calls == [("send", APOLOGY, True)]
+    (record,) = [m.record for m in logs if m.record["level"].name == "ERROR"]
+    assert record["message"] == "the Confirm button 'Go' failed for user 42"
+    assert capsys.readouterr().err == ""
+    inter = FakeInter()
+    await view.on_error(StorageError("database is locked", kind="locked"), button, inter)  # type: ignore[arg-type]
+    assert inter.calls == [("send", DATABASE_UNAVAILABLE, True)]
