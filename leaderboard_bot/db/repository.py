@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import Any
 
 import peewee
-from peewee import EXCLUDED, Case, PostgresqlDatabase, chunked, fn
+from peewee import EXCLUDED, Case, Cast, PostgresqlDatabase, chunked, fn
 
 from ..domain import ALL_TIME, ROLLING_WINDOWS, ActivityBatch, Board, RankedEntry, days_between, shift_day
 from .models import (
@@ -727,6 +727,29 @@ def rank_queries(guild_id: int, season: int, board: Board, value: float, user_id
         _count(guild_id, season, (column > 0) & (column < value)),
         _count(guild_id, season, (column == value) & (MemberStats.user_id > user_id)),
     ]
+
+
+def unlisted_beating_query(guild_id: int, season: int, board: Board, value: float, user_id: int) -> Any:
+    """How many members who chose not to be listed (a stored privacy choice) hold a stored value
+    ahead of ``value`` held by ``user_id`` on the board, the member left out. Driven from the
+    privacy rows (one key lookup each): ``+ 0`` keeps the planner off the board index, whose range
+    ahead of a member low on the board would be most of the season."""
+    column = _board_column(board)
+    listed_not = Setting.select(Cast(fn.SUBSTR(Setting.key, len(PRIVACY_PREFIX) + 1), "BIGINT")).where(
+        (Setting.guild_id == guild_id) & (fn.SUBSTR(Setting.key, 1, len(PRIVACY_PREFIX)) == PRIVACY_PREFIX)
+    )
+    live = column + 0
+    return MemberStats.select(fn.COUNT(MemberStats.user_id)).where(
+        (MemberStats.guild_id == guild_id)
+        & (MemberStats.season == season)
+        & MemberStats.user_id.in_(listed_not)
+        & (MemberStats.user_id != user_id)
+        & ((live > value) | ((live == value) & (MemberStats.user_id < user_id)))
+    )
+
+
+def count_unlisted_beating(guild_id: int, season: int, board: Board, value: float, user_id: int) -> int:
+    return int(unlisted_beating_query(guild_id, season, board, value, user_id).scalar())
 
 
 def rank_from_top(guild_id: int, season: int, board: Board, value: float, user_id: int) -> int:

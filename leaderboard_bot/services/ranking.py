@@ -170,16 +170,21 @@ def _unlisted_ahead(
     board: Board,
     user_id: int,
     value: float,
+    stored_ahead: int,
     unlisted: AbstractSet[int],
     deltas: dict[int, Counts],
     stored: dict[int, Counts],
 ) -> int:
-    """How many unlisted members (other than the member) are ahead of ``value`` with their live counts."""
-    ahead = 0
-    for other in unlisted:
-        if other != user_id:
-            live = _on(board, stored.get(other, (0, 0.0))) + _on(board, deltas.get(other, (0, 0.0)))
-            ahead += int(live > 0 and _beats(live, other, value, user_id))
+    """How many unlisted members (other than the member) are ahead of ``value`` with their live
+    counts: ``stored_ahead`` (their stored values, counted by the database), corrected for those
+    with unwritten counts (a few; their stored counts are in ``stored``)."""
+    ahead = stored_ahead
+    for other, counts in deltas.items():
+        delta = _on(board, counts)
+        if other == user_id or delta <= 0 or other not in unlisted:
+            continue
+        before = _on(board, stored.get(other, (0, 0.0)))
+        ahead += int(_beats(before + delta, other, value, user_id)) - int(_beats(before, other, value, user_id))
     return ahead
 
 
@@ -211,8 +216,6 @@ def read_live(
         wanted = [u for u in deltas if u not in in_top and u not in stored and u != user_id]
         if user_id is not None:
             wanted.append(user_id)  # the member asked about: always from this snapshot
-            if rank_boards:  # those ahead of them who are never listed: not counted in their rank
-                wanted += [u for u in unlisted if u not in stored and u not in deltas and u != user_id]
         found = repository.totals_of(guild_id, season, wanted)
         stored.update(found)
         for user in wanted:
@@ -230,7 +233,10 @@ def read_live(
                     guild_id, season, ranked_board, value, user_id, _on(ranked_board, own), sequence
                 )
                 rank = live_rank(ranked_board, user_id, value, beating, deltas, stored)
-                ranks[ranked_board] = rank - _unlisted_ahead(ranked_board, user_id, value, unlisted, deltas, stored)
+                if unlisted:  # those ahead who are never listed: not counted in the rank
+                    hidden = repository.count_unlisted_beating(guild_id, season, ranked_board, value, user_id)
+                    rank -= _unlisted_ahead(ranked_board, user_id, value, hidden, unlisted, deltas, stored)
+                ranks[ranked_board] = rank
         return LiveRead(sequence, deltas, stored, stored_top, ranks)
 
 

@@ -209,6 +209,49 @@ def test_every_rank_count_and_the_top_walk_the_board_index(
     assert index in plan and "TEMP B-TREE" not in plan, plan  # the index is in board order: no sort
 
 
+def hide_some(rng: random.Random, share: float) -> set[int]:
+    """Store a privacy choice for a share of the season's members (and one for a member with no row)."""
+    users = [int(u) for (u,) in MemberStats.select(MemberStats.user_id).where(MemberStats.season == 1).tuples()]
+    hidden = {u for u in users if rng.random() < share} | {99_999_999}
+    for user in hidden:
+        repository.set_setting(G, repository.privacy_key(user), '{"hidden": true}')
+    repository.set_setting(G, "privacy_note", "not a member's choice")
+    return hidden
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_the_unlisted_members_ahead_are_counted_from_their_privacy_rows(db: Database, board: Board) -> None:
+    rng = random.Random(11)
+    fill_with_ties(rng, 400)
+    hidden = hide_some(rng, 0.2)
+    column = repository._board_column(board)
+    rows = {
+        int(u): float(v)
+        for u, v in MemberStats.select(MemberStats.user_id, column).where(MemberStats.season == 1).tuples()
+    }
+    for user_id in [*rng.sample(sorted(rows), 40), *sorted(hidden)[:5]]:
+        for value in (rows.get(user_id, 1.0), 1.0, 2.0, 900.25, 0.5):
+            expected = sum(
+                1
+                for other, held in rows.items()
+                if other in hidden and other != user_id and (held > value or (held == value and other < user_id))
+            )
+            assert repository.count_unlisted_beating(G, 1, board, value, user_id) == expected
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_the_unlisted_count_looks_members_up_by_key_never_walks_the_board(
+    sqlite_db: SqliteDatabase, board: Board
+) -> None:
+    rng = random.Random(3)
+    fill_with_ties(rng, 400)
+    hide_some(rng, 0.05)
+    sqlite_db.execute_sql("ANALYZE")
+    plan = query_plan(sqlite_db, repository.unlisted_beating_query(G, 1, board, 1.0, 1234))
+    assert "member_stats_board" not in plan and "SCAN member_stats" not in plan, plan
+    assert "PRIMARY KEY" in plan, plan
+
+
 def test_open_database_runs_optimize_and_sizes_the_cache(sqlite_db: SqliteDatabase) -> None:
     db = sqlite_db
     assert db.execute_sql("PRAGMA cache_size").fetchone()[0] <= -64_000  # at least 64 MB

@@ -536,11 +536,15 @@ async def test_standing_ranks_pass_over_members_who_chose_not_to_be_listed(
     send(tracker, 4, 5)  # hidden, unwritten: ahead of 3 only
     send(tracker, 3, 1)  # 3 has 4 now: behind 4's 5
     hidden = {1, 4}
+    for user in hidden:  # stored first, then in memory, as PrivacyService.set_flag does
+        await rankings.storage.run(repository.set_setting, G, repository.privacy_key(user), '["hidden"]')
     rankings.unlisted = lambda: hidden
     ranks = {u: (await rankings.standing(u)).message_rank for u in (1, 2, 3, 4)}
     assert ranks[2] == 1 and ranks[3] == 2  # the listed members: as the board numbers them
     assert ranks[4] == 2  # a hidden member's own rank passes over the others hidden
-    hidden.clear()  # /privacy show: counted again at once
+    for user in hidden:  # /privacy show: counted again at once
+        await rankings.storage.run(repository.delete_setting, G, repository.privacy_key(user))
+    hidden.clear()
     assert [(await rankings.standing(u)).message_rank for u in (1, 2, 4, 3)] == [1, 2, 3, 4]
 
 
