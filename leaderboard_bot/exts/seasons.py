@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import disnake
@@ -34,6 +34,10 @@ ANNOUNCE_FIRST_RETRY = 5.0
 ANNOUNCE_MAX_BACKOFF = 15 * 60.0
 
 
+BOUNDARY_DELAY = 0.2  # past the boundary, so that the season is due when checked
+BOUNDARY_RECHECK = 3600.0  # longest sleep: a RESET_PERIOD change or a clock step is seen within it
+
+
 def check_interval(reset_period: float) -> float:
     """Check often enough that a short test season ends on time, rarely enough to cost nothing."""
     return min(30.0, max(1.0, reset_period / 20))
@@ -52,14 +56,19 @@ class Seasons(commands.Cog):
         self.live_confirmations: set[str] = set()
         # The checks repeat every few seconds: a failure that persists is logged once per kind.
         self.log_throttle = LogThrottle()
+        self._boundary_watch: asyncio.Future[None] | None = None
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self.season_loop.change_interval(seconds=check_interval(self.bot.services.settings.current.reset_period))
         self.season_loop.start()
+        self._boundary_watch = asyncio.ensure_future(self._at_boundaries())
 
     def cog_unload(self) -> None:
         self.season_loop.cancel()
+        if self._boundary_watch is not None:
+            self._boundary_watch.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
 
@@ -71,6 +80,24 @@ class Seasons(commands.Cog):
 
     @tasks.loop(seconds=30)
     async def season_loop(self) -> None:
+        await self._check()
+
+    async def _at_boundaries(self) -> None:
+        """Check again just after the season's scheduled end: the reset happens within a second of
+        its boundary, not up to a loop interval later (activity in between would count in the season
+        that ended)."""
+        await self.bot.wait_until_ready()
+        seasons = self.bot.services.seasons
+        while True:
+            until = seasons.current.ends_at - seasons.clock()
+            if until <= 0:  # due already (a reset that failed): the loop retries it at its pace
+                await self._sleep(check_interval(seasons.period))
+                continue
+            await self._sleep(min(until, BOUNDARY_RECHECK) + BOUNDARY_DELAY)
+            if seasons.is_due():
+                await self._check()
+
+    async def _check(self) -> None:
         try:
             if self.bot.services.seasons.is_due():
                 await self.end_season(reason="the season's time is up", only_if_due=True)

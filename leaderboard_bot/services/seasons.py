@@ -120,7 +120,11 @@ class SeasonService:
             # due on (the latest one passed, after a long downtime), not when this check ran.
             # A manual reset starts the next season now.
             start = next_boundary(finished.ends_at, period, now) if only_if_due else now
-            roll = SeasonRoll(number=finished.number, ended_at=now, period=period, next_starts_at=start)
+            # A scheduled reset ended the season at its boundary, however late it ran (the bot down,
+            # the database locked): the seasons' dates never overlap. What was counted since the
+            # boundary is in this write: counts carry no time finer than the day.
+            ended_at = finished.ends_at if only_if_due else now
+            roll = SeasonRoll(number=finished.number, ended_at=ended_at, period=period, next_starts_at=start)
             try:
                 written = await self.activity.write_locked(finished.number, now, roll=roll)
             except asyncio.CancelledError:
@@ -135,7 +139,7 @@ class SeasonService:
             # Still under the write lock: no flush can write into the finished season after this.
             self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
             self._finished = None
-            finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=now)
+            finished = SeasonInfo(finished.number, finished.started_at, finished.ends_at, ended_at=ended_at)
             seconds = time.perf_counter() - started
             # The one line per reset, with its duration (waiting for writes in flight included).
             logger.bind(

@@ -216,3 +216,45 @@ async def test_a_database_outage_in_the_season_check_is_one_line_then_one_recove
     bot.services.seasons.unannounced = AsyncMock(return_value=[])
     await seasons.season_loop()
     assert log_lines[-1]["message"] == "the season check works again (recovered after 5 failures)"
+
+
+async def test_the_reset_is_checked_just_after_the_scheduled_boundary_not_a_loop_interval_later() -> None:
+    clock = FakeClock(1_000.0)
+    state = SimpleNamespace(current=SeasonInfo(number=1, started_at=0.0, ends_at=5_000.0))
+    seasons_service = SimpleNamespace(
+        clock=clock,
+        period=7_200.0,
+        current=state.current,
+        is_due=lambda: clock.now >= seasons_service.current.ends_at,
+    )
+
+    async def ready() -> None:
+        return None
+
+    bot = SimpleNamespace(
+        services=SimpleNamespace(seasons=seasons_service, settings=runtime_settings(reset_period=7_200.0)),
+        wait_until_ready=ready,
+    )
+    cog = Seasons(bot)  # type: ignore[arg-type]
+    checks: list[float] = []
+    slept: list[float] = []
+
+    async def check() -> None:
+        checks.append(clock.now)  # the reset fails (a locked database): still due
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+        if len(slept) == 3:  # meanwhile the loop's own retry ended the season
+            seasons_service.current = SeasonInfo(number=2, started_at=5_000.0, ends_at=12_200.0)
+        if len(slept) == 5:
+            raise asyncio.CancelledError
+
+    cog._check = check  # type: ignore[method-assign]
+    cog._sleep = sleep
+    with pytest.raises(asyncio.CancelledError):
+        await cog._at_boundaries()
+    # An hour; the rest of the way to the boundary (a check); the loop's pace while the season is
+    # overdue (no tight retry); then towards the next boundary.
+    assert slept == pytest.approx([3_600.2, 400.0, 30.0, 3_600.2, 3_569.8])
+    assert checks == pytest.approx([5_000.2])
