@@ -19,6 +19,7 @@ from disnake.ext import commands, tasks
 from loguru import logger
 
 from ..adapters.disnake_ratelimit import RateLimitWatch, global_limit_in_force, no_global_limit
+from ..background import Background
 from ..config import Tunables
 from ..db import repository
 from ..db.storage import StorageError
@@ -103,7 +104,7 @@ class Scheduler(commands.Cog):
         )
         self._unsubscribe: list[Callable[[], None]] = []
         # Refreshes not awaited (a season roll, a settings change, a delayed repost): cancelled at unload.
-        self._background_refreshes: set[asyncio.Future[None]] = set()
+        self._background_refreshes = Background("scheduler")
         self._moved: list[BoardPost] = []  # posts whose channel setting changed, awaiting their note
         # Failures that repeat every cycle are logged once per kind, then summarised (not a storm).
         self.log_throttle = LogThrottle()
@@ -119,8 +120,7 @@ class Scheduler(commands.Cog):
 
     def cog_unload(self) -> None:
         self.refresh_loop.cancel()
-        for task in self._background_refreshes:
-            task.cancel()
+        self._background_refreshes.cancel_all()
         self._rate_limits.uninstall()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -129,24 +129,18 @@ class Scheduler(commands.Cog):
         if new.update_interval != old.update_interval:
             self.refresh_loop.change_interval(seconds=new.update_interval)
         if new.hide_departed != old.hide_departed:  # who is shown changes: not at the next cycle
-            task = asyncio.ensure_future(self.refresh_all())
-            self._background_refreshes.add(task)
-            task.add_done_callback(self._background_refreshes.discard)
+            self._background_refreshes.start(self.refresh_all(), "a refresh after HIDE_DEPARTED changed")
 
     def _refresh_later(self, board: Board, delay: float) -> None:
         async def later() -> None:
             await asyncio.sleep(delay)
             await self._refresh_guarded(board, True)
 
-        task = asyncio.ensure_future(later())
-        self._background_refreshes.add(task)
-        task.add_done_callback(self._background_refreshes.discard)
+        self._background_refreshes.start(later(), f"the {board} board's delayed refresh")
 
     def _on_season_roll(self, finished: SeasonInfo, current: SeasonInfo) -> None:
         # Both boards start from zero now; not awaited, so the final standings are not held up.
-        task = asyncio.ensure_future(self.refresh_all(force=True))
-        self._background_refreshes.add(task)
-        task.add_done_callback(self._background_refreshes.discard)
+        self._background_refreshes.start(self.refresh_all(force=True), "the refresh after a season reset")
 
     # ------------------------------------------------------------------ the loop
 

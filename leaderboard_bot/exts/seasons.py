@@ -13,6 +13,7 @@ from disnake.ext import commands, tasks
 from disnake.interactions import ApplicationCommandInteraction, MessageInteraction
 from loguru import logger
 
+from ..background import Background
 from ..config import Tunables
 from ..db import repository
 from ..domain import BOARDS, Board
@@ -56,19 +57,18 @@ class Seasons(commands.Cog):
         self.live_confirmations: set[str] = set()
         # The checks repeat every few seconds: a failure that persists is logged once per kind.
         self.log_throttle = LogThrottle()
-        self._boundary_watch: asyncio.Future[None] | None = None
+        self._tasks = Background("seasons")
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def cog_load(self) -> None:
         self._unsubscribe = self.bot.services.settings.subscribe(self._on_settings)
         self.season_loop.change_interval(seconds=check_interval(self.bot.services.settings.current.reset_period))
         self.season_loop.start()
-        self._boundary_watch = asyncio.ensure_future(self._at_boundaries())
+        self._tasks.start(self._at_boundaries(), "the check at each season's end")
 
     def cog_unload(self) -> None:
         self.season_loop.cancel()
-        if self._boundary_watch is not None:
-            self._boundary_watch.cancel()
+        self._tasks.cancel_all()
         if self._unsubscribe is not None:
             self._unsubscribe()
 

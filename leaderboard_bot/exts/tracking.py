@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import disnake
 from disnake.ext import commands, tasks
 from loguru import logger
 
+from ..background import Background
 from ..config import Tunables
 from ..services.privacy import STOPPED
 from ..services.voice import VoicePresence
@@ -82,8 +83,8 @@ class Tracking(commands.Cog):
         self._contact_epoch = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._unsubscribe_privacy: Callable[[], None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._early_flushes: set[asyncio.Future[None]] = set()
+        self._tasks = Background("tracking")  # cancelled when the extension unloads
+        self._writes = Background("tracking")  # never cancelled: a stop waits for a write under way
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def cog_load(self) -> None:
@@ -93,16 +94,15 @@ class Tracking(commands.Cog):
         self.flush_loop.start()
         self.tracker.on_many_pending = self._flush_early
         self.prune_loop.start()
-        self._keep(self._day_turns())
+        self._tasks.start(self._day_turns(), "the write after each midnight")
         if self.bot.is_ready():
             # Loaded by a takeover on a live connection: on_ready has come and gone, so read who is
             # in voice now (the gap since the old instance stopped is not credited).
-            self._keep(self.reconcile("takeover"))
+            self._tasks.start(self.reconcile("takeover"), "a voice reconcile")
 
     def cog_unload(self) -> None:
         self.tracker.on_many_pending = None
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel_all()
         self.flush_loop.cancel()
         self.prune_loop.cancel()
         self._watch_sessions(False)
@@ -116,7 +116,7 @@ class Tracking(commands.Cog):
             self.flush_loop.change_interval(seconds=new.flush_interval)
         if (new.excluded_channels, new.excluded_roles) != (old.excluded_channels, old.excluded_roles):
             # Who counts in voice may change right now (a member in a newly excluded channel stops).
-            self._keep(self.reconcile("exclusions changed"))
+            self._tasks.start(self.reconcile("exclusions changed"), "a voice reconcile")
 
     def _on_privacy(self, user_id: int, before: frozenset[str], after: frozenset[str]) -> None:
         if STOPPED in after and STOPPED not in before:
@@ -124,7 +124,7 @@ class Tracking(commands.Cog):
             self.tracker.record_voice(user_id, None)
         elif STOPPED in before and STOPPED not in after:
             # Counting again: if they are in voice right now, their time counts from now.
-            self._keep(self.reconcile("a member counts again"))
+            self._tasks.start(self.reconcile("a member counts again"), "a voice reconcile")
 
     @tasks.loop(seconds=5)
     async def flush_loop(self) -> None:
@@ -145,19 +145,10 @@ class Tracking(commands.Cog):
             if calendar.day_of(self.tracker.clock()) != calendar.day_of(now):  # not the recheck's wake-up
                 self._flush_early()  # not awaited here: unloading cancels this loop, never a write
 
-    def _keep(self, work: Coroutine[object, object, None]) -> None:
-        """Run ``work`` until the extension unloads."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _flush_early(self) -> None:
         """A burst filled the buffers (services.activity EARLY_FLUSH_ROWS): write them now, in turn
         with the scheduled flushes (the flush lock), rather than at the next interval."""
-        # Kept apart from _tasks: a stop never cancels a write under way (the final flush waits for it).
-        task = asyncio.ensure_future(self._flush_burst())
-        self._early_flushes.add(task)
-        task.add_done_callback(self._early_flushes.discard)
+        self._writes.start(self._flush_burst(), "an early write")
 
     async def _flush_burst(self) -> None:
         try:
