@@ -552,17 +552,29 @@ def renew_lease(guild_id: int, holder: str, expires_at: float) -> None:
 
 
 def acquire_lease(
-    guild_id: int, holder: str, now: float, expires_at: float, *, force: bool = False
+    guild_id: int,
+    holder: str,
+    now: float,
+    expires_at: float,
+    *,
+    force: bool = False,
+    stale: tuple[str, float] | None = None,
 ) -> tuple[str, float]:
     """Take the guild's lease if it is free, expired or already ours (or ``force``: its holder is
-    known to be gone); returns (holder, expires_at) as stored afterwards."""
+    known to be gone; or it still stands as ``stale``, seen unrenewed for long enough); returns
+    (holder, expires_at) as stored afterwards."""
     with database_proxy.atomic():
         current = Lease.get_or_none(Lease.guild_id == guild_id)
         if current is None:
             Lease.insert(
                 guild_id=guild_id, holder=holder, acquired_at=now, expires_at=expires_at
             ).on_conflict_ignore().execute()
-        elif force or current.holder == holder or current.expires_at <= now:
+        elif (
+            force
+            or current.holder == holder
+            or current.expires_at <= now
+            or (current.holder, float(current.expires_at)) == stale
+        ):
             Lease.update(holder=holder, acquired_at=now, expires_at=expires_at).where(
                 (Lease.guild_id == guild_id)
                 & (Lease.holder == current.holder)

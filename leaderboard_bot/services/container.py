@@ -102,6 +102,9 @@ def build_services(
     settings = RuntimeSettings(config.tunables)
     if lease is None:
         lease = LeaseService(storage, guild_id=config.guild_id, flush_interval=lambda: settings.current.flush_interval)
+    # From here on the lease's expiry follows the live FLUSH_INTERVAL, which the writes follow: a
+    # longer interval set at run time must not let the lease expire between two writes.
+    lease.flush_interval = lambda: settings.current.flush_interval
     guild_id = config.guild_id
     names = NameService(storage, guild_id=guild_id, source=source)
     activity = ActivityService(

@@ -35,6 +35,7 @@ class LeaseService:
         guild_id: int,
         flush_interval: Callable[[], float],
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         holder: str | None = None,
     ) -> None:
         self.storage = storage
@@ -46,7 +47,12 @@ class LeaseService:
         self.lost = False
         self.current_holder: str | None = None  # as last seen in the database
         self.current_expires_at = 0.0
-        self._watching_since: float | None = None  # a standby: since when the database has answered it
+        self.monotonic = monotonic
+        # A standby's watch: the lease as last seen, since when (monotonic), and how long the
+        # holder took between its last two renewals seen.
+        self._seen: tuple[str | None, float] | None = None
+        self._seen_at = 0.0
+        self._renewal_gap: float | None = None
 
     @property
     def ttl(self) -> float:
@@ -57,12 +63,13 @@ class LeaseService:
     def role(self) -> str:
         return "active" if self.active else "standby"
 
-    async def try_acquire(self, *, holder_gone: bool = False) -> bool:
+    async def try_acquire(self, *, holder_gone: bool = False, stale: tuple[str, float] | None = None) -> bool:
         """Take the lease if it is free, expired or ours; ``holder_gone``: the holder is known to
-        have stopped (its instance lock was released), so its expiry need not be waited for."""
+        have stopped (its instance lock was released), so its expiry need not be waited for;
+        ``stale``: the lease as it stood while its holder stopped renewing it (taken if unchanged)."""
         now = self.clock()
         holder, expires_at = await self.storage.run(
-            repository.acquire_lease, self.guild_id, self.holder, now, now + self.ttl, force=holder_gone
+            repository.acquire_lease, self.guild_id, self.holder, now, now + self.ttl, force=holder_gone, stale=stale
         )
         self.current_holder, self.current_expires_at = holder, expires_at
         self.active = holder == self.holder
@@ -70,24 +77,35 @@ class LeaseService:
 
     async def try_take_over(self, *, holder_gone: bool = False) -> bool:
         """A standby's poll: take the lease when its holder is known gone, when it was released,
-        or when it expired while this instance has watched the database for a whole TTL. An
-        expiry seen right after the database was unreachable (for both instances, as when a
-        PostgreSQL server restarts) proves nothing: the holder counted in memory meanwhile and
-        renews with its next write, within one TTL."""
+        or when this instance has watched it go unrenewed for longer than the holder renews it.
+
+        Watched on this machine's monotonic clock, never by comparing the holder's expiry with
+        this machine's wall clock: across machines those differ (a standby whose clock ran 15 s
+        ahead took the lease of a healthy holder). How often the holder renews is learnt from the
+        renewals seen (its FLUSH_INTERVAL may differ from this instance's). A database that was
+        unreachable (for both instances, as when a PostgreSQL server restarts) starts the watch
+        again: the holder counted in memory meanwhile and renews with its next write."""
         try:
             if holder_gone:
                 return await self.try_acquire(holder_gone=True)
             await self.look()
         except StorageError:
-            self._watching_since = None
+            self._seen = None
             raise
-        now = self.clock()
-        if self._watching_since is None:
-            self._watching_since = now
-        released = self.current_holder is None or self.current_expires_at <= 0.0
-        if not released and (self.current_expires_at > now or now - self._watching_since < self.ttl):
+        now = self.monotonic()
+        seen = (self.current_holder, self.current_expires_at)
+        if seen != self._seen:
+            if self._seen is not None and self._seen[0] == seen[0]:
+                self._renewal_gap = now - self._seen_at  # (an upper bound: the polls are apart too)
+            self._seen, self._seen_at = seen, now
+        if self.current_holder is None or self.current_expires_at <= 0.0:  # released at a clean stop
+            return await self.try_acquire()
+        waited = max(self.ttl, (self._renewal_gap or 0.0) + LEASE_GRACE)
+        if now - self._seen_at < waited:
             return False
-        return await self.try_acquire()
+        if self._renewal_gap is None and self.current_expires_at > self.clock():
+            return False  # its pace not learnt yet (it may renew less often than we would): its expiry too
+        return await self.try_acquire(stale=(self.current_holder, self.current_expires_at))
 
     async def look(self) -> None:
         """Learn who holds the lease, without trying to take it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from tests.factories import FakeClock, fail_batches
 from tests.services.test_activity import T0, G, make_service, season_one, stats
 
 
-def lease(storage: Storage, clock: FakeClock, holder: str) -> LeaseService:
-    return LeaseService(storage, guild_id=G, flush_interval=lambda: 5.0, clock=clock, holder=holder)
+def lease(storage: Storage, clock: Callable[[], float], holder: str, flush_interval: float = 5.0) -> LeaseService:
+    return LeaseService(
+        storage, guild_id=G, flush_interval=lambda: flush_interval, clock=clock, monotonic=clock, holder=holder
+    )
 
 
 async def test_one_holder_at_a_time_until_it_expires(activity_storage: Storage, activity_clock: FakeClock) -> None:
@@ -66,9 +69,73 @@ async def test_a_standby_does_not_take_a_lease_that_expired_while_neither_could_
     assert await active.try_acquire()  # the active one's first write after the outage renews it
     activity_clock.advance(2.0)
     assert await standby.try_take_over() is False and standby.current_holder == "a"
-    # The active one really stops: taken over once its lease expires.
-    activity_clock.advance(active.ttl + 0.1)
+    # The active one really stops: taken over once it has gone unrenewed for longer than the
+    # holder took to renew last time (after the outage: ttl + 1 s) and a few seconds more.
+    activity_clock.advance(active.ttl + 1.0)
+    assert await standby.try_take_over() is False
+    activity_clock.advance(LEASE_GRACE + 0.1)
     assert await standby.try_take_over() is True
+
+
+async def poll_while_the_holder_writes(
+    active: LeaseService, standby: LeaseService, clock: FakeClock, seconds: float, every: float = 5.0
+) -> bool:
+    """The active instance renews with a write every ``every`` s; the standby polls every second.
+    Whether the standby took the lease meanwhile."""
+    for tick in range(int(seconds)):
+        clock.advance(1.0)
+        if tick % int(every) == 0:
+            assert await active.try_acquire()  # what its flush's renew_lease does
+        if await standby.try_take_over():
+            return True
+    return False
+
+
+async def test_a_standby_whose_clock_runs_ahead_never_takes_the_lease_of_a_holder_that_renews(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    """Two machines, the standby's wall clock 15 s ahead: the holder's expiry, written with its own
+    clock, looked past on the standby's every few seconds (found by a tester: it took the lease of
+    a healthy holder, which then stopped with the counts it held)."""
+    active = lease(activity_storage, activity_clock, "a")
+    ahead = lease(activity_storage, lambda: activity_clock.now + 15.0, "b")
+    ahead.monotonic = activity_clock  # its own monotonic clock runs at the same rate
+    assert await active.try_acquire()
+    assert await poll_while_the_holder_writes(active, ahead, activity_clock, 120) is False
+    # The holder dies: taken over one TTL after its last renewal was seen, not earlier.
+    last_renewal = activity_clock.now
+    for _ in range(30):
+        activity_clock.advance(1.0)
+        if await ahead.try_take_over():
+            break
+    assert ahead.active and activity_clock.now - last_renewal <= ahead.ttl + 2.0
+
+
+async def test_a_standby_whose_clock_runs_behind_still_takes_over_a_dead_holder_in_time(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    active = lease(activity_storage, activity_clock, "a")
+    behind = lease(activity_storage, lambda: activity_clock.now - 600.0, "b")
+    behind.monotonic = activity_clock
+    assert await active.try_acquire()
+    assert await poll_while_the_holder_writes(active, behind, activity_clock, 30) is False
+    last_renewal = activity_clock.now
+    for _ in range(30):
+        activity_clock.advance(1.0)
+        if await behind.try_take_over():
+            break
+    assert behind.active and activity_clock.now - last_renewal <= behind.ttl + 2.0
+
+
+async def test_a_standby_waits_as_long_as_the_holder_renews_when_its_interval_is_longer(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    """FLUSH_INTERVAL raised on the active instance at run time: the standby, started with the old
+    one, learns the holder's pace from the renewals it sees instead of taking over between two."""
+    active = lease(activity_storage, activity_clock, "a", flush_interval=20.0)
+    standby = lease(activity_storage, activity_clock, "b", flush_interval=5.0)
+    assert await active.try_acquire()
+    assert await poll_while_the_holder_writes(active, standby, activity_clock, 200, every=20.0) is False
 
 
 async def test_a_standby_takes_a_released_lease_at_once(activity_storage: Storage, activity_clock: FakeClock) -> None:
