@@ -179,6 +179,7 @@ class Unwritten:
     buffered: dict[int, Counts] = field(default_factory=dict)
     in_flight: dict[int, Counts] = field(default_factory=dict)
     final: bool = False  # a finished season: nothing is unwritten whatever the snapshot
+    day: str | None = None  # a window's: the day (TIMEZONE's) its counts were captured on
 
     def members(self) -> set[int]:
         return set(self.buffered) | set(self.in_flight)

@@ -404,6 +404,12 @@ def move_windows(guild_id: int, day: str | None) -> str | None:
         return day
 
 
+def windows_day(guild_id: int) -> str | None:
+    """The day the stored rolling windows end on (None before they are first built)."""
+    day = get_setting(guild_id, WINDOWS_DAY_KEY)
+    return None if day is None else str(day)
+
+
 def prepare_windows(guild_id: int, day: str) -> bool:
     """At start: build the windows if they are new, or move them on to ``day`` (a bot that was
     down over midnight). True if they were built."""

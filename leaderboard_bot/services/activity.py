@@ -310,7 +310,8 @@ class ActivityService:
     def _unwritten_in_window(self, scope: int) -> Unwritten:
         """What a window lacks: the buffered and in-flight counts on its days, as the write that
         takes them will add them (the days from the window's first up to the writer's today).
-        Between midnight and the first write after it, the stored window still ends yesterday."""
+        Between midnight and the first write after it, the stored window still ends yesterday
+        (a reader passes over a window whose days are all gone: ranking.read_live)."""
         window = window_of(scope)
         assert window is not None
         now = self.voice_now()
@@ -322,7 +323,7 @@ class ActivityService:
         )
         in_flight = self._in_flight
         if in_flight is None:
-            return Unwritten(committed=self.committed_sequence, buffered=buffered)
+            return Unwritten(committed=self.committed_sequence, buffered=buffered, day=today)
         flight_first = None if window.days is None else shift_day(in_flight.today or today, 1 - window.days)
         flight: dict[int, Counts] = counts_per_member(
             {k: n for k, n in in_flight.messages.items() if flight_first is None or k[0] >= flight_first},
@@ -333,6 +334,7 @@ class ActivityService:
             in_flight_sequence=in_flight.sequence,
             buffered=buffered,
             in_flight=flight,
+            day=today,
         )
 
     def live_session_seconds(self, user_id: int) -> float | None:

@@ -24,7 +24,7 @@ from cachetools import LRUCache, TLRUCache
 
 from ..db import Storage, repository
 from ..db.storage import StorageError
-from ..domain import BOARDS, ActivityBatch, Board, Counts, Placing, RankedEntry, Unwritten, window_of
+from ..domain import BOARDS, ActivityBatch, Board, Counts, Placing, RankedEntry, Unwritten, days_between, window_of
 from .activity import ActivityService
 from .seasons import SeasonService
 
@@ -113,6 +113,7 @@ class StoredTop:
 
     sequence: int
     entries: list[RankedEntry]
+    day: str | None = None  # a window's: the day it was read for (its days move at midnight)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ def read_live(
         deltas = unwritten.beyond(sequence)
         if deltas is None:
             return None
+        if _window_gone(guild_id, season, unwritten.day):
+            return _live_only(sequence, deltas, board, limit, user_id, rank_boards, unlisted)
         stored_top = repository.top(guild_id, season, board, limit) if board is not None else None
         in_top = {entry.user_id for entry in stored_top or ()}
         stored: dict[int, Counts] = dict(known) if known is not None and known_at == sequence else {}
@@ -238,6 +241,42 @@ def read_live(
                     rank -= _unlisted_ahead(ranked_board, user_id, value, hidden, unlisted, deltas, stored)
                 ranks[ranked_board] = rank
         return LiveRead(sequence, deltas, stored, stored_top, ranks)
+
+
+def _window_gone(guild_id: int, scope: int, day: str | None) -> bool:
+    """Whether a rolling window as stored holds none of its days as of ``day``: midnight passed
+    and no write has moved it since (they fail: a locked database), so the stored "today" is
+    yesterday's. (A week or month one day late still holds its days but one: read as stored.)"""
+    window = window_of(scope)
+    if window is None or window.days is None or day is None:
+        return False
+    stored_day = repository.windows_day(guild_id)
+    return stored_day is not None and days_between(stored_day, day) >= window.days
+
+
+def _live_only(
+    sequence: int,
+    deltas: dict[int, Counts],
+    board: Board | None,
+    limit: int,
+    user_id: int | None,
+    rank_boards: tuple[Board, ...],
+    unlisted: AbstractSet[int],
+) -> LiveRead:
+    """A read of a window whose stored days are all gone: what is unwritten is all it holds."""
+    stored: dict[int, Counts] = {user: (0, 0.0) for user in deltas}
+    ranks: dict[Board, int | None] = {}
+    if user_id is not None:
+        stored[user_id] = (0, 0.0)
+        mine = deltas.get(user_id, (0, 0.0))
+        for ranked_board in rank_boards:
+            value = _on(ranked_board, mine)
+            if value <= 0:
+                ranks[ranked_board] = None
+                continue
+            rank = live_rank(ranked_board, user_id, value, 0, deltas, stored)
+            ranks[ranked_board] = rank - _unlisted_ahead(ranked_board, user_id, value, 0, unlisted, deltas, stored)
+    return LiveRead(sequence, deltas, stored, [] if board is not None else None, ranks)
 
 
 class Rankings:
@@ -388,7 +427,7 @@ class Rankings:
     ) -> tuple[int, list[RankedEntry]] | None:
         key = (board, season, limit)
         cached: StoredTop | None = self.cache.get(key)
-        if cached is not None:
+        if cached is not None and cached.day == unwritten.day:
             deltas = unwritten.beyond(cached.sequence)
             known = self._known if self._known_at == (season, cached.sequence) else {}
             in_top = {entry.user_id for entry in cached.entries}
@@ -399,7 +438,7 @@ class Rankings:
             return None
         if read.sequence == self.activity.committed_sequence or unwritten.final:
             # Still the latest write (flushes advance it from here): worth keeping for the next reader.
-            self.cache.put(key, StoredTop(read.sequence, list(read.stored_top)))
+            self.cache.put(key, StoredTop(read.sequence, list(read.stored_top), unwritten.day))
         return read.sequence, merge_top(board, read.stored_top, read.deltas, read.stored, limit)
 
     async def _read(

@@ -1134,3 +1134,35 @@ async def test_a_flush_counts_the_boards_of_windows_ranked_lately_in_the_backgro
     monkeypatch.setattr("leaderboard_bot.services.ranking.WINDOW_RANKED_LATELY", -1.0)
     send(tracker, 2, 1)
     assert await flush_and_count() == (1,)  # not ranked lately: forgotten
+
+
+async def test_today_after_midnight_holds_only_today_while_the_first_write_of_the_day_fails(
+    rankings: Rankings, tracker: ActivityService, rank_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored today moves in the first write of a day; while that write fails (a database
+    locked by a backup at midnight), the stored today is yesterday's: /top and /stats for today
+    must not show it (found by a tester), nor a top cached before midnight."""
+    send(tracker, 1, 5)
+    send(tracker, 3, 2)
+    assert await rankings.seasons.flush() is True
+    assert await rankings.top("messages", 10, season=TODAY_WINDOW.scope) == entries((1, 5.0), (3, 2.0))
+    monkeypatch.setattr(repository, "apply_batch", failing_write)
+    rank_clock.set(MIDNIGHT + 86_400.0 + 600.0)  # ten minutes into the next day
+    assert await rankings.seasons.flush() is False
+    send(tracker, 2, 1)
+    send(tracker, 3, 1)
+    assert await rankings.top("messages", 10, season=TODAY_WINDOW.scope) == entries((2, 1.0), (3, 1.0))
+    standing = await rankings.standing(1, season=TODAY_WINDOW.scope)
+    assert (standing.messages, standing.message_rank) == (0, None)
+    standing = await rankings.standing(3, season=TODAY_WINDOW.scope)
+    assert (standing.messages, standing.message_rank) == (1, 2)
+    # The season and the week still hold what was stored.
+    assert await rankings.top("messages", 10) == entries((1, 5.0), (3, 3.0), (2, 1.0))
+    assert await rankings.top("messages", 10, season=WEEK.scope) == entries((1, 5.0), (3, 3.0), (2, 1.0))
+    monkeypatch.undo()
+    assert await rankings.seasons.flush() is True  # the windows move: read as stored again
+    assert await rankings.top("messages", 10, season=TODAY_WINDOW.scope) == entries((2, 1.0), (3, 1.0))
+
+
+def failing_write(batch: ActivityBatch) -> None:
+    raise sqlite3.OperationalError("database is locked")
