@@ -817,7 +817,12 @@ def _nearer_the_top(guild_id: int, season: int, board: Board, value: float, user
 # write number: every write that changes counts moves it (apply_batch), so a count taken in a read
 # transaction at number S holds for any read at S. Refreshed off the hot path after each flush.
 # Per database object (weakly: a new database never inherits an old one's counts).
-_ranked: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, str], tuple[int, int]]] = weakref.WeakKeyDictionary()
+# An erasure (/privacy delete) removes rows without a write number: it counts erasures instead
+# (ERASURES_KEY, in its own transaction), and a count holds for one (write number, erasures).
+_ranked: weakref.WeakKeyDictionary[Any, dict[tuple[int, int, str], tuple[int, int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+ERASURES_KEY = "erasures"
 
 
 def ranked_count(guild_id: int, season: int, board: Board, sequence: int | None = None) -> int:
@@ -825,8 +830,9 @@ def ranked_count(guild_id: int, season: int, board: Board, sequence: int | None 
     counts = _ranked.setdefault(database_proxy.obj, {})
     key = (guild_id, season, board)
     cached = counts.get(key)
-    if sequence is not None and cached is not None and cached[0] == sequence:
-        return cached[1]
+    erasures = int(get_setting(guild_id, ERASURES_KEY, 0)) if sequence is not None else 0
+    if sequence is not None and cached is not None and cached[:2] == (sequence, erasures):
+        return cached[2]
     column = _board_column(board)
     count = int(
         MemberStats.select(fn.COUNT(MemberStats.user_id))
@@ -835,7 +841,7 @@ def ranked_count(guild_id: int, season: int, board: Board, sequence: int | None 
         or 0
     )
     if sequence is not None:
-        counts[key] = (sequence, count)
+        counts[key] = (sequence, erasures, count)
     return count
 
 
@@ -1156,9 +1162,8 @@ def erase_member(guild_id: int, user_id: int, keep: Mapping[str, Any]) -> dict[s
             )
         for key, value in keep.items():
             _set_setting(guild_id, key, value)
-    ranked = _ranked.get(database_proxy.obj, {})  # the boards shrank without a new write number
-    for board_key in [k for k in ranked if k[0] == guild_id]:
-        ranked.pop(board_key, None)
+        # The boards shrank without a new write number: counts taken before are stale.
+        _set_setting(guild_id, ERASURES_KEY, int(get_setting(guild_id, ERASURES_KEY, 0)) + 1)
     return deleted
 
 

@@ -209,6 +209,33 @@ def test_every_rank_count_and_the_top_walk_the_board_index(
     assert index in plan and "TEMP B-TREE" not in plan, plan  # the index is in board order: no sort
 
 
+def test_a_count_from_a_snapshot_older_than_an_erasure_is_never_reused_after_it(db: Database) -> None:
+    """/privacy delete removes rows without a new write number. A reader whose snapshot began
+    before the erase can store its count after it: that count must not serve later reads (found
+    by review: ranks counted from the bottom were one off until the next write)."""
+    repository.apply_batch(batch(messages={("2024-03-10", u): u for u in (1, 2, 3)}, sequence=1))
+    in_snapshot, erased = threading.Event(), threading.Event()
+    counted: list[int] = []
+
+    def old_reader() -> None:
+        with repository.snapshot():
+            sequence = repository.write_sequence(G)  # the snapshot begins here
+            in_snapshot.set()
+            assert erased.wait(10)
+            counted.append(repository.ranked_count(G, 1, "messages", sequence))
+        db.close()
+
+    reader = threading.Thread(target=old_reader)
+    reader.start()
+    assert in_snapshot.wait(10)
+    repository.erase_member(G, 2, {repository.privacy_key(2): "stopped"})
+    erased.set()
+    reader.join(10)
+    assert counted == [3]  # what its snapshot held
+    with repository.snapshot():
+        assert repository.ranked_count(G, 1, "messages", repository.write_sequence(G)) == 2
+
+
 def hide_some(rng: random.Random, share: float) -> set[int]:
     """Store a privacy choice for a share of the season's members (and one for a member with no row)."""
     users = [int(u) for (u,) in MemberStats.select(MemberStats.user_id).where(MemberStats.season == 1).tuples()]

@@ -1125,12 +1125,12 @@ async def test_a_flush_counts_the_boards_of_windows_ranked_lately_in_the_backgro
     assert await flush_and_count() == (1, WEEK.scope)
     guild = rankings.activity.guild_id
 
-    def week_count_and_write() -> tuple[tuple[int, int] | None, int]:
+    def week_count_and_write() -> tuple[tuple[int, int, int] | None, int]:
         counts = repository._ranked.get(repository.database_proxy.obj, {})
         return counts.get((guild, WEEK.scope, "messages")), repository.write_sequence(guild)
 
     week_count, write = await rankings.storage.read(week_count_and_write)
-    assert week_count == (write, 2)  # the week's board, counted at the new write number
+    assert week_count == (write, 0, 2)  # the week's board, counted at the new write number (no erasure)
     monkeypatch.setattr("leaderboard_bot.services.ranking.WINDOW_RANKED_LATELY", -1.0)
     send(tracker, 2, 1)
     assert await flush_and_count() == (1,)  # not ranked lately: forgotten
