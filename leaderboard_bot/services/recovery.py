@@ -19,6 +19,7 @@ with its ``sequence``. Format 1 (one batch, an applied-marker by id) is still re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -99,6 +100,11 @@ class SavedFile:
     path: Path
     written_at: float
     parts: list[ActivityBatch]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def read_file(path: Path) -> SavedFile:
@@ -239,9 +245,11 @@ class RecoveryFile:
         parts were written, then remove the files. Unreadable files and other guilds' files are
         left in place, with one error line each. Returns the highest write number stored."""
         saved: list[SavedFile] = []
-        for path in self.files():
+        # On the worker: a file spilled during a long outage is many MB of JSON, and a standby
+        # taking over reads it while connected to Discord (the loop must keep its heartbeat).
+        for path in await self.worker.run(self.files):
             try:
-                saved.append(read_file(path))
+                saved.append(await self.worker.run(functools.partial(read_file, path)))
             except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
                 # Starting anyway would reuse its write numbers, and its counts could never be
                 # applied later: stop, and say what to do.
@@ -270,8 +278,7 @@ class RecoveryFile:
                 messages += sum(part.messages.values())
                 seconds += sum(part.voice.values())
             done.append(file.path)
-        for path in done:
-            path.unlink(missing_ok=True)
+        await self.worker.run(lambda: _remove(done))
         if done:
             logger.info(
                 "wrote {} message(s) and {:.0f}s of voice time saved before the last stop ({} file(s))",

@@ -590,3 +590,25 @@ async def test_a_part_spilled_during_a_roll_that_fails_lands_in_the_season_it_wa
         return out
 
     assert await activity_storage.run(per_season) == {1: 31}
+
+
+async def test_recovery_files_are_read_off_the_event_loop(
+    activity_storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file spilled during a long outage is many MB of JSON; a standby taking over reads it
+    while connected to Discord (found by review: parsed on the event loop)."""
+    from leaderboard_bot.services import recovery as recovery_module
+
+    file = RecoveryFile(tmp_path / "db.unsaved.json")
+    file.write([ActivityBatch(G, 1, T0, messages={("2024-03-10", 1): 2}, sequence=1)])
+    readers: list[str] = []
+    real_read = recovery_module.read_file
+
+    def spy(path: Path) -> object:
+        readers.append(threading.current_thread().name)
+        return real_read(path)
+
+    monkeypatch.setattr(recovery_module, "read_file", spy)
+    assert await file.apply_all(activity_storage, G) == 1
+    assert readers and threading.main_thread().name not in readers
+    assert not list(tmp_path.glob("db.unsaved*.json"))
