@@ -412,9 +412,16 @@ def windows_day(guild_id: int) -> str | None:
 
 def prepare_windows(guild_id: int, day: str) -> bool:
     """At start: build the windows if they are new, or move them on to ``day`` (a bot that was
-    down over midnight). True if they were built."""
-    built = get_setting(guild_id, WINDOWS_DAY_KEY) is None
-    move_windows(guild_id, day)
+    down over midnight). True if they were built. Windows ending after ``day`` (TIMEZONE moved
+    west, or the clock set back over midnight) are built again for ``day``: they never move back,
+    and a write adds to them only days up to the one they end on (today's counts would be left
+    out of today until the old day came round)."""
+    stored = windows_day(guild_id)
+    built = stored is None or stored > day
+    if stored is not None and stored > day:
+        rebuild_windows(guild_id, day)
+    else:
+        move_windows(guild_id, day)
     counts = _ranked.get(database_proxy.obj, {})
     for key in [k for k in counts if k[0] == guild_id and k[1] < 0]:
         counts.pop(key, None)  # moved without a new write number

@@ -121,12 +121,13 @@ class SeasonService:
             # A manual reset starts the next season now.
             start = next_boundary(finished.ends_at, period, now) if only_if_due else now
             # A scheduled reset ended the season at its boundary, however late it ran (the bot down,
-            # the database locked): the seasons' dates never overlap. What was counted since the
-            # boundary is in this write: counts carry no time finer than the day.
+            # the database locked): the seasons' dates never overlap, and time in voice since the
+            # boundary counts in the next season (written up to the boundary here). Messages and
+            # finished visits since then are in this write: they are kept per day, not per second.
             ended_at = finished.ends_at if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=ended_at, period=period, next_starts_at=start)
             try:
-                written = await self.activity.write_locked(finished.number, now, roll=roll)
+                written = await self.activity.write_locked(finished.number, ended_at, roll=roll)
             except asyncio.CancelledError:
                 # Cancelled (a stop) after the roll's own write committed: the season did end
                 # (not after a spilled part written before it: the season is still open then).

@@ -660,6 +660,18 @@ def test_windows_never_move_back_and_late_rows_of_a_past_day_land_where_they_bel
     check_windows("2026-11-10")
 
 
+def test_windows_ending_after_today_at_start_are_built_again_for_today(db: Database) -> None:
+    """TIMEZONE moved west over midnight (UTC's 06-02 is still 06-01 in Los Angeles): the windows
+    ended on 06-02 and today's counts, on 06-01, never reached today's board (found by a tester)."""
+    repository.apply_batch(batch(messages={("2026-06-01", 1): 4, ("2026-06-02", 2): 1}, today="2026-06-02"))
+    assert repository.prepare_windows(G, "2026-06-01") is True  # built again (logged at start)
+    assert repository.windows_day(G) == "2026-06-01"
+    repository.apply_batch(batch(messages={("2026-06-01", 3): 3}, today="2026-06-01"))
+    assert window_rows(TODAY.scope) == {1: (4, 0.0), 3: (3, 0.0)}
+    check_windows("2026-06-01")
+    assert repository.prepare_windows(G, "2026-06-01") is False  # the same day: nothing to do
+
+
 def test_windows_are_built_from_what_is_stored_the_first_time(db: Database) -> None:
     """An upgraded database: seasons and daily buckets written before windows existed."""
     for season, user, messages in [(1, 1, 10), (2, 1, 5), (2, 2, 7)]:

@@ -263,6 +263,20 @@ async def test_roll_at_an_explicit_time_splits_voice_there(start: Start, clock: 
     assert await stats_by_season(run.storage) == {(1, 1): (0, 50.0), (2, 1): (0, 50.0)}
 
 
+async def test_a_late_scheduled_reset_splits_voice_in_progress_at_the_boundary(start: Start, clock: FakeClock) -> None:
+    """The reset ran 30 s after the season's end (a tester found those 30 s of voice credited to
+    the season that had ended): time in voice since the boundary counts in the next season."""
+    run = await start()
+    boundary = run.seasons.current.ends_at
+    clock.set(boundary - 3_600.0)
+    run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 30.0)
+    finished = await run.seasons.roll(reason="due", only_if_due=True)
+    assert finished is not None and finished.ended_at == boundary
+    assert await run.seasons.flush() is True
+    assert await stats_by_season(run.storage) == {(1, 1): (0, 3_600.0), (2, 1): (0, 30.0)}
+
+
 async def test_a_failed_write_rolls_nothing_and_a_later_roll_succeeds(
     start: Start, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
