@@ -481,7 +481,7 @@ def rebuild_windows(guild_id: int, day: str) -> None:
 # peewee would build the SQL of every 100-row chunk in Python (about half of a 100,000-member
 # flush, holding the GIL). Rows are split by
 # which counters moved, so a message-only row does not rewrite the voice board's index entry (an
-# UPDATE rewrites the index of every column it SETs) and leaves the update trigger one test.
+# UPDATE rewrites the index of every column it SETs).
 _COUNTERS = ("messages", "voice_seconds")
 _PEEWEE_ERRORS = peewee.__exception_wrapper__  # type: ignore[attr-defined]  # peewee 4: module-level, not on the Database
 _upsert_sql_cache: dict[tuple[str, tuple[str, ...], tuple[str, ...], str], str] = {}
@@ -710,7 +710,7 @@ def rank_of(guild_id: int, season: int, board: Board, user_id: int) -> int | Non
     """1-based position the member holds in ``top`` order, or None with nothing on that board.
 
     Counted on the board index from the nearer end: from the top, the members ahead; from the
-    bottom, the ranked count (kept by triggers) minus the members behind. Either way at most about
+    bottom, the ranked count (see ranked_count) minus the members behind. Either way at most about
     half the board is counted, and rank #1 or the very last are a few index seeks."""
     # One read transaction: the value, the board size and the counts must see the same commit
     # (reads may run on their own connection while a flush commits); a savepoint inside another.
@@ -1232,11 +1232,6 @@ def member_data(guild_id: int, user_id: int) -> dict[str, Any]:
             else {"season": best[0], "board": best[1], "rank": best[2], "value": best[3]},
             "privacy": get_setting(guild_id, privacy_key(user_id)),
         }
-
-
-def day_span() -> tuple[str, str]:
-    """The widest day range: every stored day is between these names."""
-    return "0000-00-00", "9999-99-99"
 
 
 # One export row: (day or None, user id, stored name or None, messages, voice seconds, message

@@ -67,11 +67,9 @@ class Health(commands.Cog):
     def _memory_entries(self) -> dict[str, int]:
         """What grows with members, each bounded: visible so a leak would show."""
         services = self.bot.services
-        rankings = services.rankings
         entries = {"spam_buckets": len(services.activity.guard), **services.names.sizes()}
         entries.update(services.membership.sizes())  # HIDE_DEPARTED answers and lookups under way
-        entries["cached_tops"] = len(rankings.cache.items())
-        entries["stored_counts"] = len(getattr(rankings, "_known", None) or ())  # kept to merge flushes
+        entries.update(services.rankings.sizes())  # tops, and stored counts kept to merge flushes
         return entries
 
     def _boards_backing_off(self) -> list[str]:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
+from cachetools import TTLCache
 from loguru import logger
 
 from ..db import Storage, repository
 from ..domain import UNKNOWN_MEMBER, NameInfo, best_name
 
 NOT_FOUND_TTL = 3_600.0
+NOT_FOUND_AT_MOST = 10_000  # members remembered as gone (each for NOT_FOUND_TTL)
 KNOWN_NAMES = 10_000  # names kept in memory, most recently seen first out last
 MAX_FINGERPRINTS = 200_000  # past it the fingerprints are forgotten: each name is written once more
 _MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: snowflakes' low bits (a per-millisecond counter) vary little
@@ -127,7 +129,7 @@ class NameService:
         self.clock = clock
         # Only a definite "no such user" is remembered, and only for a while: an account
         # can come back, and a 5xx or a timeout says nothing about the user at all.
-        self._not_found_until: dict[int, float] = {}
+        self._not_found: TTLCache[int, bool] = TTLCache(NOT_FOUND_AT_MOST, NOT_FOUND_TTL, timer=lambda: self.clock())
         # /privacy stop: members whose names are never stored (services.privacy sets this).
         # A live set (one membership test per message, no call).
         self.withheld: AbstractSet[int] = frozenset()
@@ -186,6 +188,7 @@ class NameService:
             "names": len(self._known),
             "name_fingerprints": len(self._fingerprints),
             "unwritten_names": len(self._unwritten),
+            "names_not_found": len(self._not_found),
         }
 
     def take_unwritten(self) -> dict[int, NameInfo]:
@@ -200,15 +203,6 @@ class NameService:
         return dict(self._unwritten)
 
     # ------------------------------------------------------------------ lookups
-
-    def _known_missing(self, user_id: int) -> bool:
-        until = self._not_found_until.get(user_id)
-        if until is None:
-            return False
-        if self.clock() >= until:
-            del self._not_found_until[user_id]
-            return False
-        return True
 
     async def resolve(self, user_ids: Iterable[int]) -> dict[int, str]:
         ids = list(dict.fromkeys(user_ids))
@@ -233,7 +227,7 @@ class NameService:
             found.update(stored)
         fetches = 0
         for user_id in ids:
-            if user_id in found or source is None or self._known_missing(user_id):
+            if user_id in found or source is None or user_id in self._not_found:
                 continue
             if fetches >= self.max_fetches_per_call:
                 break
@@ -244,7 +238,7 @@ class NameService:
                 logger.warning("could not fetch the name of {} ({}); will ask again next time", user_id, error)
                 continue
             if info is None:
-                self._not_found_until[user_id] = self.clock() + NOT_FOUND_TTL
+                self._not_found[user_id] = True
                 continue
             self.remember(user_id, *info)
             found[user_id] = info[0]

@@ -98,9 +98,6 @@ class PrivacyService:
 
     # ------------------------------------------------------------------ reading (on the hot path)
 
-    def is_hidden(self, user_id: int) -> bool:
-        return user_id in self._hidden
-
     def is_stopped(self, user_id: int) -> bool:
         return user_id in self._stopped
 

@@ -351,6 +351,10 @@ class Rankings:
                     known[user] = (had[0] + messages, had[1] + voice)
             self._known_at = (batch.season, sequence)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries per member-keyed structure (for /health): each is bounded."""
+        return {"cached_tops": len(self.cache.items()), "stored_counts": len(self._known)}
+
     def warm(self) -> None:
         """Prepare the current season's board counts off the hot path (at start, after a takeover):
         the first rank of a big board then costs what every other one does."""

@@ -52,10 +52,6 @@ class TokenBucket:
     def refill_rate(self) -> float:
         return self._refill_rate
 
-    @property
-    def last_update(self) -> float:
-        return self._last
-
     def _pending(self, now: float) -> float:
         # Negative elapsed time (clock went backwards) must never mint tokens.
         elapsed = now - self._last

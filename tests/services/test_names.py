@@ -205,6 +205,21 @@ async def test_a_member_discord_does_not_know_is_not_asked_about_again_for_an_ho
     assert fetch.calls == [9, 8, 9]
 
 
+async def test_members_remembered_as_gone_are_bounded(
+    name_storage: Storage, tracker: ActivityService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each "no such user" was kept until the same member was asked about again (found by review)."""
+    from leaderboard_bot.services import names as names_module
+
+    monkeypatch.setattr(names_module, "NOT_FOUND_AT_MOST", 5)
+    tracker.names = NameService(name_storage, guild_id=G)  # built with the smaller bound
+    fetch = Fetcher({user: None for user in range(100)})
+    names = directory(name_storage, tracker, live=Live(), fetch=fetch)
+    for user in range(100):
+        await names.resolve([user])
+    assert names.sizes()["names_not_found"] == 5
+
+
 @pytest.mark.parametrize("error", [RuntimeError("HTTP 500"), TimeoutError()], ids=["5xx", "timeout"])
 async def test_a_lookup_that_failed_is_tried_again_next_time(
     name_storage: Storage, tracker: ActivityService, error: Exception
