@@ -424,24 +424,31 @@ class ActivityService:
         :meth:`write_locked`: no flush moves data between them meanwhile."""
         return self._flush_lock
 
-    async def flush(self, season: SeasonNumber, now: float | None = None) -> bool:
+    async def flush(
+        self, season: SeasonNumber, now: float | None = None, *, season_end: Callable[[], float] | None = None
+    ) -> bool:
         """Write everything buffered into the season ``season()`` names at the moment of writing
-        (asked under the lock, so a season ending meanwhile is never written into)."""
+        (asked under the lock, so a season ending meanwhile is never written into). Time in voice
+        is credited up to ``season_end()`` at most: past it, it belongs to the next season, which
+        the reset (due now) opens."""
         async with self._flush_lock:
-            return await self.write_locked(season(), now)
+            return await self.write_locked(season(), now, voice_until=None if season_end is None else season_end())
 
-    async def write_locked(self, season: int, now: float | None = None, *, roll: SeasonRoll | None = None) -> bool:
+    async def write_locked(
+        self, season: int, now: float | None = None, *, roll: SeasonRoll | None = None, voice_until: float | None = None
+    ) -> bool:
         """Write everything buffered into ``season`` in one transaction; the caller holds
         :meth:`quiescent`. On failure the data goes back into the buffers (and to the recovery
         file) and the next flush retries it: nothing counted is dropped. With ``roll``, the same
         transaction ends the season, and the caller moves on to the next one before releasing.
-        Spilled parts are written first, each in its own transaction: their numbers are lower."""
+        Spilled parts are written first, each in its own transaction: their numbers are lower.
+        ``voice_until``: see :meth:`_take`."""
         if self.fenced:
             return False
         now = self.clock() if now is None else now
         if self._spilled and not await self._write_spilled(season, now):
             return False
-        batch = self._take(season, now)
+        batch = self._take(season, now, voice_until)
         batch.roll = roll
         return await self._commit(batch, now, spilled=False)
 
@@ -510,11 +517,15 @@ class ActivityService:
             raise asyncio.CancelledError
         return True
 
-    def _take(self, season: int, now: float) -> ActivityBatch:
+    def _take(self, season: int, now: float, voice_until: float | None = None) -> ActivityBatch:
+        """The buffers as one batch; time in voice credited up to ``voice_until`` (default ``now``:
+        a late season end credits its season up to its boundary, the rest stays for the next)."""
         messages, self._messages = self._messages, Counter()
         self._early_flush_asked = False
-        drained = self._checkpoint_voice(now)
-        batch = self._batch(season, now, messages, drained, self.names.take_unwritten())
+        credited_until = now if voice_until is None else min(now, voice_until)
+        drained = self._checkpoint_voice(credited_until)
+        # The heartbeat: open sessions are credited up to here (a crash closes them at it).
+        batch = self._batch(season, credited_until, messages, drained, self.names.take_unwritten())
         batch.lease = self.claim_lease(self._releasing)
         batch.today = self.calendar.day_of(now)
         batch.sequence = self._next_sequence

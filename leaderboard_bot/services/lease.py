@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ..db import Storage, repository
@@ -21,6 +22,7 @@ from ..db.storage import StorageError
 from ..domain import LeaseClaim
 
 LEASE_GRACE = 5.0  # past one flush interval, before a silent holder is presumed gone
+RENEWALS_REMEMBERED = 8  # a standby learns the holder's pace from this many renewals seen
 
 
 def instance_name(clock: Callable[[], float] = time.time) -> str:
@@ -52,7 +54,8 @@ class LeaseService:
         # holder took between its last two renewals seen.
         self._seen: tuple[str | None, float] | None = None
         self._seen_at = 0.0
-        self._renewal_gap: float | None = None
+        self._seen_changed = False  # whether _seen was first seen as a change (not at a first look)
+        self._renewal_gaps: deque[float] = deque(maxlen=RENEWALS_REMEMBERED)
 
     @property
     def ttl(self) -> float:
@@ -90,20 +93,24 @@ class LeaseService:
                 return await self.try_acquire(holder_gone=True)
             await self.look()
         except StorageError:
-            self._seen = None
+            self._seen, self._seen_changed = None, False
             raise
         now = self.monotonic()
         seen = (self.current_holder, self.current_expires_at)
         if seen != self._seen:
-            if self._seen is not None and self._seen[0] == seen[0]:
-                self._renewal_gap = now - self._seen_at  # (an upper bound: the polls are apart too)
+            if self._seen is not None and self._seen_changed and self._seen[0] == seen[0]:
+                # Between two renewals both seen change (the first look may come at any time after
+                # a renewal: no measure). The longest of the last few: an extra write (midnight,
+                # a burst) comes sooner than the holder's usual pace.
+                self._renewal_gaps.append(now - self._seen_at)
+            self._seen_changed = self._seen is not None
             self._seen, self._seen_at = seen, now
         if self.current_holder is None or self.current_expires_at <= 0.0:  # released at a clean stop
             return await self.try_acquire()
-        waited = max(self.ttl, (self._renewal_gap or 0.0) + LEASE_GRACE)
-        if now - self._seen_at < waited:
+        pace = max(self._renewal_gaps, default=None)
+        if now - self._seen_at < max(self.ttl, (pace or 0.0) + LEASE_GRACE):
             return False
-        if self._renewal_gap is None and self.current_expires_at > self.clock():
+        if pace is None and self.current_expires_at > self.clock():
             return False  # its pace not learnt yet (it may renew less often than we would): its expiry too
         return await self.try_acquire(stale=(self.current_holder, self.current_expires_at))
 

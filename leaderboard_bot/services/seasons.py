@@ -70,7 +70,7 @@ class SeasonService:
 
     async def flush(self, now: float | None = None) -> bool:
         """Write buffered activity into the current season."""
-        return await self.activity.flush(self.current_number, now)
+        return await self.activity.flush(self.current_number, now, season_end=lambda: self.current.ends_at)
 
     def add_roll_listener(self, listener: RollListener) -> Callable[[], None]:
         """Call ``listener(finished, current)`` after each roll; returns a function that removes it."""
@@ -127,7 +127,7 @@ class SeasonService:
             ended_at = finished.ends_at if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=ended_at, period=period, next_starts_at=start)
             try:
-                written = await self.activity.write_locked(finished.number, ended_at, roll=roll)
+                written = await self.activity.write_locked(finished.number, now, roll=roll, voice_until=ended_at)
             except asyncio.CancelledError:
                 # Cancelled (a stop) after the roll's own write committed: the season did end
                 # (not after a spilled part written before it: the season is still open then).

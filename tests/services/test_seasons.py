@@ -270,11 +270,29 @@ async def test_a_late_scheduled_reset_splits_voice_in_progress_at_the_boundary(s
     boundary = run.seasons.current.ends_at
     clock.set(boundary - 3_600.0)
     run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 10.0)
+    assert await run.seasons.flush() is True  # a scheduled flush before the reset: not past the end
     clock.set(boundary + 30.0)
     finished = await run.seasons.roll(reason="due", only_if_due=True)
     assert finished is not None and finished.ended_at == boundary
     assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {(1, 1): (0, 3_600.0), (2, 1): (0, 30.0)}
+
+
+async def test_a_late_scheduled_reset_dates_its_write_now_not_at_the_boundary(
+    start: Start, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only time in voice is split at the boundary: a late reset that fails after three days down
+    must not say writes were refused for three days, nor one that succeeds say the last write was
+    then (found by review)."""
+    run = await start()
+    clock.set(run.seasons.current.ends_at + 3 * 86_400.0)
+    with monkeypatch.context() as patch:
+        fail_batches(patch, times=1)
+        assert await run.seasons.roll(reason="due", only_if_due=True) is None
+    assert run.tracker.failing_since == clock.now
+    assert await run.seasons.roll(reason="due", only_if_due=True) is not None
+    assert run.tracker.last_flush_at == clock.now
 
 
 async def test_a_failed_write_rolls_nothing_and_a_later_roll_succeeds(
