@@ -466,15 +466,16 @@ def _parse_pending_rows(text: str) -> int:
     return int(cleaned)
 
 
-# Names in the zone database that are not places: the machine's own setting, a placeholder.
-MACHINE_ZONES = frozenset(("localtime", "posixrules", "Factory"))
+# Names in the zone database that are not places: the machine's own setting, a placeholder (and
+# the posix/ and right/ copies, right/ counting leap seconds that Unix time does not have).
+MACHINE_ZONES = frozenset(("localtime", "posixrules", "factory"))
 
 
 def _parse_timezone(text: str) -> str:
     name = text.strip()
     if name.upper() in ("UTC", "Z", "ETC/UTC"):
         return "UTC"
-    if name in MACHINE_ZONES:
+    if name.lower() in MACHINE_ZONES or name.lower().startswith(("posix/", "right/")):
         raise ValueError(
             f"{_show(text)} is a file of this machine's time zone setup, not a zone: use your zone's IANA "
             "name (`timedatectl` shows it), like Europe/Berlin or America/New_York"
@@ -484,7 +485,9 @@ def _parse_timezone(text: str) -> str:
             raise ValueError(name)
         ZoneInfo(name)
     except (ValueError, ZoneInfoNotFoundError, IsADirectoryError, UnicodeError):
-        spelled = {zone.lower(): zone for zone in available_timezones()}.get(name.lower())
+        spelled = {zone.lower(): zone for zone in available_timezones() if zone.lower() not in MACHINE_ZONES}.get(
+            name.lower()
+        )
         hint = f"did you mean {spelled}?" if spelled else "use an IANA name like UTC, Europe/Berlin or America/New_York"
         raise ValueError(f"{_show(text)} is not a time zone: {hint}") from None
     return name

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -44,7 +45,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if len(secret) >= SHORT_SECRET:
             text = text.replace(secret, REDACTED)
         elif secret and secret in text:
-            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
+            before = r"(?<!\w)" if (secret[0].isalnum() or secret[0] == "_") else ""
+            after = r"(?!\w)" if (secret[-1].isalnum() or secret[-1] == "_") else ""
+            text = re.sub(before + re.escape(secret) + after, REDACTED, text)
     return text
 
 
@@ -220,10 +223,7 @@ LOG_FILE_ROTATION = 20 * 1024 * 1024  # bytes
 LOG_FILE_RETENTION = 10
 
 
-def _gzip_rotated(source: str, dest: str) -> None:
-    with open(source, "rb") as plain, gzip.open(dest, "wb") as packed:
-        shutil.copyfileobj(plain, packed)
-    os.remove(source)
+LOG_ROTATION_RETRY = 60.0  # seconds before a rotation that failed (a full disk) is tried again
 
 
 class _LogFileHandler(logging.handlers.RotatingFileHandler):
@@ -233,10 +233,10 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
 
     def __init__(self, path: str) -> None:
         super().__init__(path, maxBytes=LOG_FILE_ROTATION, backupCount=LOG_FILE_RETENTION, encoding="utf-8")
-        self.rotator = _gzip_rotated
-        self.namer = lambda name: name + ".gz"
         self.failing = False
         self._refused = False
+        self._rotate_not_before = 0.0
+        self._rotation_failing = False
 
     def emit(self, record: logging.LogRecord) -> None:
         self._refused = False
@@ -245,7 +245,7 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
             self.failing = False
             print(f"leaderboard-bot: writing the log file {self.baseFilename} again", file=sys.stderr)
 
-    def handleError(self, record: logging.LogRecord) -> None:
+    def handleError(self, record: logging.LogRecord | None) -> None:
         self._refused = True
         if not self.failing:
             self.failing = True
@@ -255,6 +255,42 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
                 "logging to the console only until it works again",
                 file=sys.stderr,
             )
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return time.monotonic() >= self._rotate_not_before and bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:
+        """Compress the file first, and only then move the kept ones along: a compression the
+        disk refuses leaves every kept file as it was (the standard handler moved them first,
+        on every line while the disk was full), and is tried again a minute later."""
+        if self.stream:
+            self.stream.close()
+            self.stream = None
+        packed = f"{self.baseFilename}.rotating.gz"
+        try:
+            with open(self.baseFilename, "rb") as plain, gzip.open(packed, "wb") as out:
+                shutil.copyfileobj(plain, out)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(packed)
+            self._rotate_not_before = time.monotonic() + LOG_ROTATION_RETRY
+            if not self._rotation_failing:
+                self._rotation_failing = True
+                print(
+                    f"leaderboard-bot: cannot rotate the log file {self.baseFilename} ({error}); it grows past "
+                    f"its size until a rotation works (tried every {LOG_ROTATION_RETRY:.0f}s)",
+                    file=sys.stderr,
+                )
+            self.stream = self._open()
+            return
+        self._rotation_failing = False
+        for number in range(self.backupCount - 1, 0, -1):
+            older = f"{self.baseFilename}.{number}.gz"
+            if os.path.exists(older):
+                os.replace(older, f"{self.baseFilename}.{number + 1}.gz")
+        os.replace(packed, f"{self.baseFilename}.1.gz")
+        os.remove(self.baseFilename)
+        self.stream = self._open()
 
 
 class _LogFileSink:

@@ -65,6 +65,7 @@ def test_a_short_secret_is_redacted_only_where_it_stands_alone() -> None:
     assert redact("max 5 x: x", ["x"]) == "max 5 [REDACTED]: [REDACTED]"
     assert redact("token=pw, user pwd", ["pw"]) == "token=[REDACTED], user pwd"
     assert redact("a-long-secret-tokenish", ["a-long-secret-token"]) == "[REDACTED]ish"
+    assert redact("x=ab!c", ["ab!"]) == "x=[REDACTED]c"  # a punctuation end needs no word boundary
 
 
 def test_redact_ignores_empty_secrets() -> None:
@@ -450,6 +451,43 @@ def test_the_log_file_rotates_into_gzip_files_and_keeps_ten(tmp_path: Path, monk
     assert len(rotated) == logs.LOG_FILE_RETENTION
     newest = [json.loads(line)["n"] for line in gzip.decompress((tmp_path / "bot.log.1.gz").read_bytes()).splitlines()]
     assert newest == [38] and json.loads(path.read_text())["n"] == 39
+
+
+def test_a_rotation_the_disk_refuses_leaves_the_kept_files_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The standard handler moved the kept files along before compressing: on a full disk every
+    line tried again, and a dozen lines left none of the ten intact (found by review)."""
+    from leaderboard_bot import logs
+
+    monkeypatch.setattr(logs, "LOG_FILE_ROTATION", 100)
+    path = tmp_path / "bot.log"
+    sink = logs._LogFileSink(str(path))
+    for n in range(40):
+        sink.write(json.dumps({"n": n, "pad": "x" * 60}) + "\n")
+    kept = {p.name: p.read_bytes() for p in tmp_path.glob("bot.log.*.gz")}
+    assert len(kept) == logs.LOG_FILE_RETENTION
+    real_copy = logs.shutil.copyfileobj
+    attempts: list[int] = []
+
+    def disk_full(source: Any, target: Any, *args: Any) -> None:
+        attempts.append(1)
+        target.write(source.read(10))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logs.shutil, "copyfileobj", disk_full)
+    for n in range(40, 52):
+        sink.write(json.dumps({"n": n, "pad": "x" * 60}) + "\n")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("bot.log.*.gz")} == kept
+    assert len(attempts) == 1  # tried again a minute later, not on every line
+    assert not list(tmp_path.glob("*.rotating.gz"))
+    assert capsys.readouterr().err.count("cannot rotate the log file") == 1
+    monkeypatch.setattr(logs.shutil, "copyfileobj", real_copy)
+    monkeypatch.setattr(sink.handler, "_rotate_not_before", 0.0)  # the minute has passed
+    sink.write(json.dumps({"n": 52}) + "\n")
+    newest = gzip.decompress((tmp_path / "bot.log.1.gz").read_bytes()).splitlines()
+    assert [json.loads(line)["n"] for line in newest][-1] == 51  # nothing written meanwhile was lost
+    sink.stop()
 
 
 # --------------------------------------------------------------------------- storms
