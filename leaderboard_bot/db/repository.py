@@ -32,6 +32,7 @@ CHUNK_ROWS = 100
 WRITE_SEQUENCE_KEY = "write_sequence"  # the highest numbered batch committed (see services.recovery)
 RECOVERY_MARKER_PREFIX = "recovered:"  # format-1 recovery files' applied-markers
 WINDOWS_DAY_KEY = "windows_day"  # the day the rolling windows end on (they hold the days up to it)
+WINDOWS_ZONE_KEY = "windows_zone"  # the TIMEZONE the bot last started with (its days)
 PLACINGS_KEY = "placings_through"  # the last finished season whose placings are in best_placing
 
 
@@ -410,18 +411,22 @@ def windows_day(guild_id: int) -> str | None:
     return None if day is None else str(day)
 
 
-def prepare_windows(guild_id: int, day: str) -> bool:
+def prepare_windows(guild_id: int, day: str, zone: str = "UTC") -> bool:
     """At start: build the windows if they are new, or move them on to ``day`` (a bot that was
-    down over midnight). True if they were built. Windows ending after ``day`` (TIMEZONE moved
-    west, or the clock set back over midnight) are built again for ``day``: they never move back,
-    and a write adds to them only days up to the one they end on (today's counts would be left
-    out of today until the old day came round)."""
-    stored = windows_day(guild_id)
-    built = stored is None or stored > day
-    if stored is not None and stored > day:
-        rebuild_windows(guild_id, day)
-    else:
-        move_windows(guild_id, day)
+    down over midnight). True if they were built. Windows ending after ``day`` because TIMEZONE
+    moved west (``zone`` is not the one they were moved in) are built again for ``day``: they
+    never move back, and a write adds to them only days up to the one they end on (today's counts
+    would be left out of today until the old day came round). A clock merely behind (not yet
+    synchronised at boot) leaves them as they are: rebuilt, they would lose the later day's counts."""
+    with database_proxy.atomic():
+        stored = windows_day(guild_id)
+        moved_west = stored is not None and stored > day and get_setting(guild_id, WINDOWS_ZONE_KEY) not in (None, zone)
+        built = stored is None or moved_west
+        if moved_west:
+            rebuild_windows(guild_id, day)
+        else:
+            move_windows(guild_id, day)
+        _set_setting(guild_id, WINDOWS_ZONE_KEY, zone)
     counts = _ranked.get(database_proxy.obj, {})
     for key in [k for k in counts if k[0] == guild_id and k[1] < 0]:
         counts.pop(key, None)  # moved without a new write number

@@ -393,7 +393,8 @@ class ActivityService:
         if closed:
             logger.info("closed {} voice session(s) left open by an unclean stop, at their last heartbeat", closed)
         started = time.perf_counter()
-        if await self.storage.run(repository.prepare_windows, self.guild_id, self.calendar.day_of(self.clock())):
+        today = self.calendar.day_of(self.clock())
+        if await self.storage.run(repository.prepare_windows, self.guild_id, today, self.calendar.zone_name):
             logger.info(
                 "built the today, week, month and all-time boards from the stored activity in {:.1f}s",
                 time.perf_counter() - started,

@@ -660,16 +660,29 @@ def test_windows_never_move_back_and_late_rows_of_a_past_day_land_where_they_bel
     check_windows("2026-11-10")
 
 
-def test_windows_ending_after_today_at_start_are_built_again_for_today(db: Database) -> None:
+def test_windows_ending_after_today_at_start_are_built_again_for_today_when_the_zone_moved_west(
+    db: Database,
+) -> None:
     """TIMEZONE moved west over midnight (UTC's 06-02 is still 06-01 in Los Angeles): the windows
     ended on 06-02 and today's counts, on 06-01, never reached today's board (found by a tester)."""
     repository.apply_batch(batch(messages={("2026-06-01", 1): 4, ("2026-06-02", 2): 1}, today="2026-06-02"))
-    assert repository.prepare_windows(G, "2026-06-01") is True  # built again (logged at start)
+    assert repository.prepare_windows(G, "2026-06-02", "UTC") is False
+    assert repository.prepare_windows(G, "2026-06-01", "America/Los_Angeles") is True  # built again
     assert repository.windows_day(G) == "2026-06-01"
     repository.apply_batch(batch(messages={("2026-06-01", 3): 3}, today="2026-06-01"))
     assert window_rows(TODAY.scope) == {1: (4, 0.0), 3: (3, 0.0)}
     check_windows("2026-06-01")
-    assert repository.prepare_windows(G, "2026-06-01") is False  # the same day: nothing to do
+    assert repository.prepare_windows(G, "2026-06-01", "America/Los_Angeles") is False
+
+
+def test_a_clock_behind_at_start_leaves_the_windows_as_they_are(db: Database) -> None:
+    """The same zone, a day earlier: a clock not yet synchronised at boot (no real-time clock).
+    Built again, the windows would lose the later day's counts for good (found by review)."""
+    repository.apply_batch(batch(messages={("2026-06-01", 1): 4, ("2026-06-02", 2): 1}, today="2026-06-02"))
+    assert repository.prepare_windows(G, "2026-06-02", "UTC") is False
+    assert repository.prepare_windows(G, "2026-06-01", "UTC") is False
+    assert repository.windows_day(G) == "2026-06-02"
+    check_windows("2026-06-02")
 
 
 def test_windows_are_built_from_what_is_stored_the_first_time(db: Database) -> None:
