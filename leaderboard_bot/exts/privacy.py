@@ -345,8 +345,9 @@ class ConfirmDelete(ReportingView):
         except Exception as error:
             if not isinstance(error, StorageError):
                 logger.bind(user_id=inter.author.id).exception("/privacy delete failed")
+            what = "The database did not answer" if isinstance(error, StorageError) else "Something went wrong"
             text = (
-                "The database did not answer, so nothing stored was erased yet; you are not counted meanwhile. "
+                f"{what}, so nothing stored was erased yet; you are not counted meanwhile. "
                 "Please run `/privacy delete` again in a moment."
             )
             await inter.edit_original_response(embed=_private(text), view=None)
