@@ -184,6 +184,9 @@ def _release(error: BaseException) -> None:
         stack.extend((item.__context__, item.__cause__))
 
 
+WAL_FILES = ("-wal", "-shm")  # SQLite's companions of a database file in WAL mode
+
+
 def _file_identity(path: str) -> tuple[int, int] | None:
     try:
         status = os.stat(path)
@@ -326,14 +329,24 @@ class Storage:
         self._db: Database | None = None
         self._closed = False
         self._file: tuple[str, tuple[int, int] | None] | None = None  # a SQLite file: (path, its identity)
+        self._companions: dict[str, tuple[int, int] | None] = {}  # its -wal and -shm as opened
+        self._wal_lost = False  # the -wal was deleted under us: every write is checkpointed at once
 
     def _job(self, func: Callable[[], T]) -> T:
-        if self._file is not None and not getattr(_reading, "active", False) and func != self._close_db:
-            self._check_file(*self._file)
+        writing = self._file is not None and not getattr(_reading, "active", False) and func != self._close_db
+        if writing:
+            self._check_files()
         db = self._db
         if isinstance(db, PooledPostgresqlDatabase) and func != self._close_db:  # closing borrows none
             return _guarded(partial(_pooled, db, func))
-        return _guarded(func)
+        result = _guarded(func)
+        if writing and self._wal_lost:
+            _guarded(self._checkpoint)  # the -wal it went to is gone from the folder: into the file now
+        return result
+
+    def _checkpoint(self) -> None:
+        if self._db is not None:
+            self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _read_job(self, func: Callable[[], T]) -> T:
         _reading.active = True
@@ -350,16 +363,54 @@ class Storage:
         elif (path := sqlite_path(self.database_url)) != ":memory:":
             self._readers = [DaemonWorker("leaderboard-db-read", wrap=self._read_job)]
             self._file = (path, await self._thread.run(partial(_file_identity, path)))  # a stat: off the loop
+            self._companions = {
+                suffix: await self._thread.run(partial(_file_identity, path + suffix)) for suffix in WAL_FILES
+            }
         self._pending = {id(reader): 0 for reader in self._readers}
 
-    @staticmethod
-    def _check_file(path: str, identity: tuple[int, int] | None) -> None:
+    def _check_files(self) -> None:
         """Writes go to the file opened at start. Deleted, or another file moved over it (``mv``),
         while the bot runs, that file is gone once the bot stops: every write then fails, so what
-        is counted stays in memory and in the recovery file, for the file at that path. (Copied
-        over in place, as by ``cp``, it is the same file: that cannot be told, and would be damaged.)"""
+        is counted stays in memory and in the recovery file, for the file at that path. The old
+        file's -wal and -shm are moved aside then: SQLite would read them into the file now at that
+        path at the next start (a restored backup damaged, or silently undone). (Copied over in
+        place, as by ``cp``, it is the same file: that cannot be told, and would be damaged.)
+
+        The -wal deleted under the bot (the file itself still there) holds every write since the
+        last checkpoint, reachable only through the bot's open handle: copied into the file at once,
+        and after every write from then on, so that a crash loses nothing."""
+        assert self._file is not None
+        path, identity = self._file
         if identity is not None and _file_identity(path) != identity:
+            self._move_companions_aside(path)
             raise StorageError(f"the database file {path} was deleted or replaced while the bot runs", kind="replaced")
+        wal = self._companions.get("-wal")
+        if not self._wal_lost and wal is not None and _file_identity(path + "-wal") != wal:
+            self._wal_lost = True
+            _guarded(self._checkpoint)
+            from loguru import logger
+
+            logger.warning(
+                "the database's {}-wal file was deleted or replaced while the bot runs: what it held is now in "
+                "the database file, and every write is copied there at once; restart the bot when convenient",
+                path,
+            )
+
+    def _move_companions_aside(self, path: str) -> None:
+        for suffix, opened in list(self._companions.items()):
+            if opened is None or _file_identity(path + suffix) != opened:
+                continue  # not the file this process opened (or already moved)
+            aside = f"{path}{suffix}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            try:
+                os.replace(path + suffix, aside)
+            except OSError:
+                continue
+            from loguru import logger
+
+            logger.warning(
+                "moved {}{} aside to {}: it belongs to the database file that was replaced", path, suffix, aside
+            )
+            self._companions[suffix] = None
 
     @property
     def database(self) -> Database | None:

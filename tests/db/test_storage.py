@@ -24,7 +24,7 @@ from leaderboard_bot.db.models import (
     VoiceSession,
     database_proxy,
 )
-from leaderboard_bot.db.storage import Storage, StorageError, open_database
+from leaderboard_bot.db.storage import Storage, StorageError, check_integrity, open_database
 from leaderboard_bot.domain import ActivityBatch, RankedEntry, SessionClose, SessionOpen
 from tests.conftest import close_database, connect_raw
 
@@ -625,6 +625,60 @@ async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_
         assert await storage.read(repository.get_setting, G, "k") == 1  # reads still answer
     finally:
         assert await storage.close()
+
+
+def stored_settings(path: Path) -> dict[str, str]:
+    """What a new process finds in the file at ``path`` (as after a kill -9 of the bot)."""
+    conn = sqlite3.connect(path)
+    try:
+        return {str(k): str(v) for k, v in conn.execute('SELECT "key", "value" FROM "setting"')}
+    finally:
+        conn.close()
+
+
+async def test_a_backup_moved_over_the_database_is_used_as_it_is_at_the_next_start(tmp_path: Path) -> None:
+    """The old file's -wal and -shm stayed beside the restored one, and SQLite read them into it at
+    the next start: the file damaged, or the restore silently undone (found by a tester)."""
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, "k", 1)
+        backup = tmp_path / "backup.db"
+        await storage.run(lambda: repository.database_proxy.execute_sql(f"VACUUM INTO '{backup}'"))
+        await storage.run(repository.set_setting, G, "k", 2)  # after the backup: in the -wal only
+        os.replace(backup, path)  # mv backup.db board.db
+        with pytest.raises(StorageError):
+            await storage.run(repository.set_setting, G, "k", 3)
+        assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+        assert len(list(tmp_path.glob("board.db-wal.replaced-*"))) == 1
+    finally:
+        await storage.close()
+    # kill -9 or a stop alike: the next start opens the backup as it was.
+    assert stored_settings(path)["k"] == "1"
+    check_integrity(str(path))
+
+
+async def test_a_wal_deleted_under_the_bot_loses_nothing_at_a_crash(tmp_path: Path) -> None:
+    """Until the next checkpoint the -wal holds every write: deleted (a clean-up script), it was
+    reachable only through the bot's open handle, and a kill -9 lost the whole database (found by
+    a tester). Now what it holds goes into the file at once, and every later write too."""
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, "before", 1)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        await storage.run(repository.set_setting, G, "after", 2)
+        # A kill -9 now: a new process finds everything in the file itself.
+        found = stored_settings(path)
+        assert found["before"] == "1" and found["after"] == "2"
+        await storage.run(repository.set_setting, G, "later", 3)
+        assert stored_settings(path)["later"] == "3"
+        assert await storage.read(repository.get_setting, G, "later") == 3
+    finally:
+        await storage.close()
 
 
 async def test_a_full_disk_is_reported_as_such_not_as_a_failed_rollback(tmp_path: Path) -> None:
