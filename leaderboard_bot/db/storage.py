@@ -90,7 +90,7 @@ class StorageError(Exception):
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
         super().__init__(message)
-        self.kind = kind  # "locked", "disk full", "damaged", "newer schema", "read-only", "error"
+        self.kind = kind  # "locked", "disk full", "damaged", "newer schema", "read-only", "i/o", "error"
 
     @classmethod
     def describe(cls, error: BaseException) -> StorageError:
@@ -116,6 +116,8 @@ class StorageError(Exception):
             kind = "damaged"
         elif "readonly" in lowered or "read-only" in lowered:
             kind = "read-only"
+        elif "disk i/o error" in lowered:
+            kind = "i/o"
         else:
             kind = "error"
         return cls(f"{type(cause).__name__}: {text}", kind=kind)
@@ -127,6 +129,8 @@ class StorageError(Exception):
             "disk full": "the disk is full: free some space; counting resumes by itself",
             "read-only": "the database file or its folder is not writable by the bot",
             "damaged": "the database file is damaged: restore a backup",
+            "i/o": "the file system refused the write (the file or its -wal made read-only or immutable, a "
+            "failing disk, a network drive gone): check them; counting resumes by itself",
             "newer schema": "the database was made by a newer version of leaderboard-bot: upgrade the bot",
             "lease lost": "another instance of the bot counts for this server now",
             "unreachable": "the PostgreSQL server cannot be reached: is it running, and are the host, port "

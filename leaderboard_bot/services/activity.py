@@ -559,15 +559,15 @@ class ActivityService:
         if first or now - self._last_failure_line >= FAILURE_REMINDER_EVERY:
             self._last_failure_line = now
             advice = self.last_error.advice
+            # (Whether the recovery file could take them is said by its own lines.)
             logger.warning(
-                "{} ({}){}; {} message(s) kept in memory{} and retried every flush",
+                "{} ({}){}; {} message(s) kept in memory and retried every flush",
                 "cannot write activity"
                 if first
                 else f"still cannot write activity after {now - (self._failing_since or now):.0f}s",
                 self.last_error,
                 f": {advice}" if advice else "",
                 sum(self._messages.values()),
-                "" if self.recovery is None else " and on disk",
             )
 
     def _note_success(self, now: float) -> None:

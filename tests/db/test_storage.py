@@ -791,3 +791,17 @@ def test_a_healthy_database_passes_the_check_and_an_overlong_check_is_skipped(tm
     check_integrity(str(path))  # no error
     check_integrity(str(path), budget=0.0)  # out of time at once: skipped, not failed
     check_integrity(str(tmp_path / "missing.db"))  # a new database has nothing to check
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind", "advice"),
+    [
+        (sqlite3.OperationalError("disk I/O error"), "i/o", "read-only or immutable"),
+        (sqlite3.OperationalError("attempt to write a readonly database"), "read-only", "not writable"),
+        (sqlite3.OperationalError("database or disk is full"), "disk full", "free some space"),
+        (sqlite3.DatabaseError("database disk image is malformed"), "damaged", "restore a backup"),
+    ],
+)
+def test_each_kind_of_storage_failure_comes_with_its_advice(raised: Exception, kind: str, advice: str) -> None:
+    described = StorageError.describe(raised)
+    assert described.kind == kind and advice in described.advice
