@@ -256,8 +256,7 @@ class RecoveryFile:
                 raise UnreadableRecoveryFile(path, error) from None
         saved.sort(key=lambda f: f.written_at)
         stored = int(await storage.run(repository.get_setting, guild_id, repository.WRITE_SEQUENCE_KEY, 0))
-        messages = 0
-        seconds = 0.0
+        messages = seconds = skipped_messages = skipped_seconds = 0.0
         done: list[Path] = []
         for file in saved:
             if any(part.guild_id != guild_id for part in file.parts):
@@ -265,8 +264,10 @@ class RecoveryFile:
                 continue
             for part in sorted(file.parts, key=lambda p: p.sequence or 0):
                 if part.sequence is not None:
-                    if part.sequence <= stored:
-                        continue  # written before the stop, or covered by a later write
+                    if part.sequence <= stored:  # written before the stop, or covered by a later write
+                        skipped_messages += sum(part.messages.values())
+                        skipped_seconds += sum(part.voice.values())
+                        continue
                     stored = part.sequence
                 elif part.recovery_id is not None and await storage.run(
                     repository.get_setting, guild_id, f"recovered:{part.recovery_id}"
@@ -281,9 +282,19 @@ class RecoveryFile:
         await self.worker.run(lambda: _remove(done))
         if done:
             logger.info(
-                "wrote {} message(s) and {:.0f}s of voice time saved before the last stop ({} file(s))",
+                "wrote {:.0f} message(s) and {:.0f}s of voice time saved before the last stop ({} file(s))",
                 messages,
                 seconds,
                 len(done),
+            )
+        if skipped_messages or skipped_seconds:
+            # Not told apart from here: written by the stopped instance just before it stopped, or
+            # dropped because another instance took the lease meanwhile (see services/lease.py).
+            logger.info(
+                "skipped {:.0f} message(s) and {:.0f}s of voice time saved before the last stop: the database "
+                "already holds writes past their number (written before the stop, or by an instance that "
+                "took over meanwhile)",
+                skipped_messages,
+                skipped_seconds,
             )
         return stored

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats
@@ -612,3 +613,23 @@ async def test_recovery_files_are_read_off_the_event_loop(
     assert await file.apply_all(activity_storage, G) == 1
     assert readers and threading.main_thread().name not in readers
     assert not list(tmp_path.glob("db.unsaved*.json"))
+
+
+async def test_parts_the_database_already_holds_writes_past_are_skipped_with_one_line(
+    activity_storage: Storage, tmp_path: Path
+) -> None:
+    """An instance that lost its lease during an outage left a file: at its next start the parts
+    are behind what the database holds (the other instance wrote past them) and are skipped,
+    which was silent (found by review)."""
+    await activity_storage.run(repository.set_setting, G, repository.WRITE_SEQUENCE_KEY, 9)
+    file = RecoveryFile(tmp_path / "db.unsaved.json")
+    file.write([ActivityBatch(G, 1, T0, messages={("2024-03-10", 1): 4}, voice={("2024-03-10", 2): 30.0}, sequence=7)])
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        assert await file.apply_all(activity_storage, G) == 9
+    finally:
+        logger.remove(sink)
+    assert await stats(activity_storage) == {}
+    (said,) = [line for line in lines if "skipped" in line]
+    assert "4 message(s) and 30s of voice" in said and "took over" in said
