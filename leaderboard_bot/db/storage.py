@@ -345,12 +345,21 @@ class Storage:
             return _guarded(partial(_pooled, db, func))
         result = _guarded(func)
         if writing and self._wal_lost:
-            _guarded(self._checkpoint)  # the -wal it went to is gone from the folder: into the file now
+            self._checkpoint()  # the -wal it went to is gone from the folder: into the file now
         return result
 
-    def _checkpoint(self) -> None:
-        if self._db is not None:
-            self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    def _checkpoint(self) -> bool:
+        """Copy the -wal into the database file, as far as readers allow (PASSIVE: never waits for
+        one); True when all of it is there. Never raises: the write before it has committed, and
+        a failure here must not make it look failed (it would be written again)."""
+        if self._db is None:
+            return False
+        try:
+            busy, frames, copied = self._db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except Exception as error:
+            _release(error)
+            return False
+        return not busy and copied >= frames
 
     def _read_job(self, func: Callable[[], T]) -> T:
         _reading.active = True
@@ -391,13 +400,15 @@ class Storage:
         wal = self._companions.get("-wal")
         if not self._wal_lost and wal is not None and _file_identity(path + "-wal") != wal:
             self._wal_lost = True
-            _guarded(self._checkpoint)
+            copied = self._checkpoint()
             from loguru import logger
 
             logger.warning(
-                "the database's {}-wal file was deleted or replaced while the bot runs: what it held is now in "
-                "the database file, and every write is copied there at once; restart the bot when convenient",
+                "the database's {}-wal file was deleted or replaced while the bot runs: it holds the writes not "
+                "yet in the database file, {}; every write is copied there from now on; restart the bot when "
+                "convenient",
                 path,
+                "now copied there" if copied else "copied there as soon as readers allow",
             )
 
     def _move_companions_aside(self, path: str) -> None:
@@ -405,11 +416,20 @@ class Storage:
             if opened is None or _file_identity(path + suffix) != opened:
                 continue  # not the file this process opened (or already moved)
             aside = f"{path}{suffix}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            from loguru import logger
+
             try:
                 os.replace(path + suffix, aside)
-            except OSError:
+            except OSError as error:
+                logger.error(
+                    "could not move {}{} aside ({}): it belongs to the database file that was replaced, and "
+                    "SQLite would read it into the file now at that path. Move it away before restarting the bot",
+                    path,
+                    suffix,
+                    error,
+                )
+                self._companions[suffix] = None  # said once
                 continue
-            from loguru import logger
 
             logger.warning(
                 "moved {}{} aside to {}: it belongs to the database file that was replaced", path, suffix, aside

@@ -10,8 +10,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from loguru import logger
 from peewee import Database, PostgresqlDatabase, SqliteDatabase
 
 from leaderboard_bot.db import repository
@@ -805,3 +807,68 @@ def test_a_healthy_database_passes_the_check_and_an_overlong_check_is_skipped(tm
 def test_each_kind_of_storage_failure_comes_with_its_advice(raised: Exception, kind: str, advice: str) -> None:
     described = StorageError.describe(raised)
     assert described.kind == kind and advice in described.advice
+
+
+async def test_a_checkpoint_that_fails_after_a_write_never_makes_the_write_look_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write committed; had the copy into the file raised, the batch would have been given
+    back and written again: every count doubled (found by review)."""
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, "k", 1)
+        assert await storage.read(repository.get_setting, G, "k") == 1  # the reader connected, as in the bot
+        Path(f"{path}-wal").unlink()
+        database = storage.database
+        assert database is not None
+        real = database.execute_sql
+
+        def refuse_checkpoints(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if "wal_checkpoint" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(sql, *args, **kwargs)
+
+        monkeypatch.setattr(database, "execute_sql", refuse_checkpoints)
+        await storage.run(repository.set_setting, G, "k", 2)  # no StorageError
+        assert await storage.read(repository.get_setting, G, "k") == 2
+        monkeypatch.undo()
+        await storage.run(repository.set_setting, G, "k", 3)  # copied again at the next write
+        assert stored_settings(path)["k"] == "3"
+    finally:
+        await storage.close()
+
+
+async def test_companions_that_cannot_be_moved_aside_are_named_in_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leaderboard_bot.db import storage as storage_module
+
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    try:
+        await storage.run(repository.set_setting, G, "k", 1)
+        backup = tmp_path / "backup.db"
+        sqlite3.connect(backup).close()
+        real_replace = os.replace
+
+        def refuse_wal_moves(source: str, target: str) -> None:
+            if "-wal" in str(source) or "-shm" in str(source):
+                raise PermissionError(13, "Permission denied")
+            real_replace(source, target)
+
+        monkeypatch.setattr(storage_module.os, "replace", refuse_wal_moves)
+        real_replace(backup, path)
+        with pytest.raises(StorageError):
+            await storage.run(repository.set_setting, G, "k", 2)
+        with pytest.raises(StorageError):
+            await storage.run(repository.set_setting, G, "k", 3)
+    finally:
+        logger.remove(sink)
+        await storage.close()
+    moved = [e for e in errors if "could not move" in e]
+    assert len(moved) == 2 and "before restarting" in moved[0]  # -wal and -shm, each said once
