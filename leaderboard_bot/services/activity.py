@@ -15,6 +15,7 @@ once the database accepts writes again. Nothing is ever dropped.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 from collections import Counter
@@ -94,6 +95,7 @@ class ActivityService:
         self.snapshot_every = snapshot_every
         self.earliest_event = earliest_event  # the current season's start: nothing counts before it
         self.current_season = current_season  # where spilled rows belong if read back at the next start
+        self.season_end: Callable[[], float] = lambda: math.inf  # set by the season service (its end)
         self.observe_flush = observe_flush  # (seconds, ok, detail) after every write attempt
         self._messages: Counter[tuple[str, int]] = Counter()
         self.calendar = voice.calendar  # one calendar for messages and voice: TIMEZONE's days
@@ -222,8 +224,12 @@ class ActivityService:
     def _checkpoint_voice(self, now: float) -> VoiceDrain:
         """The voice credited up to ``now``, read earlier (a write waited in between). A clock step
         since the last reading is skipped first; after a step back, ``now`` is past the new clock
-        and would credit the step, so the clock's reading of this moment is used instead."""
-        return self.voice.checkpoint(min(now, self.voice_now()))
+        and would credit the step, so the clock's reading of this moment is used instead. Never
+        past the current season's end (``season_end``): while its reset is due (the database
+        locked, a write hanging), time since then belongs to the next season, and stays in the
+        open sessions until the reset has opened it. Every credit goes through here (writes,
+        recovery-file snapshots, spills)."""
+        return self.voice.checkpoint(min(now, self.voice_now(), self.season_end()))
 
     def record_voice(self, user_id: int, presence: VoicePresence | None, now: float | None = None) -> None:
         at = self.voice_now()
@@ -425,31 +431,24 @@ class ActivityService:
         :meth:`write_locked`: no flush moves data between them meanwhile."""
         return self._flush_lock
 
-    async def flush(
-        self, season: SeasonNumber, now: float | None = None, *, season_end: Callable[[], float] | None = None
-    ) -> bool:
+    async def flush(self, season: SeasonNumber, now: float | None = None) -> bool:
         """Write everything buffered into the season ``season()`` names at the moment of writing
-        (asked under the lock, so a season ending meanwhile is never written into). Time in voice
-        is credited up to ``season_end()`` at most: past it, it belongs to the next season, which
-        the reset (due now) opens."""
+        (asked under the lock, so a season ending meanwhile is never written into)."""
         async with self._flush_lock:
-            return await self.write_locked(season(), now, voice_until=None if season_end is None else season_end())
+            return await self.write_locked(season(), now)
 
-    async def write_locked(
-        self, season: int, now: float | None = None, *, roll: SeasonRoll | None = None, voice_until: float | None = None
-    ) -> bool:
+    async def write_locked(self, season: int, now: float | None = None, *, roll: SeasonRoll | None = None) -> bool:
         """Write everything buffered into ``season`` in one transaction; the caller holds
         :meth:`quiescent`. On failure the data goes back into the buffers (and to the recovery
         file) and the next flush retries it: nothing counted is dropped. With ``roll``, the same
         transaction ends the season, and the caller moves on to the next one before releasing.
-        Spilled parts are written first, each in its own transaction: their numbers are lower.
-        ``voice_until``: see :meth:`_take`."""
+        Spilled parts are written first, each in its own transaction: their numbers are lower."""
         if self.fenced:
             return False
         now = self.clock() if now is None else now
         if self._spilled and not await self._write_spilled(season, now):
             return False
-        batch = self._take(season, now, voice_until)
+        batch = self._take(season, now)
         batch.roll = roll
         return await self._commit(batch, now, spilled=False)
 
@@ -518,12 +517,12 @@ class ActivityService:
             raise asyncio.CancelledError
         return True
 
-    def _take(self, season: int, now: float, voice_until: float | None = None) -> ActivityBatch:
-        """The buffers as one batch; time in voice credited up to ``voice_until`` (default ``now``:
-        a late season end credits its season up to its boundary, the rest stays for the next)."""
+    def _take(self, season: int, now: float) -> ActivityBatch:
+        """The buffers as one batch; time in voice credited up to ``now``, or the season's end if
+        it has passed (see :meth:`_checkpoint_voice`)."""
         messages, self._messages = self._messages, Counter()
         self._early_flush_asked = False
-        credited_until = now if voice_until is None else min(now, voice_until)
+        credited_until = min(now, self.season_end())
         drained = self._checkpoint_voice(credited_until)
         # The heartbeat: open sessions are credited up to here (a crash closes them at it).
         batch = self._batch(season, credited_until, messages, drained, self.names.take_unwritten())

@@ -59,6 +59,8 @@ class SeasonService:
         self._lock = asyncio.Lock()
         self._listeners: list[RollListener] = []
         self._finished: list[SeasonInfo] | None = None  # newest first; the archive only grows at a roll
+        # Time in voice past the season's end is the next season's (credited once the reset ran).
+        activity.season_end = lambda: self.current.ends_at
 
     @property
     def period(self) -> float:
@@ -70,7 +72,7 @@ class SeasonService:
 
     async def flush(self, now: float | None = None) -> bool:
         """Write buffered activity into the current season."""
-        return await self.activity.flush(self.current_number, now, season_end=lambda: self.current.ends_at)
+        return await self.activity.flush(self.current_number, now)
 
     def add_roll_listener(self, listener: RollListener) -> Callable[[], None]:
         """Call ``listener(finished, current)`` after each roll; returns a function that removes it."""
@@ -122,12 +124,12 @@ class SeasonService:
             start = next_boundary(finished.ends_at, period, now) if only_if_due else now
             # A scheduled reset ended the season at its boundary, however late it ran (the bot down,
             # the database locked): the seasons' dates never overlap, and time in voice since the
-            # boundary counts in the next season (written up to the boundary here). Messages and
-            # finished visits since then are in this write: they are kept per day, not per second.
+            # boundary counts in the next season (ActivityService credits none past it here).
+            # Messages and finished visits since then are in this write: kept per day, not second.
             ended_at = finished.ends_at if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=ended_at, period=period, next_starts_at=start)
             try:
-                written = await self.activity.write_locked(finished.number, now, roll=roll, voice_until=ended_at)
+                written = await self.activity.write_locked(finished.number, now, roll=roll)
             except asyncio.CancelledError:
                 # Cancelled (a stop) after the roll's own write committed: the season did end
                 # (not after a spilled part written before it: the season is still open then).

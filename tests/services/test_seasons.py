@@ -17,6 +17,7 @@ from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats, Season
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.names import NameService
+from leaderboard_bot.services.recovery import RecoveryFile
 from leaderboard_bot.services.seasons import SeasonInfo, SeasonService
 from tests.factories import MIDNIGHT, AllowAllGuard, FakeClock, fail_batches, here, runtime_settings, voice_tracker
 
@@ -277,6 +278,26 @@ async def test_a_late_scheduled_reset_splits_voice_in_progress_at_the_boundary(s
     assert finished is not None and finished.ended_at == boundary
     assert await run.seasons.flush() is True
     assert await stats_by_season(run.storage) == {(1, 1): (0, 3_600.0), (2, 1): (0, 30.0)}
+
+
+async def test_a_failed_write_after_the_end_credits_no_voice_past_it_to_the_ended_season(
+    start: Start, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A failed write saves a snapshot, which credited open sessions up to now: the late reset then
+    wrote that time into the season that had ended (found by review)."""
+    run = await start()
+    run.tracker.recovery = RecoveryFile(tmp_path / "seasons.db.unsaved.json")
+    boundary = run.seasons.current.ends_at
+    clock.set(boundary - 3_600.0)
+    run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 600.0)
+    with monkeypatch.context() as patch:
+        fail_batches(patch, times=1)
+        assert await run.seasons.flush() is False
+    assert await run.seasons.roll(reason="due", only_if_due=True) is not None
+    clock.set(boundary + 900.0)
+    assert await run.seasons.flush() is True
+    assert await stats_by_season(run.storage) == {(1, 1): (0, 3_600.0), (2, 1): (0, 900.0)}
 
 
 async def test_a_late_scheduled_reset_dates_its_write_now_not_at_the_boundary(
