@@ -166,6 +166,7 @@ class LeaseClaim:
 
     holder: str
     expires_at: float
+    renewed_at: float = 0.0  # on the holder's clock: expires_at - renewed_at is how long it claims
 
 
 @dataclass(frozen=True)

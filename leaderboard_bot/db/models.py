@@ -150,7 +150,7 @@ class Lease(BaseModel):
 
     guild_id = BigIntegerField(primary_key=True)
     holder = CharField()
-    acquired_at = DoubleField()
+    acquired_at = DoubleField()  # when the holder last took or renewed it (its own clock)
     expires_at = DoubleField()
 
 

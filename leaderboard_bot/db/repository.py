@@ -44,7 +44,7 @@ def apply_batch(batch: ActivityBatch) -> None:
     database = database_proxy.obj
     with database_proxy.atomic():
         if batch.lease is not None:
-            renew_lease(batch.guild_id, batch.lease.holder, batch.lease.expires_at)
+            renew_lease(batch.guild_id, batch.lease.holder, batch.lease.expires_at, batch.lease.renewed_at)
         # Windows first: built for the first time, they must not already hold this batch.
         days = {day for day, _ in batch.messages} | {day for day, _ in batch.voice}
         last_day = move_windows(batch.guild_id, max(days | ({batch.today} if batch.today else set()), default=None))
@@ -558,12 +558,14 @@ class LeaseLost(Exception):
     """The writer no longer holds the guild's lease: another instance counts now."""
 
 
-def renew_lease(guild_id: int, holder: str, expires_at: float) -> None:
+def renew_lease(guild_id: int, holder: str, expires_at: float, renewed_at: float = 0.0) -> None:
     """Move the lease's expiry (inside the caller's transaction); raise LeaseLost if ``holder``
-    does not hold it, which rolls the whole write back: one that lost it can never double counts."""
-    renewed = (
-        Lease.update(expires_at=expires_at).where((Lease.guild_id == guild_id) & (Lease.holder == holder)).execute()
-    )
+    does not hold it, which rolls the whole write back: one that lost it can never double counts.
+    ``renewed_at`` (the holder's clock; 0: not told) tells a standby how long the holder claims it."""
+    changes: dict[Any, float] = {Lease.expires_at: expires_at}
+    if renewed_at:
+        changes[Lease.acquired_at] = renewed_at
+    renewed = Lease.update(changes).where((Lease.guild_id == guild_id) & (Lease.holder == holder)).execute()
     if renewed != 1:
         current = Lease.get_or_none(Lease.guild_id == guild_id)
         raise LeaseLost(f"the lease is held by {current.holder if current else 'nobody'}")
@@ -602,9 +604,10 @@ def acquire_lease(
         return str(row.holder), float(row.expires_at)
 
 
-def lease_of(guild_id: int) -> tuple[str, float] | None:
+def lease_of(guild_id: int) -> tuple[str, float, float] | None:
+    """(holder, expires_at, when it last took or renewed it), both times on the holder's clock."""
     row = Lease.get_or_none(Lease.guild_id == guild_id)
-    return None if row is None else (str(row.holder), float(row.expires_at))
+    return None if row is None else (str(row.holder), float(row.expires_at), float(row.acquired_at))
 
 
 def close_orphan_sessions(guild_id: int) -> int:

@@ -23,6 +23,7 @@ from ..domain import LeaseClaim
 
 LEASE_GRACE = 5.0  # past one flush interval, before a silent holder is presumed gone
 RENEWALS_REMEMBERED = 8  # a standby learns the holder's pace from this many renewals seen
+MAX_CLAIM = 3_600.0 + LEASE_GRACE  # the longest FLUSH_INTERVAL, and the grace
 
 
 def instance_name(clock: Callable[[], float] = time.time) -> str:
@@ -56,6 +57,7 @@ class LeaseService:
         self._seen_at = 0.0
         self._seen_changed = False  # whether _seen was first seen as a change (not at a first look)
         self._renewal_gaps: deque[float] = deque(maxlen=RENEWALS_REMEMBERED)
+        self._claim: float | None = None  # how long the holder claims the lease at each renewal
 
     @property
     def ttl(self) -> float:
@@ -80,14 +82,16 @@ class LeaseService:
 
     async def try_take_over(self, *, holder_gone: bool = False) -> bool:
         """A standby's poll: take the lease when its holder is known gone, when it was released,
-        or when this instance has watched it go unrenewed for longer than the holder renews it.
+        or when this instance has watched it go unrenewed for as long as the holder claims it at
+        each renewal (its expiry less its renewal time, both on its own clock), and for longer
+        than the holder was seen to take between renewals (an older version tells no claim).
 
         Watched on this machine's monotonic clock, never by comparing the holder's expiry with
         this machine's wall clock: across machines those differ (a standby whose clock ran 15 s
-        ahead took the lease of a healthy holder). How often the holder renews is learnt from the
-        renewals seen (its FLUSH_INTERVAL may differ from this instance's). A database that was
-        unreachable (for both instances, as when a PostgreSQL server restarts) starts the watch
-        again: the holder counted in memory meanwhile and renews with its next write."""
+        ahead took the lease of a healthy holder). Its FLUSH_INTERVAL may differ from this
+        instance's, or change. A database that was unreachable (for both instances, as when a
+        PostgreSQL server restarts) starts the watch again: the holder counted in memory
+        meanwhile and renews with its next write."""
         try:
             if holder_gone:
                 return await self.try_acquire(holder_gone=True)
@@ -98,7 +102,9 @@ class LeaseService:
         now = self.monotonic()
         seen = (self.current_holder, self.current_expires_at)
         if seen != self._seen:
-            if self._seen is not None and self._seen_changed and self._seen[0] == seen[0]:
+            if self._seen is not None and self._seen[0] != seen[0]:
+                self._renewal_gaps.clear()  # another holder: its pace is learnt anew
+            elif self._seen is not None and self._seen_changed:
                 # Between two renewals both seen change (the first look may come at any time after
                 # a renewal: no measure). The longest of the last few: an extra write (midnight,
                 # a burst) comes sooner than the holder's usual pace.
@@ -107,24 +113,35 @@ class LeaseService:
             self._seen, self._seen_at = seen, now
         if self.current_holder is None or self.current_expires_at <= 0.0:  # released at a clean stop
             return await self.try_acquire()
+        # How long the holder claims it at each renewal (expiry less renewal, both on its clock: no
+        # skew), and the pace its renewals were seen at: past both, it stopped renewing.
         pace = max(self._renewal_gaps, default=None)
-        if now - self._seen_at < max(self.ttl, (pace or 0.0) + LEASE_GRACE):
+        claim = self._claim
+        if now - self._seen_at < max(self.ttl, claim or 0.0, (pace or 0.0) + LEASE_GRACE):
             return False
-        if pace is None and self.current_expires_at > self.clock():
-            return False  # its pace not learnt yet (it may renew less often than we would): its expiry too
+        if pace is None and claim is None and self.current_expires_at > self.clock():
+            return False  # neither known (a holder of an older version, just seen): its expiry too
         return await self.try_acquire(stale=(self.current_holder, self.current_expires_at))
 
     async def look(self) -> None:
         """Learn who holds the lease, without trying to take it."""
         current = await self.storage.read(repository.lease_of, self.guild_id)
-        self.current_holder, self.current_expires_at = current if current is not None else (None, 0.0)
+        if current is None:
+            self.current_holder, self.current_expires_at, self._claim = None, 0.0, None
+            return
+        self.current_holder, self.current_expires_at, renewed_at = current
+        claim = self.current_expires_at - renewed_at
+        # A claim longer than any FLUSH_INTERVAL allows is an older version's row (its acquired_at
+        # never moved on renewal): not a claim.
+        self._claim = claim if 0.0 < claim <= MAX_CLAIM else None
 
     def claim(self, *, release: bool = False) -> LeaseClaim | None:
         """What the next write asserts: this instance holds the lease until one more TTL
         (``release``: until now, so a standby takes over at once after a clean stop)."""
         if not self.active:
             return None
-        return LeaseClaim(self.holder, 0.0 if release else self.clock() + self.ttl)
+        now = self.clock()
+        return LeaseClaim(self.holder, 0.0 if release else now + self.ttl, now)
 
     def lose(self) -> None:
         self.active = False

@@ -163,6 +163,47 @@ async def test_a_standby_that_looks_first_just_before_a_renewal_still_learns_the
     assert standby.active and activity_clock.now - start == 360 + 60 + LEASE_GRACE
 
 
+async def test_a_standby_waits_as_long_as_the_holder_claims_after_its_pace_changes_or_it_is_replaced(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    """The pace learnt from a holder renewing every 5 s is no measure of one that now renews every
+    60 s (its FLUSH_INTERVAL raised), nor of a new holder: each renewal says how long it claims
+    the lease (found by review: a healthy holder's lease taken 10 s after a renewal)."""
+    start = activity_clock.now
+    interval = 5.0
+    holder = LeaseService(
+        activity_storage, guild_id=G, flush_interval=lambda: interval, clock=activity_clock, holder="a"
+    )
+    standby = lease(activity_storage, activity_clock, "b")
+    assert await holder.try_acquire()
+
+    async def renew() -> None:  # what a flush's write does
+        await activity_storage.run(repository.apply_batch, ActivityBatch(G, 1, T0, lease=holder.claim()))
+
+    for second in range(1, 60):
+        activity_clock.set(start + second)
+        if second % 5 == 0:
+            await renew()
+        assert await standby.try_take_over() is False
+    interval = 60.0  # raised on the holder: it renews once a minute from here, claiming 65 s
+    for second in range(60, 400):
+        activity_clock.set(start + second)
+        if second % 60 == 0:
+            await renew()
+        assert await standby.try_take_over() is False, second
+    replacement = LeaseService(
+        activity_storage, guild_id=G, flush_interval=lambda: 60.0, clock=activity_clock, holder="c"
+    )
+    assert await replacement.try_acquire(holder_gone=True)  # a new holder, renewing once a minute
+    fresh = lease(activity_storage, activity_clock, "d")
+    for second in range(400, 700):
+        activity_clock.set(start + second)
+        if second % 60 == 0:
+            await activity_storage.run(repository.apply_batch, ActivityBatch(G, 1, T0, lease=replacement.claim()))
+        assert await standby.try_take_over() is False, second
+        assert await fresh.try_take_over() is False, second
+
+
 async def test_a_standby_takes_a_released_lease_at_once(activity_storage: Storage, activity_clock: FakeClock) -> None:
     active, standby = lease(activity_storage, activity_clock, "a"), lease(activity_storage, activity_clock, "b")
     assert await active.try_acquire()
