@@ -266,7 +266,7 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
         if self.stream:
             self.stream.close()
             self.stream = None
-        packed = f"{self.baseFilename}.rotating.gz"
+        packed = f"{self.baseFilename}.rotating-{os.getpid()}.gz"  # (a standby may share the file)
         try:
             with open(self.baseFilename, "rb") as plain, gzip.open(packed, "wb") as out:
                 shutil.copyfileobj(plain, out)
@@ -284,12 +284,14 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
             self.stream = self._open()
             return
         self._rotation_failing = False
+        # Another process writing the same LOG_FILE may rotate at the same moment: a file it moved
+        # or removed first is simply gone.
         for number in range(self.backupCount - 1, 0, -1):
-            older = f"{self.baseFilename}.{number}.gz"
-            if os.path.exists(older):
-                os.replace(older, f"{self.baseFilename}.{number + 1}.gz")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.baseFilename}.{number}.gz", f"{self.baseFilename}.{number + 1}.gz")
         os.replace(packed, f"{self.baseFilename}.1.gz")
-        os.remove(self.baseFilename)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.baseFilename)
         self.stream = self._open()
 
 
