@@ -284,8 +284,8 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
             self.stream = self._open()
             return
         self._rotation_failing = False
-        # Another process writing the same LOG_FILE may rotate at the same moment: a file it moved
-        # or removed first is simply gone.
+        # A file another process moved or removed first is simply gone (two processes sharing one
+        # LOG_FILE still lose lines: each rotates the file it writes; the README says so).
         for number in range(self.backupCount - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.baseFilename}.{number}.gz", f"{self.baseFilename}.{number + 1}.gz")

@@ -335,6 +335,8 @@ class Storage:
         self._file: tuple[str, tuple[int, int] | None] | None = None  # a SQLite file: (path, its identity)
         self._companions: dict[str, tuple[int, int] | None] = {}  # its -wal and -shm as opened
         self._wal_lost = False  # the -wal was deleted under us: every write is checkpointed at once
+        self._copy_pending = False  # a checkpoint stopped short at a reader's snapshot
+        self._copy_queued = False
 
     def _job(self, func: Callable[[], T]) -> T:
         writing = self._file is not None and not getattr(_reading, "active", False) and func != self._close_db
@@ -344,9 +346,15 @@ class Storage:
         if isinstance(db, PooledPostgresqlDatabase) and func != self._close_db:  # closing borrows none
             return _guarded(partial(_pooled, db, func))
         result = _guarded(func)
-        if writing and self._wal_lost:
-            self._checkpoint()  # the -wal it went to is gone from the folder: into the file now
+        if writing and self._wal_lost and func != self._copy_again:
+            # The -wal it went to is gone from the folder: into the file now (as far as readers
+            # allow; otherwise again once a read ends, see _read_job).
+            self._copy_pending = not self._checkpoint()
         return result
+
+    def _copy_again(self) -> None:
+        self._copy_queued = False
+        self._copy_pending = not self._checkpoint()
 
     def _checkpoint(self) -> bool:
         """Copy the -wal into the database file, as far as readers allow (PASSIVE: never waits for
@@ -363,7 +371,12 @@ class Storage:
 
     def _read_job(self, func: Callable[[], T]) -> T:
         _reading.active = True
-        return self._job(func)
+        try:
+            return self._job(func)
+        finally:
+            if self._copy_pending and not self._copy_queued:  # a read held back the last copy
+                self._copy_queued = True
+                self._thread.submit(self._copy_again)
 
     async def open(self) -> None:
         if self._db is not None:

@@ -258,7 +258,7 @@ class ActivityService:
         for key in mine:
             del self._messages[key]
         self._held_back.pop(user_id, None)
-        drained = self.voice.checkpoint(self.voice_now())  # public API: take everything, give back the rest
+        drained = self._checkpoint_voice(self.voice_now())  # take everything, give back the rest
         opened = [key for key, session in drained.opened.items() if session.user_id == user_id]
         seconds = [key for key in drained.seconds if key[1] == user_id]
         for key in seconds:
@@ -638,7 +638,13 @@ class ActivityService:
         self._rest_season = season
         drained = self._checkpoint_voice(now)
         self.voice.restore(drained)  # the buffers stay as they are; only a copy goes to disk
-        rest = self._batch(season, now, Counter(self._messages), self.voice.pending(), self.names.unwritten())
+        voice = self.voice.pending()
+        # Time past the season's end stays in the open sessions until the reset (not credited):
+        # the file holds it too, or a crash meanwhile would lose it. Filed with the rest (under the
+        # next season while the reset is under way; under this one if a crash comes first).
+        later = self.voice.uncredited(self.season_end(), min(now, self.voice_now()))
+        voice.seconds.update({key: voice.seconds.get(key, 0.0) + s for key, s in later.seconds.items()})
+        rest = self._batch(season, now, Counter(self._messages), voice, self.names.unwritten())
         rest.sequence = self._next_sequence
         if not rest.is_empty():
             parts.append(rest)

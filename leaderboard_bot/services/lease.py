@@ -58,6 +58,9 @@ class LeaseService:
         self._seen_changed = False  # whether _seen was first seen as a change (not at a first look)
         self._renewal_gaps: deque[float] = deque(maxlen=RENEWALS_REMEMBERED)
         self._claim: float | None = None  # how long the holder claims the lease at each renewal
+        self._renewed_at = 0.0  # the holder's last renewal time, on its clock, as last looked up
+        self._seen_renewed_at = 0.0
+        self._claim_confirmed = False  # a renewal was seen to move it: the holder tells its claim
 
     @property
     def ttl(self) -> float:
@@ -103,20 +106,25 @@ class LeaseService:
         seen = (self.current_holder, self.current_expires_at)
         if seen != self._seen:
             if self._seen is not None and self._seen[0] != seen[0]:
-                self._renewal_gaps.clear()  # another holder: its pace is learnt anew
-            elif self._seen is not None and self._seen_changed:
-                # Between two renewals both seen change (the first look may come at any time after
-                # a renewal: no measure). The longest of the last few: an extra write (midnight,
-                # a burst) comes sooner than the holder's usual pace.
-                self._renewal_gaps.append(now - self._seen_at)
+                self._renewal_gaps.clear()  # another holder: its pace and claim are learnt anew
+                self._claim_confirmed = False
+            elif self._seen is not None:
+                if self._seen_changed:
+                    # Between two renewals both seen change (the first look may come at any time
+                    # after a renewal: no measure). The longest of the last few: an extra write
+                    # (midnight, a burst) comes sooner than the holder's usual pace.
+                    self._renewal_gaps.append(now - self._seen_at)
+                # An older version never moves the renewal time: its "claim" only grows. Trusted
+                # once a renewal was seen to move it.
+                self._claim_confirmed |= self._renewed_at != self._seen_renewed_at
             self._seen_changed = self._seen is not None
-            self._seen, self._seen_at = seen, now
+            self._seen, self._seen_at, self._seen_renewed_at = seen, now, self._renewed_at
         if self.current_holder is None or self.current_expires_at <= 0.0:  # released at a clean stop
             return await self.try_acquire()
         # How long the holder claims it at each renewal (expiry less renewal, both on its clock: no
         # skew), and the pace its renewals were seen at: past both, it stopped renewing.
         pace = max(self._renewal_gaps, default=None)
-        claim = self._claim
+        claim = self._claim if self._claim_confirmed else None
         if now - self._seen_at < max(self.ttl, claim or 0.0, (pace or 0.0) + LEASE_GRACE):
             return False
         if pace is None and claim is None and self.current_expires_at > self.clock():
@@ -129,10 +137,8 @@ class LeaseService:
         if current is None:
             self.current_holder, self.current_expires_at, self._claim = None, 0.0, None
             return
-        self.current_holder, self.current_expires_at, renewed_at = current
-        claim = self.current_expires_at - renewed_at
-        # A claim longer than any FLUSH_INTERVAL allows is an older version's row (its acquired_at
-        # never moved on renewal): not a claim.
+        self.current_holder, self.current_expires_at, self._renewed_at = current
+        claim = self.current_expires_at - self._renewed_at
         self._claim = claim if 0.0 < claim <= MAX_CLAIM else None
 
     def claim(self, *, release: bool = False) -> LeaseClaim | None:

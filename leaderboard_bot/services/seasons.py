@@ -60,7 +60,8 @@ class SeasonService:
         self._listeners: list[RollListener] = []
         self._finished: list[SeasonInfo] | None = None  # newest first; the archive only grows at a roll
         # Time in voice past the season's end is the next season's (credited once the reset ran).
-        activity.season_end = lambda: self.current.ends_at
+        self._ending_at: float | None = None  # a reset under way: where its season ends
+        activity.season_end = lambda: self.current.ends_at if self._ending_at is None else self._ending_at
 
     @property
     def period(self) -> float:
@@ -128,6 +129,7 @@ class SeasonService:
             # Messages and finished visits since then are in this write: kept per day, not second.
             ended_at = finished.ends_at if only_if_due else now
             roll = SeasonRoll(number=finished.number, ended_at=ended_at, period=period, next_starts_at=start)
+            self._ending_at = ended_at  # (a manual reset of an overdue season ends it now)
             try:
                 written = await self.activity.write_locked(finished.number, now, roll=roll)
             except asyncio.CancelledError:
@@ -137,6 +139,8 @@ class SeasonService:
                     self.current = SeasonInfo(number=finished.number + 1, started_at=start, ends_at=start + period)
                     self._finished = None
                 raise
+            finally:
+                self._ending_at = None
             if not written:
                 return None
             # Still under the write lock: no flush can write into the finished season after this.

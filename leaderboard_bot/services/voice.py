@@ -334,6 +334,17 @@ class VoiceTracker:
     def pending_rows(self) -> int:
         return len(self._pending.seconds)
 
+    def uncredited(self, since: float, until: float) -> VoiceDrain:
+        """The open sessions' time in [``since``, ``until``) not credited yet, as a copy: nothing
+        is moved (for the recovery file, time the buffers hold back for the next season)."""
+        out = VoiceDrain(calendar=self.calendar)
+        end = until if self._held_since is None else min(until, self._held_since)
+        for user_id, session in self._open.items():
+            start = max(session.credited_until, since)
+            if end > start:
+                out.credit(user_id, start, end)
+        return out
+
     def pending(self) -> VoiceDrain:
         """A copy of what is credited but not yet handed to a flush (for the recovery file)."""
         return self._pending.copy()

@@ -872,3 +872,37 @@ async def test_companions_that_cannot_be_moved_aside_are_named_in_an_error(
         await storage.close()
     moved = [e for e in errors if "could not move" in e]
     assert len(moved) == 2 and "before restarting" in moved[0]  # -wal and -shm, each said once
+
+
+async def test_with_the_wal_deleted_a_write_a_read_held_back_is_copied_once_the_read_ends(tmp_path: Path) -> None:
+    """A copy into the file cannot pass a reader's snapshot: it is tried again when the read ends,
+    not only at the next write (found by review)."""
+    path = tmp_path / "board.db"
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, "before", 1)
+        assert await storage.read(repository.get_setting, G, "before") == 1
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        await storage.run(repository.set_setting, G, "after", 2)
+        held, gate = threading.Event(), threading.Event()
+
+        def long_read() -> None:
+            with database_proxy.atomic():
+                database_proxy.execute_sql('SELECT count(*) FROM "setting"').fetchone()
+                held.set()
+                assert gate.wait(10)
+
+        reading = asyncio.ensure_future(storage.read(long_read))
+        assert await asyncio.to_thread(held.wait, 5)
+        await storage.run(repository.set_setting, G, "during", 3)
+        gate.set()
+        await reading
+        for _ in range(100):  # no write meanwhile: the copy queued when the read ended
+            if stored_settings(path).get("during") == "3":
+                break
+            await asyncio.sleep(0.02)
+        assert stored_settings(path)["during"] == "3"
+    finally:
+        await storage.close()

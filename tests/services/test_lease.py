@@ -285,3 +285,30 @@ def test_the_recovery_file_never_carries_a_lease(tmp_path: Path) -> None:
 
     (part,) = read_file(file.own_path).parts
     assert part.lease is None and part.sequence == 3
+
+
+async def test_standby_facing_an_old_version_holder_takes_over_within_a_few_intervals(
+    activity_storage: Storage, activity_clock: FakeClock
+) -> None:
+    """A rolling upgrade: an older version never moves the renewal time, so its \"claim\" grows
+    with every renewal; trusted, the standby waited up to an hour (found by review)."""
+    c = activity_clock
+    start_at = c.now
+    assert (await activity_storage.run(repository.acquire_lease, G, "old", c.now, c.now + 65.0))[0] == "old"
+    # An older version renews every 60 s, moving expires_at only (acquired_at stays).
+    for k in range(1, 50):
+        c.set(start_at + 60.0 * k)
+        await activity_storage.run(repository.renew_lease, G, "old", c.now + 65.0)
+    standby = lease(activity_storage, c, "new", flush_interval=60.0)
+    last_renewal = c.now
+    for k in range(1, 8):  # 7 more renewals seen by the standby (pace learnt: 60 s)
+        c.set(last_renewal + 60.0 * k - 30.0)
+        assert not await standby.try_take_over()
+        c.set(last_renewal + 60.0 * k)
+        await activity_storage.run(repository.renew_lease, G, "old", c.now + 65.0)
+    died = c.now  # the old holder dies now
+    while not await standby.try_take_over():
+        c.advance(5.0)
+        assert c.now - died < 3_700
+    waited = c.now - died
+    assert waited <= 200.0  # before this commit: pace 60 + 5 s grace

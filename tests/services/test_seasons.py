@@ -15,6 +15,7 @@ import pytest
 
 from leaderboard_bot.db import Storage, repository
 from leaderboard_bot.db.models import MemberStats, Season
+from leaderboard_bot.domain import ActivityBatch
 from leaderboard_bot.services.activity import ActivityService
 from leaderboard_bot.services.names import NameService
 from leaderboard_bot.services.recovery import RecoveryFile
@@ -536,3 +537,83 @@ async def test_every_reset_logs_one_line_with_the_seasons_guild_duration_and_who
     assert manual["trigger"] == "manual" and manual["user_id"] == 42 and manual["duration_ms"] >= 0
     assert automatic["finished_season"] == 2 and automatic["season"] == 3
     assert automatic["trigger"] == "automatic" and automatic["user_id"] is None
+
+
+async def test_manual_reset_of_an_overdue_season_credits_voice_up_to_its_end(start: Start, clock: FakeClock) -> None:
+    """Found by review: the voice cap at the scheduled end filed the overdue time in season 2."""
+    run = await start()
+    boundary = run.seasons.current.ends_at
+    clock.set(boundary - 3_600.0)
+    run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 600.0)  # the automatic reset failed/was late; an admin resets by hand
+    finished = await run.seasons.roll(reason="manual")
+    assert finished is not None and finished.ended_at == boundary + 600.0  # season 1 ENDED at now
+    assert run.seasons.current.started_at == boundary + 600.0  # season 2 starts now
+    clock.set(boundary + 900.0)
+    assert await run.seasons.flush()
+    # season 1 ran until boundary+600 with the member in voice: 4200 s; season 2 ran 300 s.
+    assert await stats_by_season(run.storage) == {(1, 1): (0, 4_200.0), (2, 1): (0, 300.0)}
+
+
+async def test_snapshot_during_a_hanging_roll_keeps_post_boundary_voice(
+    start: Start, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 while the reset's write hangs: the file must hold the time since the boundary
+    (found by review: the cap kept it out of the recovery file)."""
+    run = await start()
+    recovery = RecoveryFile(tmp_path / "seasons.db.unsaved.json", clock=clock)
+    run.tracker.recovery = recovery
+    run.tracker.snapshot_every = lambda: 0.05
+    boundary = run.seasons.current.ends_at
+    clock.set(boundary - 3_600.0)
+    run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 600.0)
+    gate = threading.Event()
+    real = repository.apply_batch
+
+    def hanging(batch: ActivityBatch) -> None:
+        if batch.roll is not None:
+            gate.wait(10)
+            raise sqlite3.OperationalError("database is locked")
+        real(batch)
+
+    monkeypatch.setattr(repository, "apply_batch", hanging)
+    task = asyncio.ensure_future(run.seasons.roll(reason="due", only_if_due=True))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if recovery.own_path.exists():
+            break
+    crash_copy = recovery.own_path.read_text()  # kill -9 now: this is what the next start finds
+    gate.set()
+    await task
+    monkeypatch.undo()
+    # Restart on the same database with the file as it was at the crash.
+    run2 = await start(load=False)
+    recovery.own_path.write_text(crash_copy)
+    for other in tmp_path.glob("seasons.db.unsaved*.json"):
+        if other != recovery.own_path:
+            other.unlink()
+    run2.tracker.recovery = RecoveryFile(tmp_path / "seasons.db.unsaved.json", clock=clock)
+    await run2.tracker.start()
+    await run2.seasons.load()
+    stats = await stats_by_season(run2.storage)
+    total = sum(v for _, v in stats.values())
+    # 3600 s before the boundary + 600 s after it were in voice; the in-flight roll part and the
+    # snapshot's rest (filed under season 2) should carry all 4200 s.
+    assert total == 4_200.0
+
+
+async def test_forgetting_another_member_while_overdue_credits_no_voice_past_the_end(
+    start: Start, clock: FakeClock
+) -> None:
+    run = await start()
+    boundary = run.seasons.current.ends_at
+    clock.set(boundary - 3_600.0)
+    run.tracker.record_voice(1, here(CH))
+    clock.set(boundary + 600.0)  # the reset is due (the database was locked until now)
+    async with run.tracker.quiescent():
+        run.tracker.forget(2)  # /privacy delete by some other member
+    assert await run.seasons.roll(reason="due", only_if_due=True) is not None
+    clock.set(boundary + 900.0)
+    assert await run.seasons.flush()
+    assert await stats_by_season(run.storage) == {(1, 1): (0, 3_600.0), (2, 1): (0, 900.0)}
