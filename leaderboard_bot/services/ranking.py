@@ -157,36 +157,27 @@ def live_rank(
 ) -> int:
     """The member's live rank from how many stored rows beat ``value``, corrected for every member
     whose unwritten counts move them past it."""
-    ahead = beating_stored
-    for other, counts in deltas.items():
-        delta = _on(board, counts)
-        if other == user_id or delta <= 0:
-            continue
-        before = _on(board, stored.get(other, (0, 0.0)))
-        ahead += int(_beats(before + delta, other, value, user_id)) - int(_beats(before, other, value, user_id))
-    return ahead + 1
+    return beating_stored + _moved_past(board, user_id, value, deltas, stored) + 1
 
 
-def _unlisted_ahead(
+def _moved_past(
     board: Board,
     user_id: int,
     value: float,
-    stored_ahead: int,
-    unlisted: AbstractSet[int],
     deltas: dict[int, Counts],
     stored: dict[int, Counts],
+    among: AbstractSet[int] | None = None,
 ) -> int:
-    """How many unlisted members (other than the member) are ahead of ``value`` with their live
-    counts: ``stored_ahead`` (their stored values, counted by the database), corrected for those
-    with unwritten counts (a few; their stored counts are in ``stored``)."""
-    ahead = stored_ahead
+    """How many more members (of ``among``, default all) beat ``value`` held by ``user_id`` with
+    their unwritten counts than with their stored ones (in ``stored``)."""
+    moved = 0
     for other, counts in deltas.items():
         delta = _on(board, counts)
-        if other == user_id or delta <= 0 or other not in unlisted:
+        if other == user_id or delta <= 0 or (among is not None and other not in among):
             continue
         before = _on(board, stored.get(other, (0, 0.0)))
-        ahead += int(_beats(before + delta, other, value, user_id)) - int(_beats(before, other, value, user_id))
-    return ahead
+        moved += int(_beats(before + delta, other, value, user_id)) - int(_beats(before, other, value, user_id))
+    return moved
 
 
 def read_live(
@@ -211,16 +202,18 @@ def read_live(
         deltas = unwritten.beyond(sequence)
         if deltas is None:
             return None
-        if _window_gone(guild_id, season, unwritten.day):
-            return _live_only(sequence, deltas, board, limit, user_id, rank_boards, unlisted)
-        stored_top = repository.top(guild_id, season, board, limit) if board is not None else None
+        # A window whose stored days have all passed holds nothing stored: only what is unwritten.
+        gone = _window_gone(guild_id, season, unwritten.day)
+        stored_top: list[RankedEntry] | None = None
+        if board is not None:
+            stored_top = [] if gone else repository.top(guild_id, season, board, limit)
         in_top = {entry.user_id for entry in stored_top or ()}
-        stored: dict[int, Counts] = dict(known) if known is not None and known_at == sequence else {}
+        stored: dict[int, Counts] = dict(known) if known is not None and known_at == sequence and not gone else {}
         wanted = [u for u in deltas if u not in in_top and u not in stored and u != user_id]
         if user_id is not None:
             wanted.append(user_id)  # the member asked about: always from this snapshot
-        found = repository.totals_of(guild_id, season, wanted)
-        stored.update(found)
+        if not gone:
+            stored.update(repository.totals_of(guild_id, season, wanted))
         for user in wanted:
             stored.setdefault(user, (0, 0.0))  # no row: nothing stored
         ranks: dict[Board, int | None] = {}
@@ -232,13 +225,14 @@ def read_live(
                 if value <= 0:
                     ranks[ranked_board] = None
                     continue
-                beating = repository.count_beating(
+                beating = 0 if gone else repository.count_beating(
                     guild_id, season, ranked_board, value, user_id, _on(ranked_board, own), sequence
                 )
                 rank = live_rank(ranked_board, user_id, value, beating, deltas, stored)
                 if unlisted:  # those ahead who are never listed: not counted in the rank
-                    hidden = repository.count_unlisted_beating(guild_id, season, ranked_board, value, user_id)
-                    rank -= _unlisted_ahead(ranked_board, user_id, value, hidden, unlisted, deltas, stored)
+                    if not gone:
+                        rank -= repository.count_unlisted_beating(guild_id, season, ranked_board, value, user_id)
+                    rank -= _moved_past(ranked_board, user_id, value, deltas, stored, among=unlisted)
                 ranks[ranked_board] = rank
         return LiveRead(sequence, deltas, stored, stored_top, ranks)
 
@@ -252,31 +246,6 @@ def _window_gone(guild_id: int, scope: int, day: str | None) -> bool:
         return False
     stored_day = repository.windows_day(guild_id)
     return stored_day is not None and days_between(stored_day, day) >= window.days
-
-
-def _live_only(
-    sequence: int,
-    deltas: dict[int, Counts],
-    board: Board | None,
-    limit: int,
-    user_id: int | None,
-    rank_boards: tuple[Board, ...],
-    unlisted: AbstractSet[int],
-) -> LiveRead:
-    """A read of a window whose stored days are all gone: what is unwritten is all it holds."""
-    stored: dict[int, Counts] = {user: (0, 0.0) for user in deltas}
-    ranks: dict[Board, int | None] = {}
-    if user_id is not None:
-        stored[user_id] = (0, 0.0)
-        mine = deltas.get(user_id, (0, 0.0))
-        for ranked_board in rank_boards:
-            value = _on(ranked_board, mine)
-            if value <= 0:
-                ranks[ranked_board] = None
-                continue
-            rank = live_rank(ranked_board, user_id, value, 0, deltas, stored)
-            ranks[ranked_board] = rank - _unlisted_ahead(ranked_board, user_id, value, 0, unlisted, deltas, stored)
-    return LiveRead(sequence, deltas, stored, [] if board is not None else None, ranks)
 
 
 class Rankings:
