@@ -245,7 +245,7 @@ class _LogFileHandler(logging.handlers.RotatingFileHandler):
             self.failing = False
             print(f"leaderboard-bot: writing the log file {self.baseFilename} again", file=sys.stderr)
 
-    def handleError(self, record: logging.LogRecord | None) -> None:
+    def handleError(self, record: logging.LogRecord) -> None:
         self._refused = True
         if not self.failing:
             self.failing = True

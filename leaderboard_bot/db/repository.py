@@ -382,14 +382,14 @@ def move_windows(guild_id: int, day: str | None) -> str | None:
     """Move the rolling windows on to ``day`` (never back); the day they end on afterwards. The
     first call builds them from the daily buckets (see :func:`rebuild_windows`)."""
     with database_proxy.atomic():
-        last_day = get_setting(guild_id, WINDOWS_DAY_KEY)
+        last_day = windows_day(guild_id)
         if last_day is None:
             if day is None:
                 return None
             rebuild_windows(guild_id, day)
             return day
         if day is None or day <= last_day:
-            return str(last_day)
+            return last_day
         gap = days_between(last_day, day)
         for window in ROLLING_WINDOWS:
             assert window.days is not None

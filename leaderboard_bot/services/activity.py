@@ -642,8 +642,7 @@ class ActivityService:
         # Time past the season's end stays in the open sessions until the reset (not credited):
         # the file holds it too, or a crash meanwhile would lose it. Filed with the rest (under the
         # next season while the reset is under way; under this one if a crash comes first).
-        later = self.voice.uncredited(self.season_end(), min(now, self.voice_now()))
-        voice.seconds.update({key: voice.seconds.get(key, 0.0) + s for key, s in later.seconds.items()})
+        voice.absorb(self.voice.uncredited(self.season_end(), min(now, self.voice_now())))
         rest = self._batch(season, now, Counter(self._messages), voice, self.names.unwritten())
         rest.sequence = self._next_sequence
         if not rest.is_empty():
