@@ -5,10 +5,11 @@ Tests taking ``storage_db``, ``ranked_db`` or ``raw_db`` run on SQLite and on Po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -601,6 +602,20 @@ async def test_a_query_failing_on_a_lock_held_by_another_process_hands_the_loop_
         await storage.close()
 
 
+@contextlib.asynccontextmanager
+async def running_on(path: Path, key: str) -> AsyncIterator[Storage]:
+    """A Storage on the SQLite file ``path`` as the bot holds it: ``key`` written once (1) and read
+    back, so the reader thread has connected too; closed on the way out."""
+    storage = Storage(f"sqlite:///{path}")
+    await storage.open()
+    try:
+        await storage.run(repository.set_setting, G, key, 1)
+        assert await storage.read(repository.get_setting, G, key) == 1
+        yield storage
+    finally:
+        await storage.close()
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_and_say_why(
     tmp_path: Path, how: str
@@ -608,11 +623,7 @@ async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_
     """The open connection would go on writing into the old file, which vanishes when the bot
     stops: every count since would be lost. Failing writes keep them in memory and on disk."""
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
-    try:
-        await storage.run(repository.set_setting, G, "k", 1)
-        assert await storage.read(repository.get_setting, G, "k") == 1  # the reader connected, as in the bot
+    async with running_on(path, "k") as storage:
         if how == "replaced":  # a backup moved over it (mv backup.db board.db)
             backup = tmp_path / "backup.db"
             sqlite3.connect(backup).close()
@@ -625,7 +636,6 @@ async def test_writes_to_a_database_file_deleted_or_replaced_under_the_bot_fail_
         error = caught.value
         assert error.kind == "replaced" and str(path) in str(error) and "restart the bot" in error.advice
         assert await storage.read(repository.get_setting, G, "k") == 1  # reads still answer
-    finally:
         assert await storage.close()
 
 
@@ -642,10 +652,7 @@ async def test_a_backup_moved_over_the_database_is_used_as_it_is_at_the_next_sta
     """The old file's -wal and -shm stayed beside the restored one, and SQLite read them into it at
     the next start: the file damaged, or the restore silently undone (found by a tester)."""
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
-    try:
-        await storage.run(repository.set_setting, G, "k", 1)
+    async with running_on(path, "k") as storage:
         backup = tmp_path / "backup.db"
         await storage.run(lambda: repository.database_proxy.execute_sql(f"VACUUM INTO '{backup}'"))
         await storage.run(repository.set_setting, G, "k", 2)  # after the backup: in the -wal only
@@ -654,8 +661,6 @@ async def test_a_backup_moved_over_the_database_is_used_as_it_is_at_the_next_sta
             await storage.run(repository.set_setting, G, "k", 3)
         assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
         assert len(list(tmp_path.glob("board.db-wal.replaced-*"))) == 1
-    finally:
-        await storage.close()
     # kill -9 or a stop alike: the next start opens the backup as it was.
     assert stored_settings(path)["k"] == "1"
     check_integrity(str(path))
@@ -666,10 +671,7 @@ async def test_a_wal_deleted_under_the_bot_loses_nothing_at_a_crash(tmp_path: Pa
     reachable only through the bot's open handle, and a kill -9 lost the whole database (found by
     a tester). Now what it holds goes into the file at once, and every later write too."""
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
-    try:
-        await storage.run(repository.set_setting, G, "before", 1)
+    async with running_on(path, "before") as storage:
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink()
         await storage.run(repository.set_setting, G, "after", 2)
@@ -679,8 +681,6 @@ async def test_a_wal_deleted_under_the_bot_loses_nothing_at_a_crash(tmp_path: Pa
         await storage.run(repository.set_setting, G, "later", 3)
         assert stored_settings(path)["later"] == "3"
         assert await storage.read(repository.get_setting, G, "later") == 3
-    finally:
-        await storage.close()
 
 
 async def test_a_full_disk_is_reported_as_such_not_as_a_failed_rollback(tmp_path: Path) -> None:
@@ -815,11 +815,7 @@ async def test_a_checkpoint_that_fails_after_a_write_never_makes_the_write_look_
     """The write committed; had the copy into the file raised, the batch would have been given
     back and written again: every count doubled (found by review)."""
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
-    try:
-        await storage.run(repository.set_setting, G, "k", 1)
-        assert await storage.read(repository.get_setting, G, "k") == 1  # the reader connected, as in the bot
+    async with running_on(path, "k") as storage:
         Path(f"{path}-wal").unlink()
         database = storage.database
         assert database is not None
@@ -836,8 +832,6 @@ async def test_a_checkpoint_that_fails_after_a_write_never_makes_the_write_look_
         monkeypatch.undo()
         await storage.run(repository.set_setting, G, "k", 3)  # copied again at the next write
         assert stored_settings(path)["k"] == "3"
-    finally:
-        await storage.close()
 
 
 async def test_companions_that_cannot_be_moved_aside_are_named_in_an_error(
@@ -846,30 +840,27 @@ async def test_companions_that_cannot_be_moved_aside_are_named_in_an_error(
     from leaderboard_bot.db import storage as storage_module
 
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
     errors: list[str] = []
     sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
     try:
-        await storage.run(repository.set_setting, G, "k", 1)
-        backup = tmp_path / "backup.db"
-        sqlite3.connect(backup).close()
-        real_replace = os.replace
+        async with running_on(path, "k") as storage:
+            backup = tmp_path / "backup.db"
+            sqlite3.connect(backup).close()
+            real_replace = os.replace
 
-        def refuse_wal_moves(source: str, target: str) -> None:
-            if "-wal" in str(source) or "-shm" in str(source):
-                raise PermissionError(13, "Permission denied")
-            real_replace(source, target)
+            def refuse_wal_moves(source: str, target: str) -> None:
+                if "-wal" in str(source) or "-shm" in str(source):
+                    raise PermissionError(13, "Permission denied")
+                real_replace(source, target)
 
-        monkeypatch.setattr(storage_module.os, "replace", refuse_wal_moves)
-        real_replace(backup, path)
-        with pytest.raises(StorageError):
-            await storage.run(repository.set_setting, G, "k", 2)
-        with pytest.raises(StorageError):
-            await storage.run(repository.set_setting, G, "k", 3)
+            monkeypatch.setattr(storage_module.os, "replace", refuse_wal_moves)
+            real_replace(backup, path)
+            with pytest.raises(StorageError):
+                await storage.run(repository.set_setting, G, "k", 2)
+            with pytest.raises(StorageError):
+                await storage.run(repository.set_setting, G, "k", 3)
     finally:
         logger.remove(sink)
-        await storage.close()
     moved = [e for e in errors if "could not move" in e]
     assert len(moved) == 2 and "before restarting" in moved[0]  # -wal and -shm, each said once
 
@@ -878,11 +869,7 @@ async def test_with_the_wal_deleted_a_write_a_read_held_back_is_copied_once_the_
     """A copy into the file cannot pass a reader's snapshot: it is tried again when the read ends,
     not only at the next write (found by review)."""
     path = tmp_path / "board.db"
-    storage = Storage(f"sqlite:///{path}")
-    await storage.open()
-    try:
-        await storage.run(repository.set_setting, G, "before", 1)
-        assert await storage.read(repository.get_setting, G, "before") == 1
+    async with running_on(path, "before") as storage:
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink()
         await storage.run(repository.set_setting, G, "after", 2)
@@ -904,5 +891,3 @@ async def test_with_the_wal_deleted_a_write_a_read_held_back_is_copied_once_the_
                 break
             await asyncio.sleep(0.02)
         assert stored_settings(path)["during"] == "3"
-    finally:
-        await storage.close()
