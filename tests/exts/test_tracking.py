@@ -79,6 +79,13 @@ class World:
         )
         self.ready = False  # True: the extension is loaded by a takeover on a live connection
 
+    def hourly_flushes(self) -> AsyncMock:
+        """The season service's flush, recorded, with the interval loop's runs an hour apart."""
+        flush = AsyncMock(return_value=True)
+        self.bot.services.seasons = SimpleNamespace(flush=flush)
+        self.bot.services.settings.update(flush_interval=3600.0)
+        return flush
+
     def in_voice(self, user_id: int) -> None:
         self.lounge.voice_states[user_id] = mock_voice_state(self.lounge)
 
@@ -394,9 +401,7 @@ async def test_a_burst_of_new_members_is_flushed_without_waiting_for_the_interva
     world: tuple[World, Tracking],
 ) -> None:
     w, cog = world
-    flush = AsyncMock(return_value=True)
-    w.bot.services.seasons = SimpleNamespace(flush=flush)
-    w.bot.services.settings.update(flush_interval=3600.0)
+    flush = w.hourly_flushes()
     w.tracker.early_flush_rows = 10
     await cog.cog_load()
     try:
@@ -418,9 +423,7 @@ async def test_the_first_write_of_a_day_happens_just_after_midnight_not_an_inter
     world: tuple[World, Tracking],
 ) -> None:
     w, cog = world
-    flush = AsyncMock(return_value=True)
-    w.bot.services.seasons = SimpleNamespace(flush=flush)
-    w.bot.services.settings.update(flush_interval=3600.0)
+    flush = w.hourly_flushes()
     midnight = 20 * 86_400.0
     w.clock.set(midnight - 5_000.0)  # 83 minutes before a UTC midnight
     slept: list[float] = []
